@@ -1,0 +1,9 @@
+//! ctgrade: COVID-19 grading on chest CT with an ensemble of 3-D CNNs, as in
+//! de Vente et al., "Automated COVID-19 Grading With Convolutional Neural Networks in Computed
+//! Tomography Scans: A Systematic Comparison", IEEE TAI 2021.
+//!
+//! The modules follow the pipeline:
+//! [`volume`] (CT I/O) -> `preprocess` (the paper's input) -> `model` (3-D layers and networks)
+//! -> `ensemble` (weights, members) -> `grading` (probability and CO-RADS) -> `gc` (grand-challenge I/O).
+
+pub mod volume;
