@@ -1,5 +1,7 @@
 //! The `ctgrade` command line.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -12,9 +14,18 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Print size, spacing, origin, direction, element type and min/max/mean of a volume
+    /// (.mha, .mhd, .nii, .nii.gz) as one JSON object.
+    Info {
+        /// The volume file.
+        file: PathBuf,
+    },
+}
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Info { file } => ctgrade::cmd_info::run(&file),
+    }
 }

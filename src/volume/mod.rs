@@ -117,3 +117,15 @@ pub struct Stats {
     /// Mean value.
     pub mean: f64,
 }
+
+mod element;
+mod error;
+mod io;
+mod metaimage;
+mod nifti;
+
+pub use element::ElementType;
+pub use error::VolumeError;
+pub use io::{
+    read, read_with_limits, read_with_type, write, write_with_options, ReadLimits, WriteOptions,
+};
