@@ -12,9 +12,23 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Run one network on an input tensor and print its raw outputs as JSON.
+    Forward(ctgrade::model::cli::ForwardArgs),
+    /// Time a network's forward pass on a random input and report peak memory, as JSON.
+    Bench(ctgrade::model::cli::BenchArgs),
+}
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Forward(args) => println!("{}", ctgrade::model::cli::forward(&args)?),
+        Command::Bench(args) => {
+            println!(
+                "{}",
+                serde_json::to_string(&ctgrade::model::cli::bench(&args)?)?
+            )
+        }
+    }
+    Ok(())
 }
