@@ -10,4 +10,5 @@ pub mod cmd_info;
 pub mod device;
 pub mod gc;
 pub mod grading;
+pub mod model;
 pub mod volume;

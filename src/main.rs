@@ -21,11 +21,23 @@ enum Command {
         /// The volume file.
         file: PathBuf,
     },
+    /// Run one network on an input tensor and print its raw outputs as JSON.
+    Forward(ctgrade::model::cli::ForwardArgs),
+    /// Time a network's forward pass on a random input and report peak memory, as JSON.
+    Bench(ctgrade::model::cli::BenchArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Info { file } => ctgrade::cmd_info::run(&file),
+        Command::Info { file } => ctgrade::cmd_info::run(&file)?,
+        Command::Forward(args) => println!("{}", ctgrade::model::cli::forward(&args)?),
+        Command::Bench(args) => {
+            println!(
+                "{}",
+                serde_json::to_string(&ctgrade::model::cli::bench(&args)?)?
+            )
+        }
     }
+    Ok(())
 }
