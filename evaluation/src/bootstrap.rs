@@ -241,7 +241,10 @@ mod tests {
         // by hand from the definition: rotl(1 + 4, 23) + 1, then rotl(7 + 6 << 45, 23) + 7).
         let mut r = Xoshiro256pp::from_state([1, 2, 3, 4]);
         let got: Vec<u64> = (0..4).map(|_| r.next_u64()).collect();
-        assert_eq!(got, [41943041, 58720359, 3588806011781223, 3591011842654386]);
+        assert_eq!(
+            got,
+            [41943041, 58720359, 3588806011781223, 3591011842654386]
+        );
     }
 
     #[test]

@@ -66,7 +66,10 @@ fn source_name(path: &Path) -> String {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if matches!(stem.as_str(), "predictions" | "summary") || path.is_dir() {
+    if stem == "predictions" {
+        return stem;
+    }
+    if stem == "summary" || path.is_dir() {
         let dir = if path.is_dir() {
             Some(path)
         } else {
@@ -80,6 +83,13 @@ fn source_name(path: &Path) -> String {
 }
 
 fn fmt_ci(ci: Option<[f64; 2]>) -> String {
+    ci.map_or(String::new(), |[l, h]| {
+        format!(" (95% CI {l:.3} to {h:.3})")
+    })
+}
+
+/// Shorter interval text for the plot legend (AUC bounds are never negative).
+fn legend_ci(ci: Option<[f64; 2]>) -> String {
     ci.map_or(String::new(), |[l, h]| format!(" (95% CI {l:.3}-{h:.3})"))
 }
 
@@ -163,7 +173,7 @@ fn run(cli: &Cli) -> Result<()> {
                 "{}: AUC {:.3}{}",
                 source_name(&cli.predictions),
                 m.auc,
-                fmt_ci(m.auc_95ci)
+                legend_ci(m.auc_95ci)
             ),
             fpr: m.roc.fpr.clone(),
             tpr: m.roc.tpr.clone(),
@@ -178,7 +188,7 @@ fn run(cli: &Cli) -> Result<()> {
                     "{}: AUC {:.3}{}",
                     source_name(&o.source),
                     c.auc_other,
-                    fmt_ci(c.auc_other_95ci)
+                    legend_ci(c.auc_other_95ci)
                 ),
                 fpr: roc.fpr,
                 tpr: roc.tpr,

@@ -39,13 +39,29 @@ fn assert_ci(what: &str, got: Option<[f64; 2]>, expected: &Value) {
 /// Compares the metrics of one set with the oracle's.
 pub fn check_metrics(what: &str, m: &Metrics, e: &Value) {
     assert_eq!(m.n_cases as u64, e["n_cases"].as_u64().unwrap(), "{what}");
-    assert_eq!(m.n_positive as u64, e["n_positive"].as_u64().unwrap(), "{what}");
-    assert_eq!(m.n_negative as u64, e["n_negative"].as_u64().unwrap(), "{what}");
+    assert_eq!(
+        m.n_positive as u64,
+        e["n_positive"].as_u64().unwrap(),
+        "{what}"
+    );
+    assert_eq!(
+        m.n_negative as u64,
+        e["n_negative"].as_u64().unwrap(),
+        "{what}"
+    );
     assert_close(&format!("{what} auc"), Some(m.auc), &e["auc"]);
     assert_close(&format!("{what} qwk"), m.qwk, &e["qwk"]);
     assert_eq!(m.qwk_n_cases as u64, e["qwk_n_cases"].as_u64().unwrap());
-    assert_close(&format!("{what} sensitivity"), m.sensitivity, &e["sensitivity"]);
-    assert_close(&format!("{what} specificity"), m.specificity, &e["specificity"]);
+    assert_close(
+        &format!("{what} sensitivity"),
+        m.sensitivity,
+        &e["sensitivity"],
+    );
+    assert_close(
+        &format!("{what} specificity"),
+        m.specificity,
+        &e["specificity"],
+    );
     let roc = serde_json::to_value(&m.roc).unwrap();
     for k in ["fpr", "tpr", "thresholds"] {
         let (g, x) = (roc[k].as_array().unwrap(), e["roc"][k].as_array().unwrap());
@@ -56,7 +72,11 @@ pub fn check_metrics(what: &str, m: &Metrics, e: &Value) {
         }
     }
     let y = serde_json::to_value(m.youden).unwrap();
-    assert_close(&format!("{what} youden"), y["threshold"].as_f64(), &e["youden"]["threshold"]);
+    assert_close(
+        &format!("{what} youden"),
+        y["threshold"].as_f64(),
+        &e["youden"]["threshold"],
+    );
     for k in ["tp", "fp", "tn", "fn"] {
         assert_eq!(y[k], e["youden"][k], "{what} youden {k}");
     }
@@ -104,17 +124,37 @@ fn run_case(name: &str) {
     let ec = &expected["all"]["compare"];
     assert_close("auc_other", Some(c.auc_other), &ec["auc_other"]);
     assert_ci("auc_other_95ci", c.auc_other_95ci, &ec["auc_other_95ci"]);
-    assert_close("auc_difference", Some(c.auc_difference), &ec["auc_difference"]);
-    assert_ci("auc_difference_95ci", c.auc_difference_95ci, &ec["auc_difference_95ci"]);
+    assert_close(
+        "auc_difference",
+        Some(c.auc_difference),
+        &ec["auc_difference"],
+    );
+    assert_ci(
+        "auc_difference_95ci",
+        c.auc_difference_95ci,
+        &ec["auc_difference_95ci"],
+    );
     assert_close("auc_p_value", c.auc_p_value, &ec["auc_p_value"]);
-    assert_close("auc_p_value_one_sided", c.auc_p_value_one_sided, &ec["auc_p_value_one_sided"]);
+    assert_close(
+        "auc_p_value_one_sided",
+        c.auc_p_value_one_sided,
+        &ec["auc_p_value_one_sided"],
+    );
     let d = c.delong.unwrap();
     assert_close("delong p", Some(d.p_value), &ec["delong"]["p_value"]);
-    assert_close("delong variance", Some(d.variance), &ec["delong"]["variance"]);
+    assert_close(
+        "delong variance",
+        Some(d.variance),
+        &ec["delong"]["variance"],
+    );
     assert_close("qwk_other", c.qwk_other, &ec["qwk_other"]);
     assert_ci("qwk_other_95ci", c.qwk_other_95ci, &ec["qwk_other_95ci"]);
     assert_close("qwk_difference", c.qwk_difference, &ec["qwk_difference"]);
-    assert_ci("qwk_difference_95ci", c.qwk_difference_95ci, &ec["qwk_difference_95ci"]);
+    assert_ci(
+        "qwk_difference_95ci",
+        c.qwk_difference_95ci,
+        &ec["qwk_difference_95ci"],
+    );
     assert_close("qwk_p_value", c.qwk_p_value, &ec["qwk_p_value"]);
 
     match (&a.strata, expected.get("le")) {

@@ -58,7 +58,10 @@ fn auc_roc_and_operating_points_match_sklearn() {
         }
         let expected = c["auc"].as_f64().unwrap();
         let got = auc(&scores, &labels).unwrap();
-        assert!(close(got, expected, 1e-9), "{name}: AUC {got} vs sklearn {expected}");
+        assert!(
+            close(got, expected, 1e-9),
+            "{name}: AUC {got} vs sklearn {expected}"
+        );
 
         for (key, drop) in [("roc", true), ("roc_full", false)] {
             let roc = roc_curve(&scores, &labels, drop).unwrap();
@@ -92,7 +95,12 @@ fn auc_roc_and_operating_points_match_sklearn() {
         }
         let half = BinaryCounts::at_threshold(&scores, &labels, 0.5);
         let eh = &c["at_0_5"];
-        for (k, v) in [("tp", half.tp), ("fp", half.fp), ("tn", half.tn), ("fn", half.fn_)] {
+        for (k, v) in [
+            ("tp", half.tp),
+            ("fp", half.fp),
+            ("tn", half.tn),
+            ("fn", half.fn_),
+        ] {
             assert_eq!(v, eh[k].as_u64().unwrap(), "{name} at 0.5 {k}");
         }
     }
@@ -191,9 +199,18 @@ fn percentiles_match_numpy() {
             .iter()
             .map(|v| v.as_f64().unwrap())
             .collect();
-        for (q, e) in c["q"].as_array().unwrap().iter().zip(c["expected"].as_array().unwrap()) {
+        for (q, e) in c["q"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(c["expected"].as_array().unwrap())
+        {
             let got = percentile(&values, q.as_f64().unwrap()).unwrap();
-            assert!(close(got, e.as_f64().unwrap(), 1e-12), "n={} q={q}", values.len());
+            assert!(
+                close(got, e.as_f64().unwrap(), 1e-12),
+                "n={} q={q}",
+                values.len()
+            );
         }
     }
 }
