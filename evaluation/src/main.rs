@@ -97,6 +97,15 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.3}"))
 }
 
+/// A p-value for the summary: a bootstrap p of 0 only says "below 1/N".
+fn fmt_p(p: Option<f64>, iterations: Option<usize>) -> String {
+    match (p, iterations) {
+        (Some(p), Some(n)) if p == 0.0 && n > 0 => format!("< {}", 1.0 / n as f64),
+        (Some(p), _) if p > 0.0 && p < 0.001 => format!("{p:.2e}"),
+        (p, _) => fmt_opt(p),
+    }
+}
+
 fn summary(report: &Report) -> String {
     let a = &report.aggregates;
     let m = &a.metrics;
@@ -130,8 +139,8 @@ fn summary(report: &Report) -> String {
             c.auc_other,
             c.auc_difference,
             fmt_ci(c.auc_difference_95ci),
-            fmt_opt(c.auc_p_value),
-            fmt_opt(c.delong.map(|d| d.p_value)),
+            fmt_p(c.auc_p_value, m.bootstrap.as_ref().map(|b| b.iterations)),
+            fmt_p(c.delong.map(|d| d.p_value), None),
         ));
     }
     lines.join("\n")
