@@ -7,20 +7,21 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     /// A file or folder could not be read or written.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}: {cause}")]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (kept in the message, not as a `source`, so that printing the
+        /// error chain does not repeat it).
+        cause: std::io::Error,
     },
     /// A JSON document could not be parsed.
-    #[error("{path} is not valid JSON: {source}")]
+    #[error("{path} is not valid JSON: {cause}")]
     Json {
         /// The file.
         path: PathBuf,
         /// The parser's error.
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// A file is readable but does not have the expected structure.
     #[error("{path}: {message}")]
@@ -41,12 +42,12 @@ pub enum EvalError {
         message: String,
     },
     /// A CSV file could not be parsed at all (bad quoting, unequal row lengths).
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Csv {
         /// The CSV file.
         path: PathBuf,
         /// The parser's error (it carries the line).
-        source: csv::Error,
+        cause: csv::Error,
     },
     /// Two predictions (or two ground-truth rows) name the same case.
     #[error("duplicate case '{case}': {first} and {second}")]
@@ -147,7 +148,7 @@ impl EvalError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         EvalError::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

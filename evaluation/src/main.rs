@@ -66,7 +66,10 @@ fn source_name(path: &Path) -> String {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if matches!(stem.as_str(), "predictions" | "summary") || path.is_dir() {
+    if stem == "predictions" {
+        return stem;
+    }
+    if stem == "summary" || path.is_dir() {
         let dir = if path.is_dir() {
             Some(path)
         } else {
@@ -80,11 +83,27 @@ fn source_name(path: &Path) -> String {
 }
 
 fn fmt_ci(ci: Option<[f64; 2]>) -> String {
+    ci.map_or(String::new(), |[l, h]| {
+        format!(" (95% CI {l:.3} to {h:.3})")
+    })
+}
+
+/// Shorter interval text for the plot legend (AUC bounds are never negative).
+fn legend_ci(ci: Option<[f64; 2]>) -> String {
     ci.map_or(String::new(), |[l, h]| format!(" (95% CI {l:.3}-{h:.3})"))
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.3}"))
+}
+
+/// A p-value for the summary: a bootstrap p of 0 only says "below 1/N".
+fn fmt_p(p: Option<f64>, iterations: Option<usize>) -> String {
+    match (p, iterations) {
+        (Some(p), Some(n)) if p == 0.0 && n > 0 => format!("< {}", 1.0 / n as f64),
+        (Some(p), _) if p > 0.0 && p < 0.001 => format!("{p:.2e}"),
+        (p, _) => fmt_opt(p),
+    }
 }
 
 fn summary(report: &Report) -> String {
@@ -120,8 +139,8 @@ fn summary(report: &Report) -> String {
             c.auc_other,
             c.auc_difference,
             fmt_ci(c.auc_difference_95ci),
-            fmt_opt(c.auc_p_value),
-            fmt_opt(c.delong.map(|d| d.p_value)),
+            fmt_p(c.auc_p_value, m.bootstrap.as_ref().map(|b| b.iterations)),
+            fmt_p(c.delong.map(|d| d.p_value), None),
         ));
     }
     lines.join("\n")
@@ -163,7 +182,7 @@ fn run(cli: &Cli) -> Result<()> {
                 "{}: AUC {:.3}{}",
                 source_name(&cli.predictions),
                 m.auc,
-                fmt_ci(m.auc_95ci)
+                legend_ci(m.auc_95ci)
             ),
             fpr: m.roc.fpr.clone(),
             tpr: m.roc.tpr.clone(),
@@ -178,7 +197,7 @@ fn run(cli: &Cli) -> Result<()> {
                     "{}: AUC {:.3}{}",
                     source_name(&o.source),
                     c.auc_other,
-                    fmt_ci(c.auc_other_95ci)
+                    legend_ci(c.auc_other_95ci)
                 ),
                 fpr: roc.fpr,
                 tpr: roc.tpr,

@@ -75,6 +75,14 @@ enum Shape {
     },
 }
 
+/// Legend text size (pixels).
+const LEGEND_TEXT: f64 = 11.0;
+
+/// Horizontal advance of one bitmap-font character of nominal `size` (whole hi-res pixels).
+fn char_advance(size: f64) -> f64 {
+    (size * SS as f64 / 8.0).floor().max(1.0) * 8.0 / SS as f64
+}
+
 fn to_px(fpr: f64, tpr: f64) -> (f64, f64) {
     (
         PLOT_X0 + fpr.clamp(0.0, 1.0) * PLOT_SIZE,
@@ -165,11 +173,14 @@ fn scene(title: &str, series: &[RocSeries]) -> Vec<Shape> {
         fill: None,
         stroke: Some(BLACK),
     });
+    // The title is centred on the canvas and shrinks to fit its width.
+    let title = ascii(title);
+    let title_size = (16.0f64).min((WIDTH - 16.0) / title.len().max(1) as f64);
     s.push(Shape::Text {
-        x: PLOT_X0 + PLOT_SIZE / 2.0,
+        x: WIDTH / 2.0,
         y: 25.0,
-        text: ascii(title),
-        size: 16.0,
+        text: title,
+        size: title_size,
         anchor: Anchor::Middle,
         vertical: false,
     });
@@ -196,7 +207,8 @@ fn scene(title: &str, series: &[RocSeries]) -> Vec<Shape> {
         .map(|(k, r)| (PALETTE[k % PALETTE.len()], ascii(&r.label), None))
         .chain(std::iter::once((CHANCE, "Chance".to_string(), Some(6.0))))
         .collect();
-    let text_w = rows.iter().map(|r| r.1.len()).max().unwrap_or(0) as f64 * 12.0;
+    let text_w =
+        rows.iter().map(|r| r.1.len()).max().unwrap_or(0) as f64 * char_advance(LEGEND_TEXT);
     let (lw, lh) = (text_w + 52.0, rows.len() as f64 * 22.0 + 10.0);
     let (lx, ly) = (x1 - lw - 10.0, y1 - lh - 10.0);
     s.push(Shape::Rect {
@@ -219,7 +231,7 @@ fn scene(title: &str, series: &[RocSeries]) -> Vec<Shape> {
             x: lx + 44.0,
             y: cy,
             text,
-            size: 12.0,
+            size: LEGEND_TEXT,
             anchor: Anchor::Start,
             vertical: false,
         });
@@ -395,7 +407,7 @@ impl Canvas {
     fn text(&mut self, x: f64, y: f64, text: &str, size: f64, anchor: Anchor, vertical: bool) {
         let s = SS as f64;
         // Font pixel size in hi-res pixels (8 font pixels per glyph cell).
-        let fp = (size * s / 8.0).round().max(1.0) as i64;
+        let fp = (size * s / 8.0).floor().max(1.0) as i64;
         let advance = 8 * fp;
         let n = text.chars().count() as i64;
         let total = n * advance;

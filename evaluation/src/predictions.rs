@@ -100,9 +100,9 @@ pub fn load_predictions(path: &Path) -> Result<PredictionSet> {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| EvalError::Json {
+    serde_json::from_str(&text).map_err(|cause| EvalError::Json {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
@@ -455,9 +455,9 @@ pub(crate) fn open_csv(path: &Path) -> Result<(csv::Reader<fs::File>, csv::Strin
         .from_reader(file);
     let headers = reader
         .headers()
-        .map_err(|source| EvalError::Csv {
+        .map_err(|cause| EvalError::Csv {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?
         .clone();
     Ok((reader, headers))
@@ -482,9 +482,9 @@ fn load_csv(path: &Path) -> Result<PredictionSet> {
     let co_rads_col = col(&["co_rads", CO_RADS_SLUG, "corads", "co-rads"]);
     let mut predictions = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|source| EvalError::Csv {
+        let record = record.map_err(|cause| EvalError::Csv {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let line = record.position().map_or(0, |p| p.line());
         let row_err = |message: String| EvalError::Row {

@@ -171,9 +171,9 @@ fn load_ictcf(path: &Path) -> Result<GroundTruth> {
     let outcome_col = find_column(&headers, &["morbidity outcome"]).unwrap_or(0);
     let mut cases = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|source| EvalError::Csv {
+        let record = record.map_err(|cause| EvalError::Csv {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let line = record.position().map_or(0, |p| p.line());
         let row_err = |message: String| EvalError::Row {
@@ -228,9 +228,9 @@ fn load_generic(path: &Path) -> Result<GroundTruth> {
     let thick_col = find_column(&headers, &["slice_thickness_mm", "slice_thickness"]);
     let mut cases = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|source| EvalError::Csv {
+        let record = record.map_err(|cause| EvalError::Csv {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let line = record.position().map_or(0, |p| p.line());
         let row_err = |message: String| EvalError::Row {
