@@ -8,7 +8,10 @@
 
 pub mod cmd_info;
 pub mod device;
+pub mod ensemble;
 pub mod gc;
 pub mod grading;
 pub mod model;
+pub mod preprocess;
+pub mod synth;
 pub mod volume;

@@ -1,9 +1,17 @@
 //! The `ctgrade` command line.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use ctgrade::device::{self, DeviceChoice};
+use ctgrade::ensemble::{self, Ensemble, Manifest};
+use ctgrade::gc::run::{self as gc_run, RunOptions};
+use ctgrade::grading::Head;
+use ctgrade::model::{Arch, NetworkConfig};
+use ctgrade::preprocess::InputSpec;
 
 /// COVID-19 grading on chest CT (grand-challenge.org algorithm).
 #[derive(Parser)]
@@ -15,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Grade every CT scan in the input folder (the grand-challenge algorithm).
+    Run(RunArgs),
     /// Print size, spacing, origin, direction, element type and min/max/mean of a volume
     /// (.mha, .mhd, .nii, .nii.gz) as one JSON object.
     Info {
@@ -25,19 +35,194 @@ enum Command {
     Forward(ctgrade::model::cli::ForwardArgs),
     /// Time a network's forward pass on a random input and report peak memory, as JSON.
     Bench(ctgrade::model::cli::BenchArgs),
+    /// Create or check an ensemble (a folder of member weights with its manifest).
+    #[command(subcommand)]
+    Ensemble(EnsembleCommand),
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Info { file } => ctgrade::cmd_info::run(&file)?,
-        Command::Forward(args) => println!("{}", ctgrade::model::cli::forward(&args)?),
-        Command::Bench(args) => {
-            println!(
-                "{}",
-                serde_json::to_string(&ctgrade::model::cli::bench(&args)?)?
-            )
+#[derive(Args)]
+struct RunArgs {
+    /// Input folder: grand-challenge layout (images/ct/*.mha, inputs.json), or scans directly in it.
+    #[arg(long, default_value = "/input")]
+    input: PathBuf,
+    /// Output folder.
+    #[arg(long, default_value = "/output")]
+    output: PathBuf,
+    /// Ensemble folder (with ensemble.json); default: /opt/ml/model, then the built-in weights.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Where the networks run: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Also write each case's lung mask to images/lung-segmentation/<case>.mha.
+    #[arg(long)]
+    lung_mask: bool,
+}
+
+#[derive(Subcommand)]
+enum EnsembleCommand {
+    /// Write a manifest for member weight files (copied into --out, with their sha256).
+    New {
+        /// Architecture of every member.
+        #[arg(long)]
+        arch: Arch,
+        /// Network configuration JSON overriding the architecture's hyper-parameters.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output head the members were trained with.
+        #[arg(long, value_enum, default_value = "continuous")]
+        head: HeadArg,
+        /// Input specification JSON (default: the paper's 1.5 mm, 240x240, 128 slices).
+        #[arg(long)]
+        input_spec: Option<PathBuf>,
+        /// Member safetensors files (MONAI parameter names; see `ctgrade convert`).
+        #[arg(long, num_args = 1.., required = true)]
+        members: Vec<PathBuf>,
+        /// Name for logs.
+        #[arg(long, default_value = "ensemble")]
+        name: String,
+        /// What the weights are and where they come from.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check an ensemble folder (hashes, tensor names and shapes) without running it.
+    Check {
+        /// The folder holding ensemble.json.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HeadArg {
+    Continuous,
+    Categorical,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let dir = ensemble::resolve_weights(args.weights.as_deref())?;
+    let ensemble = Ensemble::open(&dir)?;
+    eprintln!("ctgrade: weights from {}", dir.display());
+    let device = args.device.open()?;
+    eprintln!("ctgrade: running on {}", device::describe(&device));
+    let opts = RunOptions {
+        input: args.input,
+        output: args.output,
+        lung_mask: args.lung_mask,
+    };
+    let report = gc_run::run(&opts, &ensemble, &device)?;
+    let failures: Vec<_> = report.failures().collect();
+    if failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The platform shows the last stderr line: make it the reason.
+    if report.results.len() == 1 {
+        eprintln!(
+            "{}",
+            failures[0].error.as_deref().unwrap_or("the case failed")
+        );
+    } else {
+        eprintln!(
+            "{} of {} cases failed (see summary.json): first, {}: {}",
+            failures.len(),
+            report.results.len(),
+            failures[0].case,
+            failures[0].error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+fn ensemble_command(cmd: EnsembleCommand) -> Result<()> {
+    match cmd {
+        EnsembleCommand::New {
+            arch,
+            config,
+            head,
+            input_spec,
+            members,
+            name,
+            description,
+            out,
+        } => {
+            let head = match head {
+                HeadArg::Continuous => Head::Continuous,
+                HeadArg::Categorical => Head::Categorical,
+            };
+            let network = match &config {
+                Some(path) => {
+                    let cfg: NetworkConfig = read_json(path)?;
+                    anyhow::ensure!(
+                        cfg.arch == arch,
+                        "{} describes {}, not --arch {arch}",
+                        path.display(),
+                        cfg.arch
+                    );
+                    cfg
+                }
+                None => NetworkConfig::new(arch, 3, head.num_outputs()),
+            };
+            let input = match &input_spec {
+                Some(path) => read_json(path)?,
+                None => InputSpec::default(),
+            };
+            let manifest = Manifest {
+                name,
+                description,
+                network,
+                head,
+                input,
+                members: Vec::new(),
+            };
+            let manifest = ensemble::create(&out, manifest, &members)?;
+            eprintln!(
+                "wrote {} with {} member(s)",
+                out.join(ensemble::MANIFEST_FILE).display(),
+                manifest.members.len()
+            );
+        }
+        EnsembleCommand::Check { dir } => {
+            let e = Ensemble::open(&dir)?;
+            println!("{}", serde_json::to_string_pretty(&e.manifest)?);
+            eprintln!(
+                "{}: {} member(s), all checks passed",
+                dir.display(),
+                e.len()
+            );
         }
     }
     Ok(())
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => return run(args),
+        Command::Info { file } => ctgrade::cmd_info::run(&file)?,
+        Command::Forward(args) => println!("{}", ctgrade::model::cli::forward(&args)?),
+        Command::Bench(args) => println!(
+            "{}",
+            serde_json::to_string(&ctgrade::model::cli::bench(&args)?)?
+        ),
+        Command::Ensemble(cmd) => ensemble_command(cmd)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line, causes joined: grand-challenge shows users the last line of stderr.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

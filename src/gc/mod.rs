@@ -10,6 +10,7 @@
 //! summary lists them all.
 
 pub mod outputs;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,417 @@
+//! Ensembles: a folder of member networks described by one manifest, `ensemble.json`.
+//!
+//! The paper's model is ten 3-D DenseNet-201 whose outputs (sigmoid values, or softmax vectors) are
+//! averaged. A manifest names the architecture, the output head, the input specification that
+//! preprocessing follows, and each member's safetensors file with its sha256. Everything that can be
+//! checked is checked when the ensemble is opened, before any compute: the files, their hashes, and
+//! every tensor's name and shape. Members then run one after another, so memory holds one network.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::grading::Head;
+use crate::model::{self, ModelError, Naming, NetworkConfig};
+use crate::preprocess::InputSpec;
+
+/// File name of the manifest inside an ensemble folder.
+pub const MANIFEST_FILE: &str = "ensemble.json";
+/// Where grand-challenge extracts an uploaded model tarball.
+pub const GC_MODEL_DIR: &str = "/opt/ml/model";
+
+/// The manifest of an ensemble (`ensemble.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Short name, for logs.
+    pub name: String,
+    /// What these weights are and where they come from.
+    pub description: String,
+    /// The architecture and its hyper-parameters (shared by all members).
+    pub network: NetworkConfig,
+    /// The output head the members were trained with.
+    pub head: Head,
+    /// The network input that preprocessing must produce.
+    #[serde(default)]
+    pub input: InputSpec,
+    /// The members, averaged with equal weight.
+    pub members: Vec<MemberFile>,
+}
+
+/// One member's weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberFile {
+    /// Safetensors file, relative to the manifest's folder.
+    pub file: String,
+    /// Lower-case hex sha256 of the file.
+    pub sha256: String,
+}
+
+/// Why an ensemble cannot be opened or run.
+#[derive(Debug, thiserror::Error)]
+pub enum EnsembleError {
+    /// The manifest is missing, unreadable or malformed.
+    #[error("ensemble manifest {path}: {reason}")]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A member file cannot be read.
+    #[error("cannot read ensemble member {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A member's sha256 differs from the manifest's.
+    #[error("ensemble member {path} has sha256 {found}, but the manifest says {expected}: the file is corrupt or not the one the manifest describes")]
+    Hash {
+        /// The file.
+        path: PathBuf,
+        /// From the manifest.
+        expected: String,
+        /// Computed.
+        found: String,
+    },
+    /// A member's tensors do not fit the architecture.
+    #[error("ensemble member {path} does not fit {arch} (members use MONAI parameter names; `ctgrade convert` converts checkpoints): {}", problems.join("; "))]
+    Tensors {
+        /// The file.
+        path: PathBuf,
+        /// The architecture name.
+        arch: String,
+        /// One line per missing, unexpected or misshapen tensor.
+        problems: Vec<String>,
+    },
+    /// The network failed to build.
+    #[error("ensemble member {path}: {source}")]
+    Model {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: ModelError,
+    },
+    /// A tensor operation failed while running a member.
+    #[error("running ensemble member {path}: {source}")]
+    Compute {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: candle_core::Error,
+    },
+}
+
+/// Finds the weights to use: `--weights DIR`, else a model tarball extracted to `/opt/ml/model/`,
+/// else the default ensemble shipped with the program. Returns the folder holding `ensemble.json`.
+pub fn resolve_weights(explicit: Option<&Path>) -> Result<PathBuf, EnsembleError> {
+    if let Some(dir) = explicit {
+        return find_manifest_dir(dir).ok_or_else(|| EnsembleError::Manifest {
+            path: dir.join(MANIFEST_FILE),
+            reason: "not found (the --weights folder must hold ensemble.json, directly or in one subfolder)".into(),
+        });
+    }
+    if let Some(dir) = find_manifest_dir(Path::new(GC_MODEL_DIR)) {
+        return Ok(dir);
+    }
+    default_weight_dirs()
+        .into_iter()
+        .find_map(|d| find_manifest_dir(&d))
+        .ok_or_else(|| EnsembleError::Manifest {
+            path: PathBuf::from("weights/default").join(MANIFEST_FILE),
+            reason: "no weights found: pass --weights DIR, upload a model tarball to /opt/ml/model, or run from the repository root".into(),
+        })
+}
+
+/// Where the default ensemble may live: `CTGRADE_WEIGHTS`, beside the executable (the container's
+/// `/opt/app/weights/default`), the current folder, and the source tree this binary was built from.
+fn default_weight_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("CTGRADE_WEIGHTS") {
+        dirs.push(PathBuf::from(dir));
+    }
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        dirs.push(exe_dir.join("weights/default"));
+    }
+    dirs.push(PathBuf::from("weights/default"));
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/default"));
+    dirs
+}
+
+/// The folder holding `ensemble.json`: `dir` itself or its single subfolder that does (a tarball made
+/// with `tar -C parent folder` nests one level).
+fn find_manifest_dir(dir: &Path) -> Option<PathBuf> {
+    if dir.join(MANIFEST_FILE).is_file() {
+        return Some(dir.to_path_buf());
+    }
+    let mut found = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(MANIFEST_FILE).is_file());
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+/// Lower-case hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String, EnsembleError> {
+    let io = |source| EnsembleError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Names, shapes and dtypes in a safetensors file's header, read without loading the data.
+fn safetensors_header(path: &Path) -> Result<BTreeMap<String, Vec<usize>>, EnsembleError> {
+    let io = |source| EnsembleError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bad = |reason: String| EnsembleError::Tensors {
+        path: path.to_path_buf(),
+        arch: String::new(),
+        problems: vec![format!("not a safetensors file: {reason}")],
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| bad(format!("no header ({e})")))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 || len + 8 > file_len {
+        return Err(bad(format!(
+            "header length {len} does not fit the file of {file_len} bytes"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let metadata: safetensors::tensor::Metadata =
+        serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    Ok(metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (name, info.shape.clone()))
+        .collect())
+}
+
+/// Compares a file's tensors with what the network expects; one line per problem.
+fn tensor_problems(
+    found: &BTreeMap<String, Vec<usize>>,
+    expected: &[(String, Vec<usize>)],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut expected_names = BTreeSet::new();
+    for (name, shape) in expected {
+        expected_names.insert(name.as_str());
+        match found.get(name) {
+            None => problems.push(format!("missing tensor {name} (expected shape {shape:?})")),
+            Some(s) if s != shape => {
+                problems.push(format!("tensor {name} has shape {s:?}, expected {shape:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, shape) in found {
+        if !expected_names.contains(name.as_str()) {
+            problems.push(format!("unexpected tensor {name} (shape {shape:?})"));
+        }
+    }
+    problems
+}
+
+/// An opened, checked ensemble.
+#[derive(Debug)]
+pub struct Ensemble {
+    /// The folder holding the manifest.
+    pub dir: PathBuf,
+    /// The manifest.
+    pub manifest: Manifest,
+}
+
+impl Ensemble {
+    /// Reads the manifest in `dir` and checks every member (hash, tensor names and shapes).
+    pub fn open(dir: &Path) -> Result<Self, EnsembleError> {
+        let path = dir.join(MANIFEST_FILE);
+        let manifest_err = |reason: String| EnsembleError::Manifest {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| manifest_err(e.to_string()))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| manifest_err(e.to_string()))?;
+        if manifest.members.is_empty() {
+            return Err(manifest_err("the ensemble has no members".into()));
+        }
+        if manifest.network.num_outputs != manifest.head.num_outputs() {
+            return Err(manifest_err(format!(
+                "the {:?} head needs {} network output(s), the network has {}",
+                manifest.head,
+                manifest.head.num_outputs(),
+                manifest.network.num_outputs
+            )));
+        }
+        let expected = model::expected_tensors_named(&manifest.network, Naming::Monai)
+            .map_err(|e| manifest_err(e.to_string()))?;
+        manifest.members.par_iter().try_for_each(|member| {
+            let file = dir.join(&member.file);
+            let found = sha256_file(&file)?;
+            if !found.eq_ignore_ascii_case(&member.sha256) {
+                return Err(EnsembleError::Hash {
+                    path: file,
+                    expected: member.sha256.clone(),
+                    found,
+                });
+            }
+            let problems = tensor_problems(&safetensors_header(&file)?, &expected);
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(EnsembleError::Tensors {
+                    path: file,
+                    arch: manifest.network.arch.to_string(),
+                    problems,
+                })
+            }
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.manifest.members.len()
+    }
+
+    /// True when the ensemble has no members (never, once opened).
+    pub fn is_empty(&self) -> bool {
+        self.manifest.members.is_empty()
+    }
+
+    /// Runs every member on `input` (NCDHW, N = 1) and returns the mean post-activation output:
+    /// a sigmoid value for the continuous head, a softmax vector for the categorical one.
+    /// `progress(i, seconds)` is called after member `i` (0-based) finished.
+    pub fn predict(
+        &self,
+        input: &Tensor,
+        device: &Device,
+        mut progress: impl FnMut(usize, f64),
+    ) -> Result<Vec<f64>, EnsembleError> {
+        let input = input
+            .to_device(device)
+            .map_err(|source| EnsembleError::Compute {
+                path: self.dir.clone(),
+                source,
+            })?;
+        let mut sum = vec![0f64; self.manifest.head.num_outputs()];
+        for (i, member) in self.manifest.members.iter().enumerate() {
+            let start = std::time::Instant::now();
+            let path = self.dir.join(&member.file);
+            let output = self.run_member(&path, &input, device)?;
+            for (s, o) in sum.iter_mut().zip(output) {
+                *s += o;
+            }
+            progress(i, start.elapsed().as_secs_f64());
+        }
+        let n = self.len() as f64;
+        Ok(sum.into_iter().map(|s| s / n).collect())
+    }
+
+    /// Loads one member, runs it, and drops its weights before returning.
+    fn run_member(
+        &self,
+        path: &Path,
+        input: &Tensor,
+        device: &Device,
+    ) -> Result<Vec<f64>, EnsembleError> {
+        let compute = |source| EnsembleError::Compute {
+            path: path.to_path_buf(),
+            source,
+        };
+        let tensors = candle_core::safetensors::load(path, device).map_err(compute)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let network =
+            model::build(&self.manifest.network, vb).map_err(|source| EnsembleError::Model {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let logits = network.forward(input).map_err(compute)?;
+        let activated = match self.manifest.head {
+            Head::Continuous => candle_nn::ops::sigmoid(&logits),
+            Head::Categorical => candle_nn::ops::softmax(&logits, D::Minus1),
+        }
+        .map_err(compute)?;
+        activated
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F64))
+            .and_then(|t| t.to_vec1::<f64>())
+            .map_err(compute)
+    }
+}
+
+/// Writes a manifest for `members` (copied into `out`), computing their hashes.
+pub fn create(
+    out: &Path,
+    mut manifest: Manifest,
+    members: &[PathBuf],
+) -> Result<Manifest, EnsembleError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EnsembleError::Io { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    manifest.members.clear();
+    for (i, src) in members.iter().enumerate() {
+        let file = format!("member-{i:02}.safetensors");
+        let dst = out.join(&file);
+        if src.canonicalize().ok() != dst.canonicalize().ok() {
+            std::fs::copy(src, &dst).map_err(io(src))?;
+        }
+        manifest.members.push(MemberFile {
+            sha256: sha256_file(&dst)?,
+            file,
+        });
+    }
+    let ensemble_json = out.join(MANIFEST_FILE);
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| EnsembleError::Manifest {
+        path: ensemble_json.clone(),
+        reason: e.to_string(),
+    })?;
+    crate::gc::outputs::write_atomic(&ensemble_json, format!("{text}\n").as_bytes()).map_err(
+        |e| EnsembleError::Io {
+            path: e.path,
+            source: e.source,
+        },
+    )?;
+    // Check what was written the way a run will.
+    Ensemble::open(out)?;
+    Ok(manifest)
+}

@@ -1,0 +1,569 @@
+//! Preprocessing of the paper (de Vente et al., IEEE TAI 2021, section III): from a CT
+//! [`Volume`] in HU to the network input.
+//!
+//! Steps, each parameter read from the model's [`InputSpec`]:
+//!
+//! 1. [`orient`]: permute and flip the axes to the closest-to-identity direction (LPS). An
+//!    input tilted more than [`MAX_OBLIQUITY_DEG`] is resampled onto an identity-direction grid
+//!    covering it instead (gantry tilt), and the report says so.
+//! 2. [`resample`]: trilinear resampling to `spacing_mm` isotropic in physical space, on
+//!    SimpleITK's `Resample` grid (same origin and direction, size `round(size * spacing /
+//!    spacing_mm)`); points outside the scan read -1100 HU.
+//! 3. Intensity: clip to `hu_window` and scale to [0, 1] (applied when the input is assembled).
+//! 4. [`lung_mask`]: the classical lung mask documented in that module; no lungs, no input.
+//! 5. Slice selection: axial slices `z_margin_mm` or more from the mask are dropped.
+//! 6. Crop `crop_xy` around the centre of the mask's bounding box, padding with -1100 HU.
+//! 7. `slices` axial slices sampled uniformly along z: slice `i` of the output is kept slice
+//!    `round(i * (n - 1) / (slices - 1))` of the `n` kept slices (so fewer than `slices` kept
+//!    slices are repeated by the same rule).
+//! 8. Channels: the CT three times ([`ChannelLayout::CtX3`]), or CT, lesion map, zeros
+//!    ([`ChannelLayout::CtLesionZeros`]); the lesion map (same grid as the CT) goes through the
+//!    same geometry with nearest-neighbour sampling and is padded with 0.
+//!
+//! Layout of [`Preprocessed::input`]: `(channel, z, y, x)` row-major, x fastest, i.e. NCDHW
+//! without N. Axis 1 (D) runs from inferior to superior, axis 2 (H) from anterior to posterior,
+//! axis 3 (W) from the patient's right to left: the LPS axes after orientation.
+
+pub mod lung_mask;
+mod morph;
+pub mod orient;
+pub mod resample;
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::volume::Volume;
+use lung_mask::LungMaskParams;
+use orient::Orientation;
+use resample::{Grid, IndexMap, Interpolation};
+
+/// HU of padding: outside the scan and outside the image when cropping.
+pub const PAD_HU: f32 = -1100.0;
+
+/// Inputs tilted more than this (degrees) are resampled onto an axis-aligned grid.
+pub const MAX_OBLIQUITY_DEG: f64 = 1.0;
+
+/// The network input a model expects (read from each model's manifest; the default is the
+/// paper's).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputSpec {
+    /// Isotropic voxel spacing (mm).
+    pub spacing_mm: f64,
+    /// Crop size in x and y (voxels).
+    pub crop_xy: [usize; 2],
+    /// Number of axial slices.
+    pub slices: usize,
+    /// HU window, scaled to [0, 1].
+    pub hu_window: [f32; 2],
+    /// Axial slices at least this far (mm) from the lung mask are dropped.
+    pub z_margin_mm: f64,
+    /// Input channels.
+    pub channels: ChannelLayout,
+}
+
+impl Default for InputSpec {
+    fn default() -> Self {
+        Self {
+            spacing_mm: 1.5,
+            crop_xy: [240, 240],
+            slices: 128,
+            hu_window: [-1100.0, 300.0],
+            z_margin_mm: 10.0,
+            channels: ChannelLayout::CtX3,
+        }
+    }
+}
+
+impl InputSpec {
+    /// Checks that every field makes sense.
+    pub fn validate(&self) -> Result<(), PreprocessError> {
+        let bad = |what: &str| Err(PreprocessError::Spec(what.to_string()));
+        if !(self.spacing_mm.is_finite() && self.spacing_mm > 0.0) {
+            return bad(&format!(
+                "spacing_mm must be positive, got {}",
+                self.spacing_mm
+            ));
+        }
+        if self.crop_xy.iter().any(|&c| c == 0 || c > 4096) {
+            return bad(&format!(
+                "crop_xy must be 1 to 4096, got {:?}",
+                self.crop_xy
+            ));
+        }
+        if self.slices == 0 || self.slices > 4096 {
+            return bad(&format!("slices must be 1 to 4096, got {}", self.slices));
+        }
+        let [lo, hi] = self.hu_window;
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return bad(&format!(
+                "hu_window must be increasing, got {:?}",
+                self.hu_window
+            ));
+        }
+        if !(self.z_margin_mm.is_finite() && self.z_margin_mm >= 0.0) {
+            return bad(&format!(
+                "z_margin_mm must be >= 0, got {}",
+                self.z_margin_mm
+            ));
+        }
+        Ok(())
+    }
+
+    /// Shape of the input: `[3, slices, crop_y, crop_x]`.
+    pub fn shape(&self) -> [usize; 4] {
+        [3, self.slices, self.crop_xy[1], self.crop_xy[0]]
+    }
+}
+
+/// What the three input channels hold.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ChannelLayout {
+    /// The CT in all three channels.
+    #[serde(rename = "ct_x3")]
+    CtX3,
+    /// CT, lesion map, zeros (models trained with lesion maps).
+    #[serde(rename = "ct_lesion_zeros")]
+    CtLesionZeros,
+}
+
+/// Errors of preprocessing.
+#[derive(Debug, Error)]
+pub enum PreprocessError {
+    /// The model's input specification is invalid.
+    #[error("invalid input specification: {0}")]
+    Spec(String),
+    /// The CT has no voxels or inconsistent data.
+    #[error("the CT volume is empty or its data does not match its size")]
+    EmptyVolume,
+    /// Spacing not positive.
+    #[error("the CT has an invalid voxel spacing {0:?} (must be positive)")]
+    Spacing([f64; 3]),
+    /// A direction matrix that cannot be oriented.
+    #[error(
+        "the CT's direction matrix {0:?} is singular or too close to 45 degrees between axes to orient"
+    )]
+    Direction([f64; 9]),
+    /// The resampled grid would be unreasonably large.
+    #[error(
+        "resampling to {spacing} mm would give a {size:?} grid; the scan's geometry is implausible"
+    )]
+    GridTooLarge {
+        /// The grid size.
+        size: [usize; 3],
+        /// The target spacing.
+        spacing: f64,
+    },
+    /// Lung segmentation found nothing lung-sized.
+    #[error(
+        "no lungs found: the largest air-filled region inside the body holds {largest_ml:.1} mL \
+         (at least {min_ml} mL expected); is this a chest CT in Hounsfield units?"
+    )]
+    NoLungs {
+        /// Volume of the largest candidate.
+        largest_ml: f64,
+        /// The required minimum.
+        min_ml: f64,
+    },
+    /// The model wants a lesion map but none was given.
+    #[error("this model expects a lesion map as second input channel, but none was given")]
+    MissingLesion,
+    /// The lesion map is not on the CT's grid.
+    #[error(
+        "the lesion map's grid (size {lesion_size:?}, spacing {lesion_spacing:?}) differs from \
+         the CT's (size {ct_size:?}, spacing {ct_spacing:?}) or its origin/direction differ"
+    )]
+    LesionGrid {
+        /// CT size.
+        ct_size: [usize; 3],
+        /// CT spacing.
+        ct_spacing: [f64; 3],
+        /// Lesion map size.
+        lesion_size: [usize; 3],
+        /// Lesion map spacing.
+        lesion_spacing: [f64; 3],
+    },
+}
+
+/// The network input and what was learnt on the way.
+#[derive(Debug, Clone)]
+pub struct Preprocessed {
+    /// `(3, slices, crop_y, crop_x)` row-major (NCDHW without N); D = z from inferior to
+    /// superior, H = y anterior to posterior, W = x right to left.
+    pub input: Vec<f32>,
+    /// `[3, slices, crop_xy[1], crop_xy[0]]`.
+    pub shape: [usize; 4],
+    /// The lung mask on the original input grid (0/1).
+    pub lung_mask: Volume,
+    /// Measurements and timings.
+    pub report: PreprocessReport,
+}
+
+/// Crop box on the resampled grid: `[start, end)` per axis, may extend beyond it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CropBox {
+    /// x range.
+    pub x: [i64; 2],
+    /// y range.
+    pub y: [i64; 2],
+}
+
+/// Wall-clock seconds per stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageSeconds {
+    /// Orientation and grid set-up.
+    pub orient: f64,
+    /// Trilinear resampling.
+    pub resample: f64,
+    /// Lung mask.
+    pub lung_mask: f64,
+    /// Slice selection, crop, sampling, intensity and channels.
+    pub assemble: f64,
+    /// Mapping the lung mask back to the input grid.
+    pub mask_to_input_grid: f64,
+    /// Everything.
+    pub total: f64,
+}
+
+/// What preprocessing measured (serialised to `preprocess.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PreprocessReport {
+    /// The specification used.
+    pub spec: InputSpec,
+    /// Input size (voxels).
+    pub input_size: [usize; 3],
+    /// Input spacing (mm).
+    pub input_spacing: [f64; 3],
+    /// Axis permutation and flips.
+    pub orientation: Orientation,
+    /// True when the input was too oblique and was resampled onto an axis-aligned grid.
+    pub oblique_resampled: bool,
+    /// Size of the resampled grid.
+    pub resampled_size: [usize; 3],
+    /// Lung volume (mL) of the mask on the input grid.
+    pub lung_volume_ml: f64,
+    /// Lung volume (mL) on the patient's right, on the resampled grid.
+    pub lung_volume_right_ml: f64,
+    /// Lung volume (mL) on the patient's left, on the resampled grid.
+    pub lung_volume_left_ml: f64,
+    /// Lung components kept by the segmentation.
+    pub lung_components: usize,
+    /// Axial slices of the resampled grid that hold lung (inclusive).
+    pub lung_z_range: [usize; 2],
+    /// Axial slices kept (inclusive), on the resampled grid.
+    pub kept_z_range: [usize; 2],
+    /// Physical z (mm) of the first and last kept slice centres.
+    pub kept_z_mm: [f64; 2],
+    /// Crop box on the resampled grid.
+    pub crop_box: CropBox,
+    /// Resampled-grid slice of each output slice.
+    pub sampled_slices: Vec<usize>,
+    /// Seconds per stage.
+    pub seconds: StageSeconds,
+}
+
+/// Same grid within a small tolerance.
+fn same_grid(a: &Volume, b: &Volume) -> bool {
+    let close = |x: f64, y: f64, tol: f64| (x - y).abs() <= tol * (1.0 + x.abs().max(y.abs()));
+    a.size == b.size
+        && (0..3).all(|k| close(a.spacing[k], b.spacing[k], 1e-4))
+        && (0..3).all(|k| close(a.origin[k], b.origin[k], 1e-4))
+        && (0..9).all(|k| (a.direction[k] - b.direction[k]).abs() <= 1e-4)
+}
+
+/// `round(i * (n - 1) / (s - 1))` for `i` in `0..s`: `s` indices spread uniformly over `n`.
+pub fn uniform_indices(n: usize, s: usize) -> Vec<usize> {
+    if s == 1 || n <= 1 {
+        return vec![n.saturating_sub(1) / 2; s];
+    }
+    (0..s)
+        .map(|i| ((i * (n - 1)) as f64 / (s - 1) as f64).round() as usize)
+        .collect()
+}
+
+/// Runs the whole preprocessing of `ct` (HU) for a model with input `spec`.
+pub fn preprocess(
+    ct: &Volume,
+    lesion: Option<&Volume>,
+    spec: &InputSpec,
+) -> Result<Preprocessed, PreprocessError> {
+    let t_start = Instant::now();
+    spec.validate()?;
+    if ct.is_empty() || ct.data.len() != ct.len() {
+        return Err(PreprocessError::EmptyVolume);
+    }
+    if ct.spacing.iter().any(|&s| !(s.is_finite() && s > 0.0)) {
+        return Err(PreprocessError::Spacing(ct.spacing));
+    }
+    if let Some(l) = lesion {
+        if !same_grid(ct, l) || l.data.len() != l.len() {
+            return Err(PreprocessError::LesionGrid {
+                ct_size: ct.size,
+                ct_spacing: ct.spacing,
+                lesion_size: l.size,
+                lesion_spacing: l.spacing,
+            });
+        }
+    }
+    let lesion = match spec.channels {
+        ChannelLayout::CtLesionZeros => Some(lesion.ok_or(PreprocessError::MissingLesion)?),
+        ChannelLayout::CtX3 => None,
+    };
+    let mut seconds = StageSeconds::default();
+
+    // 1. Orientation (geometry only) and the target grid.
+    let t = Instant::now();
+    let orientation = Orientation::of(&ct.direction)?;
+    let oriented = orientation.apply(&Grid::of(ct));
+    let oblique_resampled = orientation.obliquity_deg > MAX_OBLIQUITY_DEG;
+    let grid = if oblique_resampled {
+        oriented.axis_aligned_cover(spec.spacing_mm)
+    } else {
+        oriented.with_isotropic_spacing(spec.spacing_mm)
+    };
+    if grid.size.iter().any(|&n| n > 4096) || grid.len() > 1 << 30 {
+        return Err(PreprocessError::GridTooLarge {
+            size: grid.size,
+            spacing: spec.spacing_mm,
+        });
+    }
+    seconds.orient = t.elapsed().as_secs_f64();
+
+    // 2. Resampling (in HU; the window comes with the assembly). Points outside the scan are
+    // NaN here so that the lung mask does not take them for air; the assembly pads them.
+    let t = Instant::now();
+    let hu = resample::resample(ct, &grid, Interpolation::Linear, f32::NAN)?;
+    seconds.resample = t.elapsed().as_secs_f64();
+
+    // 4. Lung mask.
+    let t = Instant::now();
+    let lungs = lung_mask::segment(&hu, &LungMaskParams::default())?;
+    seconds.lung_mask = t.elapsed().as_secs_f64();
+
+    // 5-8. Slice selection, crop, sampling, intensity, channels.
+    let t = Instant::now();
+    let [nx, ny, nz] = grid.size;
+    let plane = nx * ny;
+    let (lo, hi) = mask_bbox(&lungs.mask, grid.size);
+    let margin = ((spec.z_margin_mm / spec.spacing_mm).ceil() as usize).saturating_sub(1);
+    let kept = [lo[2].saturating_sub(margin), (hi[2] + margin).min(nz - 1)];
+    let [cw, ch] = spec.crop_xy;
+    let start =
+        |k: usize, w: usize| ((lo[k] + hi[k] + 1) as f64 / 2.0 - w as f64 / 2.0).round() as i64;
+    let crop_box = CropBox {
+        x: [start(0, cw), start(0, cw) + cw as i64],
+        y: [start(1, ch), start(1, ch) + ch as i64],
+    };
+    let sampled: Vec<usize> = uniform_indices(kept[1] - kept[0] + 1, spec.slices)
+        .into_iter()
+        .map(|i| kept[0] + i)
+        .collect();
+    let [wlo, whi] = spec.hu_window;
+    let scale = 1.0 / (whi - wlo);
+    let window = |v: f32| (v.clamp(wlo, whi) - wlo) * scale;
+    let channel = spec.slices * ch * cw;
+    let mut input = vec![0f32; 3 * channel];
+    let (ct_channel, rest) = input.split_at_mut(channel);
+    ct_channel
+        .par_chunks_mut(ch * cw)
+        .zip(sampled.par_iter())
+        .for_each(|(out, &z)| {
+            for y in 0..ch {
+                let gy = crop_box.y[0] + y as i64;
+                for x in 0..cw {
+                    let gx = crop_box.x[0] + x as i64;
+                    let inside = gx >= 0 && gy >= 0 && (gx as usize) < nx && (gy as usize) < ny;
+                    let v = if inside {
+                        hu.data[gx as usize + nx * gy as usize + plane * z]
+                    } else {
+                        PAD_HU
+                    };
+                    let v = if v.is_nan() { PAD_HU } else { v };
+                    out[x + cw * y] = window(v);
+                }
+            }
+        });
+    let (second, third) = rest.split_at_mut(channel);
+    match lesion {
+        None => {
+            second.copy_from_slice(ct_channel);
+            third.copy_from_slice(ct_channel);
+        }
+        Some(l) => {
+            // Nearest-neighbour lesion values at the output voxels' physical positions.
+            let map = IndexMap::between(&grid, &Grid::of(l))?;
+            second
+                .par_chunks_mut(ch * cw)
+                .zip(sampled.par_iter())
+                .for_each(|(out, &z)| {
+                    for y in 0..ch {
+                        let gy = crop_box.y[0] + y as i64;
+                        for x in 0..cw {
+                            let gx = crop_box.x[0] + x as i64;
+                            let c = [0, 1, 2].map(|r| {
+                                map.t[r]
+                                    + map.m[3 * r] * gx as f64
+                                    + map.m[3 * r + 1] * gy as f64
+                                    + map.m[3 * r + 2] * z as f64
+                            });
+                            out[x + cw * y] = nearest_or(l, c, 0.0);
+                        }
+                    }
+                });
+        }
+    }
+    seconds.assemble = t.elapsed().as_secs_f64();
+
+    // The lung mask on the input grid (nearest neighbour).
+    let t = Instant::now();
+    let (lung_mask, count) = mask_to_grid(&lungs.mask, &grid, ct)?;
+    seconds.mask_to_input_grid = t.elapsed().as_secs_f64();
+    let det = resample::invert3(&ct.direction).map_or(1.0, |_| determinant(&ct.direction).abs());
+    let voxel_ml = ct.spacing.iter().product::<f64>() * det / 1000.0;
+    seconds.total = t_start.elapsed().as_secs_f64();
+
+    let report = PreprocessReport {
+        spec: spec.clone(),
+        input_size: ct.size,
+        input_spacing: ct.spacing,
+        orientation,
+        oblique_resampled,
+        resampled_size: grid.size,
+        lung_volume_ml: count as f64 * voxel_ml,
+        lung_volume_right_ml: lungs.right_ml,
+        lung_volume_left_ml: lungs.left_ml,
+        lung_components: lungs.components,
+        lung_z_range: [lo[2], hi[2]],
+        kept_z_range: kept,
+        kept_z_mm: [
+            grid.index_to_physical([0.0, 0.0, kept[0] as f64])[2],
+            grid.index_to_physical([0.0, 0.0, kept[1] as f64])[2],
+        ],
+        crop_box,
+        sampled_slices: sampled,
+        seconds,
+    };
+    Ok(Preprocessed {
+        input,
+        shape: spec.shape(),
+        lung_mask,
+        report,
+    })
+}
+
+fn determinant(m: &[f64; 9]) -> f64 {
+    m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6])
+        + m[2] * (m[3] * m[7] - m[4] * m[6])
+}
+
+/// Value of `v` at the nearest voxel to continuous index `c`, or `default` outside
+/// (ITK's inside test and rounding).
+fn nearest_or(v: &Volume, c: [f64; 3], default: f32) -> f32 {
+    if (0..3).any(|k| !(c[k] >= -0.5 && c[k] < v.size[k] as f64 - 0.5)) {
+        return default;
+    }
+    let i = [0, 1, 2].map(|k| ((c[k] + 0.5).floor().max(0.0) as usize).min(v.size[k] - 1));
+    v.data[i[0] + v.size[0] * (i[1] + v.size[1] * i[2])]
+}
+
+/// Inclusive bounding box of a non-empty mask.
+fn mask_bbox(mask: &[u8], size: [usize; 3]) -> ([usize; 3], [usize; 3]) {
+    let [nx, ny, _] = size;
+    mask.par_chunks(nx)
+        .enumerate()
+        .filter_map(|(row, r)| {
+            let first = r.iter().position(|&m| m != 0)?;
+            let last = r.iter().rposition(|&m| m != 0)?;
+            let (y, z) = (row % ny, row / ny);
+            Some(([first, y, z], [last, y, z]))
+        })
+        .reduce(
+            || ([usize::MAX; 3], [0; 3]),
+            |a, b| {
+                (
+                    [0, 1, 2].map(|k| a.0[k].min(b.0[k])),
+                    [0, 1, 2].map(|k| a.1[k].max(b.1[k])),
+                )
+            },
+        )
+}
+
+/// Maps a mask on `grid` to the grid of `target` by nearest neighbour; returns the volume and
+/// its voxel count.
+fn mask_to_grid(
+    mask: &[u8],
+    grid: &Grid,
+    target: &Volume,
+) -> Result<(Volume, usize), PreprocessError> {
+    let map = IndexMap::between(&Grid::of(target), grid)?;
+    let [nx, ny, _] = target.size;
+    let mut data = vec![0f32; target.len()];
+    let count = data
+        .par_chunks_mut(nx)
+        .enumerate()
+        .map(|(row, out)| {
+            let (start, step) = map.row(row % ny, row / ny);
+            let mut n = 0usize;
+            for (x, o) in out.iter_mut().enumerate() {
+                let xf = x as f64;
+                let c = [0, 1, 2].map(|k| start[k] + step[k] * xf);
+                if (0..3).all(|k| c[k] >= -0.5 && c[k] < grid.size[k] as f64 - 0.5) {
+                    let i = [0, 1, 2]
+                        .map(|k| ((c[k] + 0.5).floor().max(0.0) as usize).min(grid.size[k] - 1));
+                    if mask[i[0] + grid.size[0] * (i[1] + grid.size[1] * i[2])] != 0 {
+                        *o = 1.0;
+                        n += 1;
+                    }
+                }
+            }
+            n
+        })
+        .sum();
+    Ok((
+        Volume {
+            data,
+            size: target.size,
+            spacing: target.spacing,
+            origin: target.origin,
+            direction: target.direction,
+        },
+        count,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_indices_cover_and_repeat() {
+        assert_eq!(uniform_indices(5, 3), vec![0, 2, 4]);
+        assert_eq!(uniform_indices(3, 5), vec![0, 1, 1, 2, 2]);
+        assert_eq!(uniform_indices(200, 128).len(), 128);
+        assert_eq!(*uniform_indices(200, 128).last().unwrap_or(&0), 199);
+        assert_eq!(uniform_indices(7, 1), vec![3]);
+    }
+
+    #[test]
+    fn spec_serde_names_and_defaults() {
+        let s: InputSpec =
+            serde_json::from_str(r#"{"spacing_mm": 1.6, "channels": "ct_lesion_zeros"}"#)
+                .expect("parses");
+        assert_eq!(s.spacing_mm, 1.6);
+        assert_eq!(s.channels, ChannelLayout::CtLesionZeros);
+        assert_eq!(s.crop_xy, [240, 240]);
+        assert_eq!(
+            serde_json::to_value(ChannelLayout::CtX3).expect("serialises"),
+            serde_json::json!("ct_x3")
+        );
+        assert!(serde_json::from_str::<InputSpec>(r#"{"spacing": 1.6}"#).is_err());
+        let bad = InputSpec {
+            hu_window: [300.0, -1100.0],
+            ..InputSpec::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,482 @@
+//! Binary-image tools for the lung mask: connected components, Euclidean distance transforms
+//! (hence exact ball-shaped dilation, erosion and closing), hole filling, bounding boxes.
+//!
+//! Masks are `u8` (0 or 1) arrays in the volume layout (x fastest, then y, then z).
+
+use rayon::prelude::*;
+
+/// Grid dimensions (x, y, z).
+pub(crate) type Dims = [usize; 3];
+
+/// Statistics of one connected component.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Component {
+    /// Number of voxels.
+    pub voxels: usize,
+    /// Inclusive bounding box: minimum and maximum index per axis.
+    pub lo: [usize; 3],
+    pub hi: [usize; 3],
+    /// Touches a face of the grid perpendicular to x or y.
+    pub touches_xy_border: bool,
+}
+
+/// Labels the 6-connected components of `mask` (1-based labels, 0 = background).
+pub(crate) fn label_3d(mask: &[u8], dims: Dims) -> (Vec<u32>, Vec<Component>) {
+    let [nx, ny, nz] = dims;
+    let mut labels = vec![0u32; mask.len()];
+    let mut comps = Vec::new();
+    let mut stack: Vec<usize> = Vec::new();
+    let plane = nx * ny;
+    for start in 0..mask.len() {
+        if mask[start] == 0 || labels[start] != 0 {
+            continue;
+        }
+        let label = comps.len() as u32 + 1;
+        let mut c = Component {
+            lo: [usize::MAX; 3],
+            ..Default::default()
+        };
+        labels[start] = label;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            let x = i % nx;
+            let y = (i / nx) % ny;
+            let z = i / plane;
+            c.voxels += 1;
+            for (k, v) in [x, y, z].into_iter().enumerate() {
+                c.lo[k] = c.lo[k].min(v);
+                c.hi[k] = c.hi[k].max(v);
+            }
+            if x == 0 || y == 0 || x + 1 == nx || y + 1 == ny {
+                c.touches_xy_border = true;
+            }
+            let mut visit = |j: usize| {
+                if mask[j] != 0 && labels[j] == 0 {
+                    labels[j] = label;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < nx {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - nx);
+            }
+            if y + 1 < ny {
+                visit(i + nx);
+            }
+            if z > 0 {
+                visit(i - plane);
+            }
+            if z + 1 < nz {
+                visit(i + plane);
+            }
+        }
+        comps.push(c);
+    }
+    (labels, comps)
+}
+
+/// A 4-connected component of one axial slice.
+#[derive(Debug, Clone)]
+pub(crate) struct Component2d {
+    /// Pixel indices within the slice.
+    pub pixels: Vec<usize>,
+    /// Mean x index.
+    pub centroid_x: f64,
+}
+
+/// The 4-connected components of an axial slice (`nx * ny` pixels).
+pub(crate) fn components_2d(slice: &[u8], nx: usize, ny: usize) -> Vec<Component2d> {
+    let mut seen = vec![false; slice.len()];
+    let mut out = Vec::new();
+    let mut stack = Vec::new();
+    for start in 0..slice.len() {
+        if slice[start] == 0 || seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        stack.push(start);
+        let mut pixels = Vec::new();
+        let mut sum_x = 0usize;
+        while let Some(i) = stack.pop() {
+            pixels.push(i);
+            let (x, y) = (i % nx, i / nx);
+            sum_x += x;
+            let mut visit = |j: usize| {
+                if slice[j] != 0 && !seen[j] {
+                    seen[j] = true;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < nx {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - nx);
+            }
+            if y + 1 < ny {
+                visit(i + nx);
+            }
+        }
+        let centroid_x = sum_x as f64 / pixels.len() as f64;
+        out.push(Component2d { pixels, centroid_x });
+    }
+    out
+}
+
+/// One-dimensional squared distance transform of sampled function `f` (0 at features, +inf
+/// elsewhere, or the result of a previous pass) with squared sample spacing `w`
+/// (Felzenszwalb & Huttenlocher, "Distance transforms of sampled functions", 2012).
+fn edt_1d(f: &[f32], w: f64, out: &mut [f32], v: &mut Vec<usize>, z: &mut Vec<f64>) {
+    v.clear();
+    z.clear();
+    for (q, &fq) in f.iter().enumerate() {
+        if !fq.is_finite() {
+            continue;
+        }
+        let fq = fq as f64 + w * (q * q) as f64;
+        loop {
+            match v.last() {
+                Some(&p) => {
+                    let fp = f[p] as f64 + w * (p * p) as f64;
+                    let s = (fq - fp) / (2.0 * w * (q - p) as f64);
+                    if z.last().is_some_and(|&zl| s <= zl) {
+                        v.pop();
+                        z.pop();
+                        continue;
+                    }
+                    v.push(q);
+                    z.push(s);
+                }
+                None => {
+                    v.push(q);
+                    z.push(f64::NEG_INFINITY);
+                }
+            }
+            break;
+        }
+    }
+    if v.is_empty() {
+        out.fill(f32::INFINITY);
+        return;
+    }
+    let mut k = 0;
+    for (q, o) in out.iter_mut().enumerate() {
+        while k + 1 < v.len() && z[k + 1] < q as f64 {
+            k += 1;
+        }
+        let p = v[k];
+        let d = q as f64 - p as f64;
+        *o = (w * d * d + f[p] as f64) as f32;
+    }
+}
+
+/// Squared Euclidean distance (mm²) from every voxel to the nearest voxel where `feature` is
+/// true; +inf when there is none. Exact, separable, parallel over lines.
+pub(crate) fn squared_edt(
+    dims: Dims,
+    spacing: [f64; 3],
+    feature: impl Fn(usize) -> bool + Sync,
+) -> Vec<f32> {
+    let [nx, ny, nz] = dims;
+    let plane = nx * ny;
+    let mut d: Vec<f32> = (0..nx * ny * nz)
+        .into_par_iter()
+        .map(|i| if feature(i) { 0.0 } else { f32::INFINITY })
+        .collect();
+    let w = spacing.map(|s| s * s);
+    // x: rows are contiguous.
+    d.par_chunks_mut(nx).for_each_init(
+        || (vec![0f32; nx], Vec::new(), Vec::new()),
+        |(buf, v, z), row| {
+            buf.copy_from_slice(row);
+            edt_1d(buf, w[0], row, v, z);
+        },
+    );
+    // y: columns within each z-plane.
+    d.par_chunks_mut(plane).for_each_init(
+        || (vec![0f32; ny], vec![0f32; ny], Vec::new(), Vec::new()),
+        |(f, o, v, z), slab| {
+            for x in 0..nx {
+                for y in 0..ny {
+                    f[y] = slab[x + nx * y];
+                }
+                edt_1d(f, w[1], o, v, z);
+                for y in 0..ny {
+                    slab[x + nx * y] = o[y];
+                }
+            }
+        },
+    );
+    // z: one y-row of columns per task, written back plane by plane.
+    let rows: Vec<Vec<f32>> = (0..ny)
+        .into_par_iter()
+        .map_init(
+            || (vec![0f32; nz], Vec::new(), Vec::new()),
+            |(f, v, z), y| {
+                let mut out = vec![0f32; nx * nz];
+                for x in 0..nx {
+                    for (k, fk) in f.iter_mut().enumerate() {
+                        *fk = d[x + nx * (y + ny * k)];
+                    }
+                    edt_1d(f, w[2], &mut out[x * nz..(x + 1) * nz], v, z);
+                }
+                out
+            },
+        )
+        .collect();
+    d.par_chunks_mut(plane).enumerate().for_each(|(k, slab)| {
+        for (y, row) in rows.iter().enumerate() {
+            for x in 0..nx {
+                slab[x + nx * y] = row[x * nz + k];
+            }
+        }
+    });
+    d
+}
+
+/// Morphological closing with a ball of radius `r_mm`, as two distance transforms: dilation
+/// (within `r` of the mask) then erosion (farther than `r` from outside the dilation). The grid
+/// must leave room for the dilation (a margin of `r` plus a voxel): space beyond it counts as
+/// inside the dilation. The result always contains the input.
+pub(crate) fn close_ball(mask: &mut [u8], dims: Dims, spacing: [f64; 3], r_mm: f64) {
+    let r2 = (r_mm * r_mm) as f32;
+    let to_mask = squared_edt(dims, spacing, |i| mask[i] != 0);
+    let to_outside = squared_edt(dims, spacing, |i| to_mask[i] > r2);
+    mask.par_iter_mut()
+        .zip(to_outside.par_iter())
+        .for_each(|(m, &d)| {
+            if d > r2 {
+                *m = 1;
+            }
+        });
+}
+
+/// Fills the 3-D holes of `mask`: background regions (6-connected) that do not reach the grid
+/// border.
+pub(crate) fn fill_holes_3d(mask: &mut [u8], dims: Dims) {
+    let [nx, ny, nz] = dims;
+    let plane = nx * ny;
+    // 0 background, 1 mask, 2 background reached from the border.
+    let mut stack = Vec::new();
+    let on_border = |i: usize| {
+        let (x, y, z) = (i % nx, (i / nx) % ny, i / plane);
+        x == 0 || y == 0 || z == 0 || x + 1 == nx || y + 1 == ny || z + 1 == nz
+    };
+    for (i, m) in mask.iter_mut().enumerate() {
+        if *m == 0 && on_border(i) {
+            *m = 2;
+            stack.push(i);
+        }
+    }
+    while let Some(i) = stack.pop() {
+        let (x, y, z) = (i % nx, (i / nx) % ny, i / plane);
+        let mut visit = |j: usize| {
+            if mask[j] == 0 {
+                mask[j] = 2;
+                stack.push(j);
+            }
+        };
+        if x > 0 {
+            visit(i - 1);
+        }
+        if x + 1 < nx {
+            visit(i + 1);
+        }
+        if y > 0 {
+            visit(i - nx);
+        }
+        if y + 1 < ny {
+            visit(i + nx);
+        }
+        if z > 0 {
+            visit(i - plane);
+        }
+        if z + 1 < nz {
+            visit(i + plane);
+        }
+    }
+    mask.par_iter_mut().for_each(|m| *m = u8::from(*m != 2));
+}
+
+/// Copies the box `lo..=hi` of a grid into a new array (with the box's dims); the box may
+/// extend beyond the grid, where it reads `fill`.
+pub(crate) fn crop<T: Copy + Send + Sync>(
+    data: &[T],
+    dims: Dims,
+    lo: [i64; 3],
+    hi: [i64; 3],
+    fill: T,
+) -> (Vec<T>, Dims) {
+    let bd = [0, 1, 2].map(|k| (hi[k] - lo[k] + 1).max(0) as usize);
+    let mut out = vec![fill; bd[0] * bd[1] * bd[2]];
+    // The part of the box inside the grid, in grid coordinates.
+    let a = [0, 1, 2].map(|k| lo[k].max(0));
+    let b = [0, 1, 2].map(|k| hi[k].min(dims[k] as i64 - 1));
+    if (0..3).any(|k| a[k] > b[k]) {
+        return (out, bd);
+    }
+    let w = (b[0] - a[0] + 1) as usize;
+    out.par_chunks_mut(bd[0] * bd[1])
+        .enumerate()
+        .for_each(|(bz, slab)| {
+            let z = lo[2] + bz as i64;
+            if z < a[2] || z > b[2] {
+                return;
+            }
+            for y in a[1]..=b[1] {
+                let by = (y - lo[1]) as usize;
+                let src = a[0] as usize + dims[0] * (y as usize + dims[1] * z as usize);
+                let dst = (a[0] - lo[0]) as usize + bd[0] * by;
+                slab[dst..dst + w].copy_from_slice(&data[src..src + w]);
+            }
+        });
+    (out, bd)
+}
+
+/// ORs a box (as cut by [`crop`] at `lo`) back into a grid, skipping what lies outside.
+pub(crate) fn or_back(data: &mut [u8], dims: Dims, lo: [i64; 3], sub: &[u8], bd: Dims) {
+    let plane = dims[0] * dims[1];
+    data.par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(z, slab)| {
+            let bz = z as i64 - lo[2];
+            if bz < 0 || bz >= bd[2] as i64 {
+                return;
+            }
+            for by in 0..bd[1] {
+                let y = lo[1] + by as i64;
+                if y < 0 || y >= dims[1] as i64 {
+                    continue;
+                }
+                for bx in 0..bd[0] {
+                    let x = lo[0] + bx as i64;
+                    if x < 0 || x >= dims[0] as i64 {
+                        continue;
+                    }
+                    let s = sub[bx + bd[0] * (by + bd[1] * bz as usize)];
+                    slab[x as usize + dims[0] * y as usize] |= s;
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brute_force_edt(mask: &[u8], dims: Dims, sp: [f64; 3]) -> Vec<f32> {
+        let [nx, ny, nz] = dims;
+        let pts: Vec<[usize; 3]> = (0..mask.len())
+            .filter(|&i| mask[i] != 0)
+            .map(|i| [i % nx, (i / nx) % ny, i / (nx * ny)])
+            .collect();
+        (0..nx * ny * nz)
+            .map(|i| {
+                let p = [i % nx, (i / nx) % ny, i / (nx * ny)];
+                pts.iter()
+                    .map(|q| {
+                        (0..3)
+                            .map(|k| ((p[k] as f64 - q[k] as f64) * sp[k]).powi(2))
+                            .sum::<f64>()
+                    })
+                    .fold(f64::INFINITY, f64::min) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn edt_matches_brute_force_with_anisotropic_spacing() {
+        let dims = [9, 7, 5];
+        let sp = [0.7, 1.3, 2.5];
+        let mut mask = vec![0u8; 9 * 7 * 5];
+        for &i in &[3usize, 40, 100, 222, 314] {
+            mask[i] = 1;
+        }
+        let fast = squared_edt(dims, sp, |i| mask[i] != 0);
+        let slow = brute_force_edt(&mask, dims, sp);
+        for (a, b) in fast.iter().zip(&slow) {
+            assert!((a - b).abs() < 1e-3 * b.max(1.0), "{a} vs {b}");
+        }
+        let empty = squared_edt(dims, sp, |_| false);
+        assert!(empty.iter().all(|v| v.is_infinite()));
+    }
+
+    #[test]
+    fn closing_fills_a_gap_but_keeps_a_wide_notch() {
+        // Two slabs 2 voxels apart: closing with r = 2 voxels bridges them.
+        let dims = [20, 5, 5];
+        let mut mask = vec![0u8; 500];
+        for z in 0..5 {
+            for y in 0..5 {
+                for x in (3..8).chain(10..15) {
+                    mask[x + 20 * (y + 5 * z)] = 1;
+                }
+            }
+        }
+        let mut closed = mask.clone();
+        close_ball(&mut closed, dims, [1.0; 3], 2.0);
+        assert_eq!(closed[8 + 20 * (2 + 5 * 2)], 1, "gap bridged");
+        assert_eq!(closed[1 + 20 * (2 + 5 * 2)], 0, "outside stays outside");
+        assert!(mask.iter().zip(&closed).all(|(a, b)| b >= a), "extensive");
+    }
+
+    #[test]
+    fn labels_and_fills() {
+        // A hollow cube: one component, its cavity is a hole.
+        let dims = [7, 7, 7];
+        let mut mask = vec![0u8; 343];
+        for z in 1..6 {
+            for y in 1..6 {
+                for x in 1..6 {
+                    let inner = (2..5).contains(&x) && (2..5).contains(&y) && (2..5).contains(&z);
+                    if !inner {
+                        mask[x + 7 * (y + 7 * z)] = 1;
+                    }
+                }
+            }
+        }
+        let (labels, comps) = label_3d(&mask, dims);
+        assert_eq!(comps.len(), 1);
+        assert_eq!(comps[0].voxels, 125 - 27);
+        assert_eq!(comps[0].lo, [1, 1, 1]);
+        assert_eq!(comps[0].hi, [5, 5, 5]);
+        assert!(!comps[0].touches_xy_border);
+        assert_eq!(labels[3 + 7 * (3 + 7 * 3)], 0);
+        fill_holes_3d(&mut mask, dims);
+        assert_eq!(mask.iter().filter(|&&m| m == 1).count(), 125);
+        let (sub, sd) = crop(&mask, dims, [1, 1, 1], [2, 3, 5], 0);
+        assert_eq!(sd, [2, 3, 5]);
+        assert!(sub.iter().all(|&m| m == 1));
+        // A box sticking out of the grid reads the fill value there and writes back inside.
+        let (sub, sd) = crop(&mask, dims, [-2, 5, 5], [1, 7, 6], 9);
+        assert_eq!(sd, [4, 3, 2]);
+        assert_eq!(sub[0], 9);
+        assert_eq!(sub[3], 1, "voxel (1, 5, 5)");
+        let mut back = vec![0u8; 343];
+        or_back(&mut back, dims, [-2, 5, 5], &sub, sd);
+        assert_eq!(back[1 + 7 * (5 + 7 * 5)], 1);
+        // Only voxel (1, 5, 5) of the box is inside both the grid and the filled cube.
+        assert_eq!(back.iter().filter(|&&m| m != 0).count(), 1);
+    }
+
+    #[test]
+    fn components_2d_split_and_centroid() {
+        let (nx, ny) = (6, 3);
+        let slice = [1u8, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        let comps = components_2d(&slice, nx, ny);
+        assert_eq!(comps.len(), 2);
+        assert_eq!(comps[0].pixels.len(), 2);
+        assert!((comps[0].centroid_x - 0.5).abs() < 1e-12);
+        assert_eq!(comps[1].pixels.len(), 2);
+        assert!((comps[1].centroid_x - 5.0).abs() < 1e-12);
+        let _ = ny;
+    }
+}
