@@ -296,7 +296,11 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
     let (data_path, mut data, avail) = match &h.data_file {
         DataFile::Local => (path.to_path_buf(), file, file_len - h.data_offset),
         DataFile::External(p) => {
-            let f = File::open(p).map_err(|e| VolumeError::io(p, "cannot open data file", e))?;
+            let f = File::open(p).map_err(|error| VolumeError::DataFile {
+                path: path.into(),
+                data: p.clone(),
+                error,
+            })?;
             let len = f
                 .metadata()
                 .map_err(|e| VolumeError::io(p, "cannot stat", e))?
