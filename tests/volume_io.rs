@@ -220,3 +220,34 @@ fn unknown_extension_is_an_error() {
     assert!(volume::write(&p, &v, ElementType::Short).is_err());
     assert!(!p.exists());
 }
+
+#[test]
+fn large_round_trip_spans_many_chunks() {
+    // Several MiB per file, so that inflating and reading cross many internal chunk boundaries.
+    let dir = tempfile::tempdir().unwrap();
+    let mut vol = sample([301, 203, 7]);
+    vol.data
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, x)| *x = ((i * 7919) % 4001) as f32 - 2000.0 + 0.5 * (i % 2) as f32);
+    for (name, ty, compress) in [
+        ("s.mha", ElementType::Short, true),
+        ("d.mha", ElementType::Double, true),
+        ("d.mhd", ElementType::Double, false),
+        ("f.mha", ElementType::Float, false),
+    ] {
+        let p = dir.path().join(name);
+        let opts = WriteOptions {
+            compress,
+            ..WriteOptions::default()
+        };
+        volume::write_with_options(&p, &vol, ty, &opts).unwrap();
+        let back = volume::read(&p).unwrap();
+        if ty == ElementType::Short {
+            let want: Vec<f32> = vol.data.iter().map(|x| x.round()).collect();
+            assert_eq!(back.data, want, "{name}");
+        } else {
+            assert_eq!(back.data, vol.data, "{name}");
+        }
+    }
+}
