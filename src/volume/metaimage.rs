@@ -651,7 +651,10 @@ pub(crate) fn write(
             })?;
         write_atomic(&data_path, |w| w.write_all(&data))?;
         let header = header_text(vol, ty, csize, &data_name);
-        write_atomic(path, |w| w.write_all(header.as_bytes()))
+        write_atomic(path, |w| w.write_all(header.as_bytes())).inspect_err(|_| {
+            // No header, no image: do not leave its data file behind.
+            let _ = std::fs::remove_file(&data_path);
+        })
     } else {
         let header = header_text(vol, ty, csize, "LOCAL");
         write_atomic(path, |w| {
