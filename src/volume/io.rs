@@ -110,7 +110,7 @@ pub fn write(path: &Path, vol: &Volume, ty: ElementType) -> Result<(), VolumeErr
     write_with_options(path, vol, ty, &WriteOptions::default())
 }
 
-/// Like [`write`], with explicit compression options.
+/// Like [`write()`], with explicit compression options.
 pub fn write_with_options(
     path: &Path,
     vol: &Volume,
