@@ -35,8 +35,8 @@ pub struct WriteOptions {
     /// zlib-compress MetaImage data (`.mha`, `.mhd` + `.zraw`); otherwise raw (`.mhd` + `.raw`).
     /// NIfTI compression follows the extension (`.nii.gz`) instead.
     pub compress: bool,
-    /// zlib level 0..=9. The default 1 writes several times faster than 6 at a slightly lower
-    /// ratio on CT.
+    /// zlib level 0..=9. The default 2 is 3-4x faster than 6 on CT for a 5% larger file
+    /// (level 1 is faster again but about 40% larger).
     pub compression_level: u32,
 }
 
@@ -44,7 +44,7 @@ impl Default for WriteOptions {
     fn default() -> Self {
         Self {
             compress: true,
-            compression_level: 1,
+            compression_level: 2,
         }
     }
 }
