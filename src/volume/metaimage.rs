@@ -364,7 +364,7 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
         }
         let mut out = alloc_voxels(voxels);
         inflate_into(&data_path, (&mut data).take(csize), h.ty, h.msb, &mut out)?;
-        Ok::<_, VolumeError>(out)
+        out
     } else {
         if avail != expected {
             return Err(VolumeError::DataLength {
@@ -398,8 +398,8 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
             decode(h.ty, src, h.msb, dst);
             done += dst.len();
         }
-        Ok::<_, VolumeError>(out)
-    }?;
+        out
+    };
     Ok((
         Volume {
             data: out,
