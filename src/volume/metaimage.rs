@@ -683,4 +683,17 @@ mod tests {
         assert_eq!(h.ty, ElementType::UShort);
         assert_eq!(h.data_offset as usize, text.len() - 2);
     }
+
+    #[test]
+    fn element_spacing_wins_over_element_size_and_origin_alias() {
+        let text = b"NDims = 3\r\nDimSize = 2 3 4\r\nElementSize = 9 9 9\r\n\
+            ElementSpacing = 1 2 3\r\nOrigin = -1 -2 -3\r\nElementType = MET_FLOAT\r\n\
+            ElementDataFile = LOCAL\r\n";
+        let h = parse_header(Path::new("a.mha"), text, true).unwrap();
+        assert_eq!(h.spacing, [1.0, 2.0, 3.0]);
+        assert_eq!(h.origin, [-1.0, -2.0, -3.0]);
+        assert_eq!(h.direction, crate::volume::IDENTITY);
+        assert!(!h.compressed && !h.msb);
+        assert_eq!(h.data_offset as usize, text.len());
+    }
 }
