@@ -85,3 +85,169 @@ fn write_rounds_and_saturates() {
         vec![-1.0, 2.0, 32767.0, -32768.0]
     );
 }
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/volume")
+}
+
+fn expected() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+            "{what}: got {got:?}, SimpleITK {want:?}"
+        );
+    }
+}
+
+#[test]
+fn fixtures_match_simpleitk() {
+    let exp = expected();
+    let files = exp["files"].as_object().unwrap();
+    assert!(
+        files.len() >= 50,
+        "expected.json lists {} files",
+        files.len()
+    );
+    for (name, e) in files {
+        let path = fixtures().join(e["file"].as_str().unwrap());
+        let (v, ty) = volume::read_with_type(&path).unwrap_or_else(|err| panic!("{name}: {err}"));
+        let size: Vec<usize> = floats(&e["size"]).iter().map(|&x| x as usize).collect();
+        assert_eq!(v.size.to_vec(), size, "{name}");
+        assert_close(
+            &format!("{name} spacing"),
+            &v.spacing,
+            &floats(&e["spacing"]),
+        );
+        assert_close(&format!("{name} origin"), &v.origin, &floats(&e["origin"]));
+        assert_close(
+            &format!("{name} direction"),
+            &v.direction,
+            &floats(&e["direction"]),
+        );
+        assert_eq!(
+            ty.as_met_str(),
+            e["element_type"].as_str().unwrap(),
+            "{name}"
+        );
+        let want = floats(&e["values"]);
+        assert_eq!(v.data.len(), want.len(), "{name}");
+        for (i, (&g, &w)) in v.data.iter().zip(&want).enumerate() {
+            assert_eq!(g, w as f32, "{name}: voxel {i}");
+        }
+    }
+}
+
+#[test]
+fn real_ct_matches_simpleitk_fixture() {
+    let exp = &expected()["real_ct"];
+    let v = volume::read(&real_ct()).unwrap();
+    let size: Vec<usize> = floats(&exp["size"]).iter().map(|&x| x as usize).collect();
+    assert_eq!(v.size.to_vec(), size);
+    assert_close("spacing", &v.spacing, &floats(&exp["spacing"]));
+    assert_close("origin", &v.origin, &floats(&exp["origin"]));
+    assert_close("direction", &v.direction, &floats(&exp["direction"]));
+    let s = v.stats();
+    assert_eq!(s.min, exp["min"].as_f64().unwrap());
+    assert_eq!(s.max, exp["max"].as_f64().unwrap());
+    let sum: f64 = v.data.iter().map(|&x| x as f64).sum();
+    assert_eq!(sum, exp["sum"].as_f64().unwrap());
+    assert!((s.mean - exp["mean"].as_f64().unwrap()).abs() < 1e-9);
+    for smp in exp["samples"].as_array().unwrap() {
+        let s = floats(smp);
+        let (x, y, z) = (s[0] as usize, s[1] as usize, s[2] as usize);
+        assert_eq!(v.at(x, y, z) as f64, s[3], "voxel ({x}, {y}, {z})");
+    }
+}
+
+#[test]
+fn nifti_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = sample([6, 4, 3]);
+    for (name, ty) in [
+        ("a.nii", ElementType::Short),
+        ("b.nii.gz", ElementType::Float),
+        ("c.nii.gz", ElementType::UChar),
+        ("d.nii", ElementType::Double),
+    ] {
+        let mut vol = vol.clone();
+        if ty == ElementType::UChar {
+            vol.data.iter_mut().for_each(|x| *x = x.abs());
+        }
+        let p = dir.path().join(name);
+        volume::write(&p, &vol, ty).unwrap();
+        let (back, back_ty) = volume::read_with_type(&p).unwrap();
+        assert_eq!(back_ty, ty, "{name}");
+        assert_eq!(back.size, vol.size);
+        assert_eq!(back.data, vol.data, "{name}");
+        // NIfTI stores geometry as f32.
+        for (g, w) in back
+            .spacing
+            .iter()
+            .chain(&back.origin)
+            .chain(&back.direction)
+            .zip(vol.spacing.iter().chain(&vol.origin).chain(&vol.direction))
+        {
+            assert!((g - w).abs() < 1e-5, "{name}: {back:?}");
+        }
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+}
+
+#[test]
+fn unknown_extension_is_an_error() {
+    let err = volume::read(Path::new("scan.dcm")).unwrap_err().to_string();
+    assert!(
+        err.contains("scan.dcm") && err.contains("extension"),
+        "{err}"
+    );
+    let v = Volume::filled([1, 1, 1], [1.0; 3], [0.0; 3], 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.png");
+    assert!(volume::write(&p, &v, ElementType::Short).is_err());
+    assert!(!p.exists());
+}
+
+#[test]
+fn large_round_trip_spans_many_chunks() {
+    // Several MiB per file, so that inflating and reading cross many internal chunk boundaries.
+    let dir = tempfile::tempdir().unwrap();
+    let mut vol = sample([301, 203, 7]);
+    vol.data
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, x)| *x = ((i * 7919) % 4001) as f32 - 2000.0 + 0.5 * (i % 2) as f32);
+    for (name, ty, compress) in [
+        ("s.mha", ElementType::Short, true),
+        ("d.mha", ElementType::Double, true),
+        ("d.mhd", ElementType::Double, false),
+        ("f.mha", ElementType::Float, false),
+    ] {
+        let p = dir.path().join(name);
+        let opts = WriteOptions {
+            compress,
+            ..WriteOptions::default()
+        };
+        volume::write_with_options(&p, &vol, ty, &opts).unwrap();
+        let back = volume::read(&p).unwrap();
+        if ty == ElementType::Short {
+            let want: Vec<f32> = vol.data.iter().map(|x| x.round()).collect();
+            assert_eq!(back.data, want, "{name}");
+        } else {
+            assert_eq!(back.data, vol.data, "{name}");
+        }
+    }
+}

@@ -138,7 +138,7 @@ macro_rules! decode_as {
 }
 
 /// Converts raw values to `f32` on one thread. `src` must hold `out.len()` values.
-fn decode_serial(ty: ElementType, src: &[u8], msb: bool, out: &mut [f32]) {
+pub(crate) fn decode_serial(ty: ElementType, src: &[u8], msb: bool, out: &mut [f32]) {
     debug_assert_eq!(src.len(), out.len() * ty.size_of());
     match ty {
         ElementType::UChar => {

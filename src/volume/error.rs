@@ -7,15 +7,27 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     /// The operating system refused to open, read or write the file.
-    #[error("{}: {action}: {source}", path.display())]
+    ///
+    /// The OS error is part of the message, not a separate `source`, so that the one line a
+    /// user sees (`anyhow` prints sources on later lines) names the file as well as the cause.
+    #[error("{}: {action}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// What was being done ("cannot open", "cannot write", ...).
         action: &'static str,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// The data file named by a MetaImage header cannot be opened.
+    #[error("{}: cannot open its data file {}: {error}", path.display(), data.display())]
+    DataFile {
+        /// The header file.
+        path: PathBuf,
+        /// The data file it names.
+        data: PathBuf,
+        /// The underlying error.
+        error: std::io::Error,
     },
     /// The file name has no supported extension.
     #[error(
@@ -126,12 +138,12 @@ impl VolumeError {
     pub(crate) fn io(
         path: impl Into<PathBuf>,
         action: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     ) -> Self {
         Self::Io {
             path: path.into(),
             action,
-            source,
+            error,
         }
     }
 

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::element::ElementType;
 use super::error::VolumeError;
@@ -34,8 +35,8 @@ pub struct WriteOptions {
     /// zlib-compress MetaImage data (`.mha`, `.mhd` + `.zraw`); otherwise raw (`.mhd` + `.raw`).
     /// NIfTI compression follows the extension (`.nii.gz`) instead.
     pub compress: bool,
-    /// zlib level 0..=9. The default 1 writes several times faster than 6 at a slightly lower
-    /// ratio on CT.
+    /// zlib level 0..=9. The default 2 is 3-4x faster than 6 on CT for a 5% larger file
+    /// (level 1 is faster again but about 40% larger).
     pub compression_level: u32,
 }
 
@@ -43,7 +44,7 @@ impl Default for WriteOptions {
     fn default() -> Self {
         Self {
             compress: true,
-            compression_level: 1,
+            compression_level: 2,
         }
     }
 }
@@ -77,17 +78,22 @@ fn format_of(path: &Path) -> Result<Format, VolumeError> {
 
 /// Reads a volume (`.mha`, `.mhd`, `.nii`, `.nii.gz`, chosen by extension) with default limits.
 pub fn read(path: &Path) -> Result<Volume, VolumeError> {
-    read_with_limits(path, &ReadLimits::default()).map(|(v, _)| v)
+    read_with_limits(path, &ReadLimits::default())
 }
 
 /// Like [`read`], also returning the element type the file stores (for NIfTI with
 /// `scl_slope`/`scl_inter` scaling of integers: `Float`, as SimpleITK reports it).
 pub fn read_with_type(path: &Path) -> Result<(Volume, ElementType), VolumeError> {
-    read_with_limits(path, &ReadLimits::default())
+    read_with_type_and_limits(path, &ReadLimits::default())
 }
 
-/// Reads a volume and its element type, enforcing `limits`.
-pub fn read_with_limits(
+/// Like [`read`], enforcing `limits` instead of the default ones.
+pub fn read_with_limits(path: &Path, limits: &ReadLimits) -> Result<Volume, VolumeError> {
+    read_with_type_and_limits(path, limits).map(|(v, _)| v)
+}
+
+/// Reads a volume and its element type (see [`read_with_type`]), enforcing `limits`.
+pub fn read_with_type_and_limits(
     path: &Path,
     limits: &ReadLimits,
 ) -> Result<(Volume, ElementType), VolumeError> {
@@ -104,7 +110,7 @@ pub fn write(path: &Path, vol: &Volume, ty: ElementType) -> Result<(), VolumeErr
     write_with_options(path, vol, ty, &WriteOptions::default())
 }
 
-/// Like [`write`], with explicit compression options.
+/// Like [`write()`], with explicit compression options.
 pub fn write_with_options(
     path: &Path,
     vol: &Volume,
@@ -182,10 +188,10 @@ fn temp_path(path: &Path, suffix: &str) -> PathBuf {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    dir.join(format!(".tmp-{}-{nanos}{suffix}", std::process::id()))
+    // Unique per process and call, so concurrent writers never collide.
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".tmp-{}-{n}{suffix}", std::process::id()))
 }
 
 /// Writes a file atomically: `fill` writes a temporary file in the same directory (given its

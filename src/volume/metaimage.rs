@@ -6,10 +6,11 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
-use super::element::{decode, encode, ElementType};
+use super::element::{decode, decode_serial, encode, ElementType};
 use super::error::VolumeError;
 use super::io::{alloc_voxels, check_voxels, write_atomic, ReadLimits, WriteOptions};
 use super::Volume;
@@ -45,8 +46,14 @@ struct Header {
 /// header claiming more than that cannot be right, so it is rejected before any allocation.
 const MAX_DEFLATE_RATIO: u64 = 1032;
 
-/// Bytes inflated per step before conversion to `f32`: small enough to stay in cache.
+/// Bytes inflated per chunk before conversion to `f32`: small enough to stay in cache.
 const INFLATE_CHUNK: usize = 1 << 20;
+
+/// Bytes read per chunk of uncompressed data (a multiple of every element size).
+const RAW_CHUNK: usize = 4 << 20;
+
+/// Chunk buffers in flight between the inflating and the converting thread.
+const INFLATE_BUFFERS: usize = 4;
 
 fn parse_bool(path: &Path, key: &str, v: &str) -> Result<bool, VolumeError> {
     // MetaIO looks at the first character only.
@@ -296,7 +303,11 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
     let (data_path, mut data, avail) = match &h.data_file {
         DataFile::Local => (path.to_path_buf(), file, file_len - h.data_offset),
         DataFile::External(p) => {
-            let f = File::open(p).map_err(|e| VolumeError::io(p, "cannot open data file", e))?;
+            let f = File::open(p).map_err(|error| VolumeError::DataFile {
+                path: path.into(),
+                data: p.clone(),
+                error,
+            })?;
             let len = f
                 .metadata()
                 .map_err(|e| VolumeError::io(p, "cannot stat", e))?
@@ -351,19 +362,9 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
                 ),
             });
         }
-        let mut comp = Vec::new();
-        comp.try_reserve_exact(csize as usize)
-            .map_err(|_| VolumeError::Allocation {
-                path: data_path.clone(),
-                bytes: csize as usize,
-            })?;
-        (&mut data)
-            .take(csize)
-            .read_to_end(&mut comp)
-            .map_err(|e| VolumeError::io(&data_path, "cannot read compressed data", e))?;
         let mut out = alloc_voxels(voxels);
-        inflate_into(&data_path, &comp, h.ty, h.msb, &mut out)?;
-        Ok::<_, VolumeError>(out)
+        inflate_into(&data_path, (&mut data).take(csize), h.ty, h.msb, &mut out)?;
+        out
     } else {
         if avail != expected {
             return Err(VolumeError::DataLength {
@@ -373,28 +374,32 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
                 actual: avail,
             });
         }
-        let mut raw = Vec::new();
-        raw.try_reserve_exact(expected as usize)
-            .map_err(|_| VolumeError::Allocation {
-                path: data_path.clone(),
-                bytes: expected as usize,
-            })?;
-        (&mut data)
-            .take(expected)
-            .read_to_end(&mut raw)
-            .map_err(|e| VolumeError::io(&data_path, "cannot read pixel data", e))?;
-        if raw.len() as u64 != expected {
-            return Err(VolumeError::DataLength {
-                path: data_path,
-                what: "pixel data",
-                expected,
-                actual: raw.len() as u64,
-            });
-        }
+        // Read in chunks into one reused buffer and convert each (in parallel): no second
+        // full-size buffer to allocate and fault in.
         let mut out = alloc_voxels(voxels);
-        decode(h.ty, &raw, h.msb, &mut out);
-        Ok::<_, VolumeError>(out)
-    }?;
+        let esize = h.ty.size_of();
+        let mut buf = vec![0u8; RAW_CHUNK.min(expected as usize)];
+        let mut done = 0usize;
+        for dst in out.chunks_mut(RAW_CHUNK / esize) {
+            let src = buf.get_mut(..dst.len() * esize).unwrap_or_default();
+            data.read_exact(src).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    // The file shrank after the length check.
+                    VolumeError::DataLength {
+                        path: data_path.clone(),
+                        what: "pixel data",
+                        expected,
+                        actual: (done * esize) as u64,
+                    }
+                } else {
+                    VolumeError::io(&data_path, "cannot read pixel data", e)
+                }
+            })?;
+            decode(h.ty, src, h.msb, dst);
+            done += dst.len();
+        }
+        out
+    };
     Ok((
         Volume {
             data: out,
@@ -407,91 +412,152 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
     ))
 }
 
-/// Inflates one zlib stream straight into `out` (converting chunk by chunk), requiring it to
-/// produce exactly `out.len()` values and then end.
+/// Inflates one zlib stream (all of `input`) into `out`, requiring exactly `out.len()` values
+/// and then the end of the stream.
+///
+/// Inflating is the bottleneck and inherently serial, so it runs on its own thread, streaming
+/// the file, while this thread converts the inflated chunks to `f32` (and takes the page faults
+/// of the fresh output buffer): the critical path is the inflate alone.
 fn inflate_into(
     path: &Path,
-    comp: &[u8],
+    input: impl Read + Send,
     ty: ElementType,
     msb: bool,
     out: &mut [f32],
 ) -> Result<(), VolumeError> {
     let esize = ty.size_of();
     let expected = out.len() * esize;
+    // Buffers hold whole elements: INFLATE_CHUNK is a multiple of every element size.
+    let chunk = INFLATE_CHUNK.min(expected.max(esize));
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(INFLATE_BUFFERS);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(INFLATE_BUFFERS);
+    for _ in 0..INFLATE_BUFFERS {
+        // Cannot fail: the receiver is alive and the channel has room.
+        let _ = empty_tx.send(vec![0u8; chunk]);
+    }
+    std::thread::scope(|s| {
+        let worker = s.spawn(move || inflate_worker(path, input, expected, empty_rx, full_tx));
+        let mut done = 0usize; // values written to `out`
+        for (buf, len) in full_rx {
+            let n = len / esize;
+            if let (Some(src), Some(dst)) = (buf.get(..n * esize), out.get_mut(done..done + n)) {
+                decode_serial(ty, src, msb, dst);
+            }
+            done += n;
+            // The worker may have finished and dropped its receiver: nothing to return then.
+            let _ = empty_tx.send(buf);
+        }
+        drop(empty_tx);
+        match worker.join() {
+            Ok(result) => result,
+            Err(_) => Err(VolumeError::Compression {
+                path: path.into(),
+                reason: "the inflate thread panicked".into(),
+            }),
+        }
+    })
+}
+
+/// The inflate side of [`inflate_into`]: fills buffers from `empty` with exactly `expected`
+/// inflated bytes in total and passes them on through `full`, then checks the stream's end.
+fn inflate_worker(
+    path: &Path,
+    mut input: impl Read,
+    expected: usize,
+    empty: mpsc::Receiver<Vec<u8>>,
+    full: mpsc::SyncSender<(Vec<u8>, usize)>,
+) -> Result<(), VolumeError> {
     let err = |reason: String| VolumeError::Compression {
         path: path.into(),
         reason,
     };
     let mut z = Decompress::new(true);
-    let mut buf = vec![0u8; INFLATE_CHUNK.min(expected.max(1))];
-    let mut produced = 0usize; // bytes decoded into `out`
-    let mut filled = 0usize; // bytes waiting in `buf`
+    let mut inbuf = vec![0u8; INFLATE_CHUNK];
+    let (mut in_pos, mut in_len) = (0usize, 0usize);
+    let mut input_done = false;
     let mut ended = false;
-    while produced < expected {
-        if ended {
-            return Err(err(format!(
-                "the stream ends after {} bytes, the header implies {expected}",
-                produced + filled
-            )));
+    let mut produced = 0usize;
+
+    // One step of inflating into `dst`; returns the bytes written.
+    let mut step = |dst: &mut [u8],
+                    z: &mut Decompress,
+                    ended: &mut bool|
+     -> Result<usize, VolumeError> {
+        if in_pos == in_len && !input_done {
+            in_len = read_some(&mut input, &mut inbuf)
+                .map_err(|e| VolumeError::io(path, "cannot read compressed data", e))?;
+            in_pos = 0;
+            input_done = in_len == 0;
         }
-        // Never ask for more than what is still expected, so output is bounded by the header.
-        let want = (expected - produced).min(buf.len());
-        let in_before = z.total_in();
-        let out_before = z.total_out();
+        let (before_in, before_out) = (z.total_in(), z.total_out());
+        let flush = if input_done {
+            FlushDecompress::Finish
+        } else {
+            FlushDecompress::None
+        };
         let status = z
-            .decompress(
-                comp.get(in_before as usize..).unwrap_or_default(),
-                &mut buf[filled..want],
-                FlushDecompress::None,
-            )
+            .decompress(inbuf.get(in_pos..in_len).unwrap_or_default(), dst, flush)
             .map_err(|e| err(format!("corrupt zlib stream: {e}")))?;
-        let got = (z.total_out() - out_before) as usize;
-        filled += got;
-        ended = status == Status::StreamEnd;
-        if got == 0 && z.total_in() == in_before && !ended {
+        in_pos += (z.total_in() - before_in) as usize;
+        let got = (z.total_out() - before_out) as usize;
+        *ended = status == Status::StreamEnd;
+        if got == 0 && z.total_in() == before_in && !*ended && input_done {
             return Err(err(format!(
-                "the stream is truncated after {} of {expected} bytes",
-                produced + filled
+                "the stream is truncated (ends without its end marker) after {} of {expected} bytes",
+                z.total_out()
             )));
         }
-        // Convert whole elements; a split element waits for the next round.
-        let whole = filled - filled % esize;
-        if filled == want || ended {
-            let n = whole / esize;
-            let first = produced / esize;
-            decode(ty, &buf[..whole], msb, &mut out[first..first + n]);
-            produced += whole;
-            buf.copy_within(whole..filled, 0);
-            filled -= whole;
+        Ok(got)
+    };
+
+    while produced < expected {
+        let Ok(mut buf) = empty.recv() else {
+            return Err(err("the converting thread stopped".into()));
+        };
+        let want = (expected - produced).min(buf.len());
+        let mut filled = 0usize;
+        while filled < want && !ended {
+            filled += step(&mut buf[filled..want], &mut z, &mut ended)?;
+        }
+        produced += filled;
+        if full.send((buf, filled)).is_err() {
+            return Err(err("the converting thread stopped".into()));
+        }
+        if ended && produced < expected {
+            return Err(err(format!(
+                "the stream ends after {produced} bytes, the header implies {expected}"
+            )));
         }
     }
-    if !ended {
-        // All expected bytes are out; the stream must end here without more data.
-        let mut extra = [0u8; 1];
-        let in_before = z.total_in();
-        let status = z
-            .decompress(
-                comp.get(in_before as usize..).unwrap_or_default(),
-                &mut extra,
-                FlushDecompress::Finish,
-            )
-            .map_err(|e| err(format!("corrupt zlib stream: {e}")))?;
-        if z.total_out() as usize > expected {
+    drop(full);
+    // All expected bytes are out; now the stream must end, with nothing more to inflate.
+    let mut extra = [0u8; 1];
+    while !ended {
+        if step(&mut extra, &mut z, &mut ended)? > 0 {
             return Err(err(format!(
                 "the stream inflates past the {expected} bytes the header implies"
             )));
         }
-        if status != Status::StreamEnd {
-            return Err(err("the stream does not end (truncated or corrupt)".into()));
-        }
     }
-    if (z.total_in() as usize) < comp.len() {
+    let trailing = (in_len - in_pos) as u64
+        + std::io::copy(&mut input, &mut std::io::sink())
+            .map_err(|e| VolumeError::io(path, "cannot read compressed data", e))?;
+    if trailing > 0 {
         return Err(err(format!(
-            "{} bytes follow the end of the zlib stream",
-            comp.len() - z.total_in() as usize
+            "{trailing} bytes follow the end of the zlib stream"
         )));
     }
     Ok(())
+}
+
+/// `read`, retrying on interruption.
+fn read_some(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match input.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
 }
 
 /// Formats a number as MetaIO would read it back exactly (shortest round-trip form).
@@ -585,7 +651,10 @@ pub(crate) fn write(
             })?;
         write_atomic(&data_path, |w| w.write_all(&data))?;
         let header = header_text(vol, ty, csize, &data_name);
-        write_atomic(path, |w| w.write_all(header.as_bytes()))
+        write_atomic(path, |w| w.write_all(header.as_bytes())).inspect_err(|_| {
+            // No header, no image: do not leave its data file behind.
+            let _ = std::fs::remove_file(&data_path);
+        })
     } else {
         let header = header_text(vol, ty, csize, "LOCAL");
         write_atomic(path, |w| {
@@ -613,5 +682,18 @@ mod tests {
         assert_eq!(h.direction, [0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
         assert_eq!(h.ty, ElementType::UShort);
         assert_eq!(h.data_offset as usize, text.len() - 2);
+    }
+
+    #[test]
+    fn element_spacing_wins_over_element_size_and_origin_alias() {
+        let text = b"NDims = 3\r\nDimSize = 2 3 4\r\nElementSize = 9 9 9\r\n\
+            ElementSpacing = 1 2 3\r\nOrigin = -1 -2 -3\r\nElementType = MET_FLOAT\r\n\
+            ElementDataFile = LOCAL\r\n";
+        let h = parse_header(Path::new("a.mha"), text, true).unwrap();
+        assert_eq!(h.spacing, [1.0, 2.0, 3.0]);
+        assert_eq!(h.origin, [-1.0, -2.0, -3.0]);
+        assert_eq!(h.direction, crate::volume::IDENTITY);
+        assert!(!h.compressed && !h.msb);
+        assert_eq!(h.data_offset as usize, text.len());
     }
 }

@@ -127,5 +127,6 @@ mod nifti;
 pub use element::ElementType;
 pub use error::VolumeError;
 pub use io::{
-    read, read_with_limits, read_with_type, write, write_with_options, ReadLimits, WriteOptions,
+    read, read_with_limits, read_with_type, read_with_type_and_limits, write, write_with_options,
+    ReadLimits, WriteOptions,
 };

@@ -8,7 +8,7 @@
 //! removing the column scales) and either the qform is unknown, or `sform_code` is
 //! `SCANNER_ANAT`, or the two transforms agree; else the qform is used. The chosen 4x4 matrix
 //! (RAS) gives origin `(-m03, -m13, m23)` and direction columns `normalize(-m0j, -m1j, m2j)`.
-//! Spacing is `pixdim[1..=3]` (scaled by the spatial unit). `scl_slope`/`scl_inter` are applied
+//! Spacing is `pixdim[1..=3]`; spacing and origin are scaled by the spatial unit (m, mm, um). `scl_slope`/`scl_inter` are applied
 //! as ITK does (`slope * value + inter` in double); integer data with scaling reads as `Float`.
 
 use std::fs::File;
@@ -444,6 +444,8 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
     };
     let spacing = [d[0] as f64 * unit, d[1] as f64 * unit, d[2] as f64 * unit];
     let (origin, direction) = geometry(path, &h, d)?;
+    // SimpleITK 2.5 scales the origin by the spatial unit too (checked on a file in metres).
+    let origin = origin.map(|o| o * unit);
     Ok((
         Volume {
             data: out,
