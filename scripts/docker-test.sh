@@ -23,7 +23,7 @@ run_args=(--rm --network none --cap-drop all --security-opt no-new-privileges --
 
 if [ -z "${SKIP_BUILD:-}" ]; then
   scripts/make-base-image.sh "$base"
-  cargo build --release --locked --bin ctgrade --bin ctgrade-eval
+  cargo build --release --locked --workspace --bins
 fi
 
 check_user() {
