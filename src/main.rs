@@ -205,7 +205,10 @@ fn ensemble_command(cmd: EnsembleCommand) -> Result<()> {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => return run(args),
-        Command::Info { file } => ctgrade::cmd_info::run(&file)?,
+        Command::Info { file } => println!(
+            "{}",
+            serde_json::to_string(&ctgrade::volume::info::info(&file)?)?
+        ),
         Command::Forward(args) => println!("{}", ctgrade::model::cli::forward(&args)?),
         Command::Bench(args) => println!(
             "{}",

@@ -120,6 +120,7 @@ pub struct Stats {
 
 mod element;
 mod error;
+pub mod info;
 mod io;
 mod metaimage;
 mod nifti;

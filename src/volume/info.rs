@@ -1,10 +1,10 @@
-//! `ctgrade info FILE`: the geometry, element type and value range of a volume file, as JSON.
+//! The summary `ctgrade info FILE` prints: geometry, element type and value range of a volume file.
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::volume::{self, ElementType, VolumeError};
+use super::{ElementType, VolumeError};
 
 /// What `ctgrade info` prints.
 #[derive(Debug, Clone, Serialize)]
@@ -29,7 +29,7 @@ pub struct Info {
 
 /// Reads `path` and summarises it.
 pub fn info(path: &Path) -> Result<Info, VolumeError> {
-    let (vol, element_type) = volume::read_with_type(path)?;
+    let (vol, element_type) = super::read_with_type(path)?;
     let stats = vol.stats();
     Ok(Info {
         size: vol.size,
@@ -41,11 +41,4 @@ pub fn info(path: &Path) -> Result<Info, VolumeError> {
         max: stats.max,
         mean: stats.mean,
     })
-}
-
-/// The body of `ctgrade info FILE`: prints one JSON object on stdout.
-pub fn run(path: &Path) -> anyhow::Result<()> {
-    let info = info(path)?;
-    println!("{}", serde_json::to_string(&info)?);
-    Ok(())
 }
