@@ -98,21 +98,30 @@ pub fn segment(ct: &Volume, p: &LungMaskParams) -> Result<LungMask, PreprocessEr
         .map(|&v| u8::from(v < p.air_hu))
         .collect();
     let (labels, comps) = label_3d(&air, dims);
-    let is_outside = |i: usize| labels[i] != 0 && comps[labels[i] as usize - 1].touches_xy_border;
-    let (sum_x, n_body) = (0..air.len())
-        .into_par_iter()
-        .filter(|&i| !is_outside(i))
-        .map(|i| ((i % nx) as f64, 1usize))
+    let outside: Vec<bool> = std::iter::once(false)
+        .chain(comps.iter().map(|c| c.touches_xy_border))
+        .collect();
+    let mut cand = vec![0u8; air.len()];
+    let (sum_x, n_body) = cand
+        .par_chunks_mut(nx)
+        .zip(labels.par_chunks(nx))
+        .map(|(c, l)| {
+            let (mut sum, mut n) = (0.0f64, 0usize);
+            for (x, (ci, &li)) in c.iter_mut().zip(l).enumerate() {
+                if !outside[li as usize] {
+                    sum += x as f64;
+                    n += 1;
+                    *ci = u8::from(li != 0);
+                }
+            }
+            (sum, n)
+        })
         .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let midline_x = if n_body > 0 {
         sum_x / n_body as f64
     } else {
         (nx as f64 - 1.0) / 2.0
     };
-    let mut cand: Vec<u8> = (0..air.len())
-        .into_par_iter()
-        .map(|i| u8::from(air[i] != 0 && !is_outside(i)))
-        .collect();
     drop(labels);
     drop(air);
 

@@ -460,6 +460,12 @@ fn draw_slice(
     }
 }
 
+/// A 64-bit hash of (seed, counter), for tests elsewhere in the crate that need noise.
+#[cfg(test)]
+pub(crate) fn test_hash(seed: u64, i: u64) -> u64 {
+    hash2(seed, i)
+}
+
 /// Parses `A,B,C` into three numbers.
 fn parse_triple<T: std::str::FromStr>(s: &str) -> Result<[T; 3], String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
