@@ -14,7 +14,7 @@
 //! 5. Slice selection: axial slices `z_margin_mm` or more from the mask are dropped.
 //! 6. Crop `crop_xy` around the centre of the mask's bounding box, padding with -1100 HU.
 //! 7. `slices` axial slices sampled uniformly along z: slice `i` of the output is kept slice
-//!    `round(i * (n - 1) / (slices - 1))` of the `n` kept slices (so fewer than `slices` kept
+//!    `floor(i * (n - 1) / (slices - 1) + 0.5)` of the `n` kept slices (so fewer than `slices` kept
 //!    slices are repeated by the same rule).
 //! 8. Channels: the CT three times ([`ChannelLayout::CtX3`]), or CT, lesion map, zeros
 //!    ([`ChannelLayout::CtLesionZeros`]); the lesion map (same grid as the CT) goes through the
@@ -243,6 +243,10 @@ pub struct PreprocessReport {
     pub oblique_resampled: bool,
     /// Size of the resampled grid.
     pub resampled_size: [usize; 3],
+    /// Origin (mm, LPS) of the resampled grid.
+    pub resampled_origin: [f64; 3],
+    /// Direction of the resampled grid (row-major).
+    pub resampled_direction: [f64; 9],
     /// Lung volume (mL) of the mask on the input grid.
     pub lung_volume_ml: f64,
     /// Lung volume (mL) on the patient's right, on the resampled grid.
@@ -274,13 +278,14 @@ fn same_grid(a: &Volume, b: &Volume) -> bool {
         && (0..9).all(|k| (a.direction[k] - b.direction[k]).abs() <= 1e-4)
 }
 
-/// `round(i * (n - 1) / (s - 1))` for `i` in `0..s`: `s` indices spread uniformly over `n`.
+/// `floor(i * (n - 1) / (s - 1) + 0.5)` for `i` in `0..s`: `s` indices spread uniformly over
+/// `n` (halves round up, as ITK rounds).
 pub fn uniform_indices(n: usize, s: usize) -> Vec<usize> {
     if s == 1 || n <= 1 {
         return vec![n.saturating_sub(1) / 2; s];
     }
     (0..s)
-        .map(|i| ((i * (n - 1)) as f64 / (s - 1) as f64).round() as usize)
+        .map(|i| ((i * (n - 1)) as f64 / (s - 1) as f64 + 0.5).floor() as usize)
         .collect()
 }
 
@@ -367,8 +372,10 @@ pub fn preprocess(
     let margin = ((spec.z_margin_mm / spec.spacing_mm).ceil() as usize).saturating_sub(1);
     let kept = [lo[2].saturating_sub(margin), (hi[2] + margin).min(nz - 1)];
     let [cw, ch] = spec.crop_xy;
-    let start =
-        |k: usize, w: usize| ((lo[k] + hi[k] + 1) as f64 / 2.0 - w as f64 / 2.0).round() as i64;
+    // Crop start: the bounding box's centre minus half the crop, halves rounded up.
+    let start = |k: usize, w: usize| {
+        ((lo[k] + hi[k] + 1) as f64 / 2.0 - w as f64 / 2.0 + 0.5).floor() as i64
+    };
     let crop_box = CropBox {
         x: [start(0, cw), start(0, cw) + cw as i64],
         y: [start(1, ch), start(1, ch) + ch as i64],
@@ -448,6 +455,8 @@ pub fn preprocess(
         orientation,
         oblique_resampled,
         resampled_size: grid.size,
+        resampled_origin: grid.origin,
+        resampled_direction: grid.direction,
         lung_volume_ml: count as f64 * voxel_ml,
         lung_volume_right_ml: lungs.right_ml,
         lung_volume_left_ml: lungs.left_ml,
