@@ -6,6 +6,11 @@
 //! [`volume`] (CT I/O) -> `preprocess` (the paper's input) -> `model` (3-D layers and networks)
 //! -> `ensemble` (weights, members) -> `grading` (probability and CO-RADS) -> `gc` (grand-challenge I/O).
 
+pub mod cmd_info;
+pub mod device;
+pub mod gc;
+pub mod grading;
+pub mod model;
 pub mod preprocess;
 pub mod synth;
 pub mod volume;

@@ -1,5 +1,7 @@
 //! The `ctgrade` command line.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -12,9 +14,30 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Print size, spacing, origin, direction, element type and min/max/mean of a volume
+    /// (.mha, .mhd, .nii, .nii.gz) as one JSON object.
+    Info {
+        /// The volume file.
+        file: PathBuf,
+    },
+    /// Run one network on an input tensor and print its raw outputs as JSON.
+    Forward(ctgrade::model::cli::ForwardArgs),
+    /// Time a network's forward pass on a random input and report peak memory, as JSON.
+    Bench(ctgrade::model::cli::BenchArgs),
+}
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Info { file } => ctgrade::cmd_info::run(&file)?,
+        Command::Forward(args) => println!("{}", ctgrade::model::cli::forward(&args)?),
+        Command::Bench(args) => {
+            println!(
+                "{}",
+                serde_json::to_string(&ctgrade::model::cli::bench(&args)?)?
+            )
+        }
+    }
+    Ok(())
 }

@@ -1,12 +1,230 @@
 //! `ctgrade-eval`: leaderboard evaluation for the COVID-19 CT classification challenge.
 
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
 use clap::Parser;
+use ctgrade_eval::plot::{write_plot, RocSeries};
+use ctgrade_eval::{evaluate, load_ground_truth, load_predictions, EvalOptions, Report};
 
-/// Evaluate ctgrade predictions against iCTCF ground truth.
-#[derive(Parser)]
+/// Ground-truth folder of the platform (the phase's ground-truth tarball is extracted here).
+const GROUND_TRUTH_DIR: &str = "/opt/ml/input/data/ground_truth/";
+/// Older evaluation templates baked the ground truth into the image here.
+const LEGACY_GROUND_TRUTH_DIR: &str = "/opt/app/ground-truth/";
+
+/// Evaluate ctgrade predictions against iCTCF (or generic) ground truth: AUC, ROC, QWK,
+/// bootstrap confidence intervals and paired tests. Writes metrics.json.
+#[derive(Parser, Debug)]
 #[command(name = "ctgrade-eval", version, about)]
-struct Cli {}
+struct Cli {
+    /// Predictions: the platform's predictions.json, a `ctgrade run` output folder
+    /// (summary.json or <case>/probability-covid-19.json), or a CSV case,probability[,co_rads].
+    #[arg(long, short, default_value = "/input/predictions.json")]
+    predictions: PathBuf,
+    /// Ground truth: a CSV file (iCTCF patient table, or case,label[,co_rads][,patient]
+    /// [,slice_thickness_mm]) or a folder holding one. Default: /opt/ml/input/data/ground_truth/
+    /// (or /opt/app/ground-truth/ when only that exists).
+    #[arg(long, short)]
+    ground_truth: Option<PathBuf>,
+    /// Where to write the metrics.
+    #[arg(long, short, default_value = "/output/metrics.json")]
+    output: PathBuf,
+    /// Bootstrap iterations for confidence intervals and paired tests (0: none).
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    /// Seed of the bootstrap's random generator.
+    #[arg(long, default_value_t = 2021)]
+    seed: u64,
+    /// Other predictions (same formats) to compare with: paired bootstrap and DeLong tests.
+    #[arg(long, value_name = "OTHER_PREDICTIONS")]
+    compare: Option<PathBuf>,
+    /// Draw the ROC curve to this .svg or .png file (may be repeated).
+    #[arg(long, value_name = "FILE")]
+    plot: Vec<PathBuf>,
+    /// List and skip predictions that match no ground-truth case instead of failing.
+    #[arg(long)]
+    ignore_extra_predictions: bool,
+}
 
-fn main() {
-    Cli::parse();
+fn ground_truth_path(cli: &Cli) -> PathBuf {
+    if let Some(p) = &cli.ground_truth {
+        return p.clone();
+    }
+    let platform = Path::new(GROUND_TRUTH_DIR);
+    let legacy = Path::new(LEGACY_GROUND_TRUTH_DIR);
+    if !platform.exists() && legacy.exists() {
+        legacy.to_path_buf()
+    } else {
+        platform.to_path_buf()
+    }
+}
+
+/// A short name for a prediction source in the plot legend.
+fn source_name(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if stem == "predictions" {
+        return stem;
+    }
+    if stem == "summary" || path.is_dir() {
+        let dir = if path.is_dir() {
+            Some(path)
+        } else {
+            path.parent()
+        };
+        if let Some(name) = dir.and_then(Path::file_name) {
+            return name.to_string_lossy().into_owned();
+        }
+    }
+    stem
+}
+
+fn fmt_ci(ci: Option<[f64; 2]>) -> String {
+    ci.map_or(String::new(), |[l, h]| {
+        format!(" (95% CI {l:.3} to {h:.3})")
+    })
+}
+
+/// Shorter interval text for the plot legend (AUC bounds are never negative).
+fn legend_ci(ci: Option<[f64; 2]>) -> String {
+    ci.map_or(String::new(), |[l, h]| format!(" (95% CI {l:.3}-{h:.3})"))
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.3}"))
+}
+
+/// A p-value for the summary: a bootstrap p of 0 only says "below 1/N".
+fn fmt_p(p: Option<f64>, iterations: Option<usize>) -> String {
+    match (p, iterations) {
+        (Some(p), Some(n)) if p == 0.0 && n > 0 => format!("< {}", 1.0 / n as f64),
+        (Some(p), _) if p > 0.0 && p < 0.001 => format!("{p:.2e}"),
+        (p, _) => fmt_opt(p),
+    }
+}
+
+fn summary(report: &Report) -> String {
+    let a = &report.aggregates;
+    let m = &a.metrics;
+    let mut lines = vec![format!(
+        "{} cases ({} positive, {} negative; {} excluded), {} patients",
+        m.n_cases, m.n_positive, m.n_negative, a.n_excluded, m.n_patients
+    )];
+    lines.push(format!("AUC {:.3}{}", m.auc, fmt_ci(m.auc_95ci)));
+    if let Some(q) = m.qwk {
+        lines.push(format!(
+            "QWK {q:.3}{} over {} cases",
+            fmt_ci(m.qwk_95ci),
+            m.qwk_n_cases
+        ));
+    }
+    lines.push(format!(
+        "at 0.5: sensitivity {}, specificity {}; Youden point {}: sensitivity {}, specificity {}",
+        fmt_opt(m.sensitivity),
+        fmt_opt(m.specificity),
+        m.youden
+            .point
+            .threshold
+            .map_or("inf".into(), |t| format!("{t:.4}")),
+        fmt_opt(m.youden.point.sensitivity),
+        fmt_opt(m.youden.point.specificity),
+    ));
+    if let Some(c) = &a.compare {
+        lines.push(format!(
+            "vs {}: AUC {:.3}, difference {:+.3}{}, bootstrap p {}, DeLong p {}",
+            c.other,
+            c.auc_other,
+            c.auc_difference,
+            fmt_ci(c.auc_difference_95ci),
+            fmt_p(c.auc_p_value, m.bootstrap.as_ref().map(|b| b.iterations)),
+            fmt_p(c.delong.map(|d| d.p_value), None),
+        ));
+    }
+    lines.join("\n")
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    let truth_path = ground_truth_path(cli);
+    let truth = load_ground_truth(&truth_path)?;
+    let preds = load_predictions(&cli.predictions)?;
+    let other = cli.compare.as_deref().map(load_predictions).transpose()?;
+    for f in &preds.failed {
+        eprintln!("warning: no prediction from {}: {}", f.origin, f.reason);
+    }
+    if !preds.has_co_rads() {
+        eprintln!("note: the predictions carry no CO-RADS scores; QWK is not computed");
+    }
+    let opts = EvalOptions {
+        bootstrap: cli.bootstrap,
+        seed: cli.seed,
+        ignore_extra_predictions: cli.ignore_extra_predictions,
+        ..EvalOptions::default()
+    };
+    let report = evaluate(&truth, &preds, other.as_ref(), &opts)?;
+    for case in &report.aggregates.ignored_predictions {
+        eprintln!("warning: prediction for '{case}' matches no ground-truth case; skipped");
+    }
+
+    if let Some(dir) = cli.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&cli.output, json + "\n")
+        .with_context(|| format!("cannot write {}", cli.output.display()))?;
+
+    if !cli.plot.is_empty() {
+        let m = &report.aggregates.metrics;
+        let mut series = vec![RocSeries {
+            label: format!(
+                "{}: AUC {:.3}{}",
+                source_name(&cli.predictions),
+                m.auc,
+                legend_ci(m.auc_95ci)
+            ),
+            fpr: m.roc.fpr.clone(),
+            tpr: m.roc.tpr.clone(),
+        }];
+        if let (Some(c), Some(o)) = (&report.aggregates.compare, &other) {
+            let joined = ctgrade_eval::evaluate::join(&truth, o, opts.ignore_extra_predictions)?;
+            let scores: Vec<f64> = joined.cases.iter().map(|c| c.probability).collect();
+            let labels: Vec<bool> = joined.cases.iter().map(|c| c.label).collect();
+            let roc = ctgrade_eval::metrics::roc_curve(&scores, &labels, true)?;
+            series.push(RocSeries {
+                label: format!(
+                    "{}: AUC {:.3}{}",
+                    source_name(&o.source),
+                    c.auc_other,
+                    legend_ci(c.auc_other_95ci)
+                ),
+                fpr: roc.fpr,
+                tpr: roc.tpr,
+            });
+        }
+        let title = format!(
+            "ROC, n = {} ({} positive, {} negative)",
+            m.n_cases, m.n_positive, m.n_negative
+        );
+        for p in &cli.plot {
+            write_plot(p, &title, &series)?;
+            println!("wrote {}", p.display());
+        }
+    }
+    println!("{}", summary(&report));
+    println!("wrote {}", cli.output.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The platform shows the last stderr line: make it one sentence with the cause.
+            eprintln!("ctgrade-eval: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

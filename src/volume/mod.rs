@@ -76,7 +76,11 @@ impl Volume {
     /// Continuous voxel index of a physical point. Assumes an orthonormal direction matrix,
     /// whose inverse is its transpose.
     pub fn physical_to_index(&self, p: [f64; 3]) -> [f64; 3] {
-        let v = [p[0] - self.origin[0], p[1] - self.origin[1], p[2] - self.origin[2]];
+        let v = [
+            p[0] - self.origin[0],
+            p[1] - self.origin[1],
+            p[2] - self.origin[2],
+        ];
         let d = &self.direction;
         [
             (d[0] * v[0] + d[3] * v[1] + d[6] * v[2]) / self.spacing[0],
@@ -113,3 +117,15 @@ pub struct Stats {
     /// Mean value.
     pub mean: f64,
 }
+
+mod element;
+mod error;
+mod io;
+mod metaimage;
+mod nifti;
+
+pub use element::ElementType;
+pub use error::VolumeError;
+pub use io::{
+    read, read_with_limits, read_with_type, write, write_with_options, ReadLimits, WriteOptions,
+};

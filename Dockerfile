@@ -1,0 +1,38 @@
+# ctgrade: grand-challenge.org algorithm container.
+#
+# Default: build with CUDA + cuDNN in an NVIDIA devel image, run in the matching runtime image.
+#   docker build -t ctgrade .
+# CPU-only image:
+#   docker build --build-arg FEATURES= --build-arg RUNTIME_IMAGE=debian:bookworm-slim -t ctgrade:cpu .
+# Machines that cannot pull a build image: build the binary outside and let the image take it
+#   (scripts/docker-test.sh does this on a locally made base image):
+#   docker build --build-arg PREBUILT=target/release/ctgrade --build-arg BUILD_IMAGE=<base> \
+#                --build-arg RUNTIME_IMAGE=<base> -t ctgrade:local .
+ARG BUILD_IMAGE=nvidia/cuda:12.6.3-cudnn-devel-ubuntu22.04
+ARG RUNTIME_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
+
+FROM --platform=linux/amd64 ${BUILD_IMAGE} AS build
+ARG FEATURES=cuda,cudnn
+ARG PREBUILT=
+# The CUDA capability to compile kernels for (T4 = 75; newer GPUs run it through PTX JIT).
+ARG CUDA_COMPUTE_CAP=75
+COPY . /src
+WORKDIR /src
+RUN set -eu; mkdir -p /out; \
+    if [ -n "$PREBUILT" ]; then \
+      install -m 0755 "$PREBUILT" /out/ctgrade; \
+    else \
+      apt-get update && apt-get install -y --no-install-recommends curl ca-certificates build-essential pkg-config; \
+      curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; \
+      export PATH=/root/.cargo/bin:$PATH CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP; \
+      cargo build --release --locked ${FEATURES:+--features $FEATURES} --bin ctgrade; \
+      install -m 0755 target/release/ctgrade /out/ctgrade; \
+    fi
+
+FROM --platform=linux/amd64 ${RUNTIME_IMAGE}
+RUN groupadd -r user && useradd -m --no-log-init -r -g user user
+COPY --from=build /out/ctgrade /opt/app/ctgrade
+COPY weights/default /opt/app/weights/default
+USER user
+WORKDIR /opt/app
+ENTRYPOINT ["/opt/app/ctgrade", "run"]

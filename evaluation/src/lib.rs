@@ -1,0 +1,22 @@
+//! `ctgrade-eval`: leaderboard evaluation of COVID-19 predictions on chest CT.
+//!
+//! Reads predictions (the grand-challenge `predictions.json`, a `ctgrade run` output folder or a
+//! CSV) and ground truth (the iCTCF patient table or a generic CSV), and computes the metrics of
+//! de Vente et al. (IEEE TAI 2021): AUC with its ROC curve, quadratic weighted kappa of CO-RADS,
+//! 95% bootstrap confidence intervals (patient-clustered), paired bootstrap and DeLong tests
+//! between two prediction sets, and the slice-thickness strata.
+
+pub mod bootstrap;
+pub mod case;
+pub mod delong;
+pub mod error;
+pub mod evaluate;
+pub mod metrics;
+pub mod plot;
+pub mod predictions;
+pub mod truth;
+
+pub use error::{EvalError, Result};
+pub use evaluate::{evaluate, EvalOptions, Report};
+pub use predictions::{load_predictions, PredictionSet};
+pub use truth::{load_ground_truth, GroundTruth};

@@ -1,0 +1,317 @@
+//! Reading ground truth: the iCTCF patient table, or a generic
+//! `case,label[,co_rads][,patient][,slice_thickness_mm]` CSV.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::case::{case_name, match_key};
+use crate::error::{EvalError, Result};
+use crate::predictions::{co_rads_from_str, find_column, open_csv};
+
+/// How a ground-truth file was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruthFormat {
+    /// iCTCF patient table (`Patient ID`, `Morbidity outcome`).
+    Ictcf,
+    /// `case,label[,co_rads][,patient][,slice_thickness_mm]`.
+    Generic,
+}
+
+/// One ground-truth case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TruthCase {
+    /// Case name.
+    pub case: String,
+    /// COVID-19 label; `None` for excluded cases.
+    pub label: Option<bool>,
+    /// Why the case is excluded (the iCTCF class), when it is.
+    pub excluded: Option<String>,
+    /// CO-RADS truth (1..=5), if given.
+    pub co_rads: Option<u8>,
+    /// Patient id for clustered resampling, if given (iCTCF: the patient id).
+    pub patient: Option<String>,
+    /// Slice thickness in mm, if given.
+    pub slice_thickness_mm: Option<f64>,
+    /// Where it came from (file and line).
+    pub origin: String,
+}
+
+/// A ground-truth table.
+#[derive(Debug, Clone)]
+pub struct GroundTruth {
+    /// The file read.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: TruthFormat,
+    /// All rows, in file order, excluded ones included.
+    pub cases: Vec<TruthCase>,
+}
+
+impl GroundTruth {
+    /// Number of excluded cases per reason.
+    pub fn excluded_counts(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for c in &self.cases {
+            if let Some(r) = &c.excluded {
+                *m.entry(r.clone()).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+}
+
+/// iCTCF `Morbidity outcome` mapping of the paper: controls negative, mild to critically ill
+/// positive, suspected excluded. Keys are lowercase with single spaces.
+fn ictcf_label(outcome: &str) -> Option<Option<bool>> {
+    let norm = outcome
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
+    match norm.as_str() {
+        "control" | "control (community-acquired pneumonia)" => Some(Some(false)),
+        "mild" | "regular" | "severe" | "critically ill" => Some(Some(true)),
+        "suspected" | "suspected (covid-19-confirmed later)" => Some(None),
+        _ => None,
+    }
+}
+
+/// Reads ground truth from a CSV file, or from the single CSV file in a folder (looked for
+/// directly in it, then one level down, as a tarball may hold one top folder).
+pub fn load_ground_truth(path: &Path) -> Result<GroundTruth> {
+    let file = if path.is_dir() {
+        find_csv(path)?
+    } else {
+        path.to_path_buf()
+    };
+    let (_, headers) = open_csv(&file)?;
+    if find_column(&headers, &["patient id"]).is_some()
+        && find_column(&headers, &["morbidity outcome"]).is_some()
+    {
+        load_ictcf(&file)
+    } else if find_column(&headers, &["case"]).is_some()
+        && find_column(&headers, &["label"]).is_some()
+    {
+        load_generic(&file)
+    } else {
+        Err(EvalError::format(
+            &file,
+            format!(
+                "unknown ground-truth table: expected iCTCF columns 'Patient ID' and 'Morbidity \
+                 outcome', or 'case' and 'label'; found: {}",
+                headers.iter().collect::<Vec<_>>().join(",")
+            ),
+        ))
+    }
+}
+
+fn csv_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| EvalError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn find_csv(dir: &Path) -> Result<PathBuf> {
+    let mut files = csv_files_in(dir)?;
+    if files.is_empty() {
+        let mut subdirs: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(|e| EvalError::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        subdirs.sort();
+        for s in subdirs {
+            files.extend(csv_files_in(&s)?);
+        }
+    }
+    match files.len() {
+        1 => Ok(files.remove(0)),
+        0 => Err(EvalError::format(dir, "no ground-truth .csv file found")),
+        _ => Err(EvalError::format(
+            dir,
+            format!(
+                "{} .csv files found ({}); pass --ground-truth FILE",
+                files.len(),
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// Rejects duplicate cases (by match key), naming both rows.
+fn check_unique(cases: &[TruthCase]) -> Result<()> {
+    let mut seen: HashMap<String, &TruthCase> = HashMap::new();
+    for c in cases {
+        if let Some(first) = seen.insert(match_key(&c.case), c) {
+            return Err(EvalError::DuplicateCase {
+                case: c.case.clone(),
+                first: first.origin.clone(),
+                second: c.origin.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn load_ictcf(path: &Path) -> Result<GroundTruth> {
+    let (mut reader, headers) = open_csv(path)?;
+    let id_col = find_column(&headers, &["patient id"]).unwrap_or(0);
+    let outcome_col = find_column(&headers, &["morbidity outcome"]).unwrap_or(0);
+    let mut cases = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|cause| EvalError::Csv {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        let row_err = |message: String| EvalError::Row {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
+        let id = record.get(id_col).unwrap_or_default();
+        if id.is_empty() {
+            return Err(row_err("empty 'Patient ID'".into()));
+        }
+        let outcome = record.get(outcome_col).unwrap_or_default();
+        let label = ictcf_label(outcome).ok_or_else(|| {
+            row_err(format!(
+                "unknown 'Morbidity outcome' '{outcome}' for patient '{id}' (expected Control, \
+                 Control (Community-acquired pneumonia), Suspected, Suspected (COVID-19-confirmed \
+                 later), Mild, Regular, Severe or Critically ill)"
+            ))
+        })?;
+        cases.push(TruthCase {
+            case: case_name(id),
+            label,
+            excluded: label.is_none().then(|| outcome.to_string()),
+            co_rads: None,
+            patient: Some(id.to_string()),
+            slice_thickness_mm: None,
+            origin: format!("{}, line {line}", path.display()),
+        });
+    }
+    check_unique(&cases)?;
+    Ok(GroundTruth {
+        path: path.to_path_buf(),
+        format: TruthFormat::Ictcf,
+        cases,
+    })
+}
+
+fn parse_label(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "1.0" | "true" | "positive" | "pos" | "covid" | "covid-19" => Some(true),
+        "0" | "0.0" | "false" | "negative" | "neg" => Some(false),
+        _ => None,
+    }
+}
+
+fn load_generic(path: &Path) -> Result<GroundTruth> {
+    let (mut reader, headers) = open_csv(path)?;
+    let case_col = find_column(&headers, &["case"]).unwrap_or(0);
+    let label_col = find_column(&headers, &["label"]).unwrap_or(0);
+    let co_rads_col = find_column(&headers, &["co_rads", "co-rads", "corads", "co-rads-score"]);
+    let patient_col = find_column(&headers, &["patient", "patient_id", "patient id"]);
+    let thick_col = find_column(&headers, &["slice_thickness_mm", "slice_thickness"]);
+    let mut cases = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|cause| EvalError::Csv {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        let row_err = |message: String| EvalError::Row {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
+        let case = case_name(record.get(case_col).unwrap_or_default());
+        if case.is_empty() {
+            return Err(row_err("empty case name".into()));
+        }
+        let raw_label = record.get(label_col).unwrap_or_default();
+        let label = parse_label(raw_label).ok_or_else(|| {
+            row_err(format!(
+                "case '{case}': label '{raw_label}' is not 0/1, true/false or positive/negative"
+            ))
+        })?;
+        let origin = format!("{}, line {line}", path.display());
+        let cell = |c: Option<usize>| c.and_then(|c| record.get(c)).filter(|s| !s.is_empty());
+        let co_rads = match cell(co_rads_col) {
+            Some(s) => Some(co_rads_from_str(s, &case, &origin)?),
+            None => None,
+        };
+        let slice_thickness_mm = match cell(thick_col) {
+            Some(s) => Some(
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|t| t.is_finite() && *t > 0.0)
+                    .ok_or_else(|| {
+                        row_err(format!(
+                            "case '{case}': slice thickness '{s}' is not a positive number of mm"
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+        cases.push(TruthCase {
+            case,
+            label: Some(label),
+            excluded: None,
+            co_rads,
+            patient: cell(patient_col).map(str::to_string),
+            slice_thickness_mm,
+            origin,
+        });
+    }
+    check_unique(&cases)?;
+    Ok(GroundTruth {
+        path: path.to_path_buf(),
+        format: TruthFormat::Generic,
+        cases,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ictcf_mapping_follows_the_paper() {
+        assert_eq!(ictcf_label("Control"), Some(Some(false)));
+        assert_eq!(
+            ictcf_label(" control  (Community-acquired pneumonia) "),
+            Some(Some(false))
+        );
+        for s in ["Mild", "Regular", "Severe", "Critically ill"] {
+            assert_eq!(ictcf_label(s), Some(Some(true)), "{s}");
+        }
+        assert_eq!(ictcf_label("Suspected"), Some(None));
+        assert_eq!(
+            ictcf_label("Suspected (COVID-19-confirmed later)"),
+            Some(None)
+        );
+        assert_eq!(ictcf_label("Unknown"), None);
+        assert_eq!(ictcf_label(""), None);
+    }
+
+    #[test]
+    fn labels_parse() {
+        assert_eq!(parse_label("1"), Some(true));
+        assert_eq!(parse_label("Negative"), Some(false));
+        assert_eq!(parse_label("maybe"), None);
+    }
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Container test, run exactly as grand-challenge runs algorithms: no network, all capabilities dropped,
+# no new privileges, memory limit, read-only root file system, read-only /input and /opt/ml/model,
+# writable /tmp and /output, non-root user, --gpus all when a GPU is present.
+#
+# No registry is reachable on the build machines, so the image is built on a locally made Debian base
+# (scripts/make-base-image.sh) from the binary built here (PREBUILT). On a normal machine:
+#   docker build -t ctgrade . && IMAGE=ctgrade SKIP_BUILD=1 scripts/docker-test.sh
+#
+#   scripts/docker-test.sh [algorithm|evaluation|all]     (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+base=${BASE_IMAGE:-ctgrade-base:bookworm}
+work=$(mktemp -d /tmp/ctgrade-docker-test.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "docker-test: FAIL: $*" >&2; exit 1; }
+
+gpu_args=()
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then gpu_args=(--gpus all); fi
+run_args=(--rm --network none --cap-drop all --security-opt no-new-privileges --pids-limit 512 --init
+          --memory 8g --memory-swap 8g --read-only --tmpfs /tmp:rw,exec,size=2g "${gpu_args[@]}")
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  scripts/make-base-image.sh "$base"
+  cargo build --release --locked --bin ctgrade --bin ctgrade-eval
+fi
+
+check_user() {
+  local user
+  user=$(docker image inspect -f '{{.Config.User}}' "$1")
+  case "$user" in ""|root|0) fail "$1 runs as '$user'; grand-challenge rejects root images";; esac
+  echo "docker-test: $1 runs as user '$user'"
+}
+
+algorithm() {
+  local image=${IMAGE:-ctgrade:test}
+  if [ -z "${SKIP_BUILD:-}" ]; then
+    docker build -q --build-arg PREBUILT=target/release/ctgrade --build-arg BUILD_IMAGE="$base" \
+      --build-arg RUNTIME_IMAGE="$base" -t "$image" . >/dev/null
+  fi
+  check_user "$image"
+
+  # 1. The platform's layout, weights baked into the image.
+  local out="$work/out1"; mkdir -p "$out"; chmod 777 "$out"
+  docker run "${run_args[@]}" -v "$PWD/test_inputs:/input:ro" -v "$out:/output" "$image" \
+    || fail "algorithm run on test_inputs exited $?"
+  local p c
+  p=$(cat "$out/probability-covid-19.json"); c=$(cat "$out/co-rads-score.json")
+  awk -v p="$p" 'BEGIN { exit !(p ~ /^[0-9.eE+-]+$/ && p >= 0 && p <= 1) }' \
+    || fail "probability '$p' is not a number in [0, 1]"
+  [[ "$c" =~ ^[1-5]$ ]] || fail "CO-RADS '$c' not an integer 1..5"
+  echo "docker-test: algorithm (socket layout): probability $p, CO-RADS $c"
+
+  # 2. Weights from a model tarball extracted read-only to /opt/ml/model, as the platform does.
+  mkdir -p "$work/model" "$work/out2"; chmod 777 "$work/out2"
+  tar -czf "$work/model.tar.gz" -C weights/default .
+  tar -xzf "$work/model.tar.gz" -C "$work/model"
+  docker run "${run_args[@]}" -v "$PWD/test_inputs:/input:ro" -v "$work/model:/opt/ml/model:ro" \
+    -v "$work/out2:/output" "$image" 2>"$work/log2" || { cat "$work/log2"; fail "run with /opt/ml/model failed"; }
+  grep -q "/opt/ml/model" "$work/log2" || { cat "$work/log2"; fail "the run did not use /opt/ml/model"; }
+  cmp -s "$out/probability-covid-19.json" "$work/out2/probability-covid-19.json" \
+    || fail "the same weights from /opt/ml/model gave another answer"
+  echo "docker-test: algorithm (/opt/ml/model tarball): same answer"
+
+  # 3. A broken case: non-zero exit, a clear last stderr line, no output files.
+  mkdir -p "$work/bad/images/ct" "$work/out3"; chmod 777 "$work/out3"
+  printf 'ObjectType = Image\nNDims = 3\nElementType = MET_SHORT\nElementDataFile = LOCAL\n' > "$work/bad/images/ct/broken.mha"
+  if docker run "${run_args[@]}" -v "$work/bad:/input:ro" -v "$work/out3:/output" "$image" 2>"$work/log3"; then
+    fail "a broken input exited 0"
+  fi
+  local last; last=$(grep -v '^\s*$' "$work/log3" | tail -n 1)
+  [[ "$last" == *broken.mha* ]] || fail "last stderr line does not name the file: $last"
+  [ -z "$(ls -A "$work/out3")" ] || fail "outputs were written for a failed case: $(ls -A "$work/out3")"
+  echo "docker-test: algorithm (broken input): exit non-zero, last line: $last"
+}
+
+evaluation() {
+  local image=${EVAL_IMAGE:-ctgrade-eval:test}
+  if [ -z "${SKIP_BUILD:-}" ]; then
+    docker build -q -f evaluation/Dockerfile --build-arg PREBUILT=target/release/ctgrade-eval \
+      --build-arg BUILD_IMAGE="$base" --build-arg RUNTIME_IMAGE="$base" -t "$image" . >/dev/null
+  fi
+  check_user "$image"
+  local fx=evaluation/tests/fixtures/platform
+  local out="$work/eval-out"; mkdir -p "$out"; chmod 777 "$out"
+  docker run "${run_args[@]}" -v "$PWD/$fx/input:/input:ro" \
+    -v "$PWD/$fx/ground_truth:/opt/ml/input/data/ground_truth:ro" -v "$out:/output" "$image" \
+    || fail "evaluation container exited $?"
+  grep -q '"auc"' "$out/metrics.json" || fail "metrics.json has no auc"
+  echo "docker-test: evaluation: metrics.json written ($(wc -c < "$out/metrics.json") bytes)"
+}
+
+case "$what" in
+  algorithm) algorithm ;;
+  evaluation) evaluation ;;
+  all) algorithm; evaluation ;;
+  *) fail "unknown target $what (algorithm, evaluation or all)" ;;
+esac
+echo "docker-test: OK"

@@ -1,0 +1,102 @@
+//! Choosing where the networks run: `--device auto|cpu|cuda[:N]`.
+
+use std::str::FromStr;
+
+use candle_core::Device;
+
+/// The device the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// CUDA device 0 when built with CUDA and a GPU is present, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?}: use auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+/// Why a device could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// CUDA asked for, but this binary has no CUDA backend.
+    #[error("CUDA device {0} requested, but this ctgrade was built without the `cuda` feature")]
+    NoCudaSupport(usize),
+    /// CUDA present in the build but the device cannot be opened.
+    #[error("cannot open CUDA device {index}: {source}")]
+    Cuda {
+        /// Device ordinal.
+        index: usize,
+        /// The cause.
+        source: candle_core::Error,
+    },
+}
+
+impl DeviceChoice {
+    /// Opens the device.
+    pub fn open(self) -> Result<Device, DeviceError> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto if candle_core::utils::cuda_is_available() => {
+                Device::new_cuda(0).or(Ok(Device::Cpu))
+            }
+            Self::Auto => Ok(Device::Cpu),
+            Self::Cuda(index) if !candle_core::utils::cuda_is_available() => {
+                Err(DeviceError::NoCudaSupport(index))
+            }
+            Self::Cuda(index) => {
+                Device::new_cuda(index).map_err(|source| DeviceError::Cuda { index, source })
+            }
+        }
+    }
+}
+
+/// A short description of a device for logs.
+pub fn describe(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+        Device::Cuda(_) => "cuda".to_string(),
+        Device::Metal(_) => "metal".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_names() {
+        assert_eq!("auto".parse(), Ok(DeviceChoice::Auto));
+        assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!("cuda:1".parse(), Ok(DeviceChoice::Cuda(1)));
+        assert!("tpu".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn cpu_and_auto_open_without_a_gpu() {
+        assert!(DeviceChoice::Cpu.open().unwrap().is_cpu());
+        if !candle_core::utils::cuda_is_available() {
+            assert!(DeviceChoice::Auto.open().unwrap().is_cpu());
+            let err = DeviceChoice::Cuda(0).open().unwrap_err().to_string();
+            assert!(err.contains("without the `cuda` feature"), "{err}");
+        }
+    }
+}

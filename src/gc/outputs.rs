@@ -1,0 +1,207 @@
+//! Writing the answers: bare JSON values per socket, the legacy `results.json`, and a batch summary.
+//! Every file is written to a temporary name in its folder and renamed, so a reader (or the
+//! platform, if the job dies) never sees half a file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::grading::Grade;
+
+/// Output socket file of the COVID-19 probability.
+pub const PROBABILITY_FILE: &str = "probability-covid-19.json";
+/// Output socket file of the CO-RADS score.
+pub const CO_RADS_FILE: &str = "co-rads-score.json";
+/// Legacy (evalutils) result file.
+pub const RESULTS_FILE: &str = "results.json";
+/// Summary of a local batch.
+pub const SUMMARY_FILE: &str = "summary.json";
+/// Summary of a local batch, as CSV.
+pub const SUMMARY_CSV_FILE: &str = "summary.csv";
+/// Folder of the optional lung-segmentation image output.
+pub const LUNG_MASK_DIR: &str = "images/lung-segmentation";
+
+/// A failed write, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {path}: {source}")]
+pub struct WriteError {
+    /// The file.
+    pub path: PathBuf,
+    /// The cause.
+    pub source: std::io::Error,
+}
+
+/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    let err = |source| WriteError {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new("."))).map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
+/// Writes a value as JSON atomically.
+pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), WriteError> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| WriteError {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    text.push('\n');
+    write_atomic(path, text.as_bytes())
+}
+
+/// Writes the two JSON sockets (bare values) of one graded case into `dir`.
+pub fn write_sockets(dir: &Path, grade: &Grade) -> Result<(), WriteError> {
+    // `grading::grade` only returns finite probabilities, which serde writes as plain numbers.
+    write_json(&dir.join(PROBABILITY_FILE), &grade.probability)?;
+    write_json(&dir.join(CO_RADS_FILE), &grade.co_rads)
+}
+
+/// The outcome of one case, for the summary and `results.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// Case name (input file name without extension).
+    pub case: String,
+    /// Input file name.
+    pub file: String,
+    /// COVID-19 probability, when the case succeeded.
+    pub probability: Option<f64>,
+    /// CO-RADS score, when the case succeeded.
+    pub co_rads: Option<u8>,
+    /// Why the case failed, when it did.
+    pub error: Option<String>,
+    /// Wall time of the case in seconds.
+    pub seconds: f64,
+}
+
+/// Writes the legacy evalutils `results.json`: one entry per case with its outputs, inputs and
+/// error messages.
+pub fn write_results_json(dir: &Path, results: &[CaseResult]) -> Result<(), WriteError> {
+    let entries: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            let outputs = match (r.probability, r.co_rads) {
+                (Some(p), Some(c)) => vec![
+                    serde_json::json!({
+                        "type": "float", "name": "probability-covid-19", "value": p,
+                    }),
+                    serde_json::json!({
+                        "type": "int", "name": "co-rads-score", "value": c,
+                    }),
+                ],
+                _ => Vec::new(),
+            };
+            serde_json::json!({
+                "outputs": outputs,
+                "inputs": [{"type": "metaio_image", "filename": r.file}],
+                "error_messages": r.error.iter().collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    write_json(&dir.join(RESULTS_FILE), &entries)
+}
+
+/// Writes `summary.json` (`{"cases": [...]}`) and `summary.csv` for a batch.
+pub fn write_summary(dir: &Path, results: &[CaseResult]) -> Result<(), WriteError> {
+    write_json(
+        &dir.join(SUMMARY_FILE),
+        &serde_json::json!({ "cases": results }),
+    )?;
+    let mut csv = String::from("case,file,probability,co_rads,error,seconds\n");
+    for r in results {
+        let field = |s: &str| {
+            if s.contains([',', '"', '\n']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s.to_string()
+            }
+        };
+        csv.push_str(&format!(
+            "{},{},{},{},{},{:.3}\n",
+            field(&r.case),
+            field(&r.file),
+            r.probability.map(|p| p.to_string()).unwrap_or_default(),
+            r.co_rads.map(|c| c.to_string()).unwrap_or_default(),
+            field(r.error.as_deref().unwrap_or("")),
+            r.seconds
+        ));
+    }
+    write_atomic(&dir.join(SUMMARY_CSV_FILE), csv.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_hold_bare_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let grade = Grade {
+            probability: 0.5522074103355408,
+            co_rads: 3,
+        };
+        write_sockets(dir.path(), &grade).unwrap();
+        let p = std::fs::read_to_string(dir.path().join(PROBABILITY_FILE)).unwrap();
+        assert_eq!(p.trim(), "0.5522074103355408");
+        let c = std::fs::read_to_string(dir.path().join(CO_RADS_FILE)).unwrap();
+        assert_eq!(c.trim(), "3");
+        // Nothing else (no temporary files) is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn results_and_summary_record_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = vec![
+            CaseResult {
+                case: "a".into(),
+                file: "a.mha".into(),
+                probability: Some(0.9),
+                co_rads: Some(5),
+                error: None,
+                seconds: 1.0,
+            },
+            CaseResult {
+                case: "b".into(),
+                file: "b.mha".into(),
+                probability: None,
+                co_rads: None,
+                error: Some("no lungs found, \"b\"".into()),
+                seconds: 0.5,
+            },
+        ];
+        write_results_json(dir.path(), &results).unwrap();
+        write_summary(dir.path(), &results).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(RESULTS_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(v[0]["outputs"][1]["value"], 5);
+        assert_eq!(v[1]["error_messages"][0], "no lungs found, \"b\"");
+        assert_eq!(v[1]["outputs"].as_array().unwrap().len(), 0);
+        let csv = std::fs::read_to_string(dir.path().join(SUMMARY_CSV_FILE)).unwrap();
+        assert!(
+            csv.contains("b,b.mha,,,\"no lungs found, \"\"b\"\"\",0.500"),
+            "{csv}"
+        );
+    }
+
+    #[test]
+    fn unwritable_target_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, "x").unwrap();
+        let err = write_json(&blocker.join("x.json"), &1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.json"), "{err}");
+    }
+}

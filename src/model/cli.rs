@@ -1,0 +1,267 @@
+//! Bodies of `ctgrade forward` (run one network on a tensor, for checking converted weights against
+//! PyTorch) and `ctgrade bench` (time per forward and peak memory, with random weights).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::Serialize;
+
+use super::{build, expected_tensors_named, Arch, Classifier, ModelError, Naming, NetworkConfig};
+
+/// `ctgrade forward`: raw outputs of one network on one input tensor.
+#[derive(clap::Args, Debug)]
+pub struct ForwardArgs {
+    /// Architecture, e.g. densenet201-3d.
+    #[arg(long)]
+    pub arch: Arch,
+    /// JSON object overriding NetworkConfig fields (in_channels, num_outputs, growth_rate,
+    /// block_config, bn_size, init_features). in_channels and num_outputs default to the weights'.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Weights (safetensors, MONAI or torchvision-style names).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Input (safetensors with an NCDHW tensor named `input`).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Device: cpu, or cuda (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// `ctgrade bench`: median time per forward and peak resident memory, random weights.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Architecture, e.g. densenet201-3d.
+    #[arg(long)]
+    pub arch: Arch,
+    /// JSON object overriding NetworkConfig fields.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Input size C,D,H,W (batch 1) or N,C,D,H,W.
+    #[arg(long, default_value = "3,128,240,240")]
+    pub input: String,
+    /// Timed forwards (after one untimed warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Worker threads (default: RAYON_NUM_THREADS or all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Outputs of the head.
+    #[arg(long, default_value_t = 1)]
+    pub num_outputs: usize,
+    /// Device: cpu, or cuda (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+fn file_err(path: &Path, msg: impl ToString) -> ModelError {
+    ModelError::File {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
+}
+
+fn device(name: &str) -> Result<Device, ModelError> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::new_cuda(0)?),
+        other => Err(ModelError::InvalidConfig(format!(
+            "unknown device {other:?} (cpu or cuda)"
+        ))),
+    }
+}
+
+/// The configuration: the architecture's defaults, then the JSON file's fields on top.
+pub fn resolve_config(
+    arch: Arch,
+    in_channels: usize,
+    num_outputs: usize,
+    overrides: Option<&Path>,
+) -> Result<NetworkConfig, ModelError> {
+    let base = NetworkConfig::new(arch, in_channels, num_outputs);
+    let Some(path) = overrides else {
+        return Ok(base);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    let over: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_err(path, e))?;
+    let serde_json::Value::Object(over) = over else {
+        return Err(file_err(
+            path,
+            "expected a JSON object of NetworkConfig fields",
+        ));
+    };
+    let mut merged = serde_json::to_value(&base).map_err(|e| file_err(path, e))?;
+    if let serde_json::Value::Object(m) = &mut merged {
+        m.extend(over);
+    }
+    let cfg: NetworkConfig = serde_json::from_value(merged).map_err(|e| file_err(path, e))?;
+    if cfg.arch != arch {
+        return Err(file_err(
+            path,
+            format!("config names {}, the command line {arch}", cfg.arch),
+        ));
+    }
+    Ok(cfg)
+}
+
+/// Reads `in_channels` and `num_outputs` off the stem and head weights, when present.
+fn infer_io(bytes: &[u8], path: &Path, arch: Arch) -> Result<(usize, usize), ModelError> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| file_err(path, e))?;
+    let probe = NetworkConfig::new(arch, 1, 1);
+    let mut io = (3, 1);
+    for naming in [Naming::Monai, Naming::Torchvision] {
+        let names = expected_tensors_named(&probe, naming)?;
+        if let Some((first, _)) = names.first() {
+            if let Ok(t) = st.tensor(first) {
+                if let Some(&c) = t.shape().get(1) {
+                    io.0 = c;
+                }
+            }
+        }
+        if let Some((head, _)) = names.iter().rev().nth(1) {
+            if let Ok(t) = st.tensor(head) {
+                if let Some(&o) = t.shape().first() {
+                    io.1 = o;
+                }
+            }
+        }
+    }
+    Ok(io)
+}
+
+/// Runs `ctgrade forward` and returns its JSON line `{"output": [[...]]}`.
+pub fn forward(args: &ForwardArgs) -> Result<String, ModelError> {
+    let dev = device(&args.device)?;
+    let bytes = std::fs::read(&args.weights).map_err(|e| file_err(&args.weights, e))?;
+    let (c_in, n_out) = infer_io(&bytes, &args.weights, args.arch)?;
+    let cfg = resolve_config(args.arch, c_in, n_out, args.config.as_deref())?;
+    let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &dev)?;
+    let net = build(&cfg, vb)?;
+    let inputs =
+        candle_core::safetensors::load(&args.input, &dev).map_err(|e| file_err(&args.input, e))?;
+    let x = inputs
+        .get("input")
+        .ok_or_else(|| file_err(&args.input, "no tensor named `input`"))?
+        .to_dtype(DType::F32)?;
+    if x.rank() != 5 {
+        return Err(file_err(
+            &args.input,
+            format!("input has shape {:?}, expected NCDHW", x.dims()),
+        ));
+    }
+    let y = net.forward(&x)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    serde_json::to_string(&serde_json::json!({ "output": y }))
+        .map_err(|e| ModelError::InvalidConfig(e.to_string()))
+}
+
+/// Result of `ctgrade bench`.
+#[derive(Serialize, Debug)]
+pub struct BenchReport {
+    /// Architecture.
+    pub arch: String,
+    /// Input shape NCDHW.
+    pub input: Vec<usize>,
+    /// Worker threads.
+    pub threads: usize,
+    /// Median seconds per forward.
+    pub median_s: f64,
+    /// Every timed forward, seconds.
+    pub times_s: Vec<f64>,
+    /// Seconds to build the network (random weights, BatchNorm folding).
+    pub build_s: f64,
+    /// Peak resident memory of the process (VmHWM), MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Peak resident set size of this process in MiB, from /proc/self/status.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Random parameters of plausible scale for `cfg` (running variances positive).
+pub fn random_weights(
+    cfg: &NetworkConfig,
+    dev: &Device,
+) -> Result<HashMap<String, Tensor>, ModelError> {
+    let mut ts = HashMap::new();
+    for (name, shape) in expected_tensors_named(cfg, Naming::Monai)? {
+        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+        let t = if name.ends_with("running_var") || (shape.len() == 1 && name.ends_with("weight")) {
+            Tensor::rand(0.5f32, 1.5, shape.as_slice(), dev)?
+        } else if shape.len() == 1 {
+            (Tensor::randn(0f32, 1.0, shape.as_slice(), dev)? * 0.1)?
+        } else {
+            Tensor::randn(0f32, (2.0 / fan_in as f32).sqrt(), shape.as_slice(), dev)?
+        };
+        ts.insert(name, t);
+    }
+    Ok(ts)
+}
+
+/// Runs `ctgrade bench`.
+pub fn bench(args: &BenchArgs) -> Result<BenchReport, ModelError> {
+    if let Some(t) = args.threads {
+        // candle reads RAYON_NUM_THREADS on every call; rayon's pool is not built yet.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .map_err(|e| ModelError::InvalidConfig(e.to_string()))?;
+    }
+    let dims: Vec<usize> = args
+        .input
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ModelError::InvalidConfig(format!("--input {:?}: {e}", args.input)))?;
+    let dims = match dims.as_slice() {
+        [c, d, h, w] => vec![1, *c, *d, *h, *w],
+        [_, _, _, _, _] => dims,
+        _ => {
+            return Err(ModelError::InvalidConfig(format!(
+                "--input {:?}: expected C,D,H,W or N,C,D,H,W",
+                args.input
+            )))
+        }
+    };
+    let dev = device(&args.device)?;
+    let cfg = resolve_config(args.arch, dims[1], args.num_outputs, args.config.as_deref())?;
+    let t0 = Instant::now();
+    let vb = VarBuilder::from_tensors(random_weights(&cfg, &dev)?, DType::F32, &dev);
+    let net: Box<dyn Classifier> = build(&cfg, vb)?;
+    let build_s = t0.elapsed().as_secs_f64();
+    let x = Tensor::randn(0f32, 1.0, dims.as_slice(), &dev)?;
+    let mut times = Vec::with_capacity(args.repeat);
+    for i in 0..=args.repeat {
+        let t = Instant::now();
+        let y = net.forward(&x)?;
+        // Forces completion on asynchronous devices.
+        y.to_device(&Device::Cpu)?;
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median_s = match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    Ok(BenchReport {
+        arch: args.arch.to_string(),
+        input: dims,
+        threads: candle_core::utils::get_num_threads(),
+        median_s,
+        times_s: times,
+        build_s,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}

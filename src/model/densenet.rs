@@ -1,0 +1,398 @@
+//! 3-D DenseNet (Huang et al. 2017), fully inflated as MONAI's `DenseNet(spatial_dims=3)`.
+//!
+//! Inference form: norm0 folds into conv0 and norm2 into conv1; the pre-activation norms that act
+//! on concatenated features (norm1, the transition norms, norm5) are a per-channel scale + shift
+//! fused with their ReLU. In a transition the average pool runs before the 1x1x1 convolution:
+//! both are linear, so the result is the same, at a quarter of the cost.
+
+use candle_core::{Module, Result as CResult, Tensor};
+use candle_nn::{Init, Linear, VarBuilder};
+
+use super::layers::{
+    global_avg_pool, BatchNorm3d, Conv3d, Conv3dConfig, Pool3d, Pool3dConfig, ScaleShiftRelu,
+};
+use super::{cpu, get_param, Arch, Classifier, ModelError, Naming, NetworkConfig};
+
+/// Hyper-parameters of a 3-D DenseNet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DenseNetConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Outputs of the linear head.
+    pub num_outputs: usize,
+    /// Stem width.
+    pub init_features: usize,
+    /// Channels each dense layer adds.
+    pub growth_rate: usize,
+    /// Dense layers per block.
+    pub block_config: Vec<usize>,
+    /// Bottleneck width factor: conv1 has `bn_size * growth_rate` outputs.
+    pub bn_size: usize,
+}
+
+impl DenseNetConfig {
+    /// Published block sizes of the registered DenseNets.
+    pub fn blocks(arch: Arch) -> Option<Vec<usize>> {
+        match arch {
+            Arch::DenseNet121_3d => Some(vec![6, 12, 24, 16]),
+            Arch::DenseNet169_3d => Some(vec![6, 12, 32, 32]),
+            Arch::DenseNet201_3d => Some(vec![6, 12, 48, 32]),
+        }
+    }
+
+    /// The configuration of `cfg`: the architecture's defaults with its overrides applied.
+    pub fn from_network(cfg: &NetworkConfig) -> Result<Self, ModelError> {
+        let Some(blocks) = Self::blocks(cfg.arch) else {
+            return Err(ModelError::InvalidConfig(format!(
+                "{} is not a DenseNet",
+                cfg.arch
+            )));
+        };
+        let c = Self {
+            in_channels: cfg.in_channels,
+            num_outputs: cfg.num_outputs,
+            init_features: cfg.init_features.unwrap_or(64),
+            growth_rate: cfg.growth_rate.unwrap_or(32),
+            block_config: cfg.block_config.clone().unwrap_or(blocks),
+            bn_size: cfg.bn_size.unwrap_or(4),
+        };
+        let positive = [
+            ("in_channels", c.in_channels),
+            ("num_outputs", c.num_outputs),
+            ("init_features", c.init_features),
+            ("growth_rate", c.growth_rate),
+            ("bn_size", c.bn_size),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ModelError::InvalidConfig(format!(
+                    "{name} must be positive"
+                )));
+            }
+        }
+        if c.block_config.is_empty() || c.block_config.contains(&0) {
+            return Err(ModelError::InvalidConfig(format!(
+                "block_config {:?} must list positive layer counts",
+                c.block_config
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Channels entering each block, and the final feature width.
+    fn widths(&self) -> (Vec<usize>, usize) {
+        let mut c = self.init_features;
+        let mut ins = Vec::with_capacity(self.block_config.len());
+        for (i, &layers) in self.block_config.iter().enumerate() {
+            ins.push(c);
+            c += layers * self.growth_rate;
+            if i + 1 < self.block_config.len() {
+                c /= 2;
+            }
+        }
+        (ins, c)
+    }
+
+    /// Every parameter (name, shape) in PyTorch's state-dict order, BatchNorm statistics included.
+    pub fn expected_tensors(&self, naming: Naming) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        let bn = |out: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
+            for s in ["weight", "bias", "running_mean", "running_var"] {
+                out.push((format!("{p}.{s}"), vec![c]));
+            }
+        };
+        let f = self.init_features;
+        out.push((
+            "features.conv0.weight".into(),
+            vec![f, self.in_channels, 7, 7, 7],
+        ));
+        bn(&mut out, "features.norm0", f);
+        let (ins, last) = self.widths();
+        let inner = self.bn_size * self.growth_rate;
+        for (i, (&layers, &c0)) in self.block_config.iter().zip(&ins).enumerate() {
+            for l in 0..layers {
+                let c = c0 + l * self.growth_rate;
+                let p = layer_prefix(naming, i, l);
+                bn(&mut out, &format!("{p}.norm1"), c);
+                out.push((format!("{p}.conv1.weight"), vec![inner, c, 1, 1, 1]));
+                bn(&mut out, &format!("{p}.norm2"), inner);
+                out.push((
+                    format!("{p}.conv2.weight"),
+                    vec![self.growth_rate, inner, 3, 3, 3],
+                ));
+            }
+            if i + 1 < self.block_config.len() {
+                let c = c0 + layers * self.growth_rate;
+                let p = format!("features.transition{}", i + 1);
+                bn(&mut out, &format!("{p}.norm"), c);
+                out.push((format!("{p}.conv.weight"), vec![c / 2, c, 1, 1, 1]));
+            }
+        }
+        bn(&mut out, "features.norm5", last);
+        let head = head_prefix(naming);
+        out.push((format!("{head}.weight"), vec![self.num_outputs, last]));
+        out.push((format!("{head}.bias"), vec![self.num_outputs]));
+        out
+    }
+}
+
+fn layer_prefix(naming: Naming, block: usize, layer: usize) -> String {
+    let base = format!("features.denseblock{}.denselayer{}", block + 1, layer + 1);
+    match naming {
+        Naming::Monai => format!("{base}.layers"),
+        Naming::Torchvision => base,
+    }
+}
+
+fn head_prefix(naming: Naming) -> &'static str {
+    match naming {
+        Naming::Monai => "class_layers.out",
+        Naming::Torchvision => "classifier",
+    }
+}
+
+/// Old torchvision checkpoints spell `denselayer1.norm.1.weight` for `denselayer1.norm1.weight`.
+fn legacy_name(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    let n = parts.len();
+    if n >= 3 && parts[n - 3].starts_with("denselayer") {
+        if let Some(m @ ("norm1" | "norm2" | "conv1" | "conv2")) = parts.get(n - 2).copied() {
+            let (stem, digit) = m.split_at(4);
+            let mut v: Vec<String> = parts[..n - 2].iter().map(|s| s.to_string()).collect();
+            v.push(format!("{stem}.{digit}"));
+            v.push(parts[n - 1].to_string());
+            return v.join(".");
+        }
+    }
+    name.to_string()
+}
+
+fn load_bn(vb: &VarBuilder, c: usize) -> Result<BatchNorm3d, ModelError> {
+    Ok(BatchNorm3d {
+        weight: get_param(vb, &[c], "weight", Init::Const(1.0))?,
+        bias: get_param(vb, &[c], "bias", Init::Const(0.0))?,
+        running_mean: get_param(vb, &[c], "running_mean", Init::Const(0.0))?,
+        running_var: get_param(vb, &[c], "running_var", Init::Const(1.0))?,
+        eps: BatchNorm3d::EPS,
+    })
+}
+
+fn load_conv(
+    vb: &VarBuilder,
+    c_out: usize,
+    c_in: usize,
+    k: usize,
+    cfg: Conv3dConfig,
+) -> Result<Conv3d, ModelError> {
+    let fan_in = (c_in * k * k * k) as f64;
+    // He (Kaiming) normal, as MONAI initialises its convolutions.
+    let init = Init::Randn {
+        mean: 0.0,
+        stdev: (2.0 / fan_in).sqrt(),
+    };
+    let w = get_param(vb, &[c_out, c_in, k, k, k], "weight", init)?;
+    Ok(Conv3d::new(w, None, cfg)?)
+}
+
+/// norm1 -> relu -> conv1 (norm2 folded) -> relu -> conv2; output concatenated onto the input.
+#[derive(Clone, Debug)]
+struct DenseLayer {
+    norm1: ScaleShiftRelu,
+    conv1: Conv3d,
+    conv2: Conv3d,
+}
+
+impl DenseLayer {
+    fn new(vb: &VarBuilder, c_in: usize, cfg: &DenseNetConfig) -> Result<Self, ModelError> {
+        let inner = cfg.bn_size * cfg.growth_rate;
+        let norm1 = ScaleShiftRelu::from_batch_norm(&load_bn(&vb.pp("norm1"), c_in)?)?;
+        let conv1 = load_conv(&vb.pp("conv1"), inner, c_in, 1, Conv3dConfig::default())?;
+        let conv1 = load_bn(&vb.pp("norm2"), inner)?.fold_into(&conv1)?;
+        let conv2 = load_conv(
+            &vb.pp("conv2"),
+            cfg.growth_rate,
+            inner,
+            3,
+            Conv3dConfig::symmetric(1, 1),
+        )?;
+        Ok(Self {
+            norm1,
+            conv1,
+            conv2,
+        })
+    }
+
+    /// The new features (not yet concatenated).
+    fn new_features(&self, x: &Tensor) -> CResult<Tensor> {
+        let h = self.norm1.forward(x)?;
+        let c1 = &self.conv1;
+        let h = if cpu::eligible(&[&h, c1.weight()]) && c1.bias().is_none_or(|b| !b.track_op()) {
+            cpu::conv3d_act(&h, c1.weight(), c1.bias(), c1.config(), true)?
+        } else {
+            c1.forward(&h)?.relu()?
+        };
+        self.conv2.forward(&h)
+    }
+}
+
+/// norm -> relu -> avg pool 2 -> conv 1x1x1 (pool first: see the module docs).
+#[derive(Clone, Debug)]
+struct Transition {
+    norm: ScaleShiftRelu,
+    pool: Pool3d,
+    conv: Conv3d,
+}
+
+/// A 3-D DenseNet classifier in inference form.
+#[derive(Clone, Debug)]
+pub struct DenseNet3d {
+    conv0: Conv3d,
+    pool0: Pool3d,
+    blocks: Vec<Vec<DenseLayer>>,
+    transitions: Vec<Transition>,
+    norm5: ScaleShiftRelu,
+    head: Linear,
+    in_channels: usize,
+}
+
+impl DenseNet3d {
+    /// Loads the network from `vb` with the given parameter names.
+    pub fn new(cfg: &DenseNetConfig, vb: VarBuilder, naming: Naming) -> Result<Self, ModelError> {
+        let vb = if naming == Naming::Torchvision
+            && !vb.contains_tensor("features.denseblock1.denselayer1.norm1.weight")
+            && vb.contains_tensor("features.denseblock1.denselayer1.norm.1.weight")
+        {
+            vb.rename_f(legacy_name)
+        } else {
+            vb
+        };
+        let f = cfg.init_features;
+        let conv0 = load_conv(
+            &vb.pp("features.conv0"),
+            f,
+            cfg.in_channels,
+            7,
+            Conv3dConfig::symmetric(2, 3),
+        )?;
+        let conv0 = load_bn(&vb.pp("features.norm0"), f)?.fold_into(&conv0)?;
+        let pool0 = Pool3d::max(Pool3dConfig::cubic(3, 2, 1));
+        let (ins, last) = cfg.widths();
+        let mut blocks = Vec::new();
+        let mut transitions = Vec::new();
+        for (i, (&layers, &c0)) in cfg.block_config.iter().zip(&ins).enumerate() {
+            let mut block = Vec::with_capacity(layers);
+            for l in 0..layers {
+                let vl = vb.pp(layer_prefix(naming, i, l));
+                block.push(DenseLayer::new(&vl, c0 + l * cfg.growth_rate, cfg)?);
+            }
+            blocks.push(block);
+            if i + 1 < cfg.block_config.len() {
+                let c = c0 + layers * cfg.growth_rate;
+                let vt = vb.pp(format!("features.transition{}", i + 1));
+                transitions.push(Transition {
+                    norm: ScaleShiftRelu::from_batch_norm(&load_bn(&vt.pp("norm"), c)?)?,
+                    pool: Pool3d::avg(Pool3dConfig::cubic(2, 2, 0), true),
+                    conv: load_conv(&vt.pp("conv"), c / 2, c, 1, Conv3dConfig::default())?,
+                });
+            }
+        }
+        let norm5 = ScaleShiftRelu::from_batch_norm(&load_bn(&vb.pp("features.norm5"), last)?)?;
+        let vh = vb.pp(head_prefix(naming));
+        let bound = 1.0 / (last as f64).sqrt();
+        let w = get_param(
+            &vh,
+            &[cfg.num_outputs, last],
+            "weight",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        let b = get_param(&vh, &[cfg.num_outputs], "bias", Init::Const(0.0))?;
+        Ok(Self {
+            conv0,
+            pool0,
+            blocks,
+            transitions,
+            norm5,
+            head: Linear::new(w, Some(b)),
+            in_channels: cfg.in_channels,
+        })
+    }
+
+    /// The feature extractor up to the global pool: `(N, C, D, H, W) -> (N, features)`.
+    pub fn features(&self, x: &Tensor) -> CResult<Tensor> {
+        let (_, c, ..) = x.dims5()?;
+        if c != self.in_channels {
+            candle_core::bail!(
+                "densenet: input has {c} channels, the network takes {}",
+                self.in_channels
+            );
+        }
+        let h = self.conv0.forward(x)?.relu()?;
+        let mut h = self.pool0.forward(&h)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            for layer in block {
+                let new = layer.new_features(&h)?;
+                h = Tensor::cat(&[&h, &new], 1)?;
+            }
+            if let Some(t) = self.transitions.get(i) {
+                let y = t.norm.forward(&h)?;
+                let y = t.pool.forward(&y)?;
+                h = t.conv.forward(&y)?;
+            }
+        }
+        global_avg_pool(&self.norm5.forward(&h)?)
+    }
+}
+
+impl Classifier for DenseNet3d {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        self.head.forward(&self.features(x)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_names_map_dense_layer_parts_only() {
+        assert_eq!(
+            legacy_name("features.denseblock2.denselayer11.norm1.running_var"),
+            "features.denseblock2.denselayer11.norm.1.running_var"
+        );
+        assert_eq!(
+            legacy_name("features.denseblock1.denselayer1.conv2.weight"),
+            "features.denseblock1.denselayer1.conv.2.weight"
+        );
+        assert_eq!(
+            legacy_name("features.norm0.weight"),
+            "features.norm0.weight"
+        );
+        assert_eq!(
+            legacy_name("features.transition1.conv.weight"),
+            "features.transition1.conv.weight"
+        );
+    }
+
+    #[test]
+    fn published_sizes() {
+        for (arch, params, width) in [
+            (Arch::DenseNet121_3d, 11_287_553, 1024),
+            (Arch::DenseNet201_3d, 25_376_641, 1920),
+        ] {
+            let cfg = DenseNetConfig::from_network(&NetworkConfig::new(arch, 3, 1)).unwrap();
+            let ts = cfg.expected_tensors(Naming::Monai);
+            // Learnable parameters only (BatchNorm running statistics are buffers).
+            let n: usize = ts
+                .iter()
+                .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+                .map(|(_, s)| s.iter().product::<usize>())
+                .sum();
+            // As counted by MONAI's DenseNet(3, 3, 1, block_config=...).
+            assert_eq!(n, params, "{arch}");
+            assert_eq!(cfg.widths().1, width);
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! 3-D layers on top of candle 0.11, which has no conv3d and no 3-D pooling.
+//!
+//! Every layer has a *composed* form built only from candle tensor ops (depth taps over `conv2d`,
+//! 1x1x1 convolutions as matrix products, separable pooling from strided views), so gradients flow
+//! through it and the CUDA backend runs it unchanged. On the CPU, when nothing asks for gradients,
+//! [`Conv3d`], the pools and [`ScaleShiftRelu`] switch to the hand-written kernels in
+//! [`super::cpu`], which are several times faster than candle's CPU `conv2d`; both forms are tested
+//! against PyTorch.
+//!
+//! Tensors are NCDHW throughout.
+
+use candle_core::{DType, Module, Result, Tensor};
+
+use super::cpu;
+
+/// Per-side zero padding: `[[depth_before, depth_after], [height_before, height_after],
+/// [width_before, width_after]]`. Asymmetric padding expresses TensorFlow's "SAME".
+pub type Padding3d = [[usize; 2]; 3];
+
+/// Stride and padding of a [`Conv3d`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv3dConfig {
+    /// Stride along depth, height, width.
+    pub stride: [usize; 3],
+    /// Zero padding per side.
+    pub padding: Padding3d,
+}
+
+impl Default for Conv3dConfig {
+    fn default() -> Self {
+        Self {
+            stride: [1; 3],
+            padding: [[0; 2]; 3],
+        }
+    }
+}
+
+impl Conv3dConfig {
+    /// The same stride and symmetric padding along all three axes (PyTorch's `Conv3d(stride=s, padding=p)`).
+    pub fn symmetric(stride: usize, padding: usize) -> Self {
+        Self {
+            stride: [stride; 3],
+            padding: [[padding; 2]; 3],
+        }
+    }
+
+    /// Output size (D, H, W) for an input of `input` voxels and a kernel of `kernel` taps.
+    pub fn output_size(&self, input: [usize; 3], kernel: [usize; 3]) -> Result<[usize; 3]> {
+        let mut out = [0; 3];
+        for a in 0..3 {
+            let padded = input[a] + self.padding[a][0] + self.padding[a][1];
+            if self.stride[a] == 0 || kernel[a] == 0 || padded < kernel[a] {
+                candle_core::bail!(
+                    "conv3d: kernel {kernel:?} with stride {:?} does not fit input {input:?} padded by {:?}",
+                    self.stride,
+                    self.padding
+                );
+            }
+            out[a] = (padded - kernel[a]) / self.stride[a] + 1;
+        }
+        Ok(out)
+    }
+}
+
+/// A 3-D convolution (no dilation, no groups) with an optional bias.
+#[derive(Clone, Debug)]
+pub struct Conv3d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    cfg: Conv3dConfig,
+}
+
+impl Conv3d {
+    /// A convolution with weight `(C_out, C_in, kd, kh, kw)` and optional bias `(C_out)`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, cfg: Conv3dConfig) -> Result<Self> {
+        let (c_out, ..) = weight.dims5()?;
+        if let Some(b) = &bias {
+            if b.dims() != [c_out] {
+                candle_core::bail!("conv3d: bias shape {:?}, expected [{c_out}]", b.dims());
+            }
+        }
+        if cfg.stride.contains(&0) {
+            candle_core::bail!("conv3d: zero stride {:?}", cfg.stride);
+        }
+        Ok(Self { weight, bias, cfg })
+    }
+
+    /// The weight `(C_out, C_in, kd, kh, kw)`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Stride and padding.
+    pub fn config(&self) -> &Conv3dConfig {
+        &self.cfg
+    }
+
+    /// The convolution from candle ops only (autograd, any backend), whatever the device.
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
+        conv3d(x, &self.weight, self.bias.as_ref(), &self.cfg)
+    }
+}
+
+impl Module for Conv3d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if cpu::eligible(&[x, &self.weight]) && self.bias.as_ref().is_none_or(|b| !b.track_op()) {
+            cpu::conv3d(x, &self.weight, self.bias.as_ref(), &self.cfg)
+        } else {
+            self.forward_composed(x)
+        }
+    }
+}
+
+/// `count` elements along `dim`, starting at `start`, `step` apart (a strided slice).
+pub(crate) fn take_strided(
+    x: &Tensor,
+    dim: usize,
+    start: usize,
+    step: usize,
+    count: usize,
+) -> Result<Tensor> {
+    if step == 1 || count == 1 {
+        return x.narrow(dim, start, count);
+    }
+    // Split the axis into (count, step) and keep the first of every `step`; a zero tail makes
+    // the last group complete (its filler is never selected).
+    let need = start + step * count;
+    let len = x.dim(dim)?;
+    let x = if need > len {
+        x.pad_with_zeros(dim, 0, need - len)?
+    } else {
+        x.clone()
+    };
+    let v = x.narrow(dim, start, step * count)?;
+    let mut shape = v.dims().to_vec();
+    shape[dim] = count;
+    shape.insert(dim + 1, step);
+    v.reshape(shape)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+}
+
+/// Composed 3-D convolution: `y[:, :, d] = sum_k conv2d(x[:, :, s*d + k], W[:, :, k])` with depth
+/// folded into the batch, and 1x1x1 kernels as one matrix product.
+pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv3dConfig) -> Result<Tensor> {
+    let (n, c_in, d, h, wd) = x.dims5()?;
+    let (c_out, c_in_w, kd, kh, kw) = w.dims5()?;
+    if c_in != c_in_w {
+        candle_core::bail!("conv3d: input has {c_in} channels, weight expects {c_in_w}");
+    }
+    let [od, oh, ow] = cfg.output_size([d, h, wd], [kd, kh, kw])?;
+    let [sd, sh, sw] = cfg.stride;
+    let [[pd0, pd1], [ph0, ph1], [pw0, pw1]] = cfg.padding;
+    let unpadded = cfg.padding == [[0; 2]; 3];
+    let y = if (kd, kh, kw) == (1, 1, 1) && unpadded {
+        // Pointwise: subsample, then one (C_out, C_in) x (C_in, voxels) product per batch item.
+        let mut xs = x.clone();
+        for (axis, (s, o)) in [(sd, od), (sh, oh), (sw, ow)].into_iter().enumerate() {
+            if s > 1 {
+                xs = take_strided(&xs, 2 + axis, 0, s, o)?;
+            }
+        }
+        let xs = xs.contiguous()?.reshape((n, c_in, od * oh * ow))?;
+        w.reshape((c_out, c_in))?
+            .broadcast_matmul(&xs)?
+            .reshape((n, c_out, od, oh, ow))?
+    } else {
+        // candle's conv2d takes one symmetric padding and one stride for both axes; pad explicitly
+        // and subsample afterwards where the configuration needs more.
+        let sym = ph0 == ph1 && pw0 == pw1 && ph0 == pw0;
+        let (x, pad2) = if sym {
+            (x.clone(), ph0)
+        } else {
+            (
+                x.pad_with_zeros(3, ph0, ph1)?.pad_with_zeros(4, pw0, pw1)?,
+                0,
+            )
+        };
+        let stride2 = if sh == sw { sh } else { 1 };
+        let x = x.pad_with_zeros(2, pd0, pd1)?;
+        let (_, _, _, h2, w2) = x.dims5()?;
+        // (N, D, C, H, W): each depth tap is then a slice of whole (C, H, W) planes.
+        let xt = x.permute((0, 2, 1, 3, 4))?.contiguous()?;
+        let mut acc: Option<Tensor> = None;
+        for k in 0..kd {
+            let xs =
+                take_strided(&xt, 1, k, sd, od)?
+                    .contiguous()?
+                    .reshape((n * od, c_in, h2, w2))?;
+            let wk = w.narrow(2, k, 1)?.squeeze(2)?.contiguous()?;
+            let y = xs.conv2d(&wk, pad2, stride2, 1, 1)?;
+            acc = Some(match acc {
+                None => y,
+                Some(a) => (a + y)?,
+            });
+        }
+        let mut y = match acc {
+            Some(y) => y,
+            None => candle_core::bail!("conv3d: empty kernel"),
+        };
+        if sh != sw {
+            y = take_strided(&y, 2, 0, sh, oh)?;
+            y = take_strided(&y, 3, 0, sw, ow)?;
+        }
+        y.reshape((n, od, c_out, oh, ow))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?
+    };
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, c_out, 1, 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// Kernel, stride, per-side padding and ceil mode of a 3-D pooling layer, with PyTorch's semantics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool3dConfig {
+    /// Window size along depth, height, width.
+    pub kernel: [usize; 3],
+    /// Stride along depth, height, width.
+    pub stride: [usize; 3],
+    /// Padding per side (`-inf` for max pooling, zeros for average pooling).
+    pub padding: Padding3d,
+    /// Round the output size up (PyTorch `ceil_mode`); a window must still start inside the input
+    /// or its left padding.
+    pub ceil_mode: bool,
+}
+
+impl Pool3dConfig {
+    /// Cubic window with stride and symmetric padding, floor mode (PyTorch's defaults).
+    pub fn cubic(kernel: usize, stride: usize, padding: usize) -> Self {
+        Self {
+            kernel: [kernel; 3],
+            stride: [stride; 3],
+            padding: [[padding; 2]; 3],
+            ceil_mode: false,
+        }
+    }
+
+    /// Output size (D, H, W) for an input of `input` voxels.
+    pub fn output_size(&self, input: [usize; 3]) -> Result<[usize; 3]> {
+        let mut out = [0; 3];
+        for (a, o) in out.iter_mut().enumerate() {
+            *o = pool_len(
+                input[a],
+                self.kernel[a],
+                self.stride[a],
+                self.padding[a],
+                self.ceil_mode,
+            )?;
+        }
+        Ok(out)
+    }
+}
+
+/// Output length along one axis, as PyTorch's `pooling_output_shape` (generalised to per-side padding).
+fn pool_len(len: usize, k: usize, s: usize, pad: [usize; 2], ceil: bool) -> Result<usize> {
+    // Each window must overlap the input, or max pooling would produce -inf.
+    if k == 0 || s == 0 || pad[0] >= k || pad[1] >= k || len + pad[0] + pad[1] < k {
+        candle_core::bail!(
+            "pool3d: window {k} stride {s} padding {pad:?} does not fit length {len}"
+        );
+    }
+    let span = len + pad[0] + pad[1] - k;
+    let mut o = if ceil { span.div_ceil(s) } else { span / s } + 1;
+    if ceil && (o - 1) * s >= len + pad[0] {
+        o -= 1;
+    }
+    Ok(o)
+}
+
+/// Which reduction a pooling window applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    /// Maximum; padding counts as `-inf`.
+    Max,
+    /// Mean; padding counts as zero and, with `count_include_pad`, in the divisor.
+    Avg {
+        /// PyTorch's `count_include_pad`.
+        count_include_pad: bool,
+    },
+}
+
+/// 3-D max or average pooling.
+#[derive(Clone, Copy, Debug)]
+pub struct Pool3d {
+    /// Geometry.
+    pub cfg: Pool3dConfig,
+    /// Reduction.
+    pub kind: PoolKind,
+}
+
+impl Pool3d {
+    /// Max pooling (PyTorch `MaxPool3d`).
+    pub fn max(cfg: Pool3dConfig) -> Self {
+        Self {
+            cfg,
+            kind: PoolKind::Max,
+        }
+    }
+
+    /// Average pooling (PyTorch `AvgPool3d`).
+    pub fn avg(cfg: Pool3dConfig, count_include_pad: bool) -> Self {
+        Self {
+            cfg,
+            kind: PoolKind::Avg { count_include_pad },
+        }
+    }
+
+    /// The pooling from candle ops only (autograd, any backend): separable, one axis at a time.
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, d, h, w) = x.dims5()?;
+        // Validates the geometry before any work.
+        self.cfg.output_size([d, h, w])?;
+        let mut y = x.clone();
+        for a in 0..3 {
+            y = pool_axis(
+                &y,
+                2 + a,
+                self.cfg.kernel[a],
+                self.cfg.stride[a],
+                self.cfg.padding[a],
+                self.cfg.ceil_mode,
+                self.kind,
+            )?;
+        }
+        Ok(y)
+    }
+}
+
+impl Module for Pool3d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if cpu::eligible(&[x]) {
+            cpu::pool3d(x, &self.cfg, self.kind)
+        } else {
+            self.forward_composed(x)
+        }
+    }
+}
+
+/// One axis of a separable pool: the max or mean over `k` strided views.
+fn pool_axis(
+    x: &Tensor,
+    dim: usize,
+    k: usize,
+    s: usize,
+    pad: [usize; 2],
+    ceil: bool,
+    kind: PoolKind,
+) -> Result<Tensor> {
+    let len = x.dim(dim)?;
+    let o = pool_len(len, k, s, pad, ceil)?;
+    if k == 1 && s == 1 && pad == [0, 0] {
+        return Ok(x.clone());
+    }
+    // Window i covers [i*s, i*s + k) of the padded axis; pad (or cut) it to exactly that span.
+    let span = (o - 1) * s + k;
+    let x = if pad[0] + len > span {
+        x.narrow(dim, 0, span - pad[0])?
+    } else {
+        x.clone()
+    };
+    let right = span.saturating_sub(pad[0] + len);
+    let xp = match kind {
+        PoolKind::Avg { .. } => x.pad_with_zeros(dim, pad[0], right)?,
+        PoolKind::Max => {
+            let mut parts = Vec::with_capacity(3);
+            let mut shape = x.dims().to_vec();
+            if pad[0] > 0 {
+                shape[dim] = pad[0];
+                parts.push(neg_inf(&shape, &x)?);
+            }
+            parts.push(x.clone());
+            if right > 0 {
+                shape[dim] = right;
+                parts.push(neg_inf(&shape, &x)?);
+            }
+            Tensor::cat(&parts, dim)?
+        }
+    };
+    let mut acc: Option<Tensor> = None;
+    for j in 0..k {
+        let v = take_strided(&xp, dim, j, s, o)?;
+        acc = Some(match (acc, kind) {
+            (None, _) => v,
+            (Some(a), PoolKind::Max) => a.maximum(&v)?,
+            (Some(a), PoolKind::Avg { .. }) => (a + v)?,
+        });
+    }
+    let y = match acc {
+        Some(y) => y,
+        None => candle_core::bail!("pool3d: empty window"),
+    };
+    match kind {
+        PoolKind::Max => Ok(y),
+        PoolKind::Avg { count_include_pad } => {
+            let inv = avg_divisors(len, k, s, pad, o, count_include_pad)
+                .into_iter()
+                .map(|d| 1.0 / d as f64)
+                .collect::<Vec<_>>();
+            let mut shape = vec![1; y.rank()];
+            shape[dim] = o;
+            let inv = Tensor::from_vec(inv, shape, y.device())?.to_dtype(y.dtype())?;
+            y.broadcast_mul(&inv)
+        }
+    }
+}
+
+/// PyTorch's average-pool divisor per output position along one axis (the 3-D divisor is the
+/// product of the three, with or without `count_include_pad`).
+pub(crate) fn avg_divisors(
+    len: usize,
+    k: usize,
+    s: usize,
+    pad: [usize; 2],
+    o: usize,
+    count_include_pad: bool,
+) -> Vec<usize> {
+    (0..o)
+        .map(|i| {
+            // Input coordinates, shifted by the left padding to stay unsigned.
+            let start = i * s;
+            let end = (start + k).min(len + pad[0] + pad[1]);
+            if count_include_pad {
+                end - start
+            } else {
+                end.min(len + pad[0]) - start.max(pad[0])
+            }
+        })
+        .collect()
+}
+
+fn neg_inf(shape: &[usize], like: &Tensor) -> Result<Tensor> {
+    Tensor::full(f32::NEG_INFINITY, shape, like.device())?.to_dtype(like.dtype())
+}
+
+/// Global average pooling: `(N, C, D, H, W)` to `(N, C)`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let (n, c, ..) = x.dims5()?;
+    if cpu::eligible(&[x]) {
+        return cpu::global_avg_pool(x);
+    }
+    x.reshape((n, c, ()))?.mean(2)
+}
+
+/// BatchNorm's running statistics and affine parameters (inference form), PyTorch eps 1e-5.
+#[derive(Clone, Debug)]
+pub struct BatchNorm3d {
+    /// Gamma.
+    pub weight: Tensor,
+    /// Beta.
+    pub bias: Tensor,
+    /// Running mean.
+    pub running_mean: Tensor,
+    /// Running variance.
+    pub running_var: Tensor,
+    /// Added to the variance (PyTorch's default 1e-5).
+    pub eps: f64,
+}
+
+impl BatchNorm3d {
+    /// PyTorch's BatchNorm eps.
+    pub const EPS: f64 = 1e-5;
+
+    /// Per-channel `(scale, shift)` with `bn(x) = x * scale + shift`.
+    pub fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
+        let scale = self
+            .weight
+            .broadcast_div(&(&self.running_var + self.eps)?.sqrt()?)?;
+        let shift = (&self.bias - self.running_mean.mul(&scale)?)?;
+        Ok((scale, shift))
+    }
+
+    /// Folds this norm, applied after `conv`, into the convolution's weight and bias.
+    pub fn fold_into(&self, conv: &Conv3d) -> Result<Conv3d> {
+        let (scale, shift) = self.scale_shift()?;
+        let (c_out, ..) = conv.weight.dims5()?;
+        if scale.dims() != [c_out] {
+            candle_core::bail!(
+                "batchnorm with {:?} channels cannot fold into a conv with {c_out} outputs",
+                scale.dims()
+            );
+        }
+        let weight = conv
+            .weight
+            .broadcast_mul(&scale.reshape((c_out, 1, 1, 1, 1))?)?;
+        let bias = match &conv.bias {
+            Some(b) => (b.mul(&scale)? + shift)?,
+            None => shift,
+        };
+        Conv3d::new(weight, Some(bias), conv.cfg)
+    }
+}
+
+/// A BatchNorm that cannot fold (it acts on concatenated features), fused with the ReLU after it:
+/// `relu(x * scale + shift)` per channel.
+#[derive(Clone, Debug)]
+pub struct ScaleShiftRelu {
+    scale: Tensor,
+    shift: Tensor,
+}
+
+impl ScaleShiftRelu {
+    /// From a BatchNorm in inference form.
+    pub fn from_batch_norm(bn: &BatchNorm3d) -> Result<Self> {
+        let (scale, shift) = bn.scale_shift()?;
+        Ok(Self { scale, shift })
+    }
+
+    /// The operation from candle ops only (autograd, any backend).
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.scale.dim(0)?;
+        let mut shape = vec![1; x.rank()];
+        if let Some(s) = shape.get_mut(1) {
+            *s = c;
+        }
+        x.broadcast_mul(&self.scale.reshape(shape.as_slice())?)?
+            .broadcast_add(&self.shift.reshape(shape.as_slice())?)?
+            .relu()
+    }
+}
+
+impl Module for ScaleShiftRelu {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if cpu::eligible(&[x, &self.scale, &self.shift]) && x.dtype() == DType::F32 {
+            cpu::scale_shift_relu(x, &self.scale, &self.shift)
+        } else {
+            self.forward_composed(x)
+        }
+    }
+}

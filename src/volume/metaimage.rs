@@ -1,0 +1,617 @@
+//! MetaImage (`.mha` with `ElementDataFile = LOCAL`, `.mhd` with a separate `.raw`/`.zraw` file).
+//!
+//! Follows MetaIO / ITK's `MetaImageIO` as SimpleITK uses it: `TransformMatrix` lists the direction
+//! matrix column by column (axis by axis), `Offset` is the origin, `MET_LONG` is 32-bit.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+use super::element::{decode, encode, ElementType};
+use super::error::VolumeError;
+use super::io::{alloc_voxels, check_voxels, write_atomic, ReadLimits, WriteOptions};
+use super::Volume;
+
+/// Where the pixel data of a MetaImage lives.
+#[derive(Debug, Clone, PartialEq)]
+enum DataFile {
+    /// In the header file, right after the `ElementDataFile = LOCAL` line.
+    Local,
+    /// In a separate file (path already resolved against the header's directory).
+    External(PathBuf),
+}
+
+/// The parsed header of a MetaImage file.
+#[derive(Debug, Clone)]
+struct Header {
+    size: [usize; 3],
+    spacing: [f64; 3],
+    origin: [f64; 3],
+    direction: [f64; 9],
+    ty: ElementType,
+    msb: bool,
+    compressed: bool,
+    compressed_size: Option<u64>,
+    /// `HeaderSize` of an external data file: bytes to skip, or -1 for "data at the end".
+    header_size: Option<i64>,
+    data_file: DataFile,
+    /// Byte offset of the data in the header file (for `LOCAL`).
+    data_offset: u64,
+}
+
+/// A zlib stream inflates to at most about 1032 times its size (deflate's maximum ratio); a
+/// header claiming more than that cannot be right, so it is rejected before any allocation.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Bytes inflated per step before conversion to `f32`: small enough to stay in cache.
+const INFLATE_CHUNK: usize = 1 << 20;
+
+fn parse_bool(path: &Path, key: &str, v: &str) -> Result<bool, VolumeError> {
+    // MetaIO looks at the first character only.
+    match v.chars().next() {
+        Some('T' | 't' | '1') => Ok(true),
+        Some('F' | 'f' | '0') => Ok(false),
+        _ => Err(VolumeError::header(
+            path,
+            format!("{key} = `{v}` is not True or False"),
+        )),
+    }
+}
+
+fn parse_floats<const N: usize>(path: &Path, key: &str, v: &str) -> Result<[f64; N], VolumeError> {
+    let bad = || VolumeError::header(path, format!("{key} = `{v}` is not {N} finite numbers"));
+    let mut out = [0.0; N];
+    let mut it = v.split_whitespace();
+    for o in out.iter_mut() {
+        let x: f64 = it.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        if !x.is_finite() {
+            return Err(bad());
+        }
+        *o = x;
+    }
+    if it.next().is_some() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+fn parse_uint(path: &Path, key: &str, v: &str) -> Result<u64, VolumeError> {
+    v.trim()
+        .parse()
+        .map_err(|_| VolumeError::header(path, format!("{key} = `{v}` is not a whole number")))
+}
+
+/// Parses the header text at the start of `bytes` (the first bytes of the file).
+/// `complete` says whether `bytes` holds the whole file, to tell "truncated" from "too long".
+fn parse_header(path: &Path, bytes: &[u8], complete: bool) -> Result<Header, VolumeError> {
+    let mut ndims = None;
+    let mut dim_size: Option<Vec<u64>> = None;
+    let mut spacing = None;
+    let mut element_size = None;
+    let mut origin = None;
+    let mut direction = None;
+    let mut ty = None;
+    let mut msb = false;
+    let mut compressed = false;
+    let mut compressed_size = None;
+    let mut header_size = None;
+    let mut channels = 1u64;
+    let mut data_file = None;
+
+    let mut pos = 0usize;
+    while data_file.is_none() {
+        let rest = bytes.get(pos..).unwrap_or_default();
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            // The `ElementDataFile` line may end the file without a newline (then there is no
+            // data, which the length check reports); any other unterminated line is a cut header.
+            let line = String::from_utf8_lossy(rest);
+            if complete && line.trim_start().starts_with("ElementDataFile") {
+                pos = bytes.len();
+                data_file = Some(line.split_once('=').map(|x| x.1.trim().to_string()));
+                break;
+            }
+            return Err(if complete {
+                VolumeError::header(path, "the header ends before `ElementDataFile`")
+            } else {
+                VolumeError::HeaderTooLong {
+                    path: path.into(),
+                    reason: format!(
+                        "no `ElementDataFile` line in the first {} bytes",
+                        bytes.len()
+                    ),
+                }
+            });
+        };
+        let line = String::from_utf8_lossy(&rest[..nl]);
+        pos += nl + 1;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(VolumeError::header(
+                path,
+                format!("line `{}` is not `key = value`", truncate(line)),
+            ));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        match key {
+            "ObjectType" if !value.eq_ignore_ascii_case("Image") => {
+                return Err(VolumeError::header(
+                    path,
+                    format!("ObjectType = {value}, expected Image"),
+                ));
+            }
+            "NDims" => ndims = Some(parse_uint(path, key, value)?),
+            "DimSize" => {
+                let v: Result<Vec<u64>, _> = value.split_whitespace().map(str::parse).collect();
+                dim_size = Some(v.map_err(|_| {
+                    VolumeError::header(path, format!("DimSize = `{value}` is not whole numbers"))
+                })?);
+            }
+            "ElementSpacing" => spacing = Some(value.to_string()),
+            "ElementSize" => element_size = Some(value.to_string()),
+            "Offset" | "Position" | "Origin" => origin = Some(parse_floats::<3>(path, key, value)?),
+            "TransformMatrix" | "Rotation" | "Orientation" => {
+                direction = Some(parse_floats::<9>(path, key, value)?)
+            }
+            "ElementType" => {
+                ty = Some(ElementType::from_met_str(value).ok_or_else(|| {
+                    VolumeError::ElementType {
+                        path: path.into(),
+                        name: value.to_string(),
+                    }
+                })?)
+            }
+            "BinaryDataByteOrderMSB" | "ElementByteOrderMSB" => msb = parse_bool(path, key, value)?,
+            "BinaryData" if !parse_bool(path, key, value)? => {
+                return Err(VolumeError::header(
+                    path,
+                    "BinaryData = False (ASCII pixel data) is not supported",
+                ));
+            }
+            "CompressedData" => compressed = parse_bool(path, key, value)?,
+            "CompressedDataSize" => compressed_size = Some(parse_uint(path, key, value)?),
+            "HeaderSize" => {
+                header_size = Some(value.parse::<i64>().map_err(|_| {
+                    VolumeError::header(path, format!("HeaderSize = `{value}` is not a number"))
+                })?)
+            }
+            "ElementNumberOfChannels" => channels = parse_uint(path, key, value)?,
+            "ElementDataFile" => data_file = Some(Some(value.to_string())),
+            // CenterOfRotation, AnatomicalOrientation, ITK_*, NRRD_*, ...: not needed.
+            _ => {}
+        }
+    }
+
+    let ndims = ndims.ok_or_else(|| VolumeError::header(path, "missing NDims"))?;
+    if ndims != 3 {
+        return Err(VolumeError::Dimensions {
+            path: path.into(),
+            ndims: ndims as usize,
+        });
+    }
+    if channels != 1 {
+        return Err(VolumeError::Channels {
+            path: path.into(),
+            channels: channels as usize,
+        });
+    }
+    let dim_size = dim_size.ok_or_else(|| VolumeError::header(path, "missing DimSize"))?;
+    if dim_size.len() != 3 {
+        return Err(VolumeError::header(
+            path,
+            format!("DimSize has {} values for NDims = 3", dim_size.len()),
+        ));
+    }
+    if dim_size.contains(&0) {
+        return Err(VolumeError::header(path, "DimSize contains 0"));
+    }
+    let ty = ty.ok_or_else(|| VolumeError::header(path, "missing ElementType"))?;
+    // MetaIO falls back to ElementSize when ElementSpacing is absent.
+    let spacing = match (spacing, element_size) {
+        (Some(s), _) => parse_floats::<3>(path, "ElementSpacing", &s)?,
+        (None, Some(s)) => parse_floats::<3>(path, "ElementSize", &s)?,
+        (None, None) => [1.0; 3],
+    };
+    if spacing.iter().any(|&s| s <= 0.0) {
+        return Err(VolumeError::header(
+            path,
+            format!("spacing {spacing:?} is not positive"),
+        ));
+    }
+    let direction = direction.map_or(super::IDENTITY, |tm| {
+        // TransformMatrix row i is the direction of axis i, i.e. column i of our matrix.
+        let mut d = [0.0; 9];
+        for r in 0..3 {
+            for c in 0..3 {
+                d[r * 3 + c] = tm[c * 3 + r];
+            }
+        }
+        d
+    });
+    let data_file = match data_file.flatten().as_deref() {
+        Some("LOCAL" | "Local" | "local") => DataFile::Local,
+        Some(name) if name.starts_with("LIST") || name.contains('%') => {
+            return Err(VolumeError::header(
+                path,
+                format!("ElementDataFile = {name}: multi-file data is not supported"),
+            ));
+        }
+        Some(name) if !name.is_empty() => {
+            let dir = path.parent().unwrap_or_else(|| Path::new(""));
+            DataFile::External(dir.join(name))
+        }
+        _ => return Err(VolumeError::header(path, "ElementDataFile has no value")),
+    };
+    let size = [
+        usize::try_from(dim_size[0]).unwrap_or(usize::MAX),
+        usize::try_from(dim_size[1]).unwrap_or(usize::MAX),
+        usize::try_from(dim_size[2]).unwrap_or(usize::MAX),
+    ];
+    Ok(Header {
+        size,
+        spacing,
+        origin: origin.unwrap_or([0.0; 3]),
+        direction,
+        ty,
+        msb,
+        compressed,
+        compressed_size,
+        header_size,
+        data_file,
+        data_offset: pos as u64,
+    })
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() > 60 {
+        let end = (0..=60).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        format!("{}...", &s[..end])
+    } else {
+        s.to_string()
+    }
+}
+
+/// Reads a `.mha` or `.mhd` file.
+pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementType), VolumeError> {
+    let mut file = File::open(path).map_err(|e| VolumeError::io(path, "cannot open", e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| VolumeError::io(path, "cannot stat", e))?
+        .len();
+    let head_len = file_len.min(limits.max_header_bytes as u64) as usize;
+    let mut head = vec![0u8; head_len];
+    file.read_exact(&mut head)
+        .map_err(|e| VolumeError::io(path, "cannot read header", e))?;
+    let h = parse_header(path, &head, head_len as u64 == file_len)?;
+    drop(head);
+
+    let voxels = check_voxels(path, &h.size, limits)?;
+    let expected = voxels as u64 * h.ty.size_of() as u64;
+
+    // Position `data` at the first data byte and find how many bytes follow.
+    let (data_path, mut data, avail) = match &h.data_file {
+        DataFile::Local => (path.to_path_buf(), file, file_len - h.data_offset),
+        DataFile::External(p) => {
+            let f = File::open(p).map_err(|e| VolumeError::io(p, "cannot open data file", e))?;
+            let len = f
+                .metadata()
+                .map_err(|e| VolumeError::io(p, "cannot stat", e))?
+                .len();
+            (p.clone(), f, len)
+        }
+    };
+    let mut start = match &h.data_file {
+        DataFile::Local => h.data_offset,
+        DataFile::External(_) => 0,
+    };
+    let mut avail = avail;
+    match h.header_size {
+        Some(n) if n > 0 && h.data_file != DataFile::Local => {
+            let n = n as u64;
+            if n > avail {
+                return Err(VolumeError::DataLength {
+                    path: data_path,
+                    what: "data file (HeaderSize)",
+                    expected: n,
+                    actual: avail,
+                });
+            }
+            start += n;
+            avail -= n;
+        }
+        // HeaderSize = -1: the data are the last bytes of the file (uncompressed only).
+        Some(-1) if !h.compressed && h.data_file != DataFile::Local && avail >= expected => {
+            start += avail - expected;
+            avail = expected;
+        }
+        _ => {}
+    }
+    data.seek(SeekFrom::Start(start))
+        .map_err(|e| VolumeError::io(&data_path, "cannot seek", e))?;
+
+    let out: Vec<f32> = if h.compressed {
+        let csize = h.compressed_size.unwrap_or(avail);
+        if csize != avail {
+            return Err(VolumeError::DataLength {
+                path: data_path,
+                what: "compressed data",
+                expected: csize,
+                actual: avail,
+            });
+        }
+        if expected > csize.saturating_mul(MAX_DEFLATE_RATIO).saturating_add(64) {
+            return Err(VolumeError::Compression {
+                path: data_path,
+                reason: format!(
+                    "{csize} compressed bytes cannot inflate to the {expected} bytes the header implies"
+                ),
+            });
+        }
+        let mut comp = Vec::new();
+        comp.try_reserve_exact(csize as usize)
+            .map_err(|_| VolumeError::Allocation {
+                path: data_path.clone(),
+                bytes: csize as usize,
+            })?;
+        (&mut data)
+            .take(csize)
+            .read_to_end(&mut comp)
+            .map_err(|e| VolumeError::io(&data_path, "cannot read compressed data", e))?;
+        let mut out = alloc_voxels(voxels);
+        inflate_into(&data_path, &comp, h.ty, h.msb, &mut out)?;
+        Ok::<_, VolumeError>(out)
+    } else {
+        if avail != expected {
+            return Err(VolumeError::DataLength {
+                path: data_path,
+                what: "pixel data",
+                expected,
+                actual: avail,
+            });
+        }
+        let mut raw = Vec::new();
+        raw.try_reserve_exact(expected as usize)
+            .map_err(|_| VolumeError::Allocation {
+                path: data_path.clone(),
+                bytes: expected as usize,
+            })?;
+        (&mut data)
+            .take(expected)
+            .read_to_end(&mut raw)
+            .map_err(|e| VolumeError::io(&data_path, "cannot read pixel data", e))?;
+        if raw.len() as u64 != expected {
+            return Err(VolumeError::DataLength {
+                path: data_path,
+                what: "pixel data",
+                expected,
+                actual: raw.len() as u64,
+            });
+        }
+        let mut out = alloc_voxels(voxels);
+        decode(h.ty, &raw, h.msb, &mut out);
+        Ok::<_, VolumeError>(out)
+    }?;
+    Ok((
+        Volume {
+            data: out,
+            size: h.size,
+            spacing: h.spacing,
+            origin: h.origin,
+            direction: h.direction,
+        },
+        h.ty,
+    ))
+}
+
+/// Inflates one zlib stream straight into `out` (converting chunk by chunk), requiring it to
+/// produce exactly `out.len()` values and then end.
+fn inflate_into(
+    path: &Path,
+    comp: &[u8],
+    ty: ElementType,
+    msb: bool,
+    out: &mut [f32],
+) -> Result<(), VolumeError> {
+    let esize = ty.size_of();
+    let expected = out.len() * esize;
+    let err = |reason: String| VolumeError::Compression {
+        path: path.into(),
+        reason,
+    };
+    let mut z = Decompress::new(true);
+    let mut buf = vec![0u8; INFLATE_CHUNK.min(expected.max(1))];
+    let mut produced = 0usize; // bytes decoded into `out`
+    let mut filled = 0usize; // bytes waiting in `buf`
+    let mut ended = false;
+    while produced < expected {
+        if ended {
+            return Err(err(format!(
+                "the stream ends after {} bytes, the header implies {expected}",
+                produced + filled
+            )));
+        }
+        // Never ask for more than what is still expected, so output is bounded by the header.
+        let want = (expected - produced).min(buf.len());
+        let in_before = z.total_in();
+        let out_before = z.total_out();
+        let status = z
+            .decompress(
+                comp.get(in_before as usize..).unwrap_or_default(),
+                &mut buf[filled..want],
+                FlushDecompress::None,
+            )
+            .map_err(|e| err(format!("corrupt zlib stream: {e}")))?;
+        let got = (z.total_out() - out_before) as usize;
+        filled += got;
+        ended = status == Status::StreamEnd;
+        if got == 0 && z.total_in() == in_before && !ended {
+            return Err(err(format!(
+                "the stream is truncated after {} of {expected} bytes",
+                produced + filled
+            )));
+        }
+        // Convert whole elements; a split element waits for the next round.
+        let whole = filled - filled % esize;
+        if filled == want || ended {
+            let n = whole / esize;
+            let first = produced / esize;
+            decode(ty, &buf[..whole], msb, &mut out[first..first + n]);
+            produced += whole;
+            buf.copy_within(whole..filled, 0);
+            filled -= whole;
+        }
+    }
+    if !ended {
+        // All expected bytes are out; the stream must end here without more data.
+        let mut extra = [0u8; 1];
+        let in_before = z.total_in();
+        let status = z
+            .decompress(
+                comp.get(in_before as usize..).unwrap_or_default(),
+                &mut extra,
+                FlushDecompress::Finish,
+            )
+            .map_err(|e| err(format!("corrupt zlib stream: {e}")))?;
+        if z.total_out() as usize > expected {
+            return Err(err(format!(
+                "the stream inflates past the {expected} bytes the header implies"
+            )));
+        }
+        if status != Status::StreamEnd {
+            return Err(err("the stream does not end (truncated or corrupt)".into()));
+        }
+    }
+    if (z.total_in() as usize) < comp.len() {
+        return Err(err(format!(
+            "{} bytes follow the end of the zlib stream",
+            comp.len() - z.total_in() as usize
+        )));
+    }
+    Ok(())
+}
+
+/// Formats a number as MetaIO would read it back exactly (shortest round-trip form).
+fn num(x: f64) -> String {
+    format!("{x}")
+}
+
+fn header_text(
+    vol: &Volume,
+    ty: ElementType,
+    compressed_size: Option<usize>,
+    data_file: &str,
+) -> String {
+    let d = &vol.direction;
+    // Column by column: row i of TransformMatrix is the direction of axis i.
+    let tm: Vec<String> = (0..3)
+        .flat_map(|c| (0..3).map(move |r| num(d[r * 3 + c])))
+        .collect();
+    let join = |v: &[f64]| v.iter().map(|&x| num(x)).collect::<Vec<_>>().join(" ");
+    let mut s = String::new();
+    s.push_str(
+        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n",
+    );
+    match compressed_size {
+        Some(n) => s.push_str(&format!(
+            "CompressedData = True\nCompressedDataSize = {n}\n"
+        )),
+        None => s.push_str("CompressedData = False\n"),
+    }
+    s.push_str(&format!("TransformMatrix = {}\n", tm.join(" ")));
+    s.push_str(&format!("Offset = {}\n", join(&vol.origin)));
+    s.push_str("CenterOfRotation = 0 0 0\n");
+    s.push_str(&format!("ElementSpacing = {}\n", join(&vol.spacing)));
+    s.push_str(&format!(
+        "DimSize = {} {} {}\n",
+        vol.size[0], vol.size[1], vol.size[2]
+    ));
+    s.push_str(&format!("ElementType = {}\n", ty.as_met_str()));
+    s.push_str(&format!("ElementDataFile = {data_file}\n"));
+    s
+}
+
+/// Compresses `raw` into one zlib stream.
+fn deflate(path: &Path, raw: &[u8], level: u32) -> Result<Vec<u8>, VolumeError> {
+    let mut z = Compress::new(Compression::new(level.min(9)), true);
+    let mut out = Vec::with_capacity(raw.len() / 2 + 1024);
+    loop {
+        if out.len() == out.capacity() {
+            out.reserve(out.capacity() / 2 + 1024);
+        }
+        let status = z
+            .compress_vec(
+                raw.get(z.total_in() as usize..).unwrap_or_default(),
+                &mut out,
+                FlushCompress::Finish,
+            )
+            .map_err(|e| VolumeError::Unwritable {
+                path: path.into(),
+                reason: format!("zlib compression failed: {e}"),
+            })?;
+        if status == Status::StreamEnd {
+            return Ok(out);
+        }
+    }
+}
+
+/// Writes `vol` as `.mha` (data inline) or `.mhd` (data in `<stem>.zraw` / `<stem>.raw`).
+pub(crate) fn write(
+    path: &Path,
+    vol: &Volume,
+    ty: ElementType,
+    opts: &WriteOptions,
+    detached: bool,
+) -> Result<(), VolumeError> {
+    let raw = encode(ty, &vol.data, false);
+    let data = if opts.compress {
+        deflate(path, &raw, opts.compression_level)?
+    } else {
+        raw
+    };
+    let csize = opts.compress.then_some(data.len());
+    if detached {
+        let ext = if opts.compress { "zraw" } else { "raw" };
+        let data_path = path.with_extension(ext);
+        let data_name = data_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| VolumeError::Unwritable {
+                path: path.into(),
+                reason: "no file name".into(),
+            })?;
+        write_atomic(&data_path, |w| w.write_all(&data))?;
+        let header = header_text(vol, ty, csize, &data_name);
+        write_atomic(path, |w| w.write_all(header.as_bytes()))
+    } else {
+        let header = header_text(vol, ty, csize, "LOCAL");
+        write_atomic(path, |w| {
+            w.write_all(header.as_bytes())?;
+            w.write_all(&data)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_parses_aliases_and_skips_extra_keys() {
+        let text = b"ObjectType = Image\nNDims = 3\nDimSize = 2 3 4\nITK_foo = bar\n\
+            Position = 1 2 3\nElementSize = 0.5 0.5 2\nElementByteOrderMSB = True\n\
+            Orientation = 0 1 0 -1 0 0 0 0 1\nElementType = MET_USHORT\nElementDataFile = LOCAL\nxx";
+        let h = parse_header(Path::new("a.mha"), text, true).unwrap();
+        assert_eq!(h.size, [2, 3, 4]);
+        assert_eq!(h.origin, [1.0, 2.0, 3.0]);
+        assert_eq!(h.spacing, [0.5, 0.5, 2.0]);
+        assert!(h.msb);
+        // Axis x points along +y, axis y along -x.
+        assert_eq!(h.direction, [0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(h.ty, ElementType::UShort);
+        assert_eq!(h.data_offset as usize, text.len() - 2);
+    }
+}
