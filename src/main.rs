@@ -25,6 +25,10 @@ enum Command {
     Forward(ctgrade::model::cli::ForwardArgs),
     /// Time a network's forward pass on a random input and report peak memory, as JSON.
     Bench(ctgrade::model::cli::BenchArgs),
+    /// Draw a synthetic chest CT phantom (int16 HU) with a chosen CO-RADS lesion burden.
+    Synth(ctgrade::synth::SynthArgs),
+    /// Preprocess a CT as the paper does; writes input.mha, lung_mask.mha, preprocess.json.
+    Preprocess(ctgrade::preprocess::cli::PreprocessArgs),
 }
 
 fn main() -> Result<()> {
@@ -32,6 +36,11 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Info { file } => ctgrade::cmd_info::run(&file)?,
         Command::Forward(args) => println!("{}", ctgrade::model::cli::forward(&args)?),
+        Command::Synth(args) => ctgrade::synth::run(&args)?,
+        Command::Preprocess(args) => {
+            let report = ctgrade::preprocess::cli::run(&args)?;
+            println!("{}", serde_json::to_string(&report)?)
+        }
         Command::Bench(args) => {
             println!(
                 "{}",

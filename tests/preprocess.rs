@@ -334,3 +334,155 @@ fn errors_are_clear() {
         Err(PreprocessError::EmptyVolume)
     ));
 }
+
+/// Both lungs are found on a real chest CT (5 mm slices, lungs cut by the first slice).
+#[test]
+fn real_chest_ct_has_two_lungs() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real_ct/lung1.mha");
+    let ct = ctgrade::volume::read(&path).expect("read lung1.mha");
+    let p = preprocess(&ct, None, &InputSpec::default()).expect("preprocess lung1");
+    let r = &p.report;
+    eprintln!(
+        "lung1: {:.0} mL (right {:.0}, left {:.0}), {} components, kept z {:?} of {:?}, {:.2} s",
+        r.lung_volume_ml,
+        r.lung_volume_right_ml,
+        r.lung_volume_left_ml,
+        r.lung_components,
+        r.kept_z_range,
+        r.resampled_size,
+        r.seconds.total
+    );
+    assert!(
+        r.lung_volume_right_ml > 800.0,
+        "right lung {}",
+        r.lung_volume_right_ml
+    );
+    assert!(
+        r.lung_volume_left_ml > 800.0,
+        "left lung {}",
+        r.lung_volume_left_ml
+    );
+    assert!((2000.0..7000.0).contains(&r.lung_volume_ml));
+    // The mask on the input grid holds the same volume as the resampled one, roughly.
+    let resampled = r.lung_volume_left_ml + r.lung_volume_right_ml;
+    assert!((r.lung_volume_ml - resampled).abs() < 0.03 * resampled);
+    // The scan starts inside the lungs and ends in the neck: slices above the apex are dropped.
+    assert_eq!(r.kept_z_range[0], 0);
+    assert!(
+        r.kept_z_range[1] + 5 < r.resampled_size[2],
+        "{:?}",
+        r.kept_z_range
+    );
+    // Lung tissue in the centre of the crop's left and right halves at mid-lung height.
+    let [_, slices, ch, cw] = p.shape;
+    let s = slices / 2;
+    let dark = |x0: usize, x1: usize| {
+        let mut n = 0;
+        for y in ch / 3..2 * ch / 3 {
+            for x in x0..x1 {
+                n += usize::from(p.input[x + cw * (y + ch * s)] < 0.25);
+            }
+        }
+        n
+    };
+    assert!(dark(cw / 8, 3 * cw / 8) > 1000 && dark(5 * cw / 8, 7 * cw / 8) > 1000);
+    check_assembly(&ct, &p, &InputSpec::default());
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_ctgrade");
+
+/// `ctgrade preprocess` writes the CT channel, the lung mask on the input grid and the report.
+#[test]
+fn preprocess_command_writes_its_outputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ct, truth) = small_phantom(2, 41);
+    let ct_path = dir.path().join("ct.mha");
+    let lesion_path = dir.path().join("lesion.mha");
+    ctgrade::volume::write(&ct_path, &ct, ctgrade::volume::ElementType::Short).expect("write CT");
+    ctgrade::volume::write(&lesion_path, &truth, ctgrade::volume::ElementType::UChar)
+        .expect("write lesion");
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(
+        &spec_path,
+        r#"{"spacing_mm": 1.6, "crop_xy": [200, 200], "slices": 64}"#,
+    )
+    .expect("spec");
+    let out = dir.path().join("out");
+    let status = std::process::Command::new(BIN)
+        .arg("preprocess")
+        .arg(&ct_path)
+        .arg("--out")
+        .arg(&out)
+        .arg("--spec")
+        .arg(&spec_path)
+        .output()
+        .expect("run ctgrade preprocess");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let (input, ty) = ctgrade::volume::read_with_type(&out.join("input.mha")).expect("input.mha");
+    assert_eq!(ty, ctgrade::volume::ElementType::Float);
+    assert_eq!(input.size, [200, 200, 64]);
+    assert_eq!(input.spacing[0], 1.6);
+    let (mask, ty) =
+        ctgrade::volume::read_with_type(&out.join("lung_mask.mha")).expect("lung_mask.mha");
+    assert_eq!(ty, ctgrade::volume::ElementType::UChar);
+    assert_eq!(
+        (mask.size, mask.origin, mask.spacing),
+        (ct.size, ct.origin, ct.spacing)
+    );
+    assert!(dice(&mask, &truth) > 0.95);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("preprocess.json")).expect("json"))
+            .expect("report JSON");
+    for key in ["lung_volume_ml", "kept_z_range", "crop_box", "seconds"] {
+        assert!(report.get(key).is_some(), "preprocess.json lacks {key}");
+    }
+    assert_eq!(report["spec"]["spacing_mm"], 1.6);
+    // The input volume's geometry places the crop: its first voxel is the crop box corner.
+    let g = report["resampled_origin"].as_array().expect("origin");
+    let x0 = report["crop_box"]["x"][0].as_f64().expect("crop x");
+    assert!((input.origin[0] - (g[0].as_f64().expect("x") + 1.6 * x0)).abs() < 1e-6);
+
+    // With a lesion map: the CT / lesion / zeros layout, and lesion.mha.
+    let out2 = dir.path().join("out2");
+    let status = std::process::Command::new(BIN)
+        .arg("preprocess")
+        .arg(&ct_path)
+        .arg("--out")
+        .arg(&out2)
+        .arg("--lesion")
+        .arg(&lesion_path)
+        .output()
+        .expect("run ctgrade preprocess");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let lesion = ctgrade::volume::read(&out2.join("lesion.mha")).expect("lesion.mha");
+    assert_eq!(lesion.size, [240, 240, 128]);
+    assert!(lesion.data.contains(&1.0));
+
+    // A bad specification names the file and the field.
+    std::fs::write(&spec_path, r#"{"spacing_mm": -1}"#).expect("spec");
+    let status = std::process::Command::new(BIN)
+        .arg("preprocess")
+        .arg(&ct_path)
+        .arg("--out")
+        .arg(dir.path().join("out3"))
+        .arg("--spec")
+        .arg(&spec_path)
+        .output()
+        .expect("run ctgrade preprocess");
+    assert!(!status.status.success());
+    let err = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        err.contains("spec.json") && err.contains("spacing_mm"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out3").exists());
+}

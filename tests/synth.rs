@@ -127,3 +127,93 @@ fn invalid_configurations_are_rejected() {
     bad.spacing = [1.0, f64::NAN, 1.0];
     assert!(matches!(phantom(&bad), Err(SynthError::Spacing(_))));
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_ctgrade");
+
+#[test]
+fn synth_command_writes_identical_files_and_the_true_mask() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |name: &str, mask: Option<&str>| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["synth", "--seed", "9", "--co-rads", "3"])
+            .args(["--size", "64,64,40", "--spacing", "5.6,5.6,8"])
+            .arg("--out")
+            .arg(dir.path().join(name));
+        if let Some(m) = mask {
+            cmd.arg("--lung-mask").arg(dir.path().join(m));
+        }
+        let out = cmd.output().expect("run ctgrade synth");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(dir.path().join(name)).expect("output file")
+    };
+    let a = run("a.mha", Some("mask.mha"));
+    let b = run("b.mha", None);
+    assert_eq!(a, b, "same seed, different bytes");
+    let (ct, mask) = phantom(&PhantomConfig {
+        size: [64, 64, 40],
+        spacing: [5.6, 5.6, 8.0],
+        seed: 9,
+        co_rads: 3,
+    })
+    .expect("phantom");
+    let (read_ct, ct_type) =
+        ctgrade::volume::read_with_type(&dir.path().join("a.mha")).expect("read CT");
+    assert_eq!(ct_type, ctgrade::volume::ElementType::Short);
+    assert_eq!(read_ct.data, ct.data);
+    assert_eq!(read_ct.origin, ct.origin);
+    let (read_mask, mask_type) =
+        ctgrade::volume::read_with_type(&dir.path().join("mask.mha")).expect("read mask");
+    assert_eq!(mask_type, ctgrade::volume::ElementType::UChar);
+    assert_eq!(read_mask.data, mask.data);
+
+    let out = std::process::Command::new(BIN)
+        .args(["synth", "--co-rads", "6", "--out"])
+        .arg(dir.path().join("c.mha"))
+        .output()
+        .expect("run ctgrade synth");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CO-RADS category must be 1 to 5"));
+    assert!(!dir.path().join("c.mha").exists());
+}
+
+/// The committed test inputs are what scripts/make-test-inputs.sh draws, in the platform layout.
+#[test]
+fn test_inputs_match_their_generator() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test_inputs");
+    let cases = [
+        ("images/ct/3f1c2a9e-5b7d-4e21-9c4a-8d0f6e2b1a57.mha", 1, 4),
+        ("batch/phantom-seed11-co-rads1.mha", 11, 1),
+        ("batch/phantom-seed12-co-rads2.mha", 12, 2),
+        ("batch/phantom-seed14-co-rads4.mha", 14, 4),
+        ("batch/phantom-seed15-co-rads5.mha", 15, 5),
+    ];
+    for (file, seed, co_rads) in cases {
+        let path = root.join(file);
+        let size = std::fs::metadata(&path).expect("test input").len();
+        assert!(size < 2_500_000, "{file}: {size} bytes");
+        let read = ctgrade::volume::read(&path).expect("read test input");
+        let (ct, _) = phantom(&PhantomConfig {
+            size: [144, 144, 88],
+            spacing: [2.5, 2.5, 3.6],
+            seed,
+            co_rads,
+        })
+        .expect("phantom");
+        assert!(read == ct, "{file} differs from its generator");
+    }
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("inputs.json")).expect("inputs.json"),
+    )
+    .expect("inputs.json is JSON");
+    let socket = &json[0];
+    assert_eq!(socket["interface"]["relative_path"], "images/ct");
+    assert_eq!(socket["interface"]["slug"], "ct-image");
+    assert_eq!(
+        socket["image"]["pk"],
+        "3f1c2a9e-5b7d-4e21-9c4a-8d0f6e2b1a57"
+    );
+}

@@ -24,6 +24,7 @@
 //! without N. Axis 1 (D) runs from inferior to superior, axis 2 (H) from anterior to posterior,
 //! axis 3 (W) from the patient's right to left: the LPS axes after orientation.
 
+pub mod cli;
 pub mod lung_mask;
 mod morph;
 pub mod orient;
