@@ -35,6 +35,10 @@ enum Command {
     Forward(ctgrade::model::cli::ForwardArgs),
     /// Time a network's forward pass on a random input and report peak memory, as JSON.
     Bench(ctgrade::model::cli::BenchArgs),
+    /// Draw a synthetic chest CT phantom (int16 HU) with a chosen CO-RADS lesion burden.
+    Synth(ctgrade::synth::SynthArgs),
+    /// Preprocess a CT as the paper does; writes input.mha, lung_mask.mha, preprocess.json.
+    Preprocess(ctgrade::preprocess::cli::PreprocessArgs),
     /// Create or check an ensemble (a folder of member weights with its manifest).
     #[command(subcommand)]
     Ensemble(EnsembleCommand),
@@ -214,6 +218,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             "{}",
             serde_json::to_string(&ctgrade::model::cli::bench(&args)?)?
         ),
+        Command::Synth(args) => ctgrade::synth::run(&args)?,
+        Command::Preprocess(args) => {
+            let report = ctgrade::preprocess::cli::run(&args)?;
+            println!("{}", serde_json::to_string(&report)?)
+        }
         Command::Ensemble(cmd) => ensemble_command(cmd)?,
     }
     Ok(ExitCode::SUCCESS)

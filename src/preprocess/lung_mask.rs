@@ -14,7 +14,7 @@
 //! 3. **Trachea and main bronchi.** In each axial slice, 4-connected air components smaller
 //!    than 8 cm² whose centroid lies within 25 mm of the mid-sagittal line are removed: the
 //!    trachea, the main bronchi near the carina and air in the oesophagus. Lung apices are
-//!    lateral, so they stay. This also cuts the airway bridge that joins the two lungs.
+//!    lateral, so they stay. This usually also cuts the airway bridge between the lungs.
 //! 4. **Lungs.** The remaining 6-connected components are measured; the largest must hold at
 //!    least 100 mL (otherwise the case fails with "no lungs found"), and every component of at
 //!    least 15 % of the largest is kept (both lungs, whether joined or not; gastric and bowel
@@ -23,11 +23,17 @@
 //!    Euclidean distance transforms), which pulls vessels, lesions and juxtapleural
 //!    consolidations narrower than about 20 mm into the mask, and its 3-D holes (enclosed
 //!    consolidations, large vessels) are filled. Closing each lung on its own keeps the
-//!    mediastinum out.
+//!    mediastinum out. Beyond the scan's first and last slice is background, so a lung cut by
+//!    the scan is not closed against that face (which would pull in, say, the liver dome).
+//!    The mask is the union of the processed components.
 //!
 //! Limitations: lungs cut by the lateral edge of the field of view touch the border and are
 //! lost in step 2; a consolidation wider than about 20 mm that lies against the chest wall
-//! is only partly included.
+//! is only partly included; lungs that stay joined (one component) are closed together, so
+//! a mediastinal gap narrower than about 20 mm between them is bridged.
+//!
+//! Measured: Dice 0.99 (CO-RADS 1) and 0.98 (CO-RADS 5) against the phantoms' true masks
+//! (`tests/preprocess.rs`), and both lungs on the real CT `lung1.mha`.
 
 use rayon::prelude::*;
 
@@ -98,21 +104,30 @@ pub fn segment(ct: &Volume, p: &LungMaskParams) -> Result<LungMask, PreprocessEr
         .map(|&v| u8::from(v < p.air_hu))
         .collect();
     let (labels, comps) = label_3d(&air, dims);
-    let is_outside = |i: usize| labels[i] != 0 && comps[labels[i] as usize - 1].touches_xy_border;
-    let (sum_x, n_body) = (0..air.len())
-        .into_par_iter()
-        .filter(|&i| !is_outside(i))
-        .map(|i| ((i % nx) as f64, 1usize))
+    let outside: Vec<bool> = std::iter::once(false)
+        .chain(comps.iter().map(|c| c.touches_xy_border))
+        .collect();
+    let mut cand = vec![0u8; air.len()];
+    let (sum_x, n_body) = cand
+        .par_chunks_mut(nx)
+        .zip(labels.par_chunks(nx))
+        .map(|(c, l)| {
+            let (mut sum, mut n) = (0.0f64, 0usize);
+            for (x, (ci, &li)) in c.iter_mut().zip(l).enumerate() {
+                if !outside[li as usize] {
+                    sum += x as f64;
+                    n += 1;
+                    *ci = u8::from(li != 0);
+                }
+            }
+            (sum, n)
+        })
         .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let midline_x = if n_body > 0 {
         sum_x / n_body as f64
     } else {
         (nx as f64 - 1.0) / 2.0
     };
-    let mut cand: Vec<u8> = (0..air.len())
-        .into_par_iter()
-        .map(|i| u8::from(air[i] != 0 && !is_outside(i)))
-        .collect();
     drop(labels);
     drop(air);
 

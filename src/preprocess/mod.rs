@@ -14,7 +14,7 @@
 //! 5. Slice selection: axial slices `z_margin_mm` or more from the mask are dropped.
 //! 6. Crop `crop_xy` around the centre of the mask's bounding box, padding with -1100 HU.
 //! 7. `slices` axial slices sampled uniformly along z: slice `i` of the output is kept slice
-//!    `round(i * (n - 1) / (slices - 1))` of the `n` kept slices (so fewer than `slices` kept
+//!    `floor(i * (n - 1) / (slices - 1) + 0.5)` of the `n` kept slices (so fewer than `slices` kept
 //!    slices are repeated by the same rule).
 //! 8. Channels: the CT three times ([`ChannelLayout::CtX3`]), or CT, lesion map, zeros
 //!    ([`ChannelLayout::CtLesionZeros`]); the lesion map (same grid as the CT) goes through the
@@ -24,6 +24,7 @@
 //! without N. Axis 1 (D) runs from inferior to superior, axis 2 (H) from anterior to posterior,
 //! axis 3 (W) from the patient's right to left: the LPS axes after orientation.
 
+pub mod cli;
 pub mod lung_mask;
 mod morph;
 pub mod orient;
@@ -243,6 +244,10 @@ pub struct PreprocessReport {
     pub oblique_resampled: bool,
     /// Size of the resampled grid.
     pub resampled_size: [usize; 3],
+    /// Origin (mm, LPS) of the resampled grid.
+    pub resampled_origin: [f64; 3],
+    /// Direction of the resampled grid (row-major).
+    pub resampled_direction: [f64; 9],
     /// Lung volume (mL) of the mask on the input grid.
     pub lung_volume_ml: f64,
     /// Lung volume (mL) on the patient's right, on the resampled grid.
@@ -274,14 +279,38 @@ fn same_grid(a: &Volume, b: &Volume) -> bool {
         && (0..9).all(|k| (a.direction[k] - b.direction[k]).abs() <= 1e-4)
 }
 
-/// `round(i * (n - 1) / (s - 1))` for `i` in `0..s`: `s` indices spread uniformly over `n`.
+/// `floor(i * (n - 1) / (s - 1) + 0.5)` for `i` in `0..s`: `s` indices spread uniformly over
+/// `n` (halves round up, as ITK rounds).
 pub fn uniform_indices(n: usize, s: usize) -> Vec<usize> {
     if s == 1 || n <= 1 {
         return vec![n.saturating_sub(1) / 2; s];
     }
     (0..s)
-        .map(|i| ((i * (n - 1)) as f64 / (s - 1) as f64).round() as usize)
+        .map(|i| ((i * (n - 1)) as f64 / (s - 1) as f64 + 0.5).floor() as usize)
         .collect()
+}
+
+/// Steps 1-2 without the voxels: the orientation of `input` and the grid it is resampled onto
+/// (spacing `spacing_mm`), and whether the input was too oblique to keep its direction.
+pub fn target_grid(
+    input: &Grid,
+    spacing_mm: f64,
+) -> Result<(Orientation, Grid, bool), PreprocessError> {
+    let orientation = Orientation::of(&input.direction)?;
+    let oriented = orientation.apply(input);
+    let oblique = orientation.obliquity_deg > MAX_OBLIQUITY_DEG;
+    let grid = if oblique {
+        oriented.axis_aligned_cover(spacing_mm)
+    } else {
+        oriented.with_isotropic_spacing(spacing_mm)
+    };
+    if grid.size.iter().any(|&n| n > 4096) || grid.len() > 1 << 30 {
+        return Err(PreprocessError::GridTooLarge {
+            size: grid.size,
+            spacing: spacing_mm,
+        });
+    }
+    Ok((orientation, grid, oblique))
 }
 
 /// Runs the whole preprocessing of `ct` (HU) for a model with input `spec`.
@@ -316,20 +345,7 @@ pub fn preprocess(
 
     // 1. Orientation (geometry only) and the target grid.
     let t = Instant::now();
-    let orientation = Orientation::of(&ct.direction)?;
-    let oriented = orientation.apply(&Grid::of(ct));
-    let oblique_resampled = orientation.obliquity_deg > MAX_OBLIQUITY_DEG;
-    let grid = if oblique_resampled {
-        oriented.axis_aligned_cover(spec.spacing_mm)
-    } else {
-        oriented.with_isotropic_spacing(spec.spacing_mm)
-    };
-    if grid.size.iter().any(|&n| n > 4096) || grid.len() > 1 << 30 {
-        return Err(PreprocessError::GridTooLarge {
-            size: grid.size,
-            spacing: spec.spacing_mm,
-        });
-    }
+    let (orientation, grid, oblique_resampled) = target_grid(&Grid::of(ct), spec.spacing_mm)?;
     seconds.orient = t.elapsed().as_secs_f64();
 
     // 2. Resampling (in HU; the window comes with the assembly). Points outside the scan are
@@ -348,11 +364,19 @@ pub fn preprocess(
     let [nx, ny, nz] = grid.size;
     let plane = nx * ny;
     let (lo, hi) = mask_bbox(&lungs.mask, grid.size);
+    if lo[0] == usize::MAX {
+        return Err(PreprocessError::NoLungs {
+            largest_ml: 0.0,
+            min_ml: LungMaskParams::default().min_lung_ml,
+        });
+    }
     let margin = ((spec.z_margin_mm / spec.spacing_mm).ceil() as usize).saturating_sub(1);
     let kept = [lo[2].saturating_sub(margin), (hi[2] + margin).min(nz - 1)];
     let [cw, ch] = spec.crop_xy;
-    let start =
-        |k: usize, w: usize| ((lo[k] + hi[k] + 1) as f64 / 2.0 - w as f64 / 2.0).round() as i64;
+    // Crop start: the bounding box's centre minus half the crop, halves rounded up.
+    let start = |k: usize, w: usize| {
+        ((lo[k] + hi[k] + 1) as f64 / 2.0 - w as f64 / 2.0 + 0.5).floor() as i64
+    };
     let crop_box = CropBox {
         x: [start(0, cw), start(0, cw) + cw as i64],
         y: [start(1, ch), start(1, ch) + ch as i64],
@@ -421,8 +445,8 @@ pub fn preprocess(
     let t = Instant::now();
     let (lung_mask, count) = mask_to_grid(&lungs.mask, &grid, ct)?;
     seconds.mask_to_input_grid = t.elapsed().as_secs_f64();
-    let det = resample::invert3(&ct.direction).map_or(1.0, |_| determinant(&ct.direction).abs());
-    let voxel_ml = ct.spacing.iter().product::<f64>() * det / 1000.0;
+    // Voxel volume: spacing product times |det(direction)| (1 for a proper rotation).
+    let voxel_ml = ct.spacing.iter().product::<f64>() * determinant(&ct.direction).abs() / 1000.0;
     seconds.total = t_start.elapsed().as_secs_f64();
 
     let report = PreprocessReport {
@@ -432,6 +456,8 @@ pub fn preprocess(
         orientation,
         oblique_resampled,
         resampled_size: grid.size,
+        resampled_origin: grid.origin,
+        resampled_direction: grid.direction,
         lung_volume_ml: count as f64 * voxel_ml,
         lung_volume_right_ml: lungs.right_ml,
         lung_volume_left_ml: lungs.left_ml,
@@ -501,27 +527,46 @@ fn mask_to_grid(
     let map = IndexMap::between(&Grid::of(target), grid)?;
     let [nx, ny, _] = target.size;
     let mut data = vec![0f32; target.len()];
-    let count = data
-        .par_chunks_mut(nx)
-        .enumerate()
-        .map(|(row, out)| {
-            let (start, step) = map.row(row % ny, row / ny);
-            let mut n = 0usize;
-            for (x, o) in out.iter_mut().enumerate() {
-                let xf = x as f64;
-                let c = [0, 1, 2].map(|k| start[k] + step[k] * xf);
-                if (0..3).all(|k| c[k] >= -0.5 && c[k] < grid.size[k] as f64 - 0.5) {
-                    let i = [0, 1, 2]
-                        .map(|k| ((c[k] + 0.5).floor().max(0.0) as usize).min(grid.size[k] - 1));
-                    if mask[i[0] + grid.size[0] * (i[1] + grid.size[1] * i[2])] != 0 {
+    let count = if let Some([tx, ty, tz]) = resample::separable_taps(&map, target.size, grid.size) {
+        data.par_chunks_mut(nx)
+            .enumerate()
+            .map(|(row, out)| {
+                let (y, z) = (&ty[row % ny], &tz[row / ny]);
+                if !(y.inside && z.inside) {
+                    return 0;
+                }
+                let mut n = 0usize;
+                for (o, x) in out.iter_mut().zip(tx.iter()) {
+                    if x.inside && mask[x.on + y.on + z.on] != 0 {
                         *o = 1.0;
                         n += 1;
                     }
                 }
-            }
-            n
-        })
-        .sum();
+                n
+            })
+            .sum()
+    } else {
+        data.par_chunks_mut(nx)
+            .enumerate()
+            .map(|(row, out)| {
+                let (start, step) = map.row(row % ny, row / ny);
+                let mut n = 0usize;
+                for (x, o) in out.iter_mut().enumerate() {
+                    let c = [0, 1, 2].map(|k| start[k] + step[k] * x as f64);
+                    if (0..3).all(|k| c[k] >= -0.5 && c[k] < grid.size[k] as f64 - 0.5) {
+                        let i = [0, 1, 2].map(|k| {
+                            ((c[k] + 0.5).floor().max(0.0) as usize).min(grid.size[k] - 1)
+                        });
+                        if mask[i[0] + grid.size[0] * (i[1] + grid.size[1] * i[2])] != 0 {
+                            *o = 1.0;
+                            n += 1;
+                        }
+                    }
+                }
+                n
+            })
+            .sum()
+    };
     Ok((
         Volume {
             data,

@@ -20,63 +20,170 @@ pub(crate) struct Component {
     pub touches_xy_border: bool,
 }
 
-/// Labels the 6-connected components of `mask` (1-based labels, 0 = background).
-pub(crate) fn label_3d(mask: &[u8], dims: Dims) -> (Vec<u32>, Vec<Component>) {
-    let [nx, ny, nz] = dims;
-    let mut labels = vec![0u32; mask.len()];
-    let mut comps = Vec::new();
-    let mut stack: Vec<usize> = Vec::new();
-    let plane = nx * ny;
-    for start in 0..mask.len() {
-        if mask[start] == 0 || labels[start] != 0 {
-            continue;
+/// Union-find root with path halving.
+#[inline]
+fn find(parent: &mut [u32], mut i: u32) -> u32 {
+    while parent[i as usize] != i {
+        let p = parent[parent[i as usize] as usize];
+        parent[i as usize] = p;
+        i = p;
+    }
+    i
+}
+
+/// Joins the sets of `a` and `b` (the smaller root wins, so roots follow scan order).
+#[inline]
+fn union(parent: &mut [u32], a: u32, b: u32) {
+    let (ra, rb) = (find(parent, a), find(parent, b));
+    if ra < rb {
+        parent[rb as usize] = ra;
+    } else if rb < ra {
+        parent[ra as usize] = rb;
+    }
+}
+
+/// Two-pass 4-connected labelling of one slice: writes labels 1..=n and returns per-label
+/// stats (z bounds left at 0).
+fn label_slice(mask: &[u8], nx: usize, ny: usize, labels: &mut [u32]) -> Vec<Component> {
+    let mut parent: Vec<u32> = vec![0];
+    for y in 0..ny {
+        for x in 0..nx {
+            let i = x + nx * y;
+            if mask[i] == 0 {
+                labels[i] = 0;
+                continue;
+            }
+            let left = if x > 0 { labels[i - 1] } else { 0 };
+            let up = if y > 0 { labels[i - nx] } else { 0 };
+            labels[i] = match (left, up) {
+                (0, 0) => {
+                    let l = parent.len() as u32;
+                    parent.push(l);
+                    l
+                }
+                (l, 0) | (0, l) => l,
+                (l, u) => {
+                    if l != u {
+                        union(&mut parent, l, u);
+                    }
+                    l.min(u)
+                }
+            };
         }
-        let label = comps.len() as u32 + 1;
-        let mut c = Component {
-            lo: [usize::MAX; 3],
+    }
+    // Compact the roots to 1..=n in scan order.
+    let mut compact = vec![0u32; parent.len()];
+    let mut n = 0u32;
+    for l in 1..parent.len() as u32 {
+        let r = find(&mut parent, l);
+        if r == l {
+            n += 1;
+            compact[l as usize] = n;
+        } else {
+            compact[l as usize] = compact[r as usize];
+        }
+    }
+    let mut comps = vec![
+        Component {
+            lo: [usize::MAX, usize::MAX, 0],
             ..Default::default()
         };
-        labels[start] = label;
-        stack.push(start);
-        while let Some(i) = stack.pop() {
-            let x = i % nx;
-            let y = (i / nx) % ny;
-            let z = i / plane;
-            c.voxels += 1;
-            for (k, v) in [x, y, z].into_iter().enumerate() {
-                c.lo[k] = c.lo[k].min(v);
-                c.hi[k] = c.hi[k].max(v);
+        n as usize
+    ];
+    for y in 0..ny {
+        for x in 0..nx {
+            let i = x + nx * y;
+            if labels[i] == 0 {
+                continue;
             }
+            let l = compact[labels[i] as usize];
+            labels[i] = l;
+            let c = &mut comps[l as usize - 1];
+            c.voxels += 1;
+            c.lo[0] = c.lo[0].min(x);
+            c.hi[0] = c.hi[0].max(x);
+            c.lo[1] = c.lo[1].min(y);
+            c.hi[1] = c.hi[1].max(y);
             if x == 0 || y == 0 || x + 1 == nx || y + 1 == ny {
                 c.touches_xy_border = true;
             }
-            let mut visit = |j: usize| {
-                if mask[j] != 0 && labels[j] == 0 {
-                    labels[j] = label;
-                    stack.push(j);
-                }
-            };
-            if x > 0 {
-                visit(i - 1);
-            }
-            if x + 1 < nx {
-                visit(i + 1);
-            }
-            if y > 0 {
-                visit(i - nx);
-            }
-            if y + 1 < ny {
-                visit(i + nx);
-            }
-            if z > 0 {
-                visit(i - plane);
-            }
-            if z + 1 < nz {
-                visit(i + plane);
+        }
+    }
+    comps
+}
+
+/// Labels the 6-connected components of `mask` (1-based labels, 0 = background), numbered in
+/// the scan order of their first voxel. Slices are labelled in parallel, then joined through
+/// their z neighbours with a union-find over the slice labels.
+pub(crate) fn label_3d(mask: &[u8], dims: Dims) -> (Vec<u32>, Vec<Component>) {
+    let [nx, ny, _] = dims;
+    let plane = nx * ny;
+    let mut labels = vec![0u32; mask.len()];
+    if plane == 0 {
+        return (labels, Vec::new());
+    }
+    let per_slice: Vec<Vec<Component>> = labels
+        .par_chunks_mut(plane)
+        .zip(mask.par_chunks(plane))
+        .map(|(lab, m)| label_slice(m, nx, ny, lab))
+        .collect();
+    // Global ids: slice z's label l is base[z] + l - 1.
+    let mut base = Vec::with_capacity(per_slice.len());
+    let mut total = 0u32;
+    for s in &per_slice {
+        base.push(total);
+        total += s.len() as u32;
+    }
+    let mut parent: Vec<u32> = (0..total).collect();
+    for z in 1..per_slice.len() {
+        let (below, here) = (
+            &labels[(z - 1) * plane..z * plane],
+            &labels[z * plane..(z + 1) * plane],
+        );
+        let mut last = (0u32, 0u32);
+        for (&a, &b) in below.iter().zip(here) {
+            if a != 0 && b != 0 && (a, b) != last {
+                last = (a, b);
+                union(&mut parent, base[z - 1] + a - 1, base[z] + b - 1);
             }
         }
-        comps.push(c);
     }
+    // Final labels in order of the global ids (scan order) and merged stats.
+    let mut final_of = vec![0u32; total as usize];
+    let mut comps: Vec<Component> = Vec::new();
+    for g in 0..total {
+        let r = find(&mut parent, g);
+        if r == g {
+            comps.push(Component {
+                lo: [usize::MAX; 3],
+                ..Default::default()
+            });
+            final_of[g as usize] = comps.len() as u32;
+        } else {
+            final_of[g as usize] = final_of[r as usize];
+        }
+    }
+    for (z, slice_comps) in per_slice.iter().enumerate() {
+        for (l, c) in slice_comps.iter().enumerate() {
+            let f = &mut comps[final_of[(base[z] + l as u32) as usize] as usize - 1];
+            f.voxels += c.voxels;
+            for k in 0..2 {
+                f.lo[k] = f.lo[k].min(c.lo[k]);
+                f.hi[k] = f.hi[k].max(c.hi[k]);
+            }
+            f.lo[2] = f.lo[2].min(z);
+            f.hi[2] = f.hi[2].max(z);
+            f.touches_xy_border |= c.touches_xy_border;
+        }
+    }
+    labels
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(z, lab)| {
+            for l in lab.iter_mut().filter(|l| **l != 0) {
+                *l = final_of[(base[z] + *l - 1) as usize];
+            }
+        });
     (labels, comps)
 }
 
@@ -215,18 +322,22 @@ pub(crate) fn squared_edt(
             }
         },
     );
-    // z: one y-row of columns per task, written back plane by plane.
+    // z: one y-row of columns per task: gather the (x, z) block with contiguous reads, transform
+    // its columns, and write everything back plane by plane.
     let rows: Vec<Vec<f32>> = (0..ny)
         .into_par_iter()
         .map_init(
-            || (vec![0f32; nz], Vec::new(), Vec::new()),
-            |(f, v, z), y| {
-                let mut out = vec![0f32; nx * nz];
-                for x in 0..nx {
-                    for (k, fk) in f.iter_mut().enumerate() {
-                        *fk = d[x + nx * (y + ny * k)];
+            || (vec![0f32; nx * nz], Vec::new(), Vec::new()),
+            |(block, v, z), y| {
+                for k in 0..nz {
+                    let row = &d[nx * (y + ny * k)..nx * (y + ny * k) + nx];
+                    for (x, &val) in row.iter().enumerate() {
+                        block[x * nz + k] = val;
                     }
-                    edt_1d(f, w[2], &mut out[x * nz..(x + 1) * nz], v, z);
+                }
+                let mut out = vec![0f32; nx * nz];
+                for (col, o) in block.chunks(nz).zip(out.chunks_mut(nz)) {
+                    edt_1d(col, w[2], o, v, z);
                 }
                 out
             },
@@ -426,6 +537,67 @@ mod tests {
         assert_eq!(closed[8 + 20 * (2 + 5 * 2)], 1, "gap bridged");
         assert_eq!(closed[1 + 20 * (2 + 5 * 2)], 0, "outside stays outside");
         assert!(mask.iter().zip(&closed).all(|(a, b)| b >= a), "extensive");
+    }
+
+    /// Reference 6-connected labelling by flood fill.
+    fn flood_labels(mask: &[u8], dims: Dims) -> Vec<u32> {
+        let [nx, ny, nz] = dims;
+        let mut labels = vec![0u32; mask.len()];
+        let mut next = 0;
+        for s in 0..mask.len() {
+            if mask[s] == 0 || labels[s] != 0 {
+                continue;
+            }
+            next += 1;
+            labels[s] = next;
+            let mut stack = vec![s];
+            while let Some(i) = stack.pop() {
+                let (x, y, z) = (i % nx, (i / nx) % ny, i / (nx * ny));
+                let mut n = Vec::new();
+                if x > 0 {
+                    n.push(i - 1)
+                }
+                if x + 1 < nx {
+                    n.push(i + 1)
+                }
+                if y > 0 {
+                    n.push(i - nx)
+                }
+                if y + 1 < ny {
+                    n.push(i + nx)
+                }
+                if z > 0 {
+                    n.push(i - nx * ny)
+                }
+                if z + 1 < nz {
+                    n.push(i + nx * ny)
+                }
+                for j in n {
+                    if mask[j] != 0 && labels[j] == 0 {
+                        labels[j] = next;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        labels
+    }
+
+    #[test]
+    fn labelling_matches_flood_fill_on_random_masks() {
+        let dims = [13, 11, 9];
+        for seed in 0..5u64 {
+            let mask: Vec<u8> = (0..13 * 11 * 9u64)
+                .map(|i| u8::from(crate::synth::test_hash(seed, i) % 100 < 45))
+                .collect();
+            let (fast, comps) = label_3d(&mask, dims);
+            let slow = flood_labels(&mask, dims);
+            assert_eq!(fast, slow, "seed {seed}");
+            for (l, c) in comps.iter().enumerate() {
+                let n = fast.iter().filter(|&&v| v == l as u32 + 1).count();
+                assert_eq!(c.voxels, n);
+            }
+        }
     }
 
     #[test]

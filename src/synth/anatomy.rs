@@ -1,6 +1,6 @@
 //! The phantom's anatomy: analytic shapes in physical space (mm, LPS, centred on the origin).
 //!
-//! Sizes are those of an adult chest: body 330 x 240 mm, lungs about 230 mm tall and 4-5 L
+//! Sizes are those of an adult chest: body 330 x 240 mm, lungs about 230 mm tall and 3-4 L
 //! together. Every seed jitters the scale a little so that phantoms differ.
 
 use super::rng::SplitMix64;

@@ -21,7 +21,9 @@
 //! The anatomy is fixed in millimetres and centred on the physical origin; the default grid
 //! (256 x 256 x 160 voxels of 1.4 x 1.4 x 2.0 mm, a 358 x 358 x 320 mm field of view) holds all
 //! of it with about 45 mm above and below the lungs. Smaller fields of view cut the body.
-//! Identity direction; noise is white, 10 HU; values are rounded to whole HU in [-1024, 3071].
+//! Identity direction; noise is white, 10 HU; values are rounded to whole HU in [-1024, 3071];
+//! outside the reconstruction circle (the largest axial circle in the grid) every voxel is
+//! -1024 HU, as scanners write it.
 //!
 //! The second volume returned is the true lung mask (1 inside the lungs, vessels and lesions
 //! included, trachea and main bronchi outside the lungs excluded), for testing segmentation.
@@ -77,6 +79,9 @@ pub enum SynthError {
     /// A non-positive or non-finite spacing.
     #[error("phantom spacing must be positive and finite, got {0:?}")]
     Spacing([f64; 3]),
+    /// Writing an output file failed (the error names the file).
+    #[error(transparent)]
+    Write(#[from] crate::volume::VolumeError),
 }
 
 /// Lesion kinds and their HU ranges.
@@ -453,11 +458,25 @@ fn draw_slice(
             }
         });
     }
+    // Reconstruction circle: scanners write -1024 HU without noise outside it.
+    let fov_r2 = (0.5 * (nx as f64 * sp[0]).min(ny as f64 * sp[1])).powi(2);
     let base = (k * nx * ny) as u64;
     for (n, v) in ct.iter_mut().enumerate() {
+        let p = pos(n % nx, n / nx);
+        if p[0] * p[0] + p[1] * p[1] > fov_r2 {
+            *v = -1024.0;
+            mask[n] = 0.0;
+            continue;
+        }
         let noise = 10.0 * normal_from_hash(hash2(scene.voxel_key, base + n as u64));
         *v = (*v + noise).round().clamp(-1024.0, 3071.0);
     }
+}
+
+/// A 64-bit hash of (seed, counter), for tests elsewhere in the crate that need noise.
+#[cfg(test)]
+pub(crate) fn test_hash(seed: u64, i: u64) -> u64 {
+    hash2(seed, i)
 }
 
 /// Parses `A,B,C` into three numbers.
@@ -506,6 +525,31 @@ pub struct SynthArgs {
     /// Also write the true lung mask here (.mha, uint8 0/1).
     #[arg(long = "lung-mask")]
     pub lung_mask: Option<PathBuf>,
+}
+
+/// Runs `ctgrade synth`: draws the phantom and writes the CT (int16) and optionally the mask.
+pub fn run(args: &SynthArgs) -> Result<(), SynthError> {
+    use crate::volume::{write_with_options, ElementType, WriteOptions};
+    let cfg = PhantomConfig {
+        size: args.size,
+        spacing: args.spacing,
+        seed: args.seed,
+        co_rads: args.co_rads,
+    };
+    let (ct, mask) = phantom(&cfg)?;
+    // Phantoms are small and get committed as test inputs: favour size over speed.
+    let options = WriteOptions {
+        compress: true,
+        compression_level: 9,
+    };
+    let save = |path: &PathBuf, vol: &Volume, ty| {
+        write_with_options(path, vol, ty, &options).map_err(SynthError::Write)
+    };
+    save(&args.out, &ct, ElementType::Short)?;
+    if let Some(path) = &args.lung_mask {
+        save(path, &mask, ElementType::UChar)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

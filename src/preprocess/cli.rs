@@ -1,0 +1,168 @@
+//! `ctgrade preprocess FILE --out DIR [--lesion FILE] [--spec FILE]`: runs [`preprocess`] on a
+//! CT file and writes `DIR/input.mha` (the CT channel of the network input, float32,
+//! `crop_x x crop_y x slices`), `DIR/lung_mask.mha` (uint8, on the input's grid),
+//! `DIR/lesion.mha` (the lesion channel, when a lesion map is given) and `DIR/preprocess.json`
+//! (the [`PreprocessReport`]).
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::{
+    preprocess, ChannelLayout, InputSpec, PreprocessError, PreprocessReport, Preprocessed,
+};
+use crate::volume::{read, write, ElementType, Volume, VolumeError};
+
+/// Arguments of `ctgrade preprocess`.
+#[derive(Debug, clap::Args)]
+pub struct PreprocessArgs {
+    /// Input CT in Hounsfield units (.mha, .mhd, .nii, .nii.gz).
+    pub input: PathBuf,
+    /// Output folder (created if needed).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Lesion map on the CT's grid; selects the CT / lesion / zeros channel layout.
+    #[arg(long)]
+    pub lesion: Option<PathBuf>,
+    /// Model input specification (JSON with fields of `InputSpec`; missing fields take the
+    /// paper's values).
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+}
+
+/// Errors of `ctgrade preprocess`.
+#[derive(Debug, Error)]
+pub enum CommandError {
+    /// Reading or writing a volume failed (the error names the file).
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// A file-system operation failed.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The specification file is not valid JSON for an `InputSpec`.
+    #[error("invalid input specification {path}: {message}")]
+    SpecFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Preprocessing failed.
+    #[error("{path}: {error}")]
+    Preprocess {
+        /// The CT file.
+        path: PathBuf,
+        /// Why (not a `source`: the message already says it).
+        error: Box<PreprocessError>,
+    },
+}
+
+fn read_volume(path: &Path) -> Result<Volume, CommandError> {
+    Ok(read(path)?)
+}
+
+fn write_volume(path: &Path, vol: &Volume, ty: ElementType) -> Result<(), CommandError> {
+    Ok(write(path, vol, ty)?)
+}
+
+/// Reads an [`InputSpec`] from a JSON file.
+pub fn read_spec(path: &Path) -> Result<InputSpec, CommandError> {
+    let text = std::fs::read_to_string(path).map_err(|error| CommandError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let spec: InputSpec = serde_json::from_str(&text).map_err(|e| CommandError::SpecFile {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    spec.validate().map_err(|e| CommandError::SpecFile {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(spec)
+}
+
+/// One channel of the network input as a volume on the resampled grid's axes: x, y, and z
+/// spread evenly over the kept slices.
+pub fn channel_volume(p: &Preprocessed, channel: usize) -> Volume {
+    let [_, slices, ch, cw] = p.shape;
+    let r = &p.report;
+    let n = slices * ch * cw;
+    let s = r.spec.spacing_mm;
+    let z_step = if slices > 1 {
+        (r.kept_z_range[1] - r.kept_z_range[0]) as f64 * s / (slices - 1) as f64
+    } else {
+        s
+    };
+    let first = [
+        r.crop_box.x[0] as f64,
+        r.crop_box.y[0] as f64,
+        r.kept_z_range[0] as f64,
+    ];
+    let d = &r.resampled_direction;
+    let o = &r.resampled_origin;
+    let off = [first[0] * s, first[1] * s, first[2] * s];
+    let origin =
+        [0, 1, 2].map(|k| o[k] + d[3 * k] * off[0] + d[3 * k + 1] * off[1] + d[3 * k + 2] * off[2]);
+    Volume {
+        data: p.input[channel * n..(channel + 1) * n].to_vec(),
+        size: [cw, ch, slices],
+        spacing: [s, s, if z_step > 0.0 { z_step } else { s }],
+        origin,
+        direction: r.resampled_direction,
+    }
+}
+
+/// Runs `ctgrade preprocess`; returns the report it wrote.
+pub fn run(args: &PreprocessArgs) -> Result<PreprocessReport, CommandError> {
+    let mut spec = match &args.spec {
+        Some(path) => read_spec(path)?,
+        None => InputSpec::default(),
+    };
+    if args.lesion.is_some() && args.spec.is_none() {
+        spec.channels = ChannelLayout::CtLesionZeros;
+    }
+    let ct = read_volume(&args.input)?;
+    let lesion = args.lesion.as_deref().map(read_volume).transpose()?;
+    let p = preprocess(&ct, lesion.as_ref(), &spec).map_err(|error| CommandError::Preprocess {
+        path: args.input.clone(),
+        error: Box::new(error),
+    })?;
+    drop(ct);
+    std::fs::create_dir_all(&args.out).map_err(|error| CommandError::Io {
+        path: args.out.clone(),
+        error,
+    })?;
+    write_volume(
+        &args.out.join("input.mha"),
+        &channel_volume(&p, 0),
+        ElementType::Float,
+    )?;
+    if lesion.is_some() && spec.channels == ChannelLayout::CtLesionZeros {
+        write_volume(
+            &args.out.join("lesion.mha"),
+            &channel_volume(&p, 1),
+            ElementType::Float,
+        )?;
+    }
+    write_volume(
+        &args.out.join("lung_mask.mha"),
+        &p.lung_mask,
+        ElementType::UChar,
+    )?;
+    let json_path = args.out.join("preprocess.json");
+    let json = serde_json::to_string_pretty(&p.report).map_err(|e| CommandError::Io {
+        path: json_path.clone(),
+        error: std::io::Error::other(e),
+    })?;
+    std::fs::write(&json_path, json + "\n").map_err(|error| CommandError::Io {
+        path: json_path.clone(),
+        error,
+    })?;
+    Ok(p.report)
+}
