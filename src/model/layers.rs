@@ -510,6 +510,16 @@ impl ScaleShiftRelu {
         Ok(Self { scale, shift })
     }
 
+    /// Per-channel scale.
+    pub fn scale(&self) -> &Tensor {
+        &self.scale
+    }
+
+    /// Per-channel shift.
+    pub fn shift(&self) -> &Tensor {
+        &self.shift
+    }
+
     /// The operation from candle ops only (autograd, any backend).
     pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.scale.dim(0)?;
