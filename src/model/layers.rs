@@ -170,16 +170,23 @@ pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv3dConfig)
     } else {
         // candle's conv2d takes one symmetric padding and one stride for both axes; pad explicitly
         // and subsample afterwards where the configuration needs more.
+        let stride2 = if sh == sw { sh } else { 1 };
         let sym = ph0 == ph1 && pw0 == pw1 && ph0 == pw0;
-        let (x, pad2) = if sym {
+        let (x, pad2) = if sym && stride2 == 1 {
             (x.clone(), ph0)
         } else {
-            (
-                x.pad_with_zeros(3, ph0, ph1)?.pad_with_zeros(4, pw0, pw1)?,
-                0,
-            )
+            let x = x.pad_with_zeros(3, ph0, ph1)?.pad_with_zeros(4, pw0, pw1)?;
+            // With a stride, cut the rows and columns no window reaches: candle's conv2d backward
+            // derives one output padding from the height and applies it to the width too, which
+            // is wrong unless both leave no remainder.
+            let x = if stride2 > 1 {
+                x.narrow(3, 0, (oh - 1) * sh + kh)?
+                    .narrow(4, 0, (ow - 1) * sw + kw)?
+            } else {
+                x
+            };
+            (x, 0)
         };
-        let stride2 = if sh == sw { sh } else { 1 };
         let x = x.pad_with_zeros(2, pd0, pd1)?;
         let (_, _, _, h2, w2) = x.dims5()?;
         // (N, D, C, H, W): each depth tap is then a slice of whole (C, H, W) planes.
