@@ -572,7 +572,7 @@ impl DenseLayerCpu {
         if (k1d, k1h, k1w) != (1, 1, 1) || (k2d, k2h, k2w) != (3, 3, 3) || inner2 != inner {
             return Ok(None);
         }
-        Ok(Some(Self {
+        let layer = Self {
             c_in,
             inner,
             growth,
@@ -581,7 +581,14 @@ impl DenseLayerCpu {
             w1: vec_f32(conv1.weight())?,
             b1: vec_f32(b1)?,
             w2: vec_f32(conv2.weight())?,
-        }))
+        };
+        if layer.scale1.len() != c_in || layer.shift1.len() != c_in || layer.b1.len() != inner {
+            candle_core::bail!(
+                "dense layer: norm1 has {} channels and conv1 {c_in} inputs",
+                layer.scale1.len()
+            );
+        }
+        Ok(Some(layer))
     }
 }
 

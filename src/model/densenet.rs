@@ -341,7 +341,7 @@ impl DenseNet3d {
 
     /// The feature extractor up to the global pool: `(N, C, D, H, W) -> (N, features)`.
     ///
-    /// On the CPU, without gradients, the dense blocks run fused ([`cpu`]); elsewhere layer by layer.
+    /// On the CPU, without gradients, the dense blocks run fused (`model::cpu`); elsewhere layer by layer.
     pub fn features(&self, x: &Tensor) -> CResult<Tensor> {
         self.features_impl(x, true)
     }

@@ -4,7 +4,7 @@
 //! 1x1x1 convolutions as matrix products, separable pooling from strided views), so gradients flow
 //! through it and the CUDA backend runs it unchanged. On the CPU, when nothing asks for gradients,
 //! [`Conv3d`], the pools and [`ScaleShiftRelu`] switch to the hand-written kernels in
-//! [`super::cpu`], which are several times faster than candle's CPU `conv2d`; both forms are tested
+//! `model::cpu`, which are several times faster than candle's CPU `conv2d`; both forms are tested
 //! against PyTorch.
 //!
 //! Tensors are NCDHW throughout.
