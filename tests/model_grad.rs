@@ -89,6 +89,8 @@ fn conv3d_gradients_match_finite_differences() {
         ),
         ([2, 3, 2, 3, 3], [2, 3, 1, 1, 1], [1, 1, 1], [[0, 0]; 3]),
         ([1, 2, 4, 3, 3], [2, 2, 3, 3, 3], [2, 2, 2], [[1, 1]; 3]),
+        // Height and width leave different remainders under the stride.
+        ([1, 2, 3, 6, 5], [2, 2, 3, 3, 3], [2, 2, 2], [[1, 1]; 3]),
     ];
     for (i, (xs, ws, stride, padding)) in cases.into_iter().enumerate() {
         let cfg = Conv3dConfig { stride, padding };
@@ -168,4 +170,32 @@ fn layers_with_vars_take_the_differentiable_path() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(d < 1e-5, "differentiable and CPU paths differ by {d}");
+}
+
+#[test]
+fn densenet_on_a_varmap_backpropagates_to_every_parameter() {
+    use candle_nn::{VarBuilder, VarMap};
+    use ctgrade::model::{build, Arch, NetworkConfig};
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let mut cfg = NetworkConfig::new(Arch::DenseNet121_3d, 1, 1);
+    cfg.block_config = Some(vec![1, 1]);
+    cfg.init_features = Some(4);
+    cfg.growth_rate = Some(2);
+    cfg.bn_size = Some(2);
+    let net = build(&cfg, vb).unwrap();
+    let names = ctgrade::model::expected_tensors(&cfg);
+    let vars = varmap.data().lock().unwrap().clone();
+    assert_eq!(vars.len(), names.len(), "one Var per expected tensor");
+    let x = Tensor::randn(0f32, 1.0, (2, 1, 8, 10, 9), &dev).unwrap();
+    let y = net.forward(&x).unwrap();
+    assert_eq!(y.dims(), [2, 1]);
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    for (name, _) in names {
+        // Running statistics get gradients too (through the folded BatchNorm), which a trainer
+        // with frozen statistics simply ignores.
+        let v = &vars[&name];
+        assert!(grads.get(v.as_tensor()).is_some(), "no gradient for {name}");
+    }
 }

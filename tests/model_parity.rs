@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
+use ctgrade::model::densenet::{DenseNet3d, DenseNetConfig};
 use ctgrade::model::layers::{Conv3d, Conv3dConfig, Pool3d, Pool3dConfig};
 use ctgrade::model::{
     build, build_with_naming, detect_naming, expected_tensors, expected_tensors_named, ModelError,
@@ -171,6 +172,19 @@ fn densenet_composed_path_matches_monai() {
         let got = run(&cfg, ts, &x, DType::F64, None);
         let d = max_abs_diff(&got, &want);
         assert!(d < TOL, "net {key} composed: differs by {d}");
+    }
+}
+
+#[test]
+fn densenet_layer_by_layer_cpu_path_matches_monai() {
+    // The fused dense blocks aside: each layer's own CPU kernel, with concatenation.
+    for key in ["a", "b"] {
+        let (cfg, ts, x, want) = net(key, "monai");
+        let vb = VarBuilder::from_tensors(ts, DType::F32, &Device::Cpu);
+        let dc = DenseNetConfig::from_network(&cfg).unwrap();
+        let net = DenseNet3d::new(&dc, vb, Naming::Monai).unwrap();
+        let d = max_abs_diff(&net.forward_layered(&x).unwrap(), &want);
+        assert!(d < TOL, "net {key} layered: differs by {d}");
     }
 }
 

@@ -265,3 +265,94 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport, ModelError> {
         peak_rss_mib: peak_rss_mib(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const FIX: &str = "tests/fixtures/model";
+
+    fn config_file(json: &serde_json::Value) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        write!(f, "{json}").unwrap();
+        f
+    }
+
+    fn fixture_config(key: &str) -> serde_json::Value {
+        let all: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{FIX}/densenet.json")).unwrap())
+                .unwrap();
+        let mut cfg = all[key]["config"].clone();
+        // in_channels and num_outputs come from the weights.
+        let obj = cfg.as_object_mut().unwrap();
+        obj.remove("in_channels");
+        obj.remove("num_outputs");
+        cfg
+    }
+
+    #[test]
+    fn forward_prints_monai_outputs() {
+        for (key, naming) in [("a", "monai"), ("b", "torchvision")] {
+            let cfg = fixture_config(key);
+            let file = config_file(&cfg);
+            // The fixture holds the weights, `input` and MONAI's `output` in one file.
+            let path = PathBuf::from(format!("{FIX}/densenet_{key}_{naming}.safetensors"));
+            let args = ForwardArgs {
+                arch: cfg["arch"].as_str().unwrap().parse().unwrap(),
+                config: Some(file.path().to_path_buf()),
+                weights: path.clone(),
+                input: path.clone(),
+                device: "cpu".into(),
+            };
+            let line = forward(&args).unwrap();
+            let got: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let got: Vec<Vec<f32>> = serde_json::from_value(got["output"].clone()).unwrap();
+            let want = candle_core::safetensors::load(&path, &Device::Cpu).unwrap()["output"]
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert!((g - w).abs() < 1e-4, "net {key}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn bench_reports_times_and_memory() {
+        let file = config_file(&serde_json::json!({
+            "block_config": [1, 1], "init_features": 4, "growth_rate": 2, "bn_size": 1
+        }));
+        let args = BenchArgs {
+            arch: Arch::DenseNet121_3d,
+            config: Some(file.path().to_path_buf()),
+            input: "2,1,12,16,16".into(),
+            repeat: 2,
+            threads: None,
+            num_outputs: 5,
+            device: "cpu".into(),
+        };
+        let r = bench(&args).unwrap();
+        assert_eq!(r.input, vec![2, 1, 12, 16, 16]);
+        assert_eq!(r.times_s.len(), 2);
+        assert!(r.median_s > 0.0);
+        assert!(r.peak_rss_mib.is_some_and(|m| m > 1.0));
+    }
+
+    #[test]
+    fn config_overrides_are_checked() {
+        let ok = config_file(&serde_json::json!({ "growth_rate": 12 }));
+        let cfg = resolve_config(Arch::DenseNet169_3d, 1, 5, Some(ok.path())).unwrap();
+        assert_eq!(cfg.growth_rate, Some(12));
+        assert_eq!((cfg.in_channels, cfg.num_outputs), (1, 5));
+        let typo = config_file(&serde_json::json!({ "growth": 12 }));
+        assert!(resolve_config(Arch::DenseNet169_3d, 1, 5, Some(typo.path())).is_err());
+        let other = config_file(&serde_json::json!({ "arch": "densenet201-3d" }));
+        assert!(resolve_config(Arch::DenseNet169_3d, 1, 5, Some(other.path())).is_err());
+        assert!("resnet50-3d".parse::<Arch>().is_err());
+        assert_eq!(
+            "densenet201-3d".parse::<Arch>().unwrap().to_string(),
+            "densenet201-3d"
+        );
+    }
+}

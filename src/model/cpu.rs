@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Result, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::layers::{avg_divisors, Conv3dConfig, Pool3dConfig, PoolKind};
+use super::layers::{avg_divisors, Conv3d, Conv3dConfig, Pool3dConfig, PoolKind};
 
 /// Whether the CPU kernels may run: f32 tensors on the CPU that track no gradients.
 pub(crate) fn eligible(ts: &[&Tensor]) -> bool {
@@ -233,6 +233,35 @@ fn conv_pointwise(g: &ConvGeom, xs: &[f32], ws: &[f32], dst: &mut [f32]) {
 /// General convolution: per tile of output rows in one output depth slice, an im2col matrix
 /// `(C_in*kd*kh*kw, rows*W_out)` in the weight's own ordering, then one GEMM into the output.
 fn conv_im2col(g: &ConvGeom, xs: &[f32], ws: &[f32], dst: &mut [f32]) {
+    let vol_in = g.input.iter().product::<usize>();
+    let vol_out = g.out.iter().product::<usize>();
+    // SAFETY: dst holds n * c_out * vol_out elements, the layout conv_im2col_into writes.
+    unsafe {
+        conv_im2col_into(
+            g,
+            xs,
+            g.c_in * vol_in,
+            ws,
+            OutPtr(dst.as_mut_ptr()),
+            g.c_out * vol_out,
+        )
+    }
+}
+
+/// [`conv_im2col`] reading batch item `b` at `xs[b * x_bs..]` and writing it at `dst + b * dst_bs`
+/// (channel planes contiguous): so a layer can read from and write into a DenseNet block buffer.
+///
+/// # Safety
+/// `dst + b * dst_bs + co * vol_out + p` must be writable for every batch item, output channel and
+/// voxel, and not otherwise accessed during the call.
+unsafe fn conv_im2col_into(
+    g: &ConvGeom,
+    xs: &[f32],
+    x_bs: usize,
+    ws: &[f32],
+    out: OutPtr,
+    dst_bs: usize,
+) {
     let [od, oh, ow] = g.out;
     let k = g.c_in * g.kernel.iter().product::<usize>();
     let rows = (COL_TILE_ELEMS / (k * ow).max(1)).clamp(1, oh);
@@ -240,7 +269,6 @@ fn conv_im2col(g: &ConvGeom, xs: &[f32], ws: &[f32], dst: &mut [f32]) {
     let tiles = g.n * od * row_tiles;
     let vol_out = od * oh * ow;
     let (outer, par) = split(tiles);
-    let out = OutPtr(dst.as_mut_ptr());
     let run = |col: &mut Vec<f32>, t: usize| {
         let b = t / (od * row_tiles);
         let z = (t / row_tiles) % od;
@@ -249,14 +277,14 @@ fn conv_im2col(g: &ConvGeom, xs: &[f32], ws: &[f32], dst: &mut [f32]) {
         let np = (r1 - r0) * ow;
         col.clear();
         col.resize(k * np, 0.0);
-        im2col_tile(g, xs, b, z, r0, r1, col);
+        im2col_tile(g, xs, b * x_bs, z, r0, r1, col);
         // SAFETY: tile t writes output rows r0..r1 of depth slice z of batch item b only.
         unsafe {
             sgemm(
                 g.c_out,
                 np,
                 k,
-                out.get().add(b * g.c_out * vol_out + z * oh * ow + r0 * ow),
+                out.get().add(b * dst_bs + z * oh * ow + r0 * ow),
                 vol_out,
                 ws.as_ptr(),
                 k,
@@ -276,12 +304,12 @@ fn conv_im2col(g: &ConvGeom, xs: &[f32], ws: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// Fills `col` (zeroed, `k x np`) with the input patches of output rows `r0..r1` of depth slice `z`.
-#[allow(clippy::too_many_arguments)]
+/// Fills `col` (zeroed, `k x np`) with the input patches of output rows `r0..r1` of depth slice `z`,
+/// for the batch item whose channels start at `xs[base..]`.
 fn im2col_tile(
     g: &ConvGeom,
     xs: &[f32],
-    b: usize,
+    base: usize,
     z: usize,
     r0: usize,
     r1: usize,
@@ -295,7 +323,7 @@ fn im2col_tile(
     let np = (r1 - r0) * ow;
     let mut rows = col.chunks_exact_mut(np.max(1));
     for ci in 0..g.c_in {
-        let chan = (b * g.c_in + ci) * d;
+        let plane = base + ci * d * h * wd;
         for a in 0..kd {
             // Input depth of this tap, or None inside the padding.
             let id = (z * sd + a).checked_sub(pd).filter(|&v| v < d);
@@ -309,7 +337,7 @@ fn im2col_tile(
                         let Some(ih) = (y * sh + bb).checked_sub(ph).filter(|&v| v < h) else {
                             continue;
                         };
-                        let src = &xs[((chan + id) * h + ih) * wd..][..wd];
+                        let src = &xs[plane + (id * h + ih) * wd..][..wd];
                         let seg = &mut row[t * ow..(t + 1) * ow];
                         if lo >= hi {
                             continue;
@@ -343,7 +371,28 @@ fn valid_range(n_out: usize, s: usize, tap: usize, pad: usize, len: usize) -> (u
 
 /// 3-D max or average pooling with PyTorch's semantics, one `(n, c)` plane per task.
 pub(crate) fn pool3d(x: &Tensor, cfg: &Pool3dConfig, kind: PoolKind) -> Result<Tensor> {
+    pool3d_pre(x, cfg, kind, None)
+}
+
+/// [`pool3d`] of `relu(x * scale[c] + shift[c])` when `pre` is given (a BatchNorm + ReLU fused
+/// into the pool that follows it).
+pub(crate) fn pool3d_pre(
+    x: &Tensor,
+    cfg: &Pool3dConfig,
+    kind: PoolKind,
+    pre: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
     let (n, c, d, h, w) = x.dims5()?;
+    let pre = match pre {
+        Some((a, b)) => {
+            let (a, b) = (vec_f32(a)?, vec_f32(b)?);
+            if a.len() != c || b.len() != c {
+                candle_core::bail!("pool3d: {c} channels, {} scales", a.len());
+            }
+            Some((a, b))
+        }
+        None => None,
+    };
     let [od, oh, ow] = cfg.output_size([d, h, w])?;
     let x = x.contiguous()?;
     let (vin, vout) = (d * h * w, od * oh * ow);
@@ -381,7 +430,19 @@ pub(crate) fn pool3d(x: &Tensor, cfg: &Pool3dConfig, kind: PoolKind) -> Result<T
     with_f32(&x, |xs| {
         dst.par_chunks_mut(vout)
             .zip(xs.par_chunks(vin))
-            .for_each(|(out, inp)| {
+            .enumerate()
+            .for_each(|(plane, (out, inp))| {
+                let (a, b) = match &pre {
+                    Some((a, b)) => (a[plane % c], b[plane % c]),
+                    None => (1.0, 0.0),
+                };
+                let f = |v: f32| {
+                    if pre.is_some() {
+                        (v * a + b).max(0.0)
+                    } else {
+                        v
+                    }
+                };
                 let mut o = 0;
                 for (zi, &(z0, z1)) in wd_.iter().enumerate() {
                     for (yi, &(y0, y1)) in wh_.iter().enumerate() {
@@ -394,8 +455,10 @@ pub(crate) fn pool3d(x: &Tensor, cfg: &Pool3dConfig, kind: PoolKind) -> Result<T
                                 for y in y0..y1 {
                                     let row = &inp[(z * h + y) * w..][x0..x1];
                                     acc = match kind {
-                                        PoolKind::Max => row.iter().fold(acc, |m, &v| m.max(v)),
-                                        PoolKind::Avg { .. } => acc + row.iter().sum::<f32>(),
+                                        PoolKind::Max => row.iter().fold(acc, |m, &v| m.max(f(v))),
+                                        PoolKind::Avg { .. } => {
+                                            acc + row.iter().map(|&v| f(v)).sum::<f32>()
+                                        }
                                     };
                                 }
                             }
@@ -464,4 +527,173 @@ pub(crate) fn scale_shift_relu(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Re
         })?;
     }
     Tensor::from_vec(dst, dims, &Device::Cpu)
+}
+
+/// Copies a small parameter tensor to a `Vec<f32>`.
+fn vec_f32(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
+}
+
+/// One DenseNet layer in the form the fused CPU block runs: norm1 as scale + shift, conv1 with
+/// norm2 folded in (bias), conv2.
+#[derive(Clone, Debug)]
+pub(crate) struct DenseLayerCpu {
+    c_in: usize,
+    inner: usize,
+    growth: usize,
+    scale1: Vec<f32>,
+    shift1: Vec<f32>,
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+}
+
+impl DenseLayerCpu {
+    /// Copies the layer's parameters; `None` unless they all suit the CPU kernels.
+    pub(crate) fn new(
+        scale1: &Tensor,
+        shift1: &Tensor,
+        conv1: &Conv3d,
+        conv2: &Conv3d,
+    ) -> Result<Option<Self>> {
+        let b1 = match conv1.bias() {
+            Some(b) => b,
+            None => return Ok(None),
+        };
+        if !eligible(&[scale1, shift1, conv1.weight(), b1, conv2.weight()])
+            || conv2.bias().is_some()
+            || *conv2.config() != Conv3dConfig::symmetric(1, 1)
+            || *conv1.config() != Conv3dConfig::default()
+        {
+            return Ok(None);
+        }
+        let (inner, c_in, k1d, k1h, k1w) = conv1.weight().dims5()?;
+        let (growth, inner2, k2d, k2h, k2w) = conv2.weight().dims5()?;
+        if (k1d, k1h, k1w) != (1, 1, 1) || (k2d, k2h, k2w) != (3, 3, 3) || inner2 != inner {
+            return Ok(None);
+        }
+        let layer = Self {
+            c_in,
+            inner,
+            growth,
+            scale1: vec_f32(scale1)?,
+            shift1: vec_f32(shift1)?,
+            w1: vec_f32(conv1.weight())?,
+            b1: vec_f32(b1)?,
+            w2: vec_f32(conv2.weight())?,
+        };
+        if layer.scale1.len() != c_in || layer.shift1.len() != c_in || layer.b1.len() != inner {
+            candle_core::bail!(
+                "dense layer: norm1 has {} channels and conv1 {c_in} inputs",
+                layer.scale1.len()
+            );
+        }
+        Ok(Some(layer))
+    }
+}
+
+/// A whole dense block on the CPU: every layer reads a channel prefix of one preallocated buffer
+/// and writes its new features right after it, so nothing is concatenated; norm1 + ReLU are
+/// applied while packing conv1's input tiles instead of in a separate pass.
+pub(crate) fn dense_block(x: &Tensor, layers: &[DenseLayerCpu]) -> Result<Tensor> {
+    let (n, c0, d, h, w) = x.dims5()?;
+    let vol = d * h * w;
+    let mut c_total = c0;
+    for l in layers {
+        if l.c_in != c_total {
+            candle_core::bail!(
+                "dense block: layer expects {} channels, has {c_total}",
+                l.c_in
+            );
+        }
+        c_total += l.growth;
+    }
+    let bs = c_total * vol;
+    let mut buf = vec![0f32; n * bs];
+    let x = x.contiguous()?;
+    with_f32(&x, |xs| {
+        for (b, item) in xs.chunks_exact(c0 * vol).enumerate() {
+            buf[b * bs..b * bs + c0 * vol].copy_from_slice(item);
+        }
+        Ok(())
+    })?;
+    let inner_max = layers.iter().map(|l| l.inner).max().unwrap_or(0);
+    let mut mid = vec![0f32; n * inner_max * vol];
+    for l in layers {
+        bottleneck(&buf, bs, n, vol, l, &mut mid);
+        let g = ConvGeom {
+            n,
+            c_in: l.inner,
+            c_out: l.growth,
+            input: [d, h, w],
+            kernel: [3, 3, 3],
+            out: [d, h, w],
+            cfg: Conv3dConfig::symmetric(1, 1),
+        };
+        // SAFETY: channels c_in..c_in+growth of every batch item lie inside buf, and only this call
+        // touches buf meanwhile (it reads mid).
+        unsafe {
+            conv_im2col_into(
+                &g,
+                &mid,
+                l.inner * vol,
+                &l.w2,
+                OutPtr(buf.as_mut_ptr().add(l.c_in * vol)),
+                bs,
+            );
+        }
+    }
+    Tensor::from_vec(buf, (n, c_total, d, h, w), &Device::Cpu)
+}
+
+/// `mid = relu(W1 * relu(x * scale1 + shift1) + b1)` over the first `l.c_in` channels of `buf`.
+fn bottleneck(buf: &[f32], bs: usize, n: usize, vol: usize, l: &DenseLayerCpu, mid: &mut [f32]) {
+    let tile = (COL_TILE_ELEMS / l.c_in.max(1)).clamp(256, POINTWISE_TILE);
+    let per_item = vol.div_ceil(tile);
+    let tiles = n * per_item;
+    let (outer, par) = split(tiles);
+    let out = OutPtr(mid.as_mut_ptr());
+    let run = |pack: &mut Vec<f32>, t: usize| {
+        let (b, i) = (t / per_item, t % per_item);
+        let p0 = i * tile;
+        let np = tile.min(vol - p0);
+        pack.clear();
+        pack.resize(l.c_in * np, 0.0);
+        for (ci, row) in pack.chunks_exact_mut(np).enumerate() {
+            let src = &buf[b * bs + ci * vol + p0..][..np];
+            let (a, s) = (l.scale1[ci], l.shift1[ci]);
+            row.iter_mut()
+                .zip(src)
+                .for_each(|(o, &v)| *o = (v * a + s).max(0.0));
+        }
+        let dst = out.get();
+        // SAFETY: tile t writes columns p0..p0+np of every bottleneck channel of item b only.
+        unsafe {
+            let base = dst.add(b * l.inner * vol + p0);
+            sgemm(
+                l.inner,
+                np,
+                l.c_in,
+                base,
+                vol,
+                l.w1.as_ptr(),
+                l.c_in,
+                pack.as_ptr(),
+                np,
+                par,
+            );
+            for (co, &bias) in l.b1.iter().enumerate() {
+                let row = std::slice::from_raw_parts_mut(base.add(co * vol), np);
+                row.iter_mut().for_each(|v| *v = (*v + bias).max(0.0));
+            }
+        }
+    };
+    if outer {
+        (0..tiles)
+            .into_par_iter()
+            .for_each_init(Vec::new, |p, t| run(p, t));
+    } else {
+        let mut p = Vec::new();
+        (0..tiles).for_each(|t| run(&mut p, t));
+    }
 }

@@ -253,6 +253,8 @@ pub struct DenseNet3d {
     norm5: ScaleShiftRelu,
     head: Linear,
     in_channels: usize,
+    /// The dense blocks in the fused CPU form, when every weight suits the CPU kernels.
+    fused: Option<Vec<Vec<cpu::DenseLayerCpu>>>,
 }
 
 impl DenseNet3d {
@@ -309,6 +311,22 @@ impl DenseNet3d {
             },
         )?;
         let b = get_param(&vh, &[cfg.num_outputs], "bias", Init::Const(0.0))?;
+        let fused = blocks
+            .iter()
+            .map(|block| {
+                block
+                    .iter()
+                    .map(|l| {
+                        cpu::DenseLayerCpu::new(
+                            l.norm1.scale(),
+                            l.norm1.shift(),
+                            &l.conv1,
+                            &l.conv2,
+                        )
+                    })
+                    .collect::<CResult<Option<Vec<_>>>>()
+            })
+            .collect::<CResult<Option<Vec<_>>>>()?;
         Ok(Self {
             conv0,
             pool0,
@@ -317,11 +335,29 @@ impl DenseNet3d {
             norm5,
             head: Linear::new(w, Some(b)),
             in_channels: cfg.in_channels,
+            fused,
         })
     }
 
     /// The feature extractor up to the global pool: `(N, C, D, H, W) -> (N, features)`.
+    ///
+    /// On the CPU, without gradients, the dense blocks run fused (`model::cpu`); elsewhere layer by layer.
     pub fn features(&self, x: &Tensor) -> CResult<Tensor> {
+        self.features_impl(x, true)
+    }
+
+    /// [`DenseNet3d::features`] layer by layer, through each layer's own `forward` (the CPU kernels
+    /// or the composed candle ops), never the fused blocks.
+    pub fn features_layered(&self, x: &Tensor) -> CResult<Tensor> {
+        self.features_impl(x, false)
+    }
+
+    /// Raw outputs via [`DenseNet3d::features_layered`].
+    pub fn forward_layered(&self, x: &Tensor) -> CResult<Tensor> {
+        self.head.forward(&self.features_layered(x)?)
+    }
+
+    fn features_impl(&self, x: &Tensor, allow_fused: bool) -> CResult<Tensor> {
         let (_, c, ..) = x.dims5()?;
         if c != self.in_channels {
             candle_core::bail!(
@@ -329,16 +365,35 @@ impl DenseNet3d {
                 self.in_channels
             );
         }
-        let h = self.conv0.forward(x)?.relu()?;
+        let fused = self
+            .fused
+            .as_ref()
+            .filter(|_| allow_fused && cpu::eligible(&[x]));
+        let c0 = &self.conv0;
+        let h = match (fused, c0.bias()) {
+            (Some(_), Some(b)) if cpu::eligible(&[c0.weight(), b]) => {
+                cpu::conv3d_act(x, c0.weight(), Some(b), c0.config(), true)?
+            }
+            _ => c0.forward(x)?.relu()?,
+        };
         let mut h = self.pool0.forward(&h)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            for layer in block {
-                let new = layer.new_features(&h)?;
-                h = Tensor::cat(&[&h, &new], 1)?;
+            match fused.and_then(|f| f.get(i)) {
+                Some(layers) => h = cpu::dense_block(&h, layers)?,
+                None => {
+                    for layer in block {
+                        let new = layer.new_features(&h)?;
+                        h = Tensor::cat(&[&h, &new], 1)?;
+                    }
+                }
             }
             if let Some(t) = self.transitions.get(i) {
-                let y = t.norm.forward(&h)?;
-                let y = t.pool.forward(&y)?;
+                let (sc, sh) = (t.norm.scale(), t.norm.shift());
+                let y = if fused.is_some() && cpu::eligible(&[&h, sc, sh]) {
+                    cpu::pool3d_pre(&h, &t.pool.cfg, t.pool.kind, Some((sc, sh)))?
+                } else {
+                    t.pool.forward(&t.norm.forward(&h)?)?
+                };
                 h = t.conv.forward(&y)?;
             }
         }

@@ -4,7 +4,7 @@
 //! 1x1x1 convolutions as matrix products, separable pooling from strided views), so gradients flow
 //! through it and the CUDA backend runs it unchanged. On the CPU, when nothing asks for gradients,
 //! [`Conv3d`], the pools and [`ScaleShiftRelu`] switch to the hand-written kernels in
-//! [`super::cpu`], which are several times faster than candle's CPU `conv2d`; both forms are tested
+//! `model::cpu`, which are several times faster than candle's CPU `conv2d`; both forms are tested
 //! against PyTorch.
 //!
 //! Tensors are NCDHW throughout.
@@ -170,16 +170,23 @@ pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv3dConfig)
     } else {
         // candle's conv2d takes one symmetric padding and one stride for both axes; pad explicitly
         // and subsample afterwards where the configuration needs more.
+        let stride2 = if sh == sw { sh } else { 1 };
         let sym = ph0 == ph1 && pw0 == pw1 && ph0 == pw0;
-        let (x, pad2) = if sym {
+        let (x, pad2) = if sym && stride2 == 1 {
             (x.clone(), ph0)
         } else {
-            (
-                x.pad_with_zeros(3, ph0, ph1)?.pad_with_zeros(4, pw0, pw1)?,
-                0,
-            )
+            let x = x.pad_with_zeros(3, ph0, ph1)?.pad_with_zeros(4, pw0, pw1)?;
+            // With a stride, cut the rows and columns no window reaches: candle's conv2d backward
+            // derives one output padding from the height and applies it to the width too, which
+            // is wrong unless both leave no remainder.
+            let x = if stride2 > 1 {
+                x.narrow(3, 0, (oh - 1) * sh + kh)?
+                    .narrow(4, 0, (ow - 1) * sw + kw)?
+            } else {
+                x
+            };
+            (x, 0)
         };
-        let stride2 = if sh == sw { sh } else { 1 };
         let x = x.pad_with_zeros(2, pd0, pd1)?;
         let (_, _, _, h2, w2) = x.dims5()?;
         // (N, D, C, H, W): each depth tap is then a slice of whole (C, H, W) planes.
@@ -508,6 +515,16 @@ impl ScaleShiftRelu {
     pub fn from_batch_norm(bn: &BatchNorm3d) -> Result<Self> {
         let (scale, shift) = bn.scale_shift()?;
         Ok(Self { scale, shift })
+    }
+
+    /// Per-channel scale.
+    pub fn scale(&self) -> &Tensor {
+        &self.scale
+    }
+
+    /// Per-channel shift.
+    pub fn shift(&self) -> &Tensor {
+        &self.shift
     }
 
     /// The operation from candle ops only (autograd, any backend).

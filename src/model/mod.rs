@@ -1,4 +1,4 @@
-//! 3-D CNNs on candle: the layers candle lacks ([`layers`]), fast CPU kernels for them ([`cpu`]),
+//! 3-D CNNs on candle: the layers candle lacks ([`layers`]), fast CPU kernels for them (`cpu`),
 //! the paper's networks ([`densenet`]) and a registry that builds them by name from safetensors
 //! weights with MONAI or torchvision-style parameter names.
 
