@@ -35,6 +35,12 @@ enum Command {
     Forward(ctgrade::model::cli::ForwardArgs),
     /// Time a network's forward pass on a random input and report peak memory, as JSON.
     Bench(ctgrade::model::cli::BenchArgs),
+    /// Convert a PyTorch checkpoint (.pth/.pt/.bin) or safetensors file to the engine's names, checked
+    /// against the architecture; prints a JSON report.
+    Convert(ctgrade::model::convert::ConvertArgs),
+    /// Inflate 2-D weights (e.g. torchvision's ImageNet DenseNet) to the 3-D network (I3D); prints a
+    /// JSON report.
+    Inflate(ctgrade::model::inflate::InflateArgs),
     /// Create or check an ensemble (a folder of member weights with its manifest).
     #[command(subcommand)]
     Ensemble(EnsembleCommand),
@@ -210,6 +216,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => println!(
             "{}",
             serde_json::to_string(&ctgrade::model::cli::bench(&args)?)?
+        ),
+        Command::Convert(args) => println!(
+            "{}",
+            serde_json::to_string_pretty(&ctgrade::model::convert::convert(&args)?)?
+        ),
+        Command::Inflate(args) => println!(
+            "{}",
+            serde_json::to_string_pretty(&ctgrade::model::inflate::inflate(&args)?)?
         ),
         Command::Ensemble(cmd) => ensemble_command(cmd)?,
     }
