@@ -39,6 +39,12 @@ enum Command {
     Synth(ctgrade::synth::SynthArgs),
     /// Preprocess a CT as the paper does; writes input.mha, lung_mask.mha, preprocess.json.
     Preprocess(ctgrade::preprocess::cli::PreprocessArgs),
+    /// Convert a PyTorch checkpoint (.pth/.pt/.bin) or safetensors file to the engine's names, checked
+    /// against the architecture; prints a JSON report.
+    Convert(ctgrade::model::convert::ConvertArgs),
+    /// Inflate 2-D weights (e.g. torchvision's ImageNet DenseNet) to the 3-D network (I3D); prints a
+    /// JSON report.
+    Inflate(ctgrade::model::inflate::InflateArgs),
     /// Create or check an ensemble (a folder of member weights with its manifest).
     #[command(subcommand)]
     Ensemble(EnsembleCommand),
@@ -223,6 +229,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let report = ctgrade::preprocess::cli::run(&args)?;
             println!("{}", serde_json::to_string(&report)?)
         }
+        Command::Convert(args) => println!(
+            "{}",
+            serde_json::to_string_pretty(&ctgrade::model::convert::convert(&args)?)?
+        ),
+        Command::Inflate(args) => println!(
+            "{}",
+            serde_json::to_string_pretty(&ctgrade::model::inflate::inflate(&args)?)?
+        ),
         Command::Ensemble(cmd) => ensemble_command(cmd)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -3,8 +3,10 @@
 //! weights with MONAI or torchvision-style parameter names.
 
 pub mod cli;
+pub mod convert;
 pub(crate) mod cpu;
 pub mod densenet;
+pub mod inflate;
 pub mod layers;
 
 use std::fmt;
