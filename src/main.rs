@@ -1,5 +1,6 @@
 //! The `ctgrade` command line.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -201,7 +202,7 @@ fn ensemble_command(cmd: EnsembleCommand) -> Result<()> {
         }
         EnsembleCommand::Check { dir } => {
             let e = Ensemble::open(&dir)?;
-            println!("{}", serde_json::to_string_pretty(&e.manifest)?);
+            emit(&serde_json::to_string_pretty(&e.manifest)?)?;
             eprintln!(
                 "{}: {} member(s), all checks passed",
                 dir.display(),
@@ -212,31 +213,32 @@ fn ensemble_command(cmd: EnsembleCommand) -> Result<()> {
     Ok(())
 }
 
+/// Prints one line on stdout; a closed pipe (`| head`) is not an error.
+fn emit(line: &str) -> Result<()> {
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => return run(args),
-        Command::Info { file } => println!(
-            "{}",
-            serde_json::to_string(&ctgrade::volume::info::info(&file)?)?
-        ),
-        Command::Forward(args) => println!("{}", ctgrade::model::cli::forward(&args)?),
-        Command::Bench(args) => println!(
-            "{}",
-            serde_json::to_string(&ctgrade::model::cli::bench(&args)?)?
-        ),
+        Command::Info { file } => emit(&serde_json::to_string(&ctgrade::volume::info::info(
+            &file,
+        )?)?)?,
+        Command::Forward(args) => emit(&ctgrade::model::cli::forward(&args)?)?,
+        Command::Bench(args) => emit(&serde_json::to_string(&ctgrade::model::cli::bench(&args)?)?)?,
         Command::Synth(args) => ctgrade::synth::run(&args)?,
-        Command::Preprocess(args) => {
-            let report = ctgrade::preprocess::cli::run(&args)?;
-            println!("{}", serde_json::to_string(&report)?)
-        }
-        Command::Convert(args) => println!(
-            "{}",
-            serde_json::to_string_pretty(&ctgrade::model::convert::convert(&args)?)?
-        ),
-        Command::Inflate(args) => println!(
-            "{}",
-            serde_json::to_string_pretty(&ctgrade::model::inflate::inflate(&args)?)?
-        ),
+        Command::Preprocess(args) => emit(&serde_json::to_string(
+            &ctgrade::preprocess::cli::run(&args)?,
+        )?)?,
+        Command::Convert(args) => emit(&serde_json::to_string_pretty(
+            &ctgrade::model::convert::convert(&args)?,
+        )?)?,
+        Command::Inflate(args) => emit(&serde_json::to_string_pretty(
+            &ctgrade::model::inflate::inflate(&args)?,
+        )?)?,
         Command::Ensemble(cmd) => ensemble_command(cmd)?,
     }
     Ok(ExitCode::SUCCESS)
