@@ -31,12 +31,13 @@ pub struct DenseNetConfig {
 }
 
 impl DenseNetConfig {
-    /// Published block sizes of the registered DenseNets.
+    /// Published block sizes of the registered DenseNets (3-D, and 2-D ones in `slice2d`).
     pub fn blocks(arch: Arch) -> Option<Vec<usize>> {
         match arch {
-            Arch::DenseNet121_3d => Some(vec![6, 12, 24, 16]),
-            Arch::DenseNet169_3d => Some(vec![6, 12, 32, 32]),
-            Arch::DenseNet201_3d => Some(vec![6, 12, 48, 32]),
+            Arch::DenseNet121_3d | Arch::DenseNet121_2d => Some(vec![6, 12, 24, 16]),
+            Arch::DenseNet169_3d | Arch::DenseNet169_2d => Some(vec![6, 12, 32, 32]),
+            Arch::DenseNet201_3d | Arch::DenseNet201_2d => Some(vec![6, 12, 48, 32]),
+            _ => None,
         }
     }
 
@@ -80,7 +81,7 @@ impl DenseNetConfig {
     }
 
     /// Channels entering each block, and the final feature width.
-    fn widths(&self) -> (Vec<usize>, usize) {
+    pub(crate) fn widths(&self) -> (Vec<usize>, usize) {
         let mut c = self.init_features;
         let mut ins = Vec::with_capacity(self.block_config.len());
         for (i, &layers) in self.block_config.iter().enumerate() {
@@ -136,7 +137,7 @@ impl DenseNetConfig {
     }
 }
 
-fn layer_prefix(naming: Naming, block: usize, layer: usize) -> String {
+pub(crate) fn layer_prefix(naming: Naming, block: usize, layer: usize) -> String {
     let base = format!("features.denseblock{}.denselayer{}", block + 1, layer + 1);
     match naming {
         Naming::Monai => format!("{base}.layers"),
@@ -144,7 +145,7 @@ fn layer_prefix(naming: Naming, block: usize, layer: usize) -> String {
     }
 }
 
-fn head_prefix(naming: Naming) -> &'static str {
+pub(crate) fn head_prefix(naming: Naming) -> &'static str {
     match naming {
         Naming::Monai => "class_layers.out",
         Naming::Torchvision => "classifier",
@@ -152,7 +153,7 @@ fn head_prefix(naming: Naming) -> &'static str {
 }
 
 /// Old torchvision checkpoints spell `denselayer1.norm.1.weight` for `denselayer1.norm1.weight`.
-fn legacy_name(name: &str) -> String {
+pub(crate) fn legacy_name(name: &str) -> String {
     let parts: Vec<&str> = name.split('.').collect();
     let n = parts.len();
     if n >= 3 && parts[n - 3].starts_with("denselayer") {

@@ -1,22 +1,32 @@
 //! 3-D CNNs on candle: the layers candle lacks ([`layers`]), fast CPU kernels for them (`cpu`),
-//! the paper's networks ([`densenet`]) and a registry that builds them by name from safetensors
-//! weights with MONAI or torchvision-style parameter names.
+//! the paper's networks ([`densenet`], [`resnet`], [`inception`], and the 2-D variants with the
+//! slice reduction in [`slice2d`]) and a registry that builds them by name from safetensors
+//! weights with MONAI, torchvision or I3D-port parameter names.
 
 pub mod cli;
 pub mod convert;
 pub(crate) mod cpu;
 pub mod densenet;
+pub mod inception;
 pub mod inflate;
 pub mod layers;
+pub mod resnet;
+pub mod slice2d;
 
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::Tensor;
-use candle_nn::VarBuilder;
+use candle_core::{Module, Result as CResult, Tensor};
+use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use layers::{BatchNorm3d, Conv3d, Conv3dConfig, Padding3d};
+
 /// The architectures this crate can build, by their command-line names.
+///
+/// The `-3d` networks convolve the volume; the `-2d` ones (and `covnet`) run a 2-D network on
+/// every axial slice, max-pool its globally pooled features across slices and apply one linear
+/// layer (Li et al.'s reduction, used by the paper for every 2-D network).
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Arch {
@@ -29,14 +39,63 @@ pub enum Arch {
     /// 3-D DenseNet-201, blocks (6, 12, 48, 32): the paper's best model.
     #[serde(rename = "densenet201-3d")]
     DenseNet201_3d,
+    /// 3-D ResNet-18 (basic blocks 2, 2, 2, 2), as MONAI's `ResNet(spatial_dims=3)`.
+    #[serde(rename = "resnet18-3d")]
+    ResNet18_3d,
+    /// 3-D ResNet-34 (basic blocks 3, 4, 6, 3), as MONAI's `ResNet(spatial_dims=3)`.
+    #[serde(rename = "resnet34-3d")]
+    ResNet34_3d,
+    /// 3-D ResNet-50 (bottlenecks 3, 4, 6, 3), as MONAI's `ResNet(spatial_dims=3)`.
+    #[serde(rename = "resnet50-3d")]
+    ResNet50_3d,
+    /// 3-D Inception-v1 (I3D, Carreira & Zisserman), TensorFlow "SAME" padding.
+    #[serde(rename = "inception-v1-3d")]
+    InceptionV1_3d,
+    /// 2-D DenseNet-121 on every slice (torchvision or MONAI names).
+    #[serde(rename = "densenet121-2d")]
+    DenseNet121_2d,
+    /// 2-D DenseNet-169 on every slice.
+    #[serde(rename = "densenet169-2d")]
+    DenseNet169_2d,
+    /// 2-D DenseNet-201 on every slice.
+    #[serde(rename = "densenet201-2d")]
+    DenseNet201_2d,
+    /// 2-D Inception-v1 (torchvision GoogLeNet without auxiliary heads) on every slice.
+    #[serde(rename = "inception-v1-2d")]
+    InceptionV1_2d,
+    /// 2-D ResNet-18 (torchvision) on every slice.
+    #[serde(rename = "resnet18-2d")]
+    ResNet18_2d,
+    /// 2-D ResNet-34 (torchvision) on every slice.
+    #[serde(rename = "resnet34-2d")]
+    ResNet34_2d,
+    /// 2-D ResNet-50 (torchvision) on every slice.
+    #[serde(rename = "resnet50-2d")]
+    ResNet50_2d,
+    /// COVNet (Li et al., Radiology 2020), the paper's baseline: a torchvision ResNet-50 on every
+    /// slice with the same reduction (the same network as `resnet50-2d`).
+    #[serde(rename = "covnet")]
+    CovNet,
 }
 
 impl Arch {
     /// Every architecture, in registry order.
-    pub const ALL: [Arch; 3] = [
+    pub const ALL: [Arch; 15] = [
         Arch::DenseNet121_3d,
         Arch::DenseNet169_3d,
         Arch::DenseNet201_3d,
+        Arch::ResNet18_3d,
+        Arch::ResNet34_3d,
+        Arch::ResNet50_3d,
+        Arch::InceptionV1_3d,
+        Arch::DenseNet121_2d,
+        Arch::DenseNet169_2d,
+        Arch::DenseNet201_2d,
+        Arch::InceptionV1_2d,
+        Arch::ResNet18_2d,
+        Arch::ResNet34_2d,
+        Arch::ResNet50_2d,
+        Arch::CovNet,
     ];
 
     /// The command-line name, e.g. `densenet201-3d`.
@@ -45,8 +104,57 @@ impl Arch {
             Arch::DenseNet121_3d => "densenet121-3d",
             Arch::DenseNet169_3d => "densenet169-3d",
             Arch::DenseNet201_3d => "densenet201-3d",
+            Arch::ResNet18_3d => "resnet18-3d",
+            Arch::ResNet34_3d => "resnet34-3d",
+            Arch::ResNet50_3d => "resnet50-3d",
+            Arch::InceptionV1_3d => "inception-v1-3d",
+            Arch::DenseNet121_2d => "densenet121-2d",
+            Arch::DenseNet169_2d => "densenet169-2d",
+            Arch::DenseNet201_2d => "densenet201-2d",
+            Arch::InceptionV1_2d => "inception-v1-2d",
+            Arch::ResNet18_2d => "resnet18-2d",
+            Arch::ResNet34_2d => "resnet34-2d",
+            Arch::ResNet50_2d => "resnet50-2d",
+            Arch::CovNet => "covnet",
         }
     }
+
+    /// The family, which decides the hyper-parameters that apply.
+    pub fn family(self) -> Family {
+        match self {
+            Arch::DenseNet121_3d | Arch::DenseNet169_3d | Arch::DenseNet201_3d => {
+                Family::DenseNet3d
+            }
+            Arch::ResNet18_3d | Arch::ResNet34_3d | Arch::ResNet50_3d => Family::ResNet3d,
+            Arch::InceptionV1_3d | Arch::InceptionV1_2d => Family::Inception,
+            Arch::DenseNet121_2d | Arch::DenseNet169_2d | Arch::DenseNet201_2d => {
+                Family::DenseNet2d
+            }
+            Arch::ResNet18_2d | Arch::ResNet34_2d | Arch::ResNet50_2d | Arch::CovNet => {
+                Family::ResNet2d
+            }
+        }
+    }
+
+    /// All names, comma-separated (for error messages and help).
+    pub fn known_names() -> String {
+        Arch::ALL.map(Arch::name).join(", ")
+    }
+}
+
+/// Architecture families: which [`NetworkConfig`] overrides each accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// 3-D DenseNets (MONAI).
+    DenseNet3d,
+    /// 2-D DenseNets on slices (torchvision or MONAI).
+    DenseNet2d,
+    /// 3-D ResNets (MONAI).
+    ResNet3d,
+    /// 2-D ResNets on slices (torchvision), COVNet.
+    ResNet2d,
+    /// Inception-v1: I3D (3-D) and GoogLeNet (2-D on slices).
+    Inception,
 }
 
 impl fmt::Display for Arch {
@@ -79,7 +187,7 @@ pub struct NetworkConfig {
     /// DenseNet growth rate (32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub growth_rate: Option<usize>,
-    /// DenseNet layers per block.
+    /// Layers per block: DenseNet dense layers, or ResNet residual blocks per stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_config: Option<Vec<usize>>,
     /// DenseNet bottleneck width factor (4).
@@ -88,6 +196,26 @@ pub struct NetworkConfig {
     /// DenseNet stem width (64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_features: Option<usize>,
+    /// ResNet and Inception: every published channel count divided by this (1); for small test
+    /// networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width_divisor: Option<usize>,
+    /// 3-D ResNet stem kernel size (MONAI `conv1_t_size`, 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv1_t_size: Option<usize>,
+    /// 3-D ResNet stem stride (MONAI `conv1_t_stride`). Default 2, as MedicalNet and MONAI's
+    /// `ResNetFeatures` (MONAI's `ResNet` class defaults to 1, which costs about 8 times more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv1_t_stride: Option<usize>,
+    /// 3-D ResNet shortcut on downsampling blocks (MONAI `shortcut_type`, "B").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortcut_type: Option<resnet::ShortcutType>,
+    /// 3-D ResNet: whether type-B shortcut convolutions have a bias (MONAI `bias_downsample`, true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias_downsample: Option<bool>,
+    /// 3-D ResNet: skip the stem's max pool (MONAI `no_max_pool`, false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_max_pool: Option<bool>,
 }
 
 impl NetworkConfig {
@@ -101,7 +229,66 @@ impl NetworkConfig {
             block_config: None,
             bn_size: None,
             init_features: None,
+            width_divisor: None,
+            conv1_t_size: None,
+            conv1_t_stride: None,
+            shortcut_type: None,
+            bias_downsample: None,
+            no_max_pool: None,
         }
+    }
+
+    /// Rejects overrides the architecture has no use for (they would be silently ignored), and
+    /// zero input channels or outputs.
+    pub fn check_overrides(&self) -> Result<(), ModelError> {
+        use Family::*;
+        let family = self.arch.family();
+        let fields: [(&str, bool, &[Family]); 10] = [
+            (
+                "growth_rate",
+                self.growth_rate.is_some(),
+                &[DenseNet3d, DenseNet2d],
+            ),
+            ("bn_size", self.bn_size.is_some(), &[DenseNet3d, DenseNet2d]),
+            (
+                "init_features",
+                self.init_features.is_some(),
+                &[DenseNet3d, DenseNet2d],
+            ),
+            (
+                "block_config",
+                self.block_config.is_some(),
+                &[DenseNet3d, DenseNet2d, ResNet3d, ResNet2d],
+            ),
+            (
+                "width_divisor",
+                self.width_divisor.is_some(),
+                &[ResNet3d, ResNet2d, Inception],
+            ),
+            ("conv1_t_size", self.conv1_t_size.is_some(), &[ResNet3d]),
+            ("conv1_t_stride", self.conv1_t_stride.is_some(), &[ResNet3d]),
+            ("shortcut_type", self.shortcut_type.is_some(), &[ResNet3d]),
+            (
+                "bias_downsample",
+                self.bias_downsample.is_some(),
+                &[ResNet3d],
+            ),
+            ("no_max_pool", self.no_max_pool.is_some(), &[ResNet3d]),
+        ];
+        for (name, set, families) in fields {
+            if set && !families.contains(&family) {
+                return Err(ModelError::InvalidConfig(format!(
+                    "{name} does not apply to {}",
+                    self.arch
+                )));
+            }
+        }
+        if self.in_channels == 0 || self.num_outputs == 0 {
+            return Err(ModelError::InvalidConfig(
+                "in_channels and num_outputs must be positive".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -111,7 +298,10 @@ pub trait Classifier: Send + Sync {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
 }
 
-/// Parameter-name conventions of checkpoints.
+/// Parameter-name conventions of checkpoints. They differ only for DenseNets (3-D and 2-D); every
+/// other architecture has one convention, which both values name: MONAI's for the 3-D ResNets
+/// (`layer1.0.conv1.weight`, `fc.weight`), the I3D port's for the 3-D Inception
+/// (`mixed_4b.branch_1.1.conv3d.weight`), torchvision's for the 2-D ResNets and GoogLeNet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Naming {
     /// MONAI: `features.denseblock1.denselayer1.layers.norm1.weight`, `class_layers.out.weight`.
@@ -125,7 +315,7 @@ pub enum Naming {
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// Not a registered architecture name.
-    #[error("unknown architecture {0:?} (known: densenet121-3d, densenet169-3d, densenet201-3d)")]
+    #[error("unknown architecture {0:?} (known: {known})", known = Arch::known_names())]
     UnknownArch(String),
     /// Inconsistent hyper-parameters.
     #[error("invalid network configuration: {0}")]
@@ -175,10 +365,23 @@ pub fn build_with_naming(
     vb: VarBuilder,
     naming: Naming,
 ) -> Result<Box<dyn Classifier>, ModelError> {
-    match cfg.arch {
-        Arch::DenseNet121_3d | Arch::DenseNet169_3d | Arch::DenseNet201_3d => {
+    cfg.check_overrides()?;
+    match cfg.arch.family() {
+        Family::DenseNet3d => {
             let dc = densenet::DenseNetConfig::from_network(cfg)?;
             Ok(Box::new(densenet::DenseNet3d::new(&dc, vb, naming)?))
+        }
+        Family::DenseNet2d => {
+            let dc = densenet::DenseNetConfig::from_network(cfg)?;
+            Ok(Box::new(slice2d::DenseNet2d::new(&dc, vb, naming)?))
+        }
+        Family::ResNet3d | Family::ResNet2d => {
+            let rc = resnet::ResNetConfig::from_network(cfg)?;
+            Ok(Box::new(resnet::ResNet::new(&rc, vb)?))
+        }
+        Family::Inception => {
+            let ic = inception::InceptionConfig::from_network(cfg)?;
+            Ok(Box::new(inception::Inception::new(&ic, vb)?))
         }
     }
 }
@@ -203,7 +406,8 @@ pub fn detect_naming(cfg: &NetworkConfig, vb: &VarBuilder) -> Naming {
 }
 
 /// Names and shapes every parameter the network expects (for manifest checks before compute),
-/// with MONAI's names. Empty for an invalid configuration.
+/// with MONAI's names (the architecture's only names where it has one convention). The stem
+/// convolution comes first, the head's weight and bias last. Empty for an invalid configuration.
 pub fn expected_tensors(cfg: &NetworkConfig) -> Vec<(String, Vec<usize>)> {
     expected_tensors_named(cfg, Naming::Monai).unwrap_or_default()
 }
@@ -213,11 +417,20 @@ pub fn expected_tensors_named(
     cfg: &NetworkConfig,
     naming: Naming,
 ) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
-    match cfg.arch {
-        Arch::DenseNet121_3d | Arch::DenseNet169_3d | Arch::DenseNet201_3d => {
+    cfg.check_overrides()?;
+    match cfg.arch.family() {
+        Family::DenseNet3d => {
             let dc = densenet::DenseNetConfig::from_network(cfg)?;
             Ok(dc.expected_tensors(naming))
         }
+        Family::DenseNet2d => {
+            let dc = densenet::DenseNetConfig::from_network(cfg)?;
+            Ok(slice2d::densenet_expected_tensors(&dc, naming))
+        }
+        Family::ResNet3d | Family::ResNet2d => {
+            Ok(resnet::ResNetConfig::from_network(cfg)?.expected_tensors())
+        }
+        Family::Inception => Ok(inception::InceptionConfig::from_network(cfg)?.expected_tensors()),
     }
 }
 
@@ -248,6 +461,209 @@ pub(crate) fn get_param(
                     }),
                     _ => Err(ModelError::Candle(e)),
                 }
+            }
+        }
+    }
+}
+
+/// Whether kernels span depth (3-D networks) or act on each axial slice alone. A 2-D network run
+/// on every slice is a network of depth-1 kernels over the volume: the same computation, on the
+/// same NCDHW tensors and 3-D layers, with no reshaping between slices and batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spatial {
+    /// Cubic kernels over (D, H, W).
+    D3,
+    /// (1, k, k) kernels: each slice on its own.
+    D2,
+}
+
+impl Spatial {
+    /// A kernel, window or stride of `k` along every spanned axis (1 along depth for 2-D).
+    pub fn cube(self, k: usize) -> [usize; 3] {
+        match self {
+            Spatial::D3 => [k; 3],
+            Spatial::D2 => [1, k, k],
+        }
+    }
+
+    /// Per-side padding `p` on every spanned axis.
+    pub fn pad(self, p: [usize; 2]) -> Padding3d {
+        match self {
+            Spatial::D3 => [p; 3],
+            Spatial::D2 => [[0, 0], p, p],
+        }
+    }
+
+    /// Stride `s` and symmetric padding `p` on every spanned axis.
+    pub fn conv(self, stride: usize, p: usize) -> Conv3dConfig {
+        Conv3dConfig {
+            stride: self.cube(stride),
+            padding: self.pad([p, p]),
+        }
+    }
+
+    /// A convolution weight's shape as checkpoints store it: (C_out, C_in, k, k, k) or
+    /// (C_out, C_in, k, k).
+    pub fn weight_shape(self, c_out: usize, c_in: usize, k: usize) -> Vec<usize> {
+        match self {
+            Spatial::D3 => vec![c_out, c_in, k, k, k],
+            Spatial::D2 => vec![c_out, c_in, k, k],
+        }
+    }
+}
+
+/// Appends a BatchNorm's four tensors (affine parameters and running statistics).
+pub(crate) fn push_bn(out: &mut Vec<(String, Vec<usize>)>, prefix: &str, c: usize) {
+    for s in ["weight", "bias", "running_mean", "running_var"] {
+        out.push((format!("{prefix}.{s}"), vec![c]));
+    }
+}
+
+/// Loads a BatchNorm in inference form.
+pub(crate) fn load_bn(vb: &VarBuilder, c: usize, eps: f64) -> Result<BatchNorm3d, ModelError> {
+    Ok(BatchNorm3d {
+        weight: get_param(vb, &[c], "weight", Init::Const(1.0))?,
+        bias: get_param(vb, &[c], "bias", Init::Const(0.0))?,
+        running_mean: get_param(vb, &[c], "running_mean", Init::Const(0.0))?,
+        running_var: get_param(vb, &[c], "running_var", Init::Const(1.0))?,
+        eps,
+    })
+}
+
+/// Loads a `k`-sized convolution (a 2-D weight becomes a depth-1 3-D one), with a bias if asked.
+pub(crate) fn load_conv(
+    vb: &VarBuilder,
+    spatial: Spatial,
+    (c_out, c_in, k): (usize, usize, usize),
+    cfg: Conv3dConfig,
+    bias: bool,
+) -> Result<Conv3d, ModelError> {
+    let shape = spatial.weight_shape(c_out, c_in, k);
+    let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f64;
+    // He (Kaiming) normal for networks created from scratch.
+    let init = Init::Randn {
+        mean: 0.0,
+        stdev: (2.0 / fan_in).sqrt(),
+    };
+    let mut w = get_param(vb, &shape, "weight", init)?;
+    if spatial == Spatial::D2 {
+        w = w.unsqueeze(2)?;
+    }
+    let b = if bias {
+        let bound = 1.0 / fan_in.sqrt();
+        Some(get_param(
+            vb,
+            &[c_out],
+            "bias",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?)
+    } else {
+        None
+    };
+    Ok(Conv3d::new(w, b, cfg)?)
+}
+
+/// Loads a linear layer `(n_out, n_in)` with a bias, stored under `shape` (a 1x1x1 convolution's
+/// weight for the I3D head).
+pub(crate) fn load_linear(
+    vb: &VarBuilder,
+    n_out: usize,
+    n_in: usize,
+    shape: &[usize],
+) -> Result<candle_nn::Linear, ModelError> {
+    let bound = 1.0 / (n_in as f64).sqrt();
+    let w = get_param(
+        vb,
+        shape,
+        "weight",
+        Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?
+    .reshape((n_out, n_in))?;
+    let b = get_param(vb, &[n_out], "bias", Init::Const(0.0))?;
+    Ok(candle_nn::Linear::new(w, Some(b)))
+}
+
+/// A convolution with the BatchNorm after it folded in, and optionally the ReLU after that
+/// (fused into the CPU kernel when it runs).
+#[derive(Clone, Debug)]
+pub(crate) struct ConvUnit {
+    conv: Conv3d,
+    relu: bool,
+}
+
+impl ConvUnit {
+    /// `conv` followed by `bn` (folded) and, if `relu`, a ReLU.
+    pub(crate) fn new(
+        conv: &Conv3d,
+        bn: Option<&BatchNorm3d>,
+        relu: bool,
+    ) -> Result<Self, ModelError> {
+        let conv = match bn {
+            Some(bn) => bn.fold_into(conv)?,
+            None => conv.clone(),
+        };
+        Ok(Self { conv, relu })
+    }
+
+    /// Output channels.
+    pub(crate) fn c_out(&self) -> CResult<usize> {
+        self.conv.weight().dim(0)
+    }
+
+    /// The unit concatenated with others along output channels: one pass over a shared input.
+    pub(crate) fn stack(units: &[&ConvUnit]) -> Result<Self, ModelError> {
+        let Some(first) = units.first() else {
+            return Err(ModelError::InvalidConfig("no convolutions to stack".into()));
+        };
+        let same = units
+            .iter()
+            .all(|u| u.relu == first.relu && u.conv.config() == first.conv.config());
+        if !same {
+            return Err(ModelError::InvalidConfig(
+                "stacked convolutions differ in geometry or activation".into(),
+            ));
+        }
+        let ws: Vec<&Tensor> = units.iter().map(|u| u.conv.weight()).collect();
+        let bias = units
+            .iter()
+            .map(|u| match u.conv.bias() {
+                Some(b) => Ok(b.clone()),
+                None => Tensor::zeros(
+                    u.c_out()?,
+                    u.conv.weight().dtype(),
+                    u.conv.weight().device(),
+                ),
+            })
+            .collect::<CResult<Vec<_>>>()?;
+        let conv = Conv3d::new(
+            Tensor::cat(&ws, 0)?,
+            Some(Tensor::cat(&bias, 0)?),
+            *first.conv.config(),
+        )?;
+        Ok(Self {
+            conv,
+            relu: first.relu,
+        })
+    }
+}
+
+impl Module for ConvUnit {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let c = &self.conv;
+        if cpu::eligible(&[x, c.weight()]) && c.bias().is_none_or(|b| !b.track_op()) {
+            cpu::conv3d_act(x, c.weight(), c.bias(), c.config(), self.relu)
+        } else {
+            let y = c.forward_composed(x)?;
+            if self.relu {
+                y.relu()
+            } else {
+                Ok(y)
             }
         }
     }

@@ -1,0 +1,432 @@
+//! Inception-v1 (Szegedy et al. 2015): 3-D as I3D (Carreira & Zisserman 2017), with the parameter
+//! names of its PyTorch port used by the STOIC 2021 baseline, and 2-D as torchvision's GoogLeNet
+//! (no auxiliary heads, `transform_input=False`) for the slice-wise variant ([`super::slice2d`]).
+//!
+//! Both have the same stem, the same nine mixed blocks (1x1; 1x1 -> 3x3; 1x1 -> 3x3; max pool ->
+//! 1x1 branches, concatenated) and the same pools between them. They differ in geometry:
+//! - I3D: cubic kernels with TensorFlow "SAME" padding as the port computes it from kernel and
+//!   stride (`max(k - s, 0)` split with the extra tap after: the 7x7x7 stride-2 stem pads (2, 3));
+//!   max pools with that padding and ceil mode; BatchNorm eps 1e-5; head a 1x1x1 convolution with
+//!   bias (`conv3d_0c_1x1.conv3d`) after global average pooling (the port's fixed (2, 7, 7) window
+//!   only fits its 64x224x224 input).
+//! - GoogLeNet: (1, k, k) kernels with symmetric padding, unpadded ceil-mode max pools, BatchNorm
+//!   eps 1e-3, head `fc`.
+//!
+//! The three 1x1 convolutions that read a block's input run as one stacked convolution.
+
+use candle_core::{Module, Result as CResult, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use super::layers::{global_avg_pool, Conv3dConfig, Pool3d, Pool3dConfig};
+use super::{
+    load_bn, load_conv, load_linear, push_bn, slice2d, Arch, Classifier, ConvUnit, ModelError,
+    NetworkConfig, Spatial,
+};
+
+/// Which Inception-v1 flavour: geometry and parameter names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// 3-D I3D, PyTorch-port names (`mixed_4b.branch_1.1.conv3d.weight`).
+    I3d,
+    /// 2-D torchvision GoogLeNet names (`inception4a.branch2.1.conv.weight`), on every slice.
+    GoogLeNet,
+}
+
+/// Mixed blocks: I3D name, GoogLeNet name, widths (1x1, 3x3 reduce, 3x3, second 3x3 reduce,
+/// second 3x3, pool projection). The second branch is 3x3 in both (5x5 in the paper).
+const MIXED: [(&str, &str, [usize; 6]); 9] = [
+    ("mixed_3b", "inception3a", [64, 96, 128, 16, 32, 32]),
+    ("mixed_3c", "inception3b", [128, 128, 192, 32, 96, 64]),
+    ("mixed_4b", "inception4a", [192, 96, 208, 16, 48, 64]),
+    ("mixed_4c", "inception4b", [160, 112, 224, 24, 64, 64]),
+    ("mixed_4d", "inception4c", [128, 128, 256, 24, 64, 64]),
+    ("mixed_4e", "inception4d", [112, 144, 288, 32, 64, 64]),
+    ("mixed_4f", "inception4e", [256, 160, 320, 32, 128, 128]),
+    ("mixed_5b", "inception5a", [256, 160, 320, 32, 128, 128]),
+    ("mixed_5c", "inception5b", [384, 192, 384, 48, 128, 128]),
+];
+
+/// Stem convolutions: I3D name, GoogLeNet name, width, kernel, stride.
+const STEM: [(&str, &str, usize, usize, usize); 3] = [
+    ("conv3d_1a_7x7", "conv1", 64, 7, 2),
+    ("conv3d_2b_1x1", "conv2", 64, 1, 1),
+    ("conv3d_2c_3x3", "conv3", 192, 3, 1),
+];
+
+/// Hyper-parameters of an Inception-v1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InceptionConfig {
+    /// Flavour.
+    pub style: Style,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Outputs of the head.
+    pub num_outputs: usize,
+    /// Every channel count divided by this, rounded down but at least 1 (1 as published).
+    pub width_divisor: usize,
+}
+
+/// One convolution + BatchNorm + ReLU unit: name prefix, output and input channels, kernel.
+type UnitSpec = (String, usize, usize, usize);
+
+impl InceptionConfig {
+    /// The configuration of `cfg` (`inception-v1-3d` or `inception-v1-2d`).
+    pub fn from_network(cfg: &NetworkConfig) -> Result<Self, ModelError> {
+        let style = match cfg.arch {
+            Arch::InceptionV1_3d => Style::I3d,
+            Arch::InceptionV1_2d => Style::GoogLeNet,
+            other => {
+                return Err(ModelError::InvalidConfig(format!(
+                    "{other} is not an Inception-v1"
+                )))
+            }
+        };
+        let width_divisor = cfg.width_divisor.unwrap_or(1);
+        if width_divisor == 0 {
+            return Err(ModelError::InvalidConfig(
+                "width_divisor must be positive".into(),
+            ));
+        }
+        Ok(Self {
+            style,
+            in_channels: cfg.in_channels,
+            num_outputs: cfg.num_outputs,
+            width_divisor,
+        })
+    }
+
+    fn spatial(&self) -> Spatial {
+        match self.style {
+            Style::I3d => Spatial::D3,
+            Style::GoogLeNet => Spatial::D2,
+        }
+    }
+
+    fn w(&self, c: usize) -> usize {
+        (c / self.width_divisor).max(1)
+    }
+
+    fn bn_eps(&self) -> f64 {
+        match self.style {
+            Style::I3d => 1e-5,
+            Style::GoogLeNet => 1e-3,
+        }
+    }
+
+    fn conv_name(&self, unit: &str) -> String {
+        match self.style {
+            Style::I3d => format!("{unit}.conv3d"),
+            Style::GoogLeNet => format!("{unit}.conv"),
+        }
+    }
+
+    fn bn_name(&self, unit: &str) -> String {
+        match self.style {
+            Style::I3d => format!("{unit}.batch3d"),
+            Style::GoogLeNet => format!("{unit}.bn"),
+        }
+    }
+
+    fn head_name(&self) -> &'static str {
+        match self.style {
+            Style::I3d => "conv3d_0c_1x1.conv3d",
+            Style::GoogLeNet => "fc",
+        }
+    }
+
+    /// The stem units in order.
+    fn stem(&self) -> Vec<UnitSpec> {
+        let mut c = self.in_channels;
+        STEM.iter()
+            .map(|&(i3d, tv, width, k, _)| {
+                let name = match self.style {
+                    Style::I3d => i3d,
+                    Style::GoogLeNet => tv,
+                };
+                let spec = (name.to_string(), self.w(width), c, k);
+                c = self.w(width);
+                spec
+            })
+            .collect()
+    }
+
+    /// Each mixed block's units (1x1, 3x3 reduce, 3x3, reduce, 3x3, pool projection) and its
+    /// output width.
+    fn mixed(&self) -> Vec<([UnitSpec; 6], usize)> {
+        let mut c = self.w(STEM[2].2);
+        MIXED
+            .iter()
+            .map(|&(i3d, tv, widths)| {
+                let [a, br, b, cr, cc, p] = widths.map(|x| self.w(x));
+                let (block, branches) = match self.style {
+                    Style::I3d => (
+                        i3d,
+                        [
+                            "branch_0",
+                            "branch_1.0",
+                            "branch_1.1",
+                            "branch_2.0",
+                            "branch_2.1",
+                            "branch_3.1",
+                        ],
+                    ),
+                    Style::GoogLeNet => (
+                        tv,
+                        [
+                            "branch1",
+                            "branch2.0",
+                            "branch2.1",
+                            "branch3.0",
+                            "branch3.1",
+                            "branch4.1",
+                        ],
+                    ),
+                };
+                let n = |i: usize| format!("{block}.{}", branches[i]);
+                let units = [
+                    (n(0), a, c, 1),
+                    (n(1), br, c, 1),
+                    (n(2), b, br, 3),
+                    (n(3), cr, c, 1),
+                    (n(4), cc, cr, 3),
+                    (n(5), p, c, 1),
+                ];
+                c = a + b + cc + p;
+                (units, c)
+            })
+            .collect()
+    }
+
+    /// Width of the pooled features the head sees (1024 as published).
+    pub fn feature_width(&self) -> usize {
+        self.mixed().last().map_or(0, |m| m.1)
+    }
+
+    fn head_shape(&self) -> Vec<usize> {
+        let f = self.feature_width();
+        match self.style {
+            Style::I3d => vec![self.num_outputs, f, 1, 1, 1],
+            Style::GoogLeNet => vec![self.num_outputs, f],
+        }
+    }
+
+    /// Every parameter (name, shape) in state-dict order, BatchNorm statistics included.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let sp = self.spatial();
+        let mut out = Vec::new();
+        let units = self
+            .stem()
+            .into_iter()
+            .chain(self.mixed().into_iter().flat_map(|(u, _)| u));
+        for (name, co, ci, k) in units {
+            out.push((
+                format!("{}.weight", self.conv_name(&name)),
+                sp.weight_shape(co, ci, k),
+            ));
+            push_bn(&mut out, &self.bn_name(&name), co);
+        }
+        out.push((format!("{}.weight", self.head_name()), self.head_shape()));
+        out.push((format!("{}.bias", self.head_name()), vec![self.num_outputs]));
+        out
+    }
+
+    /// Per-side padding of a convolution or pool along one axis.
+    fn pad(&self, k: usize, s: usize, pool: bool) -> [usize; 2] {
+        match self.style {
+            Style::I3d => {
+                let along = k.saturating_sub(s);
+                [along / 2, along - along / 2]
+            }
+            // torchvision pads convolutions by k/2 and pools not at all (ceil mode instead),
+            // except the stride-1 branch pool.
+            Style::GoogLeNet if pool && s > 1 => [0, 0],
+            Style::GoogLeNet => [k / 2, k / 2],
+        }
+    }
+
+    fn conv_cfg(&self, k: usize, s: usize) -> Conv3dConfig {
+        let sp = self.spatial();
+        Conv3dConfig {
+            stride: sp.cube(s),
+            padding: sp.pad(self.pad(k, s, false)),
+        }
+    }
+
+    /// Ceil-mode max pool of window `k` (1 x k x k for the stem pools) and stride `s`.
+    fn pool(&self, k: [usize; 3], s: [usize; 3]) -> Pool3d {
+        let k = match self.spatial() {
+            Spatial::D3 => k,
+            Spatial::D2 => [1, k[1], k[2]],
+        };
+        let s = match self.spatial() {
+            Spatial::D3 => s,
+            Spatial::D2 => [1, s[1], s[2]],
+        };
+        Pool3d::max(Pool3dConfig {
+            kernel: k,
+            stride: s,
+            padding: [0, 1, 2].map(|a| self.pad(k[a], s[a], true)),
+            ceil_mode: true,
+        })
+    }
+
+    fn load_unit(
+        &self,
+        vb: &VarBuilder,
+        (name, co, ci, k): &UnitSpec,
+        s: usize,
+    ) -> Result<ConvUnit, ModelError> {
+        let conv = load_conv(
+            &vb.pp(self.conv_name(name)),
+            self.spatial(),
+            (*co, *ci, *k),
+            self.conv_cfg(*k, s),
+            false,
+        )?;
+        let bn = load_bn(&vb.pp(self.bn_name(name)), *co, self.bn_eps())?;
+        ConvUnit::new(&conv, Some(&bn), true)
+    }
+}
+
+/// A mixed block: the stacked 1x1 convolutions (branch 0 output and both reductions), the two
+/// 3x3 convolutions, and the pool branch.
+#[derive(Clone, Debug)]
+struct Mixed {
+    pointwise: ConvUnit,
+    /// Channels of branch 0, reduction 1, reduction 2 in the stacked output.
+    split: [usize; 3],
+    conv_b: ConvUnit,
+    conv_c: ConvUnit,
+    pool: Pool3d,
+    pool_proj: ConvUnit,
+}
+
+impl Mixed {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let r = self.pointwise.forward(x)?;
+        let [a, b, c] = self.split;
+        let y0 = r.narrow(1, 0, a)?;
+        let y1 = self.conv_b.forward(&r.narrow(1, a, b)?)?;
+        let y2 = self.conv_c.forward(&r.narrow(1, a + b, c)?)?;
+        let y3 = self.pool_proj.forward(&self.pool.forward(x)?)?;
+        Tensor::cat(&[&y0, &y1, &y2, &y3], 1)
+    }
+}
+
+/// Ops of the network body in order.
+#[derive(Clone, Debug)]
+enum Stage {
+    Unit(ConvUnit),
+    Pool(Pool3d),
+    Mixed(Box<Mixed>),
+}
+
+/// An Inception-v1 in inference form: I3D with global average pooling, or GoogLeNet on every
+/// slice with the slice reduction.
+#[derive(Clone, Debug)]
+pub struct Inception {
+    spatial: Spatial,
+    stages: Vec<Stage>,
+    head: Linear,
+}
+
+impl Inception {
+    /// Loads the network from `vb`.
+    pub fn new(cfg: &InceptionConfig, vb: VarBuilder) -> Result<Self, ModelError> {
+        let mut stages = Vec::new();
+        let stem_pool = cfg.pool([1, 3, 3], [1, 2, 2]);
+        for (i, unit) in cfg.stem().iter().enumerate() {
+            stages.push(Stage::Unit(cfg.load_unit(&vb, unit, STEM[i].4)?));
+            // Pools after the first and the last stem convolution.
+            if i == 0 || i + 1 == STEM.len() {
+                stages.push(Stage::Pool(stem_pool));
+            }
+        }
+        for (i, (units, _)) in cfg.mixed().iter().enumerate() {
+            let [u0, u1, u2, u3, u4, u5] = units;
+            let l = |u: &UnitSpec| cfg.load_unit(&vb, u, 1);
+            let (a, b, c) = (l(u0)?, l(u1)?, l(u3)?);
+            stages.push(Stage::Mixed(Box::new(Mixed {
+                pointwise: ConvUnit::stack(&[&a, &b, &c])?,
+                split: [a.c_out()?, b.c_out()?, c.c_out()?],
+                conv_b: l(u2)?,
+                conv_c: l(u4)?,
+                pool: cfg.pool([3; 3], [1; 3]),
+                pool_proj: l(u5)?,
+            })));
+            // After mixed_3c / inception3b, and after mixed_4f / inception4e.
+            if i == 1 {
+                stages.push(Stage::Pool(cfg.pool([3; 3], [2; 3])));
+            } else if i == 6 {
+                stages.push(Stage::Pool(cfg.pool([2; 3], [2; 3])));
+            }
+        }
+        let head = load_linear(
+            &vb.pp(cfg.head_name()),
+            cfg.num_outputs,
+            cfg.feature_width(),
+            &cfg.head_shape(),
+        )?;
+        Ok(Self {
+            spatial: cfg.spatial(),
+            stages,
+            head,
+        })
+    }
+
+    /// The last mixed block's output, `(N, C, D', H', W')` (2-D: `D' = D`).
+    pub fn feature_map(&self, x: &Tensor) -> CResult<Tensor> {
+        let mut h = x.clone();
+        for s in &self.stages {
+            h = match s {
+                Stage::Unit(u) => u.forward(&h)?,
+                Stage::Pool(p) => p.forward(&h)?,
+                Stage::Mixed(m) => m.forward(&h)?,
+            };
+        }
+        Ok(h)
+    }
+}
+
+impl Classifier for Inception {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let f = match self.spatial {
+            Spatial::D3 => global_avg_pool(&self.feature_map(x)?)?,
+            Spatial::D2 => slice2d::slice_max_features(x, |s| self.feature_map(s))?,
+        };
+        self.head.forward(&f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(arch: Arch, outputs: usize) -> usize {
+        let cfg = InceptionConfig::from_network(&NetworkConfig::new(arch, 3, outputs)).unwrap();
+        cfg.expected_tensors()
+            .iter()
+            .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+
+    #[test]
+    fn published_sizes() {
+        // torchvision googlenet(aux_logits=False, num_classes=1000).
+        assert_eq!(params(Arch::InceptionV1_2d, 1000), 6_624_904);
+        // I3D: 400 Kinetics classes, no bias in the convolutions but the last.
+        assert_eq!(params(Arch::InceptionV1_3d, 400), 12_697_264);
+    }
+
+    #[test]
+    fn same_padding_of_the_port() {
+        let cfg =
+            InceptionConfig::from_network(&NetworkConfig::new(Arch::InceptionV1_3d, 3, 1)).unwrap();
+        assert_eq!(cfg.pad(7, 2, false), [2, 3]);
+        assert_eq!(cfg.pad(3, 1, false), [1, 1]);
+        assert_eq!(cfg.pad(3, 2, true), [0, 1]);
+        assert_eq!(cfg.pad(2, 2, true), [0, 0]);
+        assert_eq!(cfg.pad(1, 1, true), [0, 0]);
+    }
+}
