@@ -349,7 +349,7 @@ mod tests {
         assert!(resolve_config(Arch::DenseNet169_3d, 1, 5, Some(typo.path())).is_err());
         let other = config_file(&serde_json::json!({ "arch": "densenet201-3d" }));
         assert!(resolve_config(Arch::DenseNet169_3d, 1, 5, Some(other.path())).is_err());
-        assert!("resnet50-3d".parse::<Arch>().is_err());
+        assert!("resnet51-3d".parse::<Arch>().is_err());
         assert_eq!(
             "densenet201-3d".parse::<Arch>().unwrap().to_string(),
             "densenet201-3d"
