@@ -405,12 +405,12 @@ pub fn create(
         path: ensemble_json.clone(),
         reason: e.to_string(),
     })?;
-    crate::gc::outputs::write_atomic(&ensemble_json, format!("{text}\n").as_bytes()).map_err(
-        |e| EnsembleError::Io {
-            path: e.path,
-            source: e.source,
-        },
-    )?;
+    crate::fs::write_atomic(&ensemble_json, format!("{text}\n").as_bytes()).map_err(|source| {
+        EnsembleError::Io {
+            path: ensemble_json.clone(),
+            source,
+        }
+    })?;
     // Check what was written the way a run will.
     Ensemble::open(out)?;
     Ok(manifest)

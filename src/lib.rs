@@ -8,6 +8,7 @@
 
 pub mod device;
 pub mod ensemble;
+pub mod fs;
 pub mod gc;
 pub mod grading;
 pub mod model;

@@ -2,7 +2,6 @@
 //! Every file is written to a temporary name in its folder and renamed, so a reader (or the
 //! platform, if the job dies) never sees half a file.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -32,21 +31,12 @@ pub struct WriteError {
     pub source: std::io::Error,
 }
 
-/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
+/// Writes `bytes` to `path` atomically (see [`crate::fs::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
-    let err = |source| WriteError {
+    crate::fs::write_atomic(path, bytes).map_err(|source| WriteError {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new("."))).map_err(err)?;
-    tmp.write_all(bytes).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
+    })
 }
 
 /// Writes a value as JSON atomically.

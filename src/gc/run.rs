@@ -78,10 +78,13 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
     log(
         &bar,
         format!(
-            "ctgrade: {} case(s) in {} ({:?} layout); ensemble {:?}: {} x {} ({:?} head)",
+            "ctgrade: {} case(s) in {} ({} layout); ensemble {:?}: {} x {} ({:?} head)",
             inputs.cases.len(),
             opts.input.display(),
-            inputs.layout,
+            match inputs.layout {
+                Layout::Sockets => "grand-challenge socket",
+                Layout::Legacy => "legacy",
+            },
             ensemble.manifest.name,
             ensemble.len(),
             ensemble.manifest.network.arch,

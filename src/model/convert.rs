@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::io::{Read, Write as _};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -693,27 +693,7 @@ pub(crate) fn write_checked(
     };
     let bytes =
         safetensors::serialize(raws, Some(metadata)).map_err(|e| write_err(e.to_string()))?;
-    let dir = out
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| write_err(e.to_string()))?;
-    let mut builder = tempfile::Builder::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // Weights are read by other users, e.g. a container's non-root user.
-        builder.permissions(std::fs::Permissions::from_mode(0o644));
-    }
-    let mut tmp = builder
-        .tempfile_in(dir)
-        .map_err(|e| write_err(e.to_string()))?;
-    tmp.write_all(&bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| write_err(e.to_string()))?;
-    tmp.persist(out)
-        .map_err(|e| write_err(e.error.to_string()))?;
-    Ok(())
+    crate::fs::write_atomic(out, &bytes).map_err(|e| write_err(e.to_string()))
 }
 
 /// Metadata written into the safetensors header of converted files.
