@@ -9,7 +9,7 @@
 # needs the driver plus those libraries (same major versions) on its library path.
 #
 # Usage: scripts/build-cuda.sh [--cap 75] [--cuda 13.0|12.6] [--prefix DIR] [--out FILE]
-#                              [--check] [--keep-wheels] [--install-only]
+#                              [--check-rust-only] [--keep-wheels] [--install-only]
 #   --cap N      CUDA compute capability the kernels are compiled for (default 75 = T4). candle's kernels
 #                are PTX, which the driver JIT-compiles for any newer GPU, so 75 also runs on A100/H100;
 #                90 builds sm_90a code that runs on H100/H200 only.
@@ -17,8 +17,9 @@
 #                as new as the toolkit to JIT its PTX: 13.0 needs driver >= 580, 12.6 needs >= 560.
 #   --prefix DIR where the toolchain goes (default .cuda-toolchain/ in the repo root).
 #   --out FILE   where the binary is copied (default .gpu/ctgrade).
-#   --check      `cargo check` instead of a release build (CI: proves the CUDA feature compiles;
-#                still runs nvcc through candle-kernels' build script).
+#   --check-rust-only  `cargo check` with a stand-in nvcc that writes empty kernel files: checks all
+#                the Rust code behind the cuda/cudnn features, downloads nothing, but compiles no CUDA
+#                code and links nothing (a cheap CI job; the default mode is the real build).
 #   --install-only  install the toolchain, print the environment to use, build nothing.
 # Honours CARGO_TARGET_DIR.
 set -euo pipefail
@@ -36,8 +37,8 @@ while [ $# -gt 0 ]; do
     --cuda) cuda=$2; shift 2 ;;
     --prefix) prefix=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    --check) mode=check; shift ;;
     --install-only) mode=install; shift ;;
+    --check-rust-only) mode=rust-only; shift ;;
     --keep-wheels) keep_wheels=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-cuda.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -131,6 +132,12 @@ EOF
     esac
   done
   make_driver_stub
+  # For running a CUDA build on a machine without GPU (CPU paths only), the stubs under the names
+  # the loader asks for. Never put this folder on the library path of a machine with a GPU.
+  mkdir -p "$home/lib/stubs-run"
+  for stub in "$home"/lib/stubs/libcuda.so "$home"/lib/lib{cublas,cublasLt,curand,nvrtc}.so; do
+    ln -sf "../${stub#"$home"/lib/}" "$home/lib/stubs-run/$(readelf -d "$stub" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')"
+  done
   [ "$keep_wheels" = 1 ] || rm -rf "$dl"
   echo "$want_stamp" >"$stamp"
 }
@@ -158,6 +165,45 @@ make_stub() {
   echo "   link stub $so ($2, $(wc -l <"$3") functions)"
 }
 
+# A stand-in for nvcc: creates the files candle-kernels' build script (cudaforge) expects (one .ptx
+# per kernel source, objects, an empty libmoe.a) without compiling anything.
+if [ "$mode" = rust-only ]; then
+  fake=$prefix/fake-nvcc
+  mkdir -p "$fake/bin" "$fake/include"
+  cat >"$fake/bin/nvcc" <<'NVCC'
+#!/bin/sh
+# Stand-in nvcc written by scripts/build-cuda.sh --check-rust-only: compiles nothing.
+out=; dir=; kind=obj; src=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --version) printf 'nvcc: stand-in\n\n\nCuda compilation tools, release %s, stand-in\n' "${FAKE_NVCC_RELEASE:-13.0}"; exit 0 ;;
+    -o) out=$2; shift ;;
+    --output-directory) dir=$2; shift ;;
+    --ptx) kind=ptx ;;
+    --lib) kind=lib ;;
+    *.cu) src=$1 ;;
+  esac
+  shift
+done
+case $kind in
+  ptx) name=${src##*/}; echo "// stand-in for $name" >"$dir/${name%.cu}.ptx" ;;
+  lib) rm -f "$out"; ar rc "$out" ;;
+  *) : >"$out" ;;
+esac
+NVCC
+  chmod +x "$fake/bin/nvcc"
+  export CUDA_HOME=$fake CUDA_PATH=$fake CUDA_ROOT=$fake NVCC=$fake/bin/nvcc PATH=$fake/bin:$PATH
+  export CUDARC_CUDA_VERSION=$cudarc_version CUDA_COMPUTE_CAP=$cap FAKE_NVCC_RELEASE=$cuda
+  cd "$root"
+  # Its own target folder: the empty kernel files must never reach a real build (cudaforge's cache
+  # does not notice that nvcc changed).
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}/fake-nvcc
+  echo "== cargo check --features cuda,cudnn with a stand-in nvcc (no CUDA code compiled), target $CARGO_TARGET_DIR"
+  cargo check --locked --features cuda,cudnn --all-targets
+  echo "== rust-only cuda check done in $(($(date +%s) - t0)) s"
+  exit 0
+fi
+
 command -v cc >/dev/null || { echo "build-cuda.sh: needs a C/C++ compiler (apt-get install build-essential)" >&2; exit 1; }
 "$python" -m pip --version >/dev/null 2>&1 || { echo "build-cuda.sh: needs pip (apt-get install python3-pip)" >&2; exit 1; }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ]; then
@@ -182,21 +228,18 @@ fi
 
 cd "$root"
 target=${CARGO_TARGET_DIR:-$root/target}
-if [ "$mode" = check ]; then
-  echo "== cargo check --features cuda,cudnn (CUDA_COMPUTE_CAP=$cap)"
-  cargo check --locked --features cuda,cudnn --all-targets
-  echo "== cuda check done in $(($(date +%s) - t1)) s (toolchain $((t1 - t0)) s)"
-  exit 0
-fi
 echo "== cargo build --release --features cuda,cudnn --bin ctgrade (CUDA_COMPUTE_CAP=$cap, target $target)"
 cargo build --locked --release --features cuda,cudnn --bin ctgrade
 t2=$(date +%s)
 mkdir -p "$(dirname "$out")"
 # Debug line tables make the binary large; the copy that travels to a GPU machine does not need them.
 objcopy --strip-debug "$target/release/ctgrade" "$out"
+gzip -c "$out" >"$out.gz"
 echo "== libraries the binary needs at run time:"
 readelf -d "$out" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/   \1/p'
 echo "== built in $((t2 - t1)) s (toolchain $((t1 - t0)) s)"
 echo "   binary: $target/release/ctgrade ($(du -h "$target/release/ctgrade" | cut -f1))"
 echo "   stripped copy: $out ($(du -h "$out" | cut -f1)), kernels for compute capability $cap, CUDA $cuda"
-echo "   to run it here without a GPU: LD_LIBRARY_PATH=$home/lib $out --help"
+echo "   gzipped: $out.gz ($(du -h "$out.gz" | cut -f1)); scripts/gpu-check.sh unpacks it"
+echo "   it needs libcuda.so.1 (the driver) to start at all; to run its CPU paths here without a GPU:"
+echo "   LD_LIBRARY_PATH=$home/lib:$home/lib/stubs-run $out --help"

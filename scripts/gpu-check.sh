@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of a CUDA build of ctgrade (issue 10). Run ON the GPU machine, from the repo root:
-#   scripts/gpu-check.sh [BINARY]          (default .gpu/ctgrade, built by scripts/build-cuda.sh)
+#   scripts/gpu-check.sh [BINARY]          (default .gpu/ctgrade, built by scripts/build-cuda.sh;
+#                                           BINARY.gz is unpacked when BINARY is absent)
 # It needs python3 with torch (CUDA) + safetensors + numpy (tools/gpu_reference.py builds the same
 # random DenseNets in plain torch) and the CUDA runtime libraries that PyTorch's wheels carry.
 #
@@ -52,6 +53,11 @@ mkdir -p "$steps"
 log=$out/gpu-check.log
 exec > >(tee -a "$log") 2>&1
 t_start=$(date +%s.%N)
+# A gzipped binary travels in a third of the space (the device machine takes 64 MiB of files).
+if [ ! -f "$bin" ] && [ -f "$bin.gz" ]; then
+  gunzip -c "$bin.gz" >"$work/ctgrade" && chmod +x "$work/ctgrade" && bin=$work/ctgrade
+fi
+[ -x "$bin" ] || { echo "gpu-check: no executable $bin (or $bin.gz); build it with scripts/build-cuda.sh"; exit 2; }
 echo "== ctgrade GPU check $(date -u +%FT%TZ): binary $bin, device $device, smoke=$smoke, work $work"
 
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
