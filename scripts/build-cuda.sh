@@ -8,13 +8,14 @@
 # The binary links cudart, cuBLAS(Lt), cuRAND, NVRTC and cuDNN dynamically: the machine that runs it
 # needs the driver plus those libraries (same major versions) on its library path.
 #
-# Usage: scripts/build-cuda.sh [--cap 75] [--cuda 13.0|12.6] [--prefix DIR] [--out FILE]
+# Usage: scripts/build-cuda.sh [--cap 75] [--cuda 13.0] [--prefix DIR] [--out FILE]
 #                              [--check-rust-only] [--keep-wheels] [--install-only]
 #   --cap N      CUDA compute capability the kernels are compiled for (default 75 = T4). candle's kernels
 #                are PTX, which the driver JIT-compiles for any newer GPU, so 75 also runs on A100/H100;
 #                90 builds sm_90a code that runs on H100/H200 only.
-#   --cuda V     toolkit line (default 13.0, what PyTorch 2.11 cu130 ships). The driver must be at least
-#                as new as the toolkit to JIT its PTX: 13.0 needs driver >= 580, 12.6 needs >= 560.
+#   --cuda V     toolkit line; only 13.0 (what PyTorch 2.11 cu130 ships): NVIDIA's CUDA 12 wheels
+#                carry ptxas but no nvcc. The driver must be at least as new as the toolkit to load
+#                cudart 13 and JIT its PTX: driver >= 580.
 #   --prefix DIR where the toolchain goes (default .cuda-toolchain/ in the repo root).
 #   --out FILE   where the binary is copied (default .gpu/ctgrade).
 #   --check-rust-only  `cargo check` with a stand-in nvcc that writes empty kernel files: checks all
@@ -44,23 +45,19 @@ while [ $# -gt 0 ]; do
     *) echo "build-cuda.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+prefix=$(realpath -m "$prefix") out=$(realpath -m "$out")
 case $cap in ''|*[!0-9a]*) echo "build-cuda.sh: --cap wants a number such as 75 or 90, got '$cap'" >&2; exit 2 ;; esac
 
-# Pinned wheel sets: 13.0 is exactly what PyTorch 2.11+cu130 depends on (cuda-toolkit 13.0.2,
-# cuDNN 9.19.0.56), so the GPU machine's torch venv carries the same runtime libraries;
-# 12.6 matches the nvidia/cuda:12.6.3-cudnn images the Dockerfile uses.
+# Pinned wheel set: exactly what PyTorch 2.11+cu130 depends on (cuda-toolkit 13.0.2, cuDNN
+# 9.19.0.56), so a GPU machine's torch venv carries the same runtime libraries. (CUDA 12 cannot be
+# built this way: nvidia-cuda-nvcc-cu12 12.6-12.9 hold ptxas and libnvvm only, no nvcc or cicc.)
 case $cuda in
   13.0)
     cudarc_version=13000
     wheels="nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
             nvidia-cuda-cccl==13.0.85 nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvrtc==13.0.88
             nvidia-cublas==13.1.0.3 nvidia-curand==10.4.0.35 nvidia-cudnn-cu13==9.19.0.56" ;;
-  12.6)
-    cudarc_version=12060
-    wheels="nvidia-cuda-nvcc-cu12==12.6.85 nvidia-cuda-cccl-cu12==12.6.77
-            nvidia-cuda-runtime-cu12==12.6.77 nvidia-cuda-nvrtc-cu12==12.6.85
-            nvidia-cublas-cu12==12.6.4.1 nvidia-curand-cu12==10.3.7.77 nvidia-cudnn-cu12==9.5.1.17" ;;
-  *) echo "build-cuda.sh: --cuda must be 13.0 or 12.6, got '$cuda'" >&2; exit 2 ;;
+  *) echo "build-cuda.sh: --cuda must be 13.0, got '$cuda' (CUDA 12 has no nvcc wheel)" >&2; exit 2 ;;
 esac
 
 home=$prefix/cuda-$cuda
@@ -86,7 +83,7 @@ install_toolchain() {
   "$python" - "$dl" "$home" <<'EOF'
 import os, re, stat, sys, zipfile
 dl, home = sys.argv[1], sys.argv[2]
-keep_lib = re.compile(r"lib(cudart|cublas|cublasLt|curand|nvrtc|cudnn|nvvm)\.so\.[0-9]+$")
+keep_lib = re.compile(r"lib(cudart|cublas|cublasLt|curand|nvrtc|cudnn)\.so\.[0-9]+$")
 total = 0
 for name in sorted(os.listdir(dl)):
     if not name.endswith(".whl"):

@@ -9,7 +9,8 @@
 #   env       nvidia-smi, torch/CUDA/cuDNN versions, the libraries the binary resolves (ldd)
 #   parity    DenseNet-201 3-D, same random weights and input: ctgrade cpu vs ctgrade cuda vs PyTorch
 #             (cpu and cuda, strict f32) on a small input, then ctgrade cuda vs PyTorch cuda at the
-#             full network input 1x3x128x240x240; max |diff| <= 1e-3 passes
+#             full network input 1x3x128x240x240; max |diff| <= 1e-3 passes. The GPU runs of
+#             ctgrade are repeated with NVIDIA_TF32_OVERRIDE=0 (candle lets cuDNN use TF32)
 #   half      (only if `ctgrade forward` has --dtype) f16/bf16 outputs against f32, for the record
 #   bench     time per forward at 3x128x240x240: ctgrade bench --device cuda vs PyTorch eager with
 #             TF32 off (a fair f32 comparison), PyTorch's defaults (cuDNN convs may use TF32), and
@@ -141,6 +142,12 @@ cmp cmp_small_ct_cpu_vs_torch_cpu small_ct_cpu small_torch_cpu
 step full_ct_gpu "${fwd[@]}" --input "$XF" --device "$device"
 step full_torch_gpu "${tfwd[@]}" --input "$XF" --device "$tdevice" --tf32 off
 cmp cmp_full_ct_gpu_vs_torch_gpu full_ct_gpu full_torch_gpu
+# candle leaves cuDNN's math type at its default, which lets float convolutions use TF32 on
+# Ampere and later; NVIDIA_TF32_OVERRIDE=0 forbids TF32 process-wide (cuDNN and cuBLAS).
+step full_ct_gpu_notf32 env NVIDIA_TF32_OVERRIDE=0 "${fwd[@]}" --input "$XF" --device "$device"
+cmp cmp_full_ct_gpu_notf32_vs_torch_gpu full_ct_gpu_notf32 full_torch_gpu
+step small_ct_gpu_notf32 env NVIDIA_TF32_OVERRIDE=0 "${fwd[@]}" --input "$XS" --device "$device"
+cmp cmp_small_ct_gpu_notf32_vs_ct_cpu small_ct_gpu_notf32 small_ct_cpu
 
 # ---- reduced precision, where ctgrade offers it (accuracy only recorded, no verdict)
 if "$bin" forward --help 2>/dev/null | grep -q -- '--dtype'; then
@@ -153,6 +160,8 @@ fi
 
 # ---- speed
 step bench_ct_gpu "$bin" bench --arch $arch "${cfg_args[@]}" --input "$bench_shape" --device "$device" --repeat "$repeat"
+step bench_ct_gpu_notf32 env NVIDIA_TF32_OVERRIDE=0 "$bin" bench --arch $arch "${cfg_args[@]}" --input "$bench_shape" \
+  --device "$device" --repeat "$repeat"
 tb=("$python" "$ref" bench --arch $arch "${cfg_args[@]}" --shape "$bench_shape" --device "$tdevice" --repeat "$repeat")
 step bench_torch_gpu_f32 "${tb[@]}" --tf32 off
 step bench_torch_gpu_default "${tb[@]}" --tf32 default
@@ -211,8 +220,11 @@ res["verdict"] = {
     "parity_small_cpu_vs_gpu": ok("cmp_small_ct_gpu_vs_ct_cpu"),
     "parity_small_gpu_vs_torch": ok("cmp_small_ct_gpu_vs_torch_gpu"),
     "parity_full_gpu_vs_torch": ok("cmp_full_ct_gpu_vs_torch_gpu"),
+    "parity_full_gpu_vs_torch_tf32_forbidden": ok("cmp_full_ct_gpu_notf32_vs_torch_gpu"),
+    "parity_small_cpu_vs_gpu_tf32_forbidden": ok("cmp_small_ct_gpu_notf32_vs_ct_cpu"),
     "max_abs_diff": {n[4:]: j(n, "max_abs") for n in s if n.startswith("cmp_")},
     "ctgrade_forward_s": j("bench_ct_gpu", "median_s"),
+    "ctgrade_forward_tf32_forbidden_s": j("bench_ct_gpu_notf32", "median_s"),
     "torch_forward_f32_s": j("bench_torch_gpu_f32", "median_s"),
     "torch_forward_default_s": j("bench_torch_gpu_default", "median_s"),
     "torch_forward_default_cudnn_benchmark_s": j("bench_torch_gpu_default_cudnn_benchmark", "median_s"),
