@@ -393,7 +393,9 @@ pub fn create(
         let file = format!("member-{i:02}.safetensors");
         let dst = out.join(&file);
         if src.canonicalize().ok() != dst.canonicalize().ok() {
-            std::fs::copy(src, &dst).map_err(io(src))?;
+            // Through the atomic writer: whole files only, readable by the container's user.
+            let bytes = std::fs::read(src).map_err(io(src))?;
+            crate::fs::write_atomic(&dst, &bytes).map_err(io(&dst))?;
         }
         manifest.members.push(MemberFile {
             sha256: sha256_file(&dst)?,
