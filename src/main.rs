@@ -11,7 +11,7 @@ use ctgrade::device::{self, DeviceChoice};
 use ctgrade::ensemble::{self, Ensemble, Manifest};
 use ctgrade::gc::run::{self as gc_run, RunOptions};
 use ctgrade::grading::Head;
-use ctgrade::model::{Arch, NetworkConfig};
+use ctgrade::model::Arch;
 use ctgrade::preprocess::InputSpec;
 
 /// COVID-19 grading on chest CT (grand-challenge.org algorithm).
@@ -77,7 +77,8 @@ enum EnsembleCommand {
         /// Architecture of every member.
         #[arg(long)]
         arch: Arch,
-        /// Network configuration JSON overriding the architecture's hyper-parameters.
+        /// Network configuration JSON: fields overriding the architecture's hyper-parameters
+        /// (as in `ctgrade forward --config`).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Output head the members were trained with.
@@ -168,19 +169,12 @@ fn ensemble_command(cmd: EnsembleCommand) -> Result<()> {
                 HeadArg::Continuous => Head::Continuous,
                 HeadArg::Categorical => Head::Categorical,
             };
-            let network = match &config {
-                Some(path) => {
-                    let cfg: NetworkConfig = read_json(path)?;
-                    anyhow::ensure!(
-                        cfg.arch == arch,
-                        "{} describes {}, not --arch {arch}",
-                        path.display(),
-                        cfg.arch
-                    );
-                    cfg
-                }
-                None => NetworkConfig::new(arch, 3, head.num_outputs()),
-            };
+            let network = ctgrade::model::cli::resolve_config(
+                arch,
+                3,
+                head.num_outputs(),
+                config.as_deref(),
+            )?;
             let input = match &input_spec {
                 Some(path) => read_json(path)?,
                 None => InputSpec::default(),
