@@ -31,6 +31,8 @@ bin=$(realpath -m "${1:-$root/.gpu/ctgrade}")
 out=$(realpath -m "${OUT:-/tmp/ctgrade-gpu-check}")
 work=$(realpath -m "${WORK:-/tmp/ctgrade-gpu-work}")
 smoke=${CTGRADE_GPU_CHECK_SMOKE:-0}
+# QUICK=1 drops the repeated and secondary variants, for a short lease.
+quick=${QUICK:-0}
 python=${PYTHON:-python3}
 ref=$root/tools/gpu_reference.py
 step_timeout=${STEP_TIMEOUT:-150}
@@ -131,14 +133,14 @@ step make_input_full "$python" "$ref" make --arch $arch "${cfg_args[@]}" --shape
 fwd=("$bin" forward --arch $arch "${cfg_args[@]}" --weights "$W")
 tfwd=("$python" "$ref" forward --arch $arch "${cfg_args[@]}" --weights "$W")
 step small_ct_gpu "${fwd[@]}" --input "$XS" --device "$device"         # first CUDA use: includes the PTX JIT
-step small_ct_gpu_again "${fwd[@]}" --input "$XS" --device "$device"   # JIT cache warm
+[ "$quick" = 1 ] || step small_ct_gpu_again "${fwd[@]}" --input "$XS" --device "$device"   # JIT cache warm
 step small_ct_cpu "${fwd[@]}" --input "$XS" --device cpu
 step small_torch_gpu "${tfwd[@]}" --input "$XS" --device "$tdevice" --tf32 off
-step small_torch_cpu "${tfwd[@]}" --input "$XS" --device cpu
+[ "$quick" = 1 ] || step small_torch_cpu "${tfwd[@]}" --input "$XS" --device cpu
 cmp() { step "$1" "$python" "$ref" compare "$steps/$2.out" "$steps/$3.out" --tol 1e-3; }
 cmp cmp_small_ct_gpu_vs_ct_cpu small_ct_gpu small_ct_cpu
 cmp cmp_small_ct_gpu_vs_torch_gpu small_ct_gpu small_torch_gpu
-cmp cmp_small_ct_cpu_vs_torch_cpu small_ct_cpu small_torch_cpu
+[ "$quick" = 1 ] || cmp cmp_small_ct_cpu_vs_torch_cpu small_ct_cpu small_torch_cpu
 step full_ct_gpu "${fwd[@]}" --input "$XF" --device "$device"
 step full_torch_gpu "${tfwd[@]}" --input "$XF" --device "$tdevice" --tf32 off
 cmp cmp_full_ct_gpu_vs_torch_gpu full_ct_gpu full_torch_gpu
@@ -146,8 +148,8 @@ cmp cmp_full_ct_gpu_vs_torch_gpu full_ct_gpu full_torch_gpu
 # Ampere and later; NVIDIA_TF32_OVERRIDE=0 forbids TF32 process-wide (cuDNN and cuBLAS).
 step full_ct_gpu_notf32 env NVIDIA_TF32_OVERRIDE=0 "${fwd[@]}" --input "$XF" --device "$device"
 cmp cmp_full_ct_gpu_notf32_vs_torch_gpu full_ct_gpu_notf32 full_torch_gpu
-step small_ct_gpu_notf32 env NVIDIA_TF32_OVERRIDE=0 "${fwd[@]}" --input "$XS" --device "$device"
-cmp cmp_small_ct_gpu_notf32_vs_ct_cpu small_ct_gpu_notf32 small_ct_cpu
+[ "$quick" = 1 ] || step small_ct_gpu_notf32 env NVIDIA_TF32_OVERRIDE=0 "${fwd[@]}" --input "$XS" --device "$device"
+[ "$quick" = 1 ] || cmp cmp_small_ct_gpu_notf32_vs_ct_cpu small_ct_gpu_notf32 small_ct_cpu
 
 # ---- reduced precision, where ctgrade offers it (accuracy only recorded, no verdict)
 if "$bin" forward --help 2>/dev/null | grep -q -- '--dtype'; then
@@ -160,12 +162,12 @@ fi
 
 # ---- speed
 step bench_ct_gpu "$bin" bench --arch $arch "${cfg_args[@]}" --input "$bench_shape" --device "$device" --repeat "$repeat"
-step bench_ct_gpu_notf32 env NVIDIA_TF32_OVERRIDE=0 "$bin" bench --arch $arch "${cfg_args[@]}" --input "$bench_shape" \
+[ "$quick" = 1 ] || step bench_ct_gpu_notf32 env NVIDIA_TF32_OVERRIDE=0 "$bin" bench --arch $arch "${cfg_args[@]}" --input "$bench_shape" \
   --device "$device" --repeat "$repeat"
 tb=("$python" "$ref" bench --arch $arch "${cfg_args[@]}" --shape "$bench_shape" --device "$tdevice" --repeat "$repeat")
 step bench_torch_gpu_f32 "${tb[@]}" --tf32 off
 step bench_torch_gpu_default "${tb[@]}" --tf32 default
-step bench_torch_gpu_default_cudnn_benchmark "${tb[@]}" --tf32 default --cudnn-benchmark
+[ "$quick" = 1 ] || step bench_torch_gpu_default_cudnn_benchmark "${tb[@]}" --tf32 default --cudnn-benchmark
 
 # ---- end to end: a 10-member ensemble on one full-size CT
 ens=$work/ensemble
