@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::device::DeviceChoice;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
@@ -27,9 +28,9 @@ pub struct ForwardArgs {
     /// Input (safetensors with an NCDHW tensor named `input`).
     #[arg(long)]
     pub input: PathBuf,
-    /// Device: cpu, or cuda (needs a build with the `cuda` feature).
+    /// Device: cpu, auto, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceChoice,
 }
 
 /// `ctgrade bench`: median time per forward and peak resident memory, random weights.
@@ -53,25 +54,15 @@ pub struct BenchArgs {
     /// Outputs of the head.
     #[arg(long, default_value_t = 1)]
     pub num_outputs: usize,
-    /// Device: cpu, or cuda (needs a build with the `cuda` feature).
+    /// Device: cpu, auto, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceChoice,
 }
 
 fn file_err(path: &Path, msg: impl ToString) -> ModelError {
     ModelError::File {
         path: path.display().to_string(),
         msg: msg.to_string(),
-    }
-}
-
-fn device(name: &str) -> Result<Device, ModelError> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::new_cuda(0)?),
-        other => Err(ModelError::InvalidConfig(format!(
-            "unknown device {other:?} (cpu or cuda)"
-        ))),
     }
 }
 
@@ -135,7 +126,7 @@ fn infer_io(bytes: &[u8], path: &Path, arch: Arch) -> Result<(usize, usize), Mod
 
 /// Runs `ctgrade forward` and returns its JSON line `{"output": [[...]]}`.
 pub fn forward(args: &ForwardArgs) -> Result<String, ModelError> {
-    let dev = device(&args.device)?;
+    let dev = args.device.open()?;
     let bytes = std::fs::read(&args.weights).map_err(|e| file_err(&args.weights, e))?;
     let (c_in, n_out) = infer_io(&bytes, &args.weights, args.arch)?;
     let cfg = resolve_config(args.arch, c_in, n_out, args.config.as_deref())?;
@@ -231,7 +222,7 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport, ModelError> {
             )))
         }
     };
-    let dev = device(&args.device)?;
+    let dev = args.device.open()?;
     let cfg = resolve_config(args.arch, dims[1], args.num_outputs, args.config.as_deref())?;
     let t0 = Instant::now();
     let vb = VarBuilder::from_tensors(random_weights(&cfg, &dev)?, DType::F32, &dev);
@@ -303,7 +294,7 @@ mod tests {
                 config: Some(file.path().to_path_buf()),
                 weights: path.clone(),
                 input: path.clone(),
-                device: "cpu".into(),
+                device: DeviceChoice::Cpu,
             };
             let line = forward(&args).unwrap();
             let got: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -330,7 +321,7 @@ mod tests {
             repeat: 2,
             threads: None,
             num_outputs: 5,
-            device: "cpu".into(),
+            device: DeviceChoice::Cpu,
         };
         let r = bench(&args).unwrap();
         assert_eq!(r.input, vec![2, 1, 12, 16, 16]);

@@ -344,6 +344,9 @@ pub enum ModelError {
         /// What went wrong.
         msg: String,
     },
+    /// The requested device cannot be opened.
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
