@@ -190,7 +190,7 @@ fn ctgrade_forward_runs_every_fixture() {
             config: Some(config.path().to_path_buf()),
             weights: path.clone(),
             input: path,
-            device: "cpu".into(),
+            device: ctgrade::device::DeviceChoice::Cpu,
         })
         .unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -222,7 +222,7 @@ fn ctgrade_bench_runs_every_arch() {
             repeat: 1,
             threads: None,
             num_outputs: 5,
-            device: "cpu".into(),
+            device: ctgrade::device::DeviceChoice::Cpu,
         })
         .unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert_eq!(r.arch, arch.name());
