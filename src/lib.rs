@@ -14,4 +14,5 @@ pub mod grading;
 pub mod model;
 pub mod preprocess;
 pub mod synth;
+pub mod train;
 pub mod volume;

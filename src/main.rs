@@ -49,6 +49,8 @@ enum Command {
     /// Create or check an ensemble (a folder of member weights with its manifest).
     #[command(subcommand)]
     Ensemble(EnsembleCommand),
+    /// Train an ensemble with the paper's recipe from labelled CT scans.
+    Train(ctgrade::train::cli::TrainArgs),
 }
 
 #[derive(Args)]
@@ -234,6 +236,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             &ctgrade::model::inflate::inflate(&args)?,
         )?)?,
         Command::Ensemble(cmd) => ensemble_command(cmd)?,
+        Command::Train(args) => {
+            ctgrade::train::cli::run(&args)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

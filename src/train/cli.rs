@@ -1,0 +1,168 @@
+//! Arguments of `ctgrade train`.
+
+use std::path::PathBuf;
+
+use super::augment::AugmentConfig;
+use super::optim::AdamConfig;
+use super::{Recipe, TrainError, TrainOptions, TrainReport};
+use crate::grading::Head;
+use crate::model::{Arch, NetworkConfig};
+use crate::preprocess::InputSpec;
+
+fn parse_head(s: &str) -> Result<Head, String> {
+    match s {
+        "continuous" => Ok(Head::Continuous),
+        "categorical" => Ok(Head::Categorical),
+        _ => Err(format!("expected continuous or categorical, got {s:?}")),
+    }
+}
+
+/// `ctgrade train`: train an ensemble with the paper's recipe.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// Folder of scans `<case>.mha|.mhd|.nii|.nii.gz` (directly or in images/ct/).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Label CSV with a header: case,co_rads[,patient][,lesion].
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Architecture (densenet121-3d, densenet169-3d, densenet201-3d).
+    #[arg(long)]
+    pub arch: Arch,
+    /// Network configuration JSON overriding the architecture's hyper-parameters.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Input specification JSON (default: the paper's 1.5 mm, 240x240, 128 slices).
+    #[arg(long)]
+    pub input_spec: Option<PathBuf>,
+    /// Output folder: ensemble.json and members, train-log.csv/json, loss.svg, checkpoints/, cache/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of member 0; member i uses seed + i (split, initialisation, sampling, augmentation).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Ensemble members.
+    #[arg(long, default_value_t = 1)]
+    pub members: usize,
+    /// Output head.
+    #[arg(long, value_parser = parse_head, default_value = "continuous")]
+    pub head: Head,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Cases per batch.
+    #[arg(long, default_value_t = 2)]
+    pub batch_size: usize,
+    /// Most batches per member.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_steps: usize,
+    /// Early stopping patience in batches without a better validation QWK (0: off).
+    #[arg(long, default_value_t = 2_000)]
+    pub patience: usize,
+    /// Validate every this many batches.
+    #[arg(long, default_value_t = 100)]
+    pub val_every: usize,
+    /// Fraction of patients held out for validation, stratified by CO-RADS (0: none).
+    #[arg(long, default_value_t = 0.25)]
+    pub val_fraction: f64,
+    /// Checkpoint every this many batches.
+    #[arg(long, default_value_t = 200)]
+    pub checkpoint_every: usize,
+    /// Initial weights (safetensors, MONAI or torchvision names; e.g. inflated 2-D weights).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Turn augmentation off.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Wall-clock budget in minutes for the whole run (members share what is left); a member
+    /// stopped by it keeps its best weights. Unlike the other limits, it is not reproducible.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Continue the run in --out from its checkpoints.
+    #[arg(long)]
+    pub resume: bool,
+    /// Do not cache preprocessed inputs in --out/cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print a progress line every this many batches.
+    #[arg(long, default_value_t = 20)]
+    pub log_every: usize,
+    /// Ensemble name in the manifest.
+    #[arg(long, default_value = "ctgrade-train")]
+    pub name: String,
+    /// Ensemble description in the manifest (default: how it was trained).
+    #[arg(long, default_value = "")]
+    pub description: String,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, TrainError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TrainError::Options(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::Options(format!("{} is not valid: {e}", path.display())))
+}
+
+impl TrainArgs {
+    /// The library options these arguments describe.
+    pub fn options(&self) -> Result<TrainOptions, TrainError> {
+        let network = match &self.config {
+            Some(path) => {
+                let cfg: NetworkConfig = read_json(path)?;
+                if cfg.arch != self.arch {
+                    return Err(TrainError::Options(format!(
+                        "{} describes {}, not --arch {}",
+                        path.display(),
+                        cfg.arch,
+                        self.arch
+                    )));
+                }
+                cfg
+            }
+            None => NetworkConfig::new(self.arch, 3, self.head.num_outputs()),
+        };
+        let input: InputSpec = match &self.input_spec {
+            Some(path) => read_json(path)?,
+            None => InputSpec::default(),
+        };
+        Ok(TrainOptions {
+            data: self.data.clone(),
+            labels: self.labels.clone(),
+            out: self.out.clone(),
+            recipe: Recipe {
+                network,
+                head: self.head,
+                input,
+                seed: self.seed,
+                adam: AdamConfig {
+                    lr: self.lr,
+                    ..AdamConfig::default()
+                },
+                batch_size: self.batch_size,
+                max_steps: self.max_steps,
+                patience: self.patience,
+                val_every: self.val_every,
+                val_fraction: self.val_fraction,
+                augment: if self.no_augment {
+                    AugmentConfig::none()
+                } else {
+                    AugmentConfig::default()
+                },
+                init: self.init.clone(),
+            },
+            members: self.members,
+            max_minutes: self.max_minutes,
+            resume: self.resume,
+            checkpoint_every: self.checkpoint_every,
+            log_every: self.log_every,
+            cache: !self.no_cache,
+            name: self.name.clone(),
+            description: self.description.clone(),
+            interrupt_after: None,
+        })
+    }
+}
+
+/// Runs `ctgrade train`.
+pub fn run(args: &TrainArgs) -> Result<TrainReport, TrainError> {
+    super::train(&args.options()?)
+}

@@ -1,0 +1,420 @@
+//! The 3-D DenseNet in training form.
+//!
+//! The inference engine ([`crate::model::densenet`]) folds BatchNorm into convolutions using the
+//! running statistics, so it cannot learn them. This is the same network (MONAI's layout and
+//! parameter names, so a saved member loads into [`crate::model::build`] unchanged) built only
+//! from candle ops that have gradients, with BatchNorm in training mode: it normalises with the
+//! batch statistics and updates the running mean and (unbiased) variance with momentum 0.1, as
+//! PyTorch does. Validation and the written members use the running statistics through the
+//! inference engine, so what is validated is exactly what is shipped.
+//!
+//! As in the engine, a transition's average pool runs before its 1x1x1 convolution (both are
+//! linear: same result, a quarter of the cost). Gradient checkpointing is not implemented:
+//! candle has no hook to recompute activations, and the small networks trained on the CPU do not
+//! need it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+
+use super::conv::conv3d;
+use super::norm::{batch_stats, bn_relu};
+use super::pool::pool3d;
+use super::rng::Rng;
+use super::TrainError;
+use crate::model::densenet::DenseNetConfig;
+use crate::model::layers::{Conv3dConfig, Pool3d, Pool3dConfig};
+use crate::model::{self, Classifier, Naming, NetworkConfig};
+
+/// PyTorch's BatchNorm momentum (weight of the new batch statistic).
+pub const BN_MOMENTUM: f64 = 0.1;
+const BN_EPS: f64 = crate::model::layers::BatchNorm3d::EPS;
+
+fn is_buffer(name: &str) -> bool {
+    name.ends_with(".running_mean") || name.ends_with(".running_var")
+}
+
+/// A trainable 3-D DenseNet: parameters as [`Var`]s, BatchNorm running statistics as buffers.
+pub struct TrainNet {
+    cfg: NetworkConfig,
+    dc: DenseNetConfig,
+    /// Trainable parameters in PyTorch's state-dict order.
+    params: Vec<(String, Var)>,
+    /// Running statistics in state-dict order.
+    buffers: Vec<(String, Tensor)>,
+    param_index: HashMap<String, usize>,
+    buffer_index: HashMap<String, usize>,
+    device: Device,
+}
+
+impl TrainNet {
+    /// A freshly initialised network: convolutions He-normal (fan in), BatchNorm as identity,
+    /// the linear head uniform in `±1/sqrt(fan_in)` with zero bias (MONAI's initialisation).
+    /// Deterministic for a seed.
+    pub fn new(cfg: &NetworkConfig, seed: u64, device: &Device) -> Result<Self, TrainError> {
+        let dc = DenseNetConfig::from_network(cfg)?;
+        let expected = dc.expected_tensors(Naming::Monai);
+        let mut params = Vec::new();
+        let mut buffers = Vec::new();
+        for (i, (name, shape)) in expected.into_iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let mut rng = Rng::stream(seed, 1_000 + i as u64);
+            let values: Vec<f32> = if name.ends_with("running_var") {
+                vec![1.0; n]
+            } else if name.ends_with("running_mean") || name.ends_with(".bias") {
+                vec![0.0; n]
+            } else if shape.len() == 5 {
+                let fan_in: usize = shape[1..].iter().product();
+                let std = (2.0 / fan_in as f64).sqrt();
+                (0..n).map(|_| (rng.normal() * std) as f32).collect()
+            } else if shape.len() == 2 {
+                let bound = 1.0 / (shape[1] as f64).sqrt();
+                (0..n).map(|_| rng.range(-bound, bound) as f32).collect()
+            } else {
+                // BatchNorm weight.
+                vec![1.0; n]
+            };
+            let t = Tensor::from_vec(values, shape.as_slice(), device)?;
+            if is_buffer(&name) {
+                buffers.push((name, t));
+            } else {
+                params.push((name, Var::from_tensor(&t)?));
+            }
+        }
+        let param_index = params
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+        let buffer_index = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+        Ok(Self {
+            cfg: cfg.clone(),
+            dc,
+            params,
+            buffers,
+            param_index,
+            buffer_index,
+            device: device.clone(),
+        })
+    }
+
+    /// The network configuration.
+    pub fn config(&self) -> &NetworkConfig {
+        &self.cfg
+    }
+
+    /// The trainable parameters, in state-dict order.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_parameters(&self) -> usize {
+        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Every tensor (parameters and running statistics) by MONAI name: what a member file holds.
+    pub fn state(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        let mut out = HashMap::new();
+        for (n, v) in &self.params {
+            out.insert(n.clone(), v.as_tensor().detach().copy()?);
+        }
+        for (n, t) in &self.buffers {
+            out.insert(n.clone(), t.copy()?);
+        }
+        Ok(out)
+    }
+
+    /// Sets every tensor from `state` (the names and shapes of [`Self::state`]); all must be present.
+    pub fn set_state(
+        &mut self,
+        state: &HashMap<String, Tensor>,
+        origin: &str,
+    ) -> Result<(), TrainError> {
+        for (n, v) in &self.params {
+            let t = fetch(state, n, v.dims(), origin)?;
+            v.set(&t.to_device(&self.device)?.to_dtype(DType::F32)?)?;
+        }
+        for (n, b) in self.buffers.iter_mut() {
+            let t = fetch(state, n, b.dims(), origin)?;
+            *b = t.to_device(&self.device)?.to_dtype(DType::F32)?;
+        }
+        Ok(())
+    }
+
+    /// Initialises from a safetensors file (e.g. 2-D weights inflated to 3-D), with MONAI or
+    /// torchvision names. Tensors the file lacks keep their initialisation; a head of another
+    /// shape (other number of outputs) is skipped. Returns (loaded, kept, skipped) names.
+    pub fn load_init(&mut self, path: &Path) -> Result<InitReport, TrainError> {
+        let file_err = |msg: String| TrainError::Init {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let tensors = candle_core::safetensors::load(path, &self.device)
+            .map_err(|e| file_err(e.to_string()))?;
+        // Map torchvision names onto MONAI's: both lists are in the same order.
+        let monai = self.dc.expected_tensors(Naming::Monai);
+        let tv = self.dc.expected_tensors(Naming::Torchvision);
+        let rename: HashMap<&str, &str> = tv
+            .iter()
+            .zip(&monai)
+            .map(|((t, _), (m, _))| (t.as_str(), m.as_str()))
+            .collect();
+        let head = ["class_layers.out.weight", "class_layers.out.bias"];
+        let mut report = InitReport::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let t = &tensors[name];
+            let target = rename.get(name.as_str()).copied().unwrap_or(name.as_str());
+            let (dims, slot) = if let Some(&i) = self.param_index.get(target) {
+                (self.params[i].1.dims().to_vec(), Slot::Param(i))
+            } else if let Some(&i) = self.buffer_index.get(target) {
+                (self.buffers[i].1.dims().to_vec(), Slot::Buffer(i))
+            } else {
+                return Err(file_err(format!(
+                    "tensor {name:?} is not a parameter of {} (expected MONAI or torchvision names)",
+                    self.cfg.arch
+                )));
+            };
+            if t.dims() != dims.as_slice() {
+                if head.contains(&target) {
+                    report.skipped.push(target.to_string());
+                    continue;
+                }
+                return Err(file_err(format!(
+                    "tensor {name:?} has shape {:?}, the network expects {dims:?}",
+                    t.dims()
+                )));
+            }
+            let t = t.to_dtype(DType::F32)?;
+            match slot {
+                Slot::Param(i) => self.params[i].1.set(&t)?,
+                Slot::Buffer(i) => self.buffers[i].1 = t,
+            }
+            seen.insert(target.to_string());
+            report.loaded.push(target.to_string());
+        }
+        for (n, _) in &monai {
+            if !seen.contains(n) && !report.skipped.contains(n) {
+                report.kept.push(n.clone());
+            }
+        }
+        Ok(report)
+    }
+
+    fn param(&self, name: &str) -> candle_core::Result<Tensor> {
+        match self.param_index.get(name) {
+            Some(&i) => Ok(self.params[i].1.as_tensor().clone()),
+            None => candle_core::bail!("training network: no parameter {name}"),
+        }
+    }
+
+    /// Training-mode forward: raw outputs `(N, num_outputs)`; the running statistics are updated
+    /// with momentum [`BN_MOMENTUM`]. A one-channel input stands for the CT repeated in all three
+    /// channels (`ct_x3`): the stem then convolves it with the weight summed over its input
+    /// channels, the same function at a third of the cost.
+    pub fn forward_train(&mut self, x: &Tensor) -> Result<Tensor, TrainError> {
+        let mut stats = Vec::new();
+        let y = self.forward_inner(x, &mut stats)?;
+        for s in stats {
+            let unbiased = s.count as f64 / (s.count.max(2) - 1) as f64;
+            let var: Vec<f64> = s.var.iter().map(|v| v * unbiased).collect();
+            self.blend(&s.name, &s.mean, &var, BN_MOMENTUM)?;
+        }
+        Ok(y)
+    }
+
+    /// Sets `<name>.running_*` to `(1 - w) * old + w * new`.
+    fn blend(&mut self, name: &str, mean: &[f64], var: &[f64], w: f64) -> Result<(), TrainError> {
+        for (suffix, stat) in [("running_mean", mean), ("running_var", var)] {
+            let key = format!("{name}.{suffix}");
+            if let Some(&i) = self.buffer_index.get(&key) {
+                let old = self.buffers[i].1.to_vec1::<f32>()?;
+                let new: Vec<f32> = old
+                    .iter()
+                    .zip(stat)
+                    .map(|(&o, &v)| ((1.0 - w) * o as f64 + w * v) as f32)
+                    .collect();
+                self.buffers[i].1 = Tensor::from_vec(new, stat.len(), &self.device)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-estimates every BatchNorm's running statistics from `batches` (training-mode forward
+    /// passes, no parameter change): the mean of the batch means and the pooled variance
+    /// ("precise BN"). With batches of two, momentum-averaged statistics lag and scatter; this
+    /// makes the inference form match what the network has learnt.
+    pub fn recompute_bn_stats(&mut self, batches: &[Tensor]) -> Result<(), TrainError> {
+        let mut acc: Vec<(String, Vec<f64>, Vec<f64>, usize)> = Vec::new();
+        for x in batches {
+            let mut stats = Vec::new();
+            self.forward_inner(x, &mut stats)?;
+            for (i, s) in stats.into_iter().enumerate() {
+                if acc.len() <= i {
+                    acc.push((
+                        s.name.clone(),
+                        vec![0.0; s.mean.len()],
+                        vec![0.0; s.mean.len()],
+                        0,
+                    ));
+                }
+                let a = &mut acc[i];
+                let w = s.count as f64;
+                for k in 0..s.mean.len() {
+                    a.1[k] += w * s.mean[k];
+                    a.2[k] += w * (s.var[k] + s.mean[k] * s.mean[k]);
+                }
+                a.3 += s.count;
+            }
+        }
+        for (name, sum, sq, count) in acc {
+            let m = count.max(1) as f64;
+            let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
+            let unbiased = m / (m - 1.0).max(1.0);
+            let var: Vec<f64> = sq
+                .iter()
+                .zip(&mean)
+                .map(|(q, mu)| (q / m - mu * mu).max(0.0) * unbiased)
+                .collect();
+            self.blend(&name, &mean, &var, 1.0)?;
+        }
+        Ok(())
+    }
+
+    /// The network in inference form (running statistics, the engine's fast kernels).
+    pub fn inference(&self) -> Result<Box<dyn Classifier>, TrainError> {
+        let vb = VarBuilder::from_tensors(self.state()?, DType::F32, &self.device);
+        Ok(model::build_with_naming(&self.cfg, vb, Naming::Monai)?)
+    }
+
+    /// BatchNorm with batch statistics, then ReLU; records the statistics.
+    fn bn_relu(
+        &self,
+        x: &Tensor,
+        name: &str,
+        stats: &mut Vec<BatchStats>,
+    ) -> candle_core::Result<Tensor> {
+        let (mean, var) = batch_stats(x)?;
+        let gamma = self.param(&format!("{name}.weight"))?;
+        let beta = self.param(&format!("{name}.bias"))?;
+        let y = bn_relu(x, &gamma, &beta, &mean, &var, BN_EPS)?;
+        let dims = x.dims();
+        stats.push(BatchStats {
+            name: name.to_string(),
+            mean,
+            var,
+            count: dims[0] * dims[2..].iter().product::<usize>(),
+        });
+        Ok(y)
+    }
+
+    fn forward_inner(
+        &self,
+        x: &Tensor,
+        updates: &mut Vec<BatchStats>,
+    ) -> candle_core::Result<Tensor> {
+        let (n, c, ..) = x.dims5()?;
+        let w0 = self.param("features.conv0.weight")?;
+        let w0 = if c == 1 && self.dc.in_channels == 3 {
+            w0.sum_keepdim(1)?
+        } else if c == self.dc.in_channels {
+            w0
+        } else {
+            candle_core::bail!(
+                "densenet: input has {c} channels, the network takes {}",
+                self.dc.in_channels
+            );
+        };
+        let h = conv3d(x, &w0, &Conv3dConfig::symmetric(2, 3))?;
+        let h = self.bn_relu(&h, "features.norm0", updates)?;
+        let mut h = pool3d(&h, Pool3d::max(Pool3dConfig::cubic(3, 2, 1)))?;
+        let blocks = self.dc.block_config.len();
+        for (i, &layers) in self.dc.block_config.iter().enumerate() {
+            for l in 0..layers {
+                let p = format!("features.denseblock{}.denselayer{}.layers", i + 1, l + 1);
+                let y = self.bn_relu(&h, &format!("{p}.norm1"), updates)?;
+                let y = conv3d(
+                    &y,
+                    &self.param(&format!("{p}.conv1.weight"))?,
+                    &Conv3dConfig::default(),
+                )?;
+                let y = self.bn_relu(&y, &format!("{p}.norm2"), updates)?;
+                let y = conv3d(
+                    &y,
+                    &self.param(&format!("{p}.conv2.weight"))?,
+                    &Conv3dConfig::symmetric(1, 1),
+                )?;
+                h = Tensor::cat(&[&h, &y], 1)?;
+            }
+            if i + 1 < blocks {
+                let p = format!("features.transition{}", i + 1);
+                let y = self.bn_relu(&h, &format!("{p}.norm"), updates)?;
+                let y = pool3d(&y, Pool3d::avg(Pool3dConfig::cubic(2, 2, 0), true))?;
+                h = conv3d(
+                    &y,
+                    &self.param(&format!("{p}.conv.weight"))?,
+                    &Conv3dConfig::default(),
+                )?;
+            }
+        }
+        let h = self.bn_relu(&h, "features.norm5", updates)?;
+        let (_, cf, ..) = h.dims5()?;
+        let pooled = h.reshape((n, cf, ()))?.mean(2)?;
+        let w = self.param("class_layers.out.weight")?;
+        let b = self.param("class_layers.out.bias")?;
+        pooled.matmul(&w.t()?)?.broadcast_add(&b)
+    }
+}
+
+/// Batch statistics of one BatchNorm in one forward pass.
+struct BatchStats {
+    name: String,
+    mean: Vec<f64>,
+    /// Biased variance.
+    var: Vec<f64>,
+    /// Values per channel.
+    count: usize,
+}
+
+enum Slot {
+    Param(usize),
+    Buffer(usize),
+}
+
+/// What [`TrainNet::load_init`] did.
+#[derive(Debug, Default, Clone)]
+pub struct InitReport {
+    /// Tensors taken from the file.
+    pub loaded: Vec<String>,
+    /// Tensors the file lacks (initialised as usual).
+    pub kept: Vec<String>,
+    /// Head tensors of another shape, initialised as usual.
+    pub skipped: Vec<String>,
+}
+
+fn fetch(
+    state: &HashMap<String, Tensor>,
+    name: &str,
+    dims: &[usize],
+    origin: &str,
+) -> Result<Tensor, TrainError> {
+    match state.get(name) {
+        Some(t) if t.dims() == dims => Ok(t.clone()),
+        Some(t) => Err(TrainError::Checkpoint(format!(
+            "{origin}: tensor {name} has shape {:?}, expected {dims:?}",
+            t.dims()
+        ))),
+        None => Err(TrainError::Checkpoint(format!(
+            "{origin}: tensor {name} is missing"
+        ))),
+    }
+}

@@ -1,0 +1,287 @@
+//! BatchNorm in training mode fused with the ReLU that follows it in a DenseNet, for the CPU: one
+//! custom op with the textbook backward pass, per channel in a fixed order (deterministic). The
+//! composed version (candle ops) serves other devices and the tests.
+//!
+//! With `M` values per channel, `xhat = (x - mean) / sqrt(var + eps)` (biased variance),
+//! `z = gamma * xhat + beta`, `y = relu(z)`:
+//! `dz = dy * [z > 0]`, `dbeta = sum dz`, `dgamma = sum dz * xhat`,
+//! `dx = gamma / sqrt(var + eps) * (dz - dbeta / M - xhat * dgamma / M)`.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Batch statistics of `x` (N, C, ...): per-channel mean and biased variance, in f64.
+pub fn batch_stats(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
+    let dims = x.dims();
+    let (n, c) = match dims {
+        [n, c, ..] => (*n, *c),
+        _ => candle_core::bail!("batch norm: input of rank {} has no channels", dims.len()),
+    };
+    let vol: usize = dims[2..].iter().product();
+    let xs = x.detach().flatten_all()?.to_vec1::<f32>()?;
+    let m = (n * vol).max(1) as f64;
+    let stats: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut sum = 0.0f64;
+            for b in 0..n {
+                sum += xs[(b * c + ch) * vol..][..vol]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
+            }
+            let mean = sum / m;
+            let mut ss = 0.0f64;
+            for b in 0..n {
+                ss += xs[(b * c + ch) * vol..][..vol]
+                    .iter()
+                    .map(|&v| (v as f64 - mean).powi(2))
+                    .sum::<f64>();
+            }
+            (mean, ss / m)
+        })
+        .collect();
+    Ok(stats.into_iter().unzip())
+}
+
+/// `relu(gamma * (x - mean) / sqrt(var + eps) + beta)` per channel with the given batch
+/// statistics (those of `x`: see [`batch_stats`]); differentiable in `x`, `gamma` and `beta`.
+pub fn bn_relu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &[f64],
+    var: &[f64],
+    eps: f64,
+) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let op = BnRelu {
+            mean: mean.to_vec(),
+            inv_std: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+        };
+        return x.contiguous()?.apply_op3(gamma, beta, op);
+    }
+    // Other devices: the same function from candle ops, with the statistics recomputed so that
+    // gradients flow through them.
+    let dims = x.dims().to_vec();
+    let mut shape = vec![1usize; dims.len()];
+    shape[1] = mean.len();
+    let axes: Vec<usize> = (0..dims.len()).filter(|&a| a != 1).collect();
+    let mu = x.mean_keepdim(axes.as_slice())?;
+    let xc = x.broadcast_sub(&mu)?;
+    let var = xc.sqr()?.mean_keepdim(axes.as_slice())?;
+    let scale = (var + eps)?
+        .sqrt()?
+        .recip()?
+        .broadcast_mul(&gamma.reshape(shape.as_slice())?)?;
+    xc.broadcast_mul(&scale)?
+        .broadcast_add(&beta.reshape(shape.as_slice())?)?
+        .relu()
+}
+
+struct BnRelu {
+    mean: Vec<f64>,
+    inv_std: Vec<f64>,
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets().and_then(|(a, b)| data.get(a..b)) {
+        Some(d) => Ok(d),
+        None => candle_core::bail!("batch norm: {what} is not a contiguous f32 tensor"),
+    }
+}
+
+fn geometry(shape: &Shape, c: usize) -> Result<(usize, usize)> {
+    match shape.dims() {
+        [n, ch, rest @ ..] if *ch == c => Ok((*n, rest.iter().product())),
+        d => candle_core::bail!("batch norm: input {d:?} does not have {c} channels"),
+    }
+}
+
+impl CustomOp3 for BnRelu {
+    fn name(&self) -> &'static str {
+        "train-bn-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = self.mean.len();
+        let (n, vol) = geometry(l1.shape(), c)?;
+        let xs = slice(s1, l1, "input")?;
+        let g = slice(s2, l2, "gamma")?;
+        let b = slice(s3, l3, "beta")?;
+        if g.len() != c || b.len() != c {
+            candle_core::bail!(
+                "batch norm: {c} channels, gamma/beta of {}/{}",
+                g.len(),
+                b.len()
+            );
+        }
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(vol.max(1))
+            .zip(xs.par_chunks(vol.max(1)))
+            .enumerate()
+            .for_each(|(i, (o, x))| {
+                let ch = i % c;
+                let a = (g[ch] as f64 * self.inv_std[ch]) as f32;
+                let sh = (b[ch] as f64 - self.mean[ch] * g[ch] as f64 * self.inv_std[ch]) as f32;
+                o.iter_mut()
+                    .zip(x)
+                    .for_each(|(o, &v)| *o = (v * a + sh).max(0.0));
+            });
+        let _ = n;
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = self.mean.len();
+        let (n, vol) = geometry(x.shape(), c)?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let ys = res.flatten_all()?.to_vec1::<f32>()?;
+        let gs = grad.flatten_all()?.to_vec1::<f32>()?;
+        let gm = gamma.to_vec1::<f32>()?;
+        let m = (n * vol).max(1) as f64;
+        // Per channel: (sum dz, sum dz * xhat).
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut s1, mut s2) = (0.0f64, 0.0f64);
+                for b in 0..n {
+                    let off = (b * c + ch) * vol;
+                    for i in off..off + vol {
+                        if ys[i] > 0.0 {
+                            let g = gs[i] as f64;
+                            s1 += g;
+                            s2 += g * (xs[i] as f64 - self.mean[ch]) * self.inv_std[ch];
+                        }
+                    }
+                }
+                (s1, s2)
+            })
+            .collect();
+        let mut dx = vec![0f32; xs.len()];
+        dx.par_chunks_mut(vol.max(1))
+            .enumerate()
+            .for_each(|(p, d)| {
+                let ch = p % c;
+                let (s1, s2) = sums[ch];
+                let k = gm[ch] as f64 * self.inv_std[ch];
+                let off = p * vol;
+                for (j, v) in d.iter_mut().enumerate() {
+                    let i = off + j;
+                    let dz = if ys[i] > 0.0 { gs[i] as f64 } else { 0.0 };
+                    let xhat = (xs[i] as f64 - self.mean[ch]) * self.inv_std[ch];
+                    *v = (k * (dz - s1 / m - xhat * s2 / m)) as f32;
+                }
+            });
+        let dev = x.device();
+        let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
+        let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dgamma, c, dev)?),
+            Some(Tensor::from_vec(dbeta, c, dev)?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand(shape: &[usize], seed: u64, scale: f64, shift: f64) -> Tensor {
+        let mut r = crate::train::rng::Rng::new(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| (r.normal() * scale + shift) as f32)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn close(name: &str, a: &Tensor, b: &Tensor) {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                "{name}[{i}]: {u} vs {v}"
+            );
+        }
+    }
+
+    /// The fused op against the composed candle version (autograd through the statistics).
+    #[test]
+    fn fused_matches_composed() {
+        let x = Var::from_tensor(&rand(&[2, 3, 4, 5, 3], 1, 2.0, 0.5)).unwrap();
+        let g = Var::from_tensor(&rand(&[3], 2, 0.3, 1.0)).unwrap();
+        let b = Var::from_tensor(&rand(&[3], 3, 0.3, 0.1)).unwrap();
+        let (mean, var) = batch_stats(x.as_tensor()).unwrap();
+        let fused = bn_relu(
+            x.as_tensor(),
+            g.as_tensor(),
+            b.as_tensor(),
+            &mean,
+            &var,
+            1e-5,
+        )
+        .unwrap();
+        // The composed path: the same function with candle ops.
+        let xt = x.as_tensor();
+        let mu = xt.mean_keepdim([0, 2, 3, 4]).unwrap();
+        let xc = xt.broadcast_sub(&mu).unwrap();
+        let vv = xc.sqr().unwrap().mean_keepdim([0, 2, 3, 4]).unwrap();
+        let composed = xc
+            .broadcast_mul(
+                &(vv + 1e-5)
+                    .unwrap()
+                    .sqrt()
+                    .unwrap()
+                    .recip()
+                    .unwrap()
+                    .broadcast_mul(&g.as_tensor().reshape((1, 3, 1, 1, 1)).unwrap())
+                    .unwrap(),
+            )
+            .unwrap()
+            .broadcast_add(&b.as_tensor().reshape((1, 3, 1, 1, 1)).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        close("forward", &fused, &composed);
+        let r = rand(fused.dims(), 4, 1.0, 0.0);
+        let g1 = (&fused * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&composed * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("x", &x), ("gamma", &g), ("beta", &b)] {
+            close(
+                name,
+                g1.get(v.as_tensor()).unwrap(),
+                g2.get(v.as_tensor()).unwrap(),
+            );
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! `ctgrade train`: learning on a tiny problem, bit-exact resumption, augmentation, label errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+use ctgrade::grading::Head;
+use ctgrade::model::{Arch, NetworkConfig};
+use ctgrade::preprocess::{ChannelLayout, InputSpec};
+use ctgrade::train::augment::{augment, AugmentConfig, Transform};
+use ctgrade::train::labels::read_labels;
+use ctgrade::train::net::TrainNet;
+use ctgrade::train::optim::{loss, Adam, AdamConfig};
+use ctgrade::train::synthdata::{write_phantom_set, PhantomSet};
+use ctgrade::train::{train, Recipe, TrainError, TrainOptions};
+
+fn tiny_network() -> NetworkConfig {
+    NetworkConfig {
+        growth_rate: Some(4),
+        block_config: Some(vec![1, 1]),
+        bn_size: Some(2),
+        init_features: Some(4),
+        ..NetworkConfig::new(Arch::DenseNet121_3d, 3, 1)
+    }
+}
+
+/// A toy volume: background noise, plus a bright blob for the positive class.
+fn toy(seed: u64, bright: bool) -> Vec<f32> {
+    let mut r = ctgrade::train::rng::Rng::new(seed);
+    let (d, h, w) = (8usize, 16usize, 16usize);
+    let mut v = vec![0f32; d * h * w];
+    for (i, x) in v.iter_mut().enumerate() {
+        let (z, y, xx) = (i / (h * w), (i / w) % h, i % w);
+        let blob = bright
+            && (z as f64 - 4.0).powi(2) + (y as f64 - 8.0).powi(2) + (xx as f64 - 8.0).powi(2)
+                < 12.0;
+        *x = 0.2 + 0.05 * r.normal() as f32 + if blob { 0.6 } else { 0.0 };
+    }
+    v
+}
+
+#[test]
+fn a_few_steps_lower_the_loss() {
+    let dev = Device::Cpu;
+    let mut net = TrainNet::new(&tiny_network(), 7, &dev).unwrap();
+    let mut adam = Adam::new(
+        net.params(),
+        AdamConfig {
+            lr: 1e-2,
+            ..AdamConfig::default()
+        },
+    )
+    .unwrap();
+    let labels = [1u8, 5, 1, 5];
+    let data: Vec<f32> = (0..4)
+        .flat_map(|i| toy(i, labels[i as usize] == 5))
+        .collect();
+    // One channel: the CT repeated three times (the stem folds the repetition).
+    let x = Tensor::from_vec(data, (4, 1, 8, 16, 16), &dev).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..15 {
+        let y = net.forward_train(&x).unwrap();
+        let l = loss(Head::Continuous, &y, &labels).unwrap();
+        losses.push(l.to_scalar::<f32>().unwrap());
+        adam.step(net.params(), &l.backward().unwrap()).unwrap();
+    }
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(last < 0.5 * first, "loss did not fall enough: {losses:?}");
+    // The inference form (running statistics re-estimated) separates the classes too.
+    net.recompute_bn_stats(std::slice::from_ref(&x)).unwrap();
+    let x3 = x.repeat((1, 3, 1, 1, 1)).unwrap();
+    let out = net.inference().unwrap().forward(&x3).unwrap();
+    let out = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(
+        out[1] > out[0] && out[3] > out[2],
+        "inference outputs {out:?}"
+    );
+}
+
+#[test]
+fn augmentation_keeps_shapes_and_is_deterministic() {
+    let dims = [8, 16, 16];
+    let src: Vec<f32> = [toy(1, true), toy(2, false)].concat();
+    let cfg = AugmentConfig::default().scaled(dims);
+    let a = augment(&src, 2, dims, &[0.0, 0.0], &Transform::draw(&cfg, 42));
+    let b = augment(&src, 2, dims, &[0.0, 0.0], &Transform::draw(&cfg, 42));
+    let c = augment(&src, 2, dims, &[0.0, 0.0], &Transform::draw(&cfg, 43));
+    assert_eq!(a.len(), src.len());
+    assert_eq!(a, b, "same seed, same output");
+    assert_ne!(a, c, "another seed, another output");
+    assert!(a.iter().all(|v| v.is_finite()));
+    // The scaled translation: 20 voxels at 240 become 20 * 16 / 240 here.
+    assert!((cfg.translate_xy - 20.0 * 16.0 / 240.0).abs() < 1e-12);
+    assert!((cfg.translate_z - 2.0 * 8.0 / 128.0).abs() < 1e-12);
+}
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+#[test]
+fn label_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("", "empty"),
+        (
+            "name,grade\na,3\n",
+            "must name the columns `case` and `co_rads`",
+        ),
+        (
+            "case,co_rads\na,6\n",
+            "line 2: case a: CO-RADS must be an integer 1 to 5, got \"6\"",
+        ),
+        ("case,co_rads\na,three\n", "got \"three\""),
+        (
+            "case,co_rads\na,3\nb,2\na,4\n",
+            "line 4: case a appears twice (first on line 2)",
+        ),
+        (
+            "case,co_rads\na,3,x\n",
+            "line 2: 3 field(s), the header has 2",
+        ),
+        ("case,co_rads\n", "no cases after the header"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = write(&dir.path().join(format!("l{i}.csv")), text);
+        let err = read_labels(&path).unwrap_err().to_string();
+        assert!(err.contains(want), "{text:?}: {err}");
+        assert!(
+            err.contains(&format!("l{i}.csv")),
+            "the error names the file: {err}"
+        );
+    }
+    let missing = read_labels(&dir.path().join("nope.csv")).unwrap_err();
+    assert!(missing.to_string().contains("cannot read it"), "{missing}");
+    // A labelled case without a scan.
+    let labels = read_labels(&write(
+        &dir.path().join("ok.csv"),
+        "case,co_rads\nscan-1,2\n",
+    ))
+    .unwrap();
+    let err = ctgrade::train::data::find_cases(dir.path(), &labels).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::Data { msg, .. } if msg.contains("1 labelled case(s): scan-1")),
+        "{err}"
+    );
+    // Through the command line: exit status 1 and the reason on the last line.
+    let out = Command::new(env!("CARGO_BIN_EXE_ctgrade"))
+        .args(["train", "--arch", "densenet121-3d", "--data"])
+        .arg(dir.path())
+        .arg("--labels")
+        .arg(dir.path().join("l2.csv"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .contains("CO-RADS must be an integer"),
+        "{stderr}"
+    );
+}
+
+fn options(data: &Path, out: &Path) -> TrainOptions {
+    TrainOptions {
+        data: data.to_path_buf(),
+        labels: data.join("labels.csv"),
+        out: out.to_path_buf(),
+        recipe: Recipe {
+            network: tiny_network(),
+            head: Head::Continuous,
+            input: InputSpec {
+                spacing_mm: 10.0,
+                crop_xy: [16, 16],
+                slices: 8,
+                hu_window: [-1100.0, 300.0],
+                z_margin_mm: 10.0,
+                channels: ChannelLayout::CtX3,
+            },
+            seed: 11,
+            adam: AdamConfig {
+                lr: 1e-3,
+                ..AdamConfig::default()
+            },
+            batch_size: 2,
+            max_steps: 6,
+            patience: 0,
+            val_every: 3,
+            val_fraction: 0.25,
+            augment: AugmentConfig::default(),
+            init: None,
+        },
+        members: 2,
+        max_minutes: None,
+        resume: false,
+        checkpoint_every: 2,
+        log_every: 0,
+        cache: true,
+        name: "test".into(),
+        description: String::new(),
+        interrupt_after: None,
+    }
+}
+
+/// Interrupted twice (between checkpoints, and in the second member) and resumed: the members
+/// are the same files, byte for byte, as those of an uninterrupted run.
+#[test]
+fn resume_after_interruption_gives_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_phantom_set(
+        &PhantomSet {
+            out: data.clone(),
+            per_class: 2,
+            seed: 100,
+            size: [48, 48, 32],
+            spacing: [7.5, 7.5, 10.0],
+            prefix: "p".into(),
+        },
+        |_| {},
+    )
+    .unwrap();
+
+    let whole = dir.path().join("whole");
+    let report = train(&options(&data, &whole)).unwrap();
+    assert!(report.completed);
+    assert_eq!(report.members.len(), 2);
+    assert!(whole.join("ensemble.json").is_file());
+    for f in ["train-log.csv", "train-log.json", "loss.svg"] {
+        assert!(whole.join(f).is_file(), "{f}");
+    }
+    let csv = std::fs::read_to_string(whole.join("train-log.csv")).unwrap();
+    // Two validations (steps 3 and 6) per member.
+    assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+
+    let parts = dir.path().join("parts");
+    let mut o = options(&data, &parts);
+    o.interrupt_after = Some(3);
+    let r = train(&o).unwrap();
+    assert!(!r.completed && r.members.is_empty());
+    // Continuing without --resume is refused.
+    o.interrupt_after = None;
+    let err = train(&o).unwrap_err().to_string();
+    assert!(err.contains("--resume"), "{err}");
+    // Resume: member 0 goes on from its step-2 checkpoint (step 3 is redone); member 1 is
+    // interrupted at its step 3, after its step-2 checkpoint.
+    o.resume = true;
+    o.interrupt_after = Some(7);
+    assert!(!train(&o).unwrap().completed);
+    o.interrupt_after = None;
+    let r = train(&o).unwrap();
+    assert!(r.completed);
+    for m in 0..2 {
+        let name = format!("member-{m:02}.safetensors");
+        let a = std::fs::read(whole.join(&name)).unwrap();
+        let b = std::fs::read(parts.join(&name)).unwrap();
+        assert!(
+            a == b,
+            "{name} differs between the whole and the resumed run"
+        );
+    }
+    // The logs agree too, but for the seconds column.
+    let strip = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p.join("train-log.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').map_or(l, |(a, _)| a).to_string())
+            .collect()
+    };
+    assert_eq!(strip(&whole), strip(&parts));
+    // Other settings are refused on resume.
+    o.recipe.seed = 12;
+    let err = train(&o).unwrap_err().to_string();
+    assert!(err.contains("other settings"), "{err}");
+}
