@@ -84,6 +84,23 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `ctgrade run` on the CPU with the given folders, plus extra arguments.
+fn run(input: &Path, output: &Path, weights: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "run",
+        "--input",
+        s(input),
+        "--output",
+        s(output),
+        "--weights",
+        s(weights),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    ctgrade(&args)
+}
+
 #[test]
 fn socket_layout_single_case() {
     let dir = tempfile::tempdir().unwrap();
@@ -91,18 +108,7 @@ fn socket_layout_single_case() {
     let input = dir.path().join("input");
     write_phantom(&input.join("images/ct/case-1.mha"), 1, 4);
     let output = dir.path().join("output");
-    let out = ctgrade(&[
-        "run",
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-        "--weights",
-        s(&weights),
-        "--device",
-        "cpu",
-        "--lung-mask",
-    ]);
+    let out = run(&input, &output, &weights, &["--lung-mask"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let p: f64 = std::fs::read_to_string(output.join("probability-covid-19.json"))
@@ -124,17 +130,7 @@ fn socket_layout_single_case() {
 
     // Deterministic: a second run writes byte-identical answers.
     let again = dir.path().join("again");
-    let out2 = ctgrade(&[
-        "run",
-        "--input",
-        s(&input),
-        "--output",
-        s(&again),
-        "--weights",
-        s(&weights),
-        "--device",
-        "cpu",
-    ]);
+    let out2 = run(&input, &again, &weights, &[]);
     assert!(out2.status.success());
     for f in ["probability-covid-19.json", "co-rads-score.json"] {
         assert_eq!(
@@ -153,17 +149,7 @@ fn legacy_batch_with_a_failing_case() {
     write_phantom(&input.join("c.mha"), 3, 5);
     std::fs::write(input.join("b.mha"), b"ObjectType = Image\nNDims = 3\n").unwrap();
     let output = dir.path().join("output");
-    let out = ctgrade(&[
-        "run",
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-        "--weights",
-        s(&weights),
-        "--device",
-        "cpu",
-    ]);
+    let out = run(&input, &output, &weights, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a failed case must fail the run");
     let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
@@ -201,17 +187,7 @@ fn single_failing_case_writes_nothing_and_says_why_last() {
     let air = volume::Volume::filled([64, 64, 32], [5.0, 5.0, 8.0], [0.0; 3], -1000.0);
     volume::write(&input.join("images/ct/air.mha"), &air, ElementType::Short).unwrap();
     let output = dir.path().join("output");
-    let out = ctgrade(&[
-        "run",
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-        "--weights",
-        s(&weights),
-        "--device",
-        "cpu",
-    ]);
+    let out = run(&input, &output, &weights, &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
