@@ -103,7 +103,7 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
             if inputs.layout == Layout::Sockets || batch {
                 outputs::write_sockets(&case_dir, &grade).map_err(|e| e.to_string())?;
             }
-            if let (true, Some(mask)) = (opts.lung_mask, mask) {
+            if opts.lung_mask {
                 let path = opts
                     .output
                     .join(outputs::LUNG_MASK_DIR)
@@ -170,7 +170,7 @@ fn grade_case(
     ensemble: &Ensemble,
     device: &Device,
     bar: &ProgressBar,
-) -> Result<(Grade, Option<volume::Volume>), String> {
+) -> Result<(Grade, volume::Volume), String> {
     let label = match &case.upload_name {
         Some(upload) => format!("{} (uploaded as {upload})", case.name),
         None => case.name.clone(),
@@ -207,5 +207,5 @@ fn grade_case(
         bar,
         format!("{label}: read {read_s:.2} s, preprocess {prep_s:.2} s, ensemble {infer_s:.2} s"),
     );
-    Ok((grade, Some(prep.lung_mask)))
+    Ok((grade, prep.lung_mask))
 }
