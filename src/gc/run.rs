@@ -100,9 +100,6 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
             opts.output.clone()
         };
         let outcome = grade_case(case, ensemble, device, &bar).and_then(|(grade, mask)| {
-            if inputs.layout == Layout::Sockets || batch {
-                outputs::write_sockets(&case_dir, &grade).map_err(|e| e.to_string())?;
-            }
             if opts.lung_mask {
                 let path = opts
                     .output
@@ -113,6 +110,10 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
                         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
                 }
                 volume::write(&path, &mask, ElementType::UChar).map_err(|e| e.to_string())?;
+            }
+            // The answers last: a case whose other outputs failed leaves no answer behind.
+            if inputs.layout == Layout::Sockets || batch {
+                outputs::write_sockets(&case_dir, &grade).map_err(|e| e.to_string())?;
             }
             Ok(grade)
         });
