@@ -277,6 +277,10 @@ impl Ensemble {
                 manifest.network.num_outputs
             )));
         }
+        manifest
+            .input
+            .validate()
+            .map_err(|e| manifest_err(format!("input: {e}")))?;
         let expected = model::expected_tensors_named(&manifest.network, Naming::Monai)
             .map_err(|e| manifest_err(e.to_string()))?;
         manifest.members.par_iter().try_for_each(|member| {
