@@ -5,9 +5,12 @@
 pub mod cli;
 pub mod convert;
 pub(crate) mod cpu;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod cpu_avx512;
 pub mod densenet;
 pub mod inflate;
 pub mod layers;
+pub(crate) mod prof;
 
 use std::fmt;
 use std::str::FromStr;
