@@ -54,15 +54,18 @@ def main():
                    block_config=BLOCKS[args.arch]).eval()
     build_s = time.perf_counter() - t0
     x = torch.randn(*dims)
-    times = []
+    times, cpu_times = [], []
     with torch.inference_mode():
         for i in range(args.repeat + 1):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             net(x)
             if i > 0:
                 times.append(time.perf_counter() - t)
+                # user + system CPU time of all threads (less sensitive to other load than wall time)
+                cpu_times.append(time.process_time() - c)
     print(json.dumps({"arch": args.arch, "input": dims, "threads": torch.get_num_threads(),
-                      "median_s": statistics.median(times), "times_s": times, "build_s": build_s,
+                      "median_s": statistics.median(times), "times_s": times,
+                      "median_cpu_s": statistics.median(cpu_times), "cpu_times_s": cpu_times, "build_s": build_s,
                       "peak_rss_mib": peak_rss_mib(), "torch": torch.__version__}))
 
 

@@ -162,6 +162,11 @@ pub struct BenchReport {
     pub median_s: f64,
     /// Every timed forward, seconds.
     pub times_s: Vec<f64>,
+    /// Median process CPU time (user + system, all threads) per forward, seconds: less sensitive
+    /// than wall time to other load on the machine. `None` where /proc is unavailable.
+    pub median_cpu_s: Option<f64>,
+    /// Process CPU time of every timed forward, seconds.
+    pub cpu_times_s: Vec<f64>,
     /// Seconds to build the network (random weights, BatchNorm folding).
     pub build_s: f64,
     /// Peak resident memory of the process (VmHWM), MiB.
@@ -174,6 +179,16 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 /// Random parameters of plausible scale for `cfg` (running variances positive).
@@ -230,28 +245,36 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport, ModelError> {
     let build_s = t0.elapsed().as_secs_f64();
     let x = Tensor::randn(0f32, 1.0, dims.as_slice(), &dev)?;
     let mut times = Vec::with_capacity(args.repeat);
+    let mut cpu_times = Vec::with_capacity(args.repeat);
     for i in 0..=args.repeat {
         let t = Instant::now();
+        let c = super::prof::process_cpu_s();
         let y = net.forward(&x)?;
         // Forces completion on asynchronous devices.
         y.to_device(&Device::Cpu)?;
-        if i > 0 {
+        if i == 0 {
+            super::prof::reset();
+        } else {
             times.push(t.elapsed().as_secs_f64());
+            if let (Some(c0), Some(c1)) = (c, super::prof::process_cpu_s()) {
+                cpu_times.push(c1 - c0);
+            }
         }
     }
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median_s = match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    };
+    if super::prof::enabled() {
+        eprint!("{}", super::prof::report(times.len()));
+    }
+    let median_s = median(&times);
+    let median_cpu_s =
+        (cpu_times.len() == times.len() && !times.is_empty()).then(|| median(&cpu_times));
     Ok(BenchReport {
         arch: args.arch.to_string(),
         input: dims,
         threads: candle_core::utils::get_num_threads(),
         median_s,
         times_s: times,
+        median_cpu_s,
+        cpu_times_s: cpu_times,
         build_s,
         peak_rss_mib: peak_rss_mib(),
     })

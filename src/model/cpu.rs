@@ -1,5 +1,6 @@
-//! CPU inference kernels for the 3-D layers: tiled im2col feeding the `gemm` crate directly,
-//! direct pooling loops, and a fused per-channel scale + shift + ReLU.
+//! CPU inference kernels for the 3-D layers: on CPUs with AVX-512, direct convolutions and packed
+//! pointwise ones on a hand-written micro-kernel (`cpu_avx512`); elsewhere a tiled im2col feeding
+//! the `gemm` crate. Plus direct pooling loops and a fused per-channel scale + shift + ReLU.
 //!
 //! candle's CPU `conv2d` (im2col + GEMM over 512-pixel tiles, with an NHWC copy of the whole input
 //! on every call) reaches about 15 GFLOP/s here; these kernels build cache-sized im2col tiles per
@@ -12,6 +13,31 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::layers::{avg_divisors, Conv3d, Conv3dConfig, Pool3dConfig, PoolKind};
+use super::prof::{self, Kind};
+
+#[cfg(target_arch = "x86_64")]
+use super::cpu_avx512 as avx;
+
+/// Which convolution kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// Tiled im2col + the `gemm` crate (any CPU).
+    Gemm,
+    /// Direct convolution on the AVX-512 micro-kernel.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Engine {
+    /// The fastest engine this CPU runs.
+    pub(crate) fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if avx::available() {
+            return Engine::Avx512;
+        }
+        Engine::Gemm
+    }
+}
 
 /// Whether the CPU kernels may run: f32 tensors on the CPU that track no gradients.
 pub(crate) fn eligible(ts: &[&Tensor]) -> bool {
@@ -87,6 +113,18 @@ pub(crate) fn conv3d_act(
     cfg: &Conv3dConfig,
     relu: bool,
 ) -> Result<Tensor> {
+    conv3d_with(Engine::detect(), x, w, bias, cfg, relu)
+}
+
+/// [`conv3d_act`] on the given engine.
+pub(crate) fn conv3d_with(
+    engine: Engine,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv3dConfig,
+    relu: bool,
+) -> Result<Tensor> {
     let (n, c_in, d, h, wd) = x.dims5()?;
     let (c_out, c_in_w, kd, kh, kw) = w.dims5()?;
     if c_in != c_in_w {
@@ -109,14 +147,27 @@ pub(crate) fn conv3d_act(
     if bias.as_ref().is_some_and(|b| b.len() != c_out) {
         candle_core::bail!("conv3d: bias length differs from {c_out} outputs");
     }
+    let pointwise = g.kernel == [1, 1, 1] && g.cfg.stride == [1; 3] && g.cfg.padding == [[0; 2]; 3];
+    let _t = prof::span(match g.kernel {
+        _ if pointwise => Kind::Pointwise,
+        [7, 7, 7] => Kind::Stem,
+        _ => Kind::ConvOther,
+    });
     let x = x.contiguous()?;
     let w = w.contiguous()?;
     let vol_out = out[0] * out[1] * out[2];
     let mut dst = vec![0f32; n * c_out * vol_out];
+    #[cfg(target_arch = "x86_64")]
+    if engine == Engine::Avx512 {
+        with_f32(&x, |xs| {
+            with_f32(&w, |ws| {
+                conv_avx512(&g, xs, ws, bias.as_deref(), relu, pointwise, &mut dst)
+            })
+        })?;
+        return Tensor::from_vec(dst, (n, c_out, out[0], out[1], out[2]), &Device::Cpu);
+    }
     with_f32(&x, |xs| {
         with_f32(&w, |ws| {
-            let pointwise =
-                g.kernel == [1, 1, 1] && g.cfg.stride == [1; 3] && g.cfg.padding == [[0; 2]; 3];
             if pointwise {
                 conv_pointwise(&g, xs, ws, &mut dst);
             } else {
@@ -129,6 +180,56 @@ pub(crate) fn conv3d_act(
         epilogue(&mut dst, c_out, vol_out, bias.as_deref(), relu);
     }
     Tensor::from_vec(dst, (n, c_out, out[0], out[1], out[2]), &Device::Cpu)
+}
+
+/// [`conv3d_with`]'s AVX-512 body: `dst` (zeroed, `n * c_out * vol_out`) gets the convolution
+/// with bias and ReLU applied.
+#[cfg(target_arch = "x86_64")]
+fn conv_avx512(
+    g: &ConvGeom,
+    xs: &[f32],
+    ws: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    pointwise: bool,
+    dst: &mut [f32],
+) -> Result<()> {
+    let k = g.c_in * g.kernel.iter().product::<usize>();
+    let pw = avx::PackedWeights::new(ws, g.c_out, k);
+    let epi = avx::Epilogue { bias, relu };
+    let vol_in = g.input.iter().product::<usize>();
+    let vol_out = g.out.iter().product::<usize>();
+    let item_out = g.c_out * vol_out;
+    if pointwise {
+        for (item, out) in xs
+            .chunks_exact(g.c_in * vol_in)
+            .zip(dst.chunks_exact_mut(item_out))
+        {
+            let to = avx::PointwiseDst::Dense {
+                ptr: avx::Dst(out.as_mut_ptr()),
+                cs: vol_out,
+            };
+            // SAFETY: AVX-512 is available (Engine::Avx512); `out` holds c_out planes of vol_out.
+            unsafe { avx::conv_pointwise(item, vol_in, vol_in, None, &pw, epi, to)? };
+        }
+        return Ok(());
+    }
+    let pads = [
+        g.cfg.padding[0][0],
+        g.cfg.padding[1][0],
+        g.cfg.padding[2][0],
+    ];
+    let geom = avx::DirectGeom::new(g.c_in, g.input, g.kernel, g.cfg.stride, pads, g.out);
+    let mut prep = vec![0f32; geom.prepared_len()];
+    for (item, out) in xs
+        .chunks_exact(g.c_in * vol_in)
+        .zip(dst.chunks_exact_mut(item_out))
+    {
+        geom.prepare(item, &mut prep);
+        // SAFETY: AVX-512 is available; `out` holds c_out planes of vol_out; prep is prepared.
+        unsafe { avx::conv_direct(&geom, &prep, &pw, epi, avx::Dst(out.as_mut_ptr()), vol_out)? };
+    }
+    Ok(())
 }
 
 /// Adds the bias per channel and applies the ReLU, in place.
@@ -394,6 +495,10 @@ pub(crate) fn pool3d_pre(
         None => None,
     };
     let [od, oh, ow] = cfg.output_size([d, h, w])?;
+    let _t = prof::span(match kind {
+        PoolKind::Max => Kind::MaxPool,
+        PoolKind::Avg { .. } => Kind::TransitionPool,
+    });
     let x = x.contiguous()?;
     let (vin, vout) = (d * h * w, od * oh * ow);
     let mut dst = vec![0f32; n * c * vout];
@@ -484,6 +589,7 @@ pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     if vol == 0 {
         candle_core::bail!("global average pooling of an empty volume");
     }
+    let _t = prof::span(Kind::GlobalPool);
     let x = x.contiguous()?;
     let out = with_f32(&x, |xs| {
         Ok(xs
@@ -510,6 +616,7 @@ pub(crate) fn scale_shift_relu(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Re
         candle_core::bail!("scale_shift_relu: {c} channels, {} scales", scale.len());
     }
     let vol: usize = dims.iter().skip(2).product();
+    let _t = prof::span(Kind::BnRelu);
     let x = x.contiguous()?;
     let mut dst = vec![0f32; n * c * vol];
     if vol > 0 {
@@ -543,14 +650,38 @@ pub(crate) struct DenseLayerCpu {
     growth: usize,
     scale1: Vec<f32>,
     shift1: Vec<f32>,
-    w1: Vec<f32>,
     b1: Vec<f32>,
-    w2: Vec<f32>,
+    weights: LayerWeights,
+}
+
+/// conv1 and conv2 weights in the form their engine reads.
+#[derive(Clone, Debug)]
+enum LayerWeights {
+    /// Row-major `(C_out, C_in * taps)`.
+    Gemm { w1: Vec<f32>, w2: Vec<f32> },
+    /// Packed into micro-kernel panels.
+    #[cfg(target_arch = "x86_64")]
+    Avx512 {
+        w1: avx::PackedWeights,
+        w2: avx::PackedWeights,
+    },
 }
 
 impl DenseLayerCpu {
-    /// Copies the layer's parameters; `None` unless they all suit the CPU kernels.
+    /// Copies the layer's parameters for this CPU's engine; `None` unless they all suit the CPU
+    /// kernels.
     pub(crate) fn new(
+        scale1: &Tensor,
+        shift1: &Tensor,
+        conv1: &Conv3d,
+        conv2: &Conv3d,
+    ) -> Result<Option<Self>> {
+        Self::with_engine(Engine::detect(), scale1, shift1, conv1, conv2)
+    }
+
+    /// [`DenseLayerCpu::new`] for the given engine.
+    pub(crate) fn with_engine(
+        engine: Engine,
         scale1: &Tensor,
         shift1: &Tensor,
         conv1: &Conv3d,
@@ -572,15 +703,23 @@ impl DenseLayerCpu {
         if (k1d, k1h, k1w) != (1, 1, 1) || (k2d, k2h, k2w) != (3, 3, 3) || inner2 != inner {
             return Ok(None);
         }
+        let (w1, w2) = (vec_f32(conv1.weight())?, vec_f32(conv2.weight())?);
+        let weights = match engine {
+            Engine::Gemm => LayerWeights::Gemm { w1, w2 },
+            #[cfg(target_arch = "x86_64")]
+            Engine::Avx512 => LayerWeights::Avx512 {
+                w1: avx::PackedWeights::new(&w1, inner, c_in),
+                w2: avx::PackedWeights::new(&w2, growth, inner * 27),
+            },
+        };
         let layer = Self {
             c_in,
             inner,
             growth,
             scale1: vec_f32(scale1)?,
             shift1: vec_f32(shift1)?,
-            w1: vec_f32(conv1.weight())?,
             b1: vec_f32(b1)?,
-            w2: vec_f32(conv2.weight())?,
+            weights,
         };
         if layer.scale1.len() != c_in || layer.shift1.len() != c_in || layer.b1.len() != inner {
             candle_core::bail!(
@@ -609,6 +748,7 @@ pub(crate) fn dense_block(x: &Tensor, layers: &[DenseLayerCpu]) -> Result<Tensor
         c_total += l.growth;
     }
     let bs = c_total * vol;
+    let t_copy = prof::span(Kind::Concat);
     let mut buf = vec![0f32; n * bs];
     let x = x.contiguous()?;
     with_f32(&x, |xs| {
@@ -617,10 +757,26 @@ pub(crate) fn dense_block(x: &Tensor, layers: &[DenseLayerCpu]) -> Result<Tensor
         }
         Ok(())
     })?;
+    drop(t_copy);
+    drop(x);
+    #[cfg(target_arch = "x86_64")]
+    if layers
+        .iter()
+        .all(|l| matches!(l.weights, LayerWeights::Avx512 { .. }))
+    {
+        dense_block_avx512(&mut buf, bs, [d, h, w], layers)?;
+        return Tensor::from_vec(buf, (n, c_total, d, h, w), &Device::Cpu);
+    }
     let inner_max = layers.iter().map(|l| l.inner).max().unwrap_or(0);
     let mut mid = vec![0f32; n * inner_max * vol];
     for l in layers {
-        bottleneck(&buf, bs, n, vol, l, &mut mid);
+        let LayerWeights::Gemm { w1, w2 } = &l.weights else {
+            candle_core::bail!("dense block: layers packed for different engines");
+        };
+        let t1 = prof::span(Kind::Bottleneck);
+        bottleneck(&buf, bs, n, vol, l, w1, &mut mid);
+        drop(t1);
+        let _t3 = prof::span(Kind::Conv3x3);
         let g = ConvGeom {
             n,
             c_in: l.inner,
@@ -637,7 +793,7 @@ pub(crate) fn dense_block(x: &Tensor, layers: &[DenseLayerCpu]) -> Result<Tensor
                 &g,
                 &mid,
                 l.inner * vol,
-                &l.w2,
+                w2,
                 OutPtr(buf.as_mut_ptr().add(l.c_in * vol)),
                 bs,
             );
@@ -646,8 +802,73 @@ pub(crate) fn dense_block(x: &Tensor, layers: &[DenseLayerCpu]) -> Result<Tensor
     Tensor::from_vec(buf, (n, c_total, d, h, w), &Device::Cpu)
 }
 
+/// [`dense_block`] on the AVX-512 kernels: `buf` holds `bs` floats per batch item, the block's
+/// input in its first channels. The bottleneck writes straight into the zero-padded input of the
+/// 3x3x3 convolution, whose borders stay zero for all layers.
+#[cfg(target_arch = "x86_64")]
+fn dense_block_avx512(
+    buf: &mut [f32],
+    bs: usize,
+    dims: [usize; 3],
+    layers: &[DenseLayerCpu],
+) -> Result<()> {
+    let vol = dims.iter().product::<usize>();
+    let inner_max = layers.iter().map(|l| l.inner).max().unwrap_or(0);
+    let geom = |inner| avx::DirectGeom::new(inner, dims, [3; 3], [1; 3], [1; 3], dims);
+    let mut mid = vec![0f32; geom(inner_max).prepared_len()];
+    for b in 0..buf.len() / bs.max(1) {
+        for l in layers {
+            #[allow(irrefutable_let_patterns)]
+            let LayerWeights::Avx512 { w1, w2 } = &l.weights
+            else {
+                continue;
+            };
+            let g = geom(l.inner);
+            {
+                let _t = prof::span(Kind::Bottleneck);
+                let to = avx::PointwiseDst::Padded {
+                    ptr: avx::Dst(mid.as_mut_ptr()),
+                    geom: &g,
+                    dims,
+                };
+                let epi = avx::Epilogue {
+                    bias: Some(&l.b1),
+                    relu: true,
+                };
+                let pre = Some((l.scale1.as_slice(), l.shift1.as_slice()));
+                // SAFETY: AVX-512 is available (the weights were packed for it); `mid` holds the
+                // padded planes of l.inner <= inner_max channels; item b's first c_in channels
+                // are read.
+                unsafe {
+                    avx::conv_pointwise(&buf[b * bs..(b + 1) * bs], vol, vol, pre, w1, epi, to)?
+                };
+            }
+            let _t = prof::span(Kind::Conv3x3);
+            let epi = avx::Epilogue {
+                bias: None,
+                relu: false,
+            };
+            // SAFETY: channels c_in..c_in + growth of item b lie inside buf (checked by the caller)
+            // and nothing else accesses buf meanwhile.
+            unsafe {
+                let out = avx::Dst(buf.as_mut_ptr().add(b * bs + l.c_in * vol));
+                avx::conv_direct(&g, &mid, w2, epi, out, vol)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `mid = relu(W1 * relu(x * scale1 + shift1) + b1)` over the first `l.c_in` channels of `buf`.
-fn bottleneck(buf: &[f32], bs: usize, n: usize, vol: usize, l: &DenseLayerCpu, mid: &mut [f32]) {
+fn bottleneck(
+    buf: &[f32],
+    bs: usize,
+    n: usize,
+    vol: usize,
+    l: &DenseLayerCpu,
+    w1: &[f32],
+    mid: &mut [f32],
+) {
     let tile = (COL_TILE_ELEMS / l.c_in.max(1)).clamp(256, POINTWISE_TILE);
     let per_item = vol.div_ceil(tile);
     let tiles = n * per_item;
@@ -676,7 +897,7 @@ fn bottleneck(buf: &[f32], bs: usize, n: usize, vol: usize, l: &DenseLayerCpu, m
                 l.c_in,
                 base,
                 vol,
-                l.w1.as_ptr(),
+                w1.as_ptr(),
                 l.c_in,
                 pack.as_ptr(),
                 np,
@@ -695,5 +916,240 @@ fn bottleneck(buf: &[f32], bs: usize, n: usize, vol: usize, l: &DenseLayerCpu, m
     } else {
         let mut p = Vec::new();
         (0..tiles).for_each(|t| run(&mut p, t));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every engine this CPU runs.
+    fn engines() -> Vec<Engine> {
+        let mut e = vec![Engine::Gemm];
+        if Engine::detect() != Engine::Gemm {
+            e.push(Engine::detect());
+        }
+        e
+    }
+
+    fn randn(shape: &[usize]) -> Tensor {
+        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Direct 3-D convolution in f64, PyTorch's semantics.
+    fn naive_conv(
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        cfg: &Conv3dConfig,
+        relu: bool,
+    ) -> Vec<f32> {
+        let (n, ci_n, d, h, wd) = x.dims5().unwrap();
+        let (co_n, _, kd, kh, kw) = w.dims5().unwrap();
+        let [od, oh, ow] = cfg.output_size([d, h, wd], [kd, kh, kw]).unwrap();
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let bs = b.map(|b| b.to_vec1::<f32>().unwrap());
+        let inside = |i: isize, len: usize| (i >= 0 && (i as usize) < len).then_some(i as usize);
+        let mut out = Vec::with_capacity(n * co_n * od * oh * ow);
+        for bi in 0..n {
+            for co in 0..co_n {
+                for z in 0..od {
+                    for y in 0..oh {
+                        for xo in 0..ow {
+                            let mut acc = bs.as_ref().map_or(0.0, |b| b[co] as f64);
+                            for ci in 0..ci_n {
+                                for a in 0..kd {
+                                    let iz = (z * cfg.stride[0] + a) as isize
+                                        - cfg.padding[0][0] as isize;
+                                    let Some(iz) = inside(iz, d) else { continue };
+                                    for bb in 0..kh {
+                                        let iy = (y * cfg.stride[1] + bb) as isize
+                                            - cfg.padding[1][0] as isize;
+                                        let Some(iy) = inside(iy, h) else { continue };
+                                        for c in 0..kw {
+                                            let ix = (xo * cfg.stride[2] + c) as isize
+                                                - cfg.padding[2][0] as isize;
+                                            let Some(ix) = inside(ix, wd) else { continue };
+                                            let xv = xs
+                                                [(((bi * ci_n + ci) * d + iz) * h + iy) * wd + ix];
+                                            let wv = ws
+                                                [(((co * ci_n + ci) * kd + a) * kh + bb) * kw + c];
+                                            acc += xv as f64 * wv as f64;
+                                        }
+                                    }
+                                }
+                            }
+                            out.push(if relu { acc.max(0.0) } else { acc } as f32);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn engines_match_a_naive_convolution() {
+        // (N, C_in, C_out, input, kernel, stride, padding, bias, relu): the stem's and the dense
+        // layers' shapes in small, odd sizes, output-channel counts off the micro-tile, asymmetric
+        // padding, unequal strides, rows narrower than a vector.
+        let pads = |p: usize| [[p; 2]; 3];
+        type Case = (
+            usize,
+            usize,
+            usize,
+            [usize; 3],
+            [usize; 3],
+            [usize; 3],
+            [[usize; 2]; 3],
+            bool,
+            bool,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                1,
+                3,
+                10,
+                [9, 14, 13],
+                [7, 7, 7],
+                [2, 2, 2],
+                pads(3),
+                true,
+                true,
+            ),
+            (
+                2,
+                12,
+                5,
+                [4, 7, 21],
+                [3, 3, 3],
+                [1, 1, 1],
+                pads(1),
+                false,
+                false,
+            ),
+            (
+                1,
+                7,
+                9,
+                [3, 5, 37],
+                [1, 1, 1],
+                [1, 1, 1],
+                pads(0),
+                true,
+                true,
+            ),
+            (
+                2,
+                4,
+                3,
+                [5, 6, 7],
+                [1, 1, 1],
+                [2, 1, 2],
+                pads(0),
+                true,
+                false,
+            ),
+            (
+                1,
+                2,
+                17,
+                [5, 9, 6],
+                [2, 3, 1],
+                [1, 2, 3],
+                [[0, 1], [2, 0], [1, 1]],
+                true,
+                false,
+            ),
+            (
+                1,
+                5,
+                8,
+                [2, 3, 2],
+                [3, 3, 3],
+                [1, 1, 1],
+                pads(2),
+                false,
+                true,
+            ),
+        ];
+        for (i, (n, ci, co, dims, k, stride, padding, bias, relu)) in cases.into_iter().enumerate()
+        {
+            let x = randn(&[n, ci, dims[0], dims[1], dims[2]]);
+            let w = randn(&[co, ci, k[0], k[1], k[2]]);
+            let b = bias.then(|| randn(&[co]));
+            let cfg = Conv3dConfig { stride, padding };
+            let want = naive_conv(&x, &w, b.as_ref(), &cfg, relu);
+            for e in engines() {
+                let got = conv3d_with(e, &x, &w, b.as_ref(), &cfg, relu).unwrap();
+                let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let d = max_diff(&got, &want);
+                assert!(d < 1e-4, "case {i}, {e:?}: differs by {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn dense_block_engines_match_layer_by_layer() {
+        // Two layers, growth 3, bottleneck 10 (neither a multiple of the micro-tile), batch 2.
+        let (n, c0, growth, inner, dims) = (2, 5, 3, 10, [3, 4, 19]);
+        let x = randn(&[n, c0, dims[0], dims[1], dims[2]]);
+        let mut params = Vec::new();
+        for l in 0..2 {
+            let c = c0 + l * growth;
+            let scale = Tensor::rand(0.5f32, 1.5, c, &Device::Cpu).unwrap();
+            let shift = (randn(&[c]) * 0.1).unwrap();
+            // He-scaled weights keep the activations near 1, as in a trained network.
+            let conv1 = Conv3d::new(
+                (randn(&[inner, c, 1, 1, 1]) * (2.0 / c as f64).sqrt()).unwrap(),
+                Some(randn(&[inner])),
+                Conv3dConfig::default(),
+            )
+            .unwrap();
+            let conv2 = Conv3d::new(
+                (randn(&[growth, inner, 3, 3, 3]) * (2.0 / (27 * inner) as f64).sqrt()).unwrap(),
+                None,
+                Conv3dConfig::symmetric(1, 1),
+            )
+            .unwrap();
+            params.push((scale, shift, conv1, conv2));
+        }
+        // Reference: the same layers through the naive convolution and a concatenation.
+        let mut h = x.clone();
+        for (scale, shift, conv1, conv2) in &params {
+            let a = scale_shift_relu(&h, scale, shift).unwrap();
+            let mid = naive_conv(&a, conv1.weight(), conv1.bias(), conv1.config(), true);
+            let mid =
+                Tensor::from_vec(mid, (n, inner, dims[0], dims[1], dims[2]), &Device::Cpu).unwrap();
+            let new = naive_conv(&mid, conv2.weight(), None, conv2.config(), false);
+            let new = Tensor::from_vec(new, (n, growth, dims[0], dims[1], dims[2]), &Device::Cpu)
+                .unwrap();
+            h = Tensor::cat(&[&h, &new], 1).unwrap();
+        }
+        let want = h.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for e in engines() {
+            let layers: Vec<DenseLayerCpu> = params
+                .iter()
+                .map(|(s, t, c1, c2)| {
+                    DenseLayerCpu::with_engine(e, s, t, c1, c2)
+                        .unwrap()
+                        .unwrap()
+                })
+                .collect();
+            let got = dense_block(&x, &layers).unwrap();
+            assert_eq!(got.dims(), h.dims());
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let d = max_diff(&got, &want);
+            assert!(d < 1e-4, "{e:?}: differs by {d}");
+        }
     }
 }

@@ -6,10 +6,13 @@
 pub mod cli;
 pub mod convert;
 pub(crate) mod cpu;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod cpu_avx512;
 pub mod densenet;
 pub mod inception;
 pub mod inflate;
 pub mod layers;
+pub(crate) mod prof;
 pub mod resnet;
 pub mod slice2d;
 
