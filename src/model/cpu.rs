@@ -74,6 +74,25 @@ impl OutPtr {
     }
 }
 
+/// `n` zeros; large buffers are backed by transparent huge pages where the kernel offers them
+/// (fewer page faults on first touch, fewer TLB misses on the strided channel accesses).
+pub(crate) fn zeroed(n: usize) -> Vec<f32> {
+    let v = vec![0f32; n];
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let (start, len) = (v.as_ptr() as usize, std::mem::size_of_val(v.as_slice()));
+        if len >= 4 * HUGE {
+            let lo = start.next_multiple_of(HUGE);
+            let hi = (start + len) & !(HUGE - 1);
+            // SAFETY: advice on whole pages inside this allocation; it changes no contents. A
+            // failure (e.g. THP disabled) only leaves the normal pages.
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v
+}
+
 fn threads() -> usize {
     candle_core::utils::get_num_threads().max(1)
 }
@@ -156,7 +175,7 @@ pub(crate) fn conv3d_with(
     let x = x.contiguous()?;
     let w = w.contiguous()?;
     let vol_out = out[0] * out[1] * out[2];
-    let mut dst = vec![0f32; n * c_out * vol_out];
+    let mut dst = zeroed(n * c_out * vol_out);
     #[cfg(target_arch = "x86_64")]
     if engine == Engine::Avx512 {
         with_f32(&x, |xs| {
@@ -220,7 +239,7 @@ fn conv_avx512(
         g.cfg.padding[2][0],
     ];
     let geom = avx::DirectGeom::new(g.c_in, g.input, g.kernel, g.cfg.stride, pads, g.out);
-    let mut prep = vec![0f32; geom.prepared_len()];
+    let mut prep = zeroed(geom.prepared_len());
     for (item, out) in xs
         .chunks_exact(g.c_in * vol_in)
         .zip(dst.chunks_exact_mut(item_out))
@@ -494,92 +513,278 @@ pub(crate) fn pool3d_pre(
         }
         None => None,
     };
-    let [od, oh, ow] = cfg.output_size([d, h, w])?;
+    let plan = PoolPlan::new(cfg, kind, [d, h, w])?;
+    let [od, oh, ow] = plan.out;
     let _t = prof::span(match kind {
         PoolKind::Max => Kind::MaxPool,
         PoolKind::Avg { .. } => Kind::TransitionPool,
     });
     let x = x.contiguous()?;
     let (vin, vout) = (d * h * w, od * oh * ow);
-    let mut dst = vec![0f32; n * c * vout];
-    // Per-axis windows clipped to the input, and the average divisors.
-    let win = |a: usize, len: usize, o: usize| -> Vec<(usize, usize)> {
-        (0..o)
-            .map(|i| {
-                let start = i * cfg.stride[a];
-                let lo = start.saturating_sub(cfg.padding[a][0]).min(len);
-                let hi = (start + cfg.kernel[a])
-                    .saturating_sub(cfg.padding[a][0])
-                    .min(len);
-                (lo, hi)
-            })
-            .collect()
-    };
-    let (wd_, wh_, ww_) = (win(0, d, od), win(1, h, oh), win(2, w, ow));
-    let inv = match kind {
-        PoolKind::Max => None,
-        PoolKind::Avg { count_include_pad } => {
-            let dv = |a: usize, len: usize, o: usize| {
-                avg_divisors(
-                    len,
-                    cfg.kernel[a],
-                    cfg.stride[a],
-                    cfg.padding[a],
-                    o,
-                    count_include_pad,
-                )
-            };
-            Some((dv(0, d, od), dv(1, h, oh), dv(2, w, ow)))
-        }
-    };
+    let mut dst = zeroed(n * c * vout);
     with_f32(&x, |xs| {
         dst.par_chunks_mut(vout)
             .zip(xs.par_chunks(vin))
             .enumerate()
-            .for_each(|(plane, (out, inp))| {
-                let (a, b) = match &pre {
-                    Some((a, b)) => (a[plane % c], b[plane % c]),
-                    None => (1.0, 0.0),
-                };
-                let f = |v: f32| {
-                    if pre.is_some() {
-                        (v * a + b).max(0.0)
-                    } else {
-                        v
-                    }
-                };
-                let mut o = 0;
-                for (zi, &(z0, z1)) in wd_.iter().enumerate() {
-                    for (yi, &(y0, y1)) in wh_.iter().enumerate() {
-                        for (xi, &(x0, x1)) in ww_.iter().enumerate() {
-                            let mut acc = match kind {
-                                PoolKind::Max => f32::NEG_INFINITY,
-                                PoolKind::Avg { .. } => 0.0,
-                            };
-                            for z in z0..z1 {
-                                for y in y0..y1 {
-                                    let row = &inp[(z * h + y) * w..][x0..x1];
-                                    acc = match kind {
-                                        PoolKind::Max => row.iter().fold(acc, |m, &v| m.max(f(v))),
-                                        PoolKind::Avg { .. } => {
-                                            acc + row.iter().map(|&v| f(v)).sum::<f32>()
-                                        }
-                                    };
-                                }
-                            }
-                            if let Some((dd, dh, dw)) = &inv {
-                                let div = dd[zi] * dh[yi] * dw[xi];
-                                acc /= div as f32;
-                            }
-                            out[o] = acc;
-                            o += 1;
-                        }
-                    }
-                }
-            });
+            .for_each_init(
+                || vec![0f32; w],
+                |row, (plane, (out, inp))| {
+                    let pre = pre.as_ref().map(|(a, b)| (a[plane % c], b[plane % c]));
+                    plan.run(inp, 0, 0..od, out, pre, row);
+                },
+            );
         Ok(())
     })?;
     Tensor::from_vec(dst, (n, c, od, oh, ow), &Device::Cpu)
+}
+
+/// A pooling's windows per axis (clipped to the input) and average divisors.
+struct PoolPlan {
+    kind: PoolKind,
+    input: [usize; 3],
+    out: [usize; 3],
+    windows: [Vec<(usize, usize)>; 3],
+    divisors: Option<[Vec<usize>; 3]>,
+}
+
+impl PoolPlan {
+    fn new(cfg: &Pool3dConfig, kind: PoolKind, input: [usize; 3]) -> Result<Self> {
+        let out = cfg.output_size(input)?;
+        let windows = std::array::from_fn(|a| {
+            (0..out[a])
+                .map(|i| {
+                    let start = i * cfg.stride[a];
+                    let lo = start.saturating_sub(cfg.padding[a][0]).min(input[a]);
+                    let hi = (start + cfg.kernel[a])
+                        .saturating_sub(cfg.padding[a][0])
+                        .min(input[a]);
+                    (lo, hi)
+                })
+                .collect()
+        });
+        let divisors = match kind {
+            PoolKind::Max => None,
+            PoolKind::Avg { count_include_pad } => Some(std::array::from_fn(|a| {
+                avg_divisors(
+                    input[a],
+                    cfg.kernel[a],
+                    cfg.stride[a],
+                    cfg.padding[a],
+                    out[a],
+                    count_include_pad,
+                )
+            })),
+        };
+        Ok(Self {
+            kind,
+            input,
+            out,
+            windows,
+            divisors,
+        })
+    }
+
+    /// Pools output depth slices `zs` of one channel into `out` (those slices only), reading
+    /// input depth slices `z0..` from `inp`; `row` is scratch.
+    fn run(
+        &self,
+        inp: &[f32],
+        z0: usize,
+        zs: std::ops::Range<usize>,
+        out: &mut [f32],
+        pre: Option<(f32, f32)>,
+        row: &mut Vec<f32>,
+    ) {
+        let [_, h, w] = self.input;
+        let max = matches!(self.kind, PoolKind::Max);
+        row.resize(w, 0.0);
+        let mut o = 0;
+        for zi in zs {
+            let (za, zb) = self.windows[0][zi];
+            for (yi, &(y0, y1)) in self.windows[1].iter().enumerate() {
+                // Reduce the window's rows element-wise first (vectorisable), then each
+                // output's columns.
+                row.fill(if max { f32::NEG_INFINITY } else { 0.0 });
+                for z in za..zb {
+                    for y in y0..y1 {
+                        let src = &inp[((z - z0) * h + y) * w..][..w];
+                        reduce_row(row, src, pre, max);
+                    }
+                }
+                for (xi, &(x0, x1)) in self.windows[2].iter().enumerate() {
+                    let win = &row[x0..x1];
+                    let mut acc = if max {
+                        win.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+                    } else {
+                        win.iter().sum::<f32>()
+                    };
+                    if let Some([dd, dh, dw]) = &self.divisors {
+                        acc /= (dd[zi] * dh[yi] * dw[xi]) as f32;
+                    }
+                    out[o] = acc;
+                    o += 1;
+                }
+            }
+        }
+    }
+}
+
+/// `pool(relu(conv3d(x) + bias))` (the DenseNet stem). On the AVX-512 engine the convolution runs
+/// a few depth slices at a time into a small ring that the pool reads, so the full-resolution
+/// activation (the network's largest) never exists; elsewhere it is convolution, then pooling.
+pub(crate) fn conv3d_relu_pool(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv3dConfig,
+    pool: &Pool3dConfig,
+    kind: PoolKind,
+) -> Result<Tensor> {
+    conv3d_relu_pool_with(Engine::detect(), x, w, bias, cfg, pool, kind)
+}
+
+/// [`conv3d_relu_pool`] on the given engine.
+pub(crate) fn conv3d_relu_pool_with(
+    engine: Engine,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv3dConfig,
+    pool: &Pool3dConfig,
+    kind: PoolKind,
+) -> Result<Tensor> {
+    #[cfg(target_arch = "x86_64")]
+    if engine == Engine::Avx512 {
+        return conv_pool_avx512(x, w, bias, cfg, pool, kind);
+    }
+    let h = conv3d_with(engine, x, w, bias, cfg, true)?;
+    pool3d(&h, pool, kind)
+}
+
+/// [`conv3d_relu_pool`] on the AVX-512 kernels.
+#[cfg(target_arch = "x86_64")]
+fn conv_pool_avx512(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv3dConfig,
+    pool: &Pool3dConfig,
+    kind: PoolKind,
+) -> Result<Tensor> {
+    let (n, c_in, d, h, wd) = x.dims5()?;
+    let (c_out, c_in_w, kd, kh, kw) = w.dims5()?;
+    if c_in != c_in_w {
+        candle_core::bail!("conv3d: input has {c_in} channels, weight expects {c_in_w}");
+    }
+    let conv_out = cfg.output_size([d, h, wd], [kd, kh, kw])?;
+    let plan = PoolPlan::new(pool, kind, conv_out)?;
+    let bias = match bias {
+        Some(b) => Some(vec_f32(b)?),
+        None => None,
+    };
+    if bias.as_ref().is_some_and(|b| b.len() != c_out) {
+        candle_core::bail!("conv3d: bias length differs from {c_out} outputs");
+    }
+    let _t = prof::span(Kind::Stem);
+    let x = x.contiguous()?;
+    let ws = vec_f32(w)?;
+    let k = c_in * kd * kh * kw;
+    let pw = avx::PackedWeights::new(&ws, c_out, k);
+    let epi = avx::Epilogue {
+        bias: bias.as_deref(),
+        relu: true,
+    };
+    let pads = [cfg.padding[0][0], cfg.padding[1][0], cfg.padding[2][0]];
+    let geom = avx::DirectGeom::new(c_in, [d, h, wd], [kd, kh, kw], cfg.stride, pads, conv_out);
+    let [_, oh, ow] = conv_out;
+    let slice = oh * ow;
+    let [pd, ph, pwd] = plan.out;
+    let pool_slice = ph * pwd;
+    // Output depth slices per step, and the most convolution slices one step needs.
+    const STEP: usize = 4;
+    let span = (0..pd)
+        .step_by(STEP)
+        .map(|a| {
+            let b = (a + STEP).min(pd);
+            plan.windows[0][b - 1]
+                .1
+                .saturating_sub(plan.windows[0][a].0)
+        })
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut prep = zeroed(geom.prepared_len());
+    let mut ring = zeroed(c_out * span * slice);
+    let mut dst = zeroed(n * c_out * pd * pool_slice);
+    with_f32(&x, |xs| {
+        for (item, out) in xs
+            .chunks_exact(c_in * d * h * wd)
+            .zip(dst.chunks_exact_mut(c_out * pd * pool_slice))
+        {
+            geom.prepare(item, &mut prep);
+            // The ring holds convolution slices lo..hi, slice z at slot z - lo of each channel.
+            let (mut lo, mut hi) = (0, 0);
+            for a in (0..pd).step_by(STEP) {
+                let b = (a + STEP).min(pd);
+                let (need_lo, need_hi) = (plan.windows[0][a].0, plan.windows[0][b - 1].1);
+                // Keep the slices this step shares with the last one, moved to the front.
+                let keep = lo.max(need_lo);
+                if keep < hi {
+                    if keep > lo {
+                        for ch in ring.chunks_exact_mut(span * slice) {
+                            ch.copy_within((keep - lo) * slice..(hi - lo) * slice, 0);
+                        }
+                    }
+                    lo = keep;
+                } else {
+                    (lo, hi) = (need_lo, need_lo);
+                }
+                if need_hi > hi {
+                    // SAFETY: AVX-512 is available (the caller chose the engine); slices
+                    // hi..need_hi go to slots hi - lo.. < span (need_hi - lo <= span) of every
+                    // channel.
+                    unsafe {
+                        let at = ring.as_mut_ptr().add((hi - lo) * slice);
+                        avx::conv_direct_slices(
+                            &geom,
+                            &prep,
+                            &pw,
+                            epi,
+                            avx::Dst(at),
+                            span * slice,
+                            hi..need_hi,
+                        )?;
+                    }
+                    hi = need_hi;
+                }
+                let ring = &ring;
+                out.par_chunks_mut(pd * pool_slice)
+                    .enumerate()
+                    .for_each_init(
+                        || vec![0f32; ow],
+                        |row, (co, plane)| {
+                            let inp = &ring[co * span * slice..(co + 1) * span * slice];
+                            let o = &mut plane[a * pool_slice..b * pool_slice];
+                            plan.run(inp, lo, a..b, o, None, row);
+                        },
+                    );
+            }
+        }
+        Ok(())
+    })?;
+    Tensor::from_vec(dst, (n, c_out, pd, ph, pwd), &Device::Cpu)
+}
+
+/// `acc = max(acc, f(src))` or `acc += f(src)` element-wise, `f` being `relu(v * a + b)` when
+/// `pre` is given and the identity otherwise (separate loops, so each vectorises).
+fn reduce_row(acc: &mut [f32], src: &[f32], pre: Option<(f32, f32)>, max: bool) {
+    let pairs = acc.iter_mut().zip(src);
+    match (pre, max) {
+        (None, true) => pairs.for_each(|(m, &v)| *m = m.max(v)),
+        (None, false) => pairs.for_each(|(m, &v)| *m += v),
+        (Some((a, b)), true) => pairs.for_each(|(m, &v)| *m = m.max((v * a + b).max(0.0))),
+        (Some((a, b)), false) => pairs.for_each(|(m, &v)| *m += (v * a + b).max(0.0)),
+    }
 }
 
 /// Global average pooling `(N, C, D, H, W) -> (N, C)`, accumulated in f64.
@@ -618,7 +823,7 @@ pub(crate) fn scale_shift_relu(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Re
     let vol: usize = dims.iter().skip(2).product();
     let _t = prof::span(Kind::BnRelu);
     let x = x.contiguous()?;
-    let mut dst = vec![0f32; n * c * vol];
+    let mut dst = zeroed(n * c * vol);
     if vol > 0 {
         with_f32(&x, |xs| {
             dst.par_chunks_mut(vol)
@@ -749,7 +954,7 @@ pub(crate) fn dense_block(x: &Tensor, layers: &[DenseLayerCpu]) -> Result<Tensor
     }
     let bs = c_total * vol;
     let t_copy = prof::span(Kind::Concat);
-    let mut buf = vec![0f32; n * bs];
+    let mut buf = zeroed(n * bs);
     let x = x.contiguous()?;
     with_f32(&x, |xs| {
         for (b, item) in xs.chunks_exact(c0 * vol).enumerate() {
@@ -768,7 +973,7 @@ pub(crate) fn dense_block(x: &Tensor, layers: &[DenseLayerCpu]) -> Result<Tensor
         return Tensor::from_vec(buf, (n, c_total, d, h, w), &Device::Cpu);
     }
     let inner_max = layers.iter().map(|l| l.inner).max().unwrap_or(0);
-    let mut mid = vec![0f32; n * inner_max * vol];
+    let mut mid = zeroed(n * inner_max * vol);
     for l in layers {
         let LayerWeights::Gemm { w1, w2 } = &l.weights else {
             candle_core::bail!("dense block: layers packed for different engines");
@@ -815,7 +1020,7 @@ fn dense_block_avx512(
     let vol = dims.iter().product::<usize>();
     let inner_max = layers.iter().map(|l| l.inner).max().unwrap_or(0);
     let geom = |inner| avx::DirectGeom::new(inner, dims, [3; 3], [1; 3], [1; 3], dims);
-    let mut mid = vec![0f32; geom(inner_max).prepared_len()];
+    let mut mid = zeroed(geom(inner_max).prepared_len());
     for b in 0..buf.len() / bs.max(1) {
         for l in layers {
             #[allow(irrefutable_let_patterns)]
@@ -1094,6 +1299,49 @@ mod tests {
                 let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let d = max_diff(&got, &want);
                 assert!(d < 1e-4, "case {i}, {e:?}: differs by {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_stem_and_pool_match_convolution_then_pooling() {
+        // The stem's geometry over enough depth for several ring steps (pool output depth 10),
+        // max pooling as in DenseNet, and an average pool with ceil mode for the general case.
+        let x = randn(&[2, 3, 38, 11, 9]);
+        let w = (randn(&[10, 3, 7, 7, 7]) * 0.05).unwrap();
+        let b = randn(&[10]);
+        let conv = Conv3dConfig::symmetric(2, 3);
+        let avg = Pool3dConfig {
+            kernel: [3, 2, 2],
+            stride: [2, 2, 1],
+            padding: [[1, 1], [0, 0], [1, 0]],
+            ceil_mode: true,
+        };
+        let pools = [
+            (Pool3dConfig::cubic(3, 2, 1), PoolKind::Max),
+            (
+                avg,
+                PoolKind::Avg {
+                    count_include_pad: false,
+                },
+            ),
+        ];
+        for (pool, kind) in pools {
+            let full = Tensor::from_vec(
+                naive_conv(&x, &w, Some(&b), &conv, true),
+                (2, 10, 19, 6, 5),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let want = pool3d(&full, &pool, kind).unwrap();
+            for e in engines() {
+                let got = conv3d_relu_pool_with(e, &x, &w, Some(&b), &conv, &pool, kind).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let d = max_diff(
+                    &got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    &want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                );
+                assert!(d < 1e-4, "{kind:?}, {e:?}: differs by {d}");
             }
         }
     }

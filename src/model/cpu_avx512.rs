@@ -445,6 +445,24 @@ pub(crate) unsafe fn conv_direct(
     dst: Dst,
     dst_cs: usize,
 ) -> Result<()> {
+    let od = g.axes[0].out;
+    conv_direct_slices(g, src, w, epi, dst, dst_cs, 0..od)
+}
+
+/// [`conv_direct`] of output depth slices `zs` only, slice `z` written as if it were slice
+/// `z - zs.start` (so `dst` may hold just those slices).
+///
+/// # Safety
+/// As for [`conv_direct`], with `z - zs.start` in place of `z`.
+pub(crate) unsafe fn conv_direct_slices(
+    g: &DirectGeom,
+    src: &[f32],
+    w: &PackedWeights,
+    epi: Epilogue,
+    dst: Dst,
+    dst_cs: usize,
+    zs: std::ops::Range<usize>,
+) -> Result<()> {
     let offs = g.offsets();
     if offs.len() != w.k() || src.len() < g.prepared_len() {
         candle_core::bail!(
@@ -456,8 +474,10 @@ pub(crate) unsafe fn conv_direct(
         );
     }
     let [ad, ah, aw] = g.axes;
-    let (od, oh, ow) = (ad.out, ah.out, aw.out);
+    let (oh, ow) = (ah.out, aw.out);
     let (hq, wq) = (ah.extent, aw.extent);
+    let zs = zs.start..zs.end.min(ad.out);
+    let od = zs.len();
     if od * oh * ow == 0 {
         return Ok(());
     }
@@ -471,7 +491,8 @@ pub(crate) unsafe fn conv_direct(
     let tasks_per_z = tiles.div_ceil(per_task);
     let biases: Vec<[f32; MR]> = (0..w.panels()).map(|p| epi.panel_bias(p)).collect();
     (0..od * tasks_per_z).into_par_iter().for_each(|t| {
-        let (z, t0) = (t / tasks_per_z, (t % tasks_per_z) * per_task);
+        let (zl, t0) = (t / tasks_per_z, (t % tasks_per_z) * per_task);
+        let z = zs.start + zl;
         for ti in t0..(t0 + per_task).min(tiles) {
             let q0 = ti * NR;
             let base = z * hq * wq + q0;
@@ -479,7 +500,7 @@ pub(crate) unsafe fn conv_direct(
             let stores = Stores::new(|j| {
                 let q = q0 + j;
                 let (y, x) = (q / wq, q % wq);
-                (q < nq && x < ow).then(|| ((z * oh + y) * ow + x) as isize)
+                (q < nq && x < ow).then(|| ((zl * oh + y) * ow + x) as isize)
             });
             for (p, bias) in biases.iter().enumerate() {
                 let out = Out {

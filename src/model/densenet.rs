@@ -371,13 +371,13 @@ impl DenseNet3d {
             .as_ref()
             .filter(|_| allow_fused && cpu::eligible(&[x]));
         let c0 = &self.conv0;
-        let h = match (fused, c0.bias()) {
+        let mut h = match (fused, c0.bias()) {
             (Some(_), Some(b)) if cpu::eligible(&[c0.weight(), b]) => {
-                cpu::conv3d_act(x, c0.weight(), Some(b), c0.config(), true)?
+                let p = &self.pool0;
+                cpu::conv3d_relu_pool(x, c0.weight(), Some(b), c0.config(), &p.cfg, p.kind)?
             }
-            _ => c0.forward(x)?.relu()?,
+            _ => self.pool0.forward(&c0.forward(x)?.relu()?)?,
         };
-        let mut h = self.pool0.forward(&h)?;
         for (i, block) in self.blocks.iter().enumerate() {
             match fused.and_then(|f| f.get(i)) {
                 Some(layers) => h = cpu::dense_block(&h, layers)?,
