@@ -62,7 +62,8 @@ fn a_few_steps_lower_the_loss() {
         let y = net.forward_train(&x).unwrap();
         let l = loss(Head::Continuous, &y, &labels).unwrap();
         losses.push(l.to_scalar::<f32>().unwrap());
-        adam.step(net.params(), &l.backward().unwrap()).unwrap();
+        adam.step(net.params(), &l.backward().unwrap(), 1e-2)
+            .unwrap();
     }
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     assert!(last < 0.5 * first, "loss did not fall enough: {losses:?}");
@@ -206,6 +207,7 @@ fn options(data: &Path, out: &Path) -> TrainOptions {
         name: "test".into(),
         description: String::new(),
         interrupt_after: None,
+        device: Device::Cpu,
     }
 }
 

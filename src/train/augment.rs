@@ -11,7 +11,7 @@
 //!   interpolated with cubic B-splines (smooth);
 //!
 //! then additive Gaussian noise with a standard deviation drawn in `[0, noise_max]`, on the CT
-//! channel only.
+//! channel only (per voxel, the Irwin-Hall approximation of a normal variate).
 //!
 //! Distances are given, as in the paper, for its 128 x 240 x 240 input, and scaled to the actual
 //! input size ([`AugmentConfig::scaled`]). Everything is a function of the seed: the noise of each
@@ -20,7 +20,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::rng::{hash2, normal_from_hashes, Rng};
+use super::rng::{fast_normal, hash2, Rng};
 
 /// The paper's input size (D, H, W), to which the distances of [`AugmentConfig`] refer.
 pub const REFERENCE_SIZE: [usize; 3] = [128, 240, 240];
@@ -243,11 +243,7 @@ pub fn augment(
                     let mut v = trilinear(data, dims, [pz, py, px], pad);
                     if ch == 0 && tf.noise_sigma > 0.0 {
                         let i = (z * plane + y * w + x) as u64;
-                        let n = normal_from_hashes(
-                            hash2(tf.noise_key, 2 * i),
-                            hash2(tf.noise_key, 2 * i + 1),
-                        );
-                        v += (n * tf.noise_sigma) as f32;
+                        v += fast_normal(hash2(tf.noise_key, i)) * tf.noise_sigma as f32;
                     }
                     dst[y * w + x] = v;
                 }

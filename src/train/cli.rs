@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use super::augment::AugmentConfig;
 use super::optim::AdamConfig;
 use super::{Recipe, TrainError, TrainOptions, TrainReport};
+use crate::device::DeviceChoice;
 use crate::grading::Head;
 use crate::model::{Arch, NetworkConfig};
 use crate::preprocess::InputSpec;
@@ -50,6 +51,10 @@ pub struct TrainArgs {
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
+    /// Final learning rate: decay from --lr along a half cosine over --max-steps (default:
+    /// constant, as in the paper).
+    #[arg(long)]
+    pub lr_final: Option<f64>,
     /// Cases per batch.
     #[arg(long, default_value_t = 2)]
     pub batch_size: usize,
@@ -87,6 +92,10 @@ pub struct TrainArgs {
     /// Print a progress line every this many batches.
     #[arg(long, default_value_t = 20)]
     pub log_every: usize,
+    /// Where to train: cpu, cuda or cuda:N, or auto (CUDA when built with it and present).
+    /// CPU training is bit-exact across resumptions; CUDA training is untested here.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
     /// Ensemble name in the manifest.
     #[arg(long, default_value = "ctgrade-train")]
     pub name: String,
@@ -135,6 +144,7 @@ impl TrainArgs {
                 seed: self.seed,
                 adam: AdamConfig {
                     lr: self.lr,
+                    lr_final: self.lr_final,
                     ..AdamConfig::default()
                 },
                 batch_size: self.batch_size,
@@ -158,6 +168,10 @@ impl TrainArgs {
             name: self.name.clone(),
             description: self.description.clone(),
             interrupt_after: None,
+            device: self
+                .device
+                .open()
+                .map_err(|e| TrainError::Options(e.to_string()))?,
         })
     }
 }

@@ -154,18 +154,19 @@ impl Sample {
     }
 }
 
-/// Stacks inputs of `channels` channels into an `(N, channels, D, H, W)` tensor.
+/// Stacks inputs of `channels` channels into an `(N, channels, D, H, W)` tensor on `device`.
 pub fn batch_tensor(
     inputs: Vec<Vec<f32>>,
     channels: usize,
     dims: [usize; 3],
+    device: &candle_core::Device,
 ) -> Result<Tensor, TrainError> {
     let n = inputs.len();
     let flat: Vec<f32> = inputs.into_iter().flatten().collect();
     Ok(Tensor::from_vec(
         flat,
         (n, channels, dims[0], dims[1], dims[2]),
-        &candle_core::Device::Cpu,
+        device,
     )?)
 }
 

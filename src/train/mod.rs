@@ -183,6 +183,11 @@ pub struct TrainOptions {
     /// For tests: stop as if killed after this many updates in this process (no final
     /// checkpoint, no ensemble).
     pub interrupt_after: Option<usize>,
+    /// Where the networks train. On the CPU, convolutions, pools and BatchNorm are custom ops
+    /// with hand-written gradients and results are bit-exact across resumptions; elsewhere
+    /// (CUDA) they are composed from candle ops, which this repository has not tested for
+    /// training.
+    pub device: Device,
 }
 
 /// The outcome of one member.
@@ -315,7 +320,7 @@ fn validate(
             .iter()
             .map(|&i| samples[i].expand(&samples[i].data))
             .collect();
-        let x = data::batch_tensor(inputs, 3, dims)?;
+        let x = data::batch_tensor(inputs, 3, dims, net.device())?;
         let logits = model.forward(&x)?;
         let act = match head {
             Head::Continuous => candle_nn::ops::sigmoid(&logits)?,
@@ -551,8 +556,10 @@ fn check_options(opts: &TrainOptions) -> Result<(), TrainError> {
             r.val_fraction
         ));
     }
-    if !(r.adam.lr > 0.0 && r.adam.lr.is_finite()) {
-        return bad(format!("learning rate {} must be positive", r.adam.lr));
+    for lr in std::iter::once(r.adam.lr).chain(r.adam.lr_final) {
+        if !(lr > 0.0 && lr.is_finite()) {
+            return bad(format!("learning rate {lr} must be positive"));
+        }
     }
     if r.network.num_outputs != r.head.num_outputs() {
         return bad(format!(
@@ -614,6 +621,7 @@ fn save_checkpoint(
         serde_json::to_string_pretty(&state).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     write_file(&dir.join("state.json"), format!("{json}\n").as_bytes())?;
     if !previous.is_empty() && previous != name {
+        // The state file no longer points at it; a leftover file would only take space.
         let _ = std::fs::remove_file(dir.join(previous));
     }
     Ok(())
@@ -659,8 +667,7 @@ fn train_member(
         ));
     }
     let val_list = data::balanced(samples, &split.val);
-    let device = Device::Cpu;
-    let mut net = TrainNet::new(&r.network, seed, &device)?;
+    let mut net = TrainNet::new(&r.network, seed, &opts.device)?;
     if let Some(init) = &r.init {
         let rep = net.load_init(init)?;
         if m == 0 && opts.log_every > 0 {
@@ -727,13 +734,12 @@ fn train_member(
         );
     }
     let n_train = split.train.len();
-    let bn_batches = bn_batches(samples, &split.train, seed)?;
+    let bn_batches = bn_batches(samples, &split.train, seed, &opts.device)?;
     let mut sampler = Sampler::new(split.train.clone(), seed);
     let aug_cfg = r.augment.scaled(samples[0].dims);
     let pads = Sample::pad_values(&r.input);
     let t0 = Instant::now();
     let seconds_before = state.seconds;
-    let step_at_start = state.step;
     let mut last_line = Instant::now();
     let mut steps_since_line = 0usize;
     let stop_reason: String = loop {
@@ -770,7 +776,7 @@ fn train_member(
         let labels: Vec<u8> = idx.iter().map(|&i| samples[i].co_rads).collect();
         let channels = inputs.first().map_or(3, |i| i.1);
         let inputs = inputs.into_iter().map(|i| i.0).collect();
-        let x = data::batch_tensor(inputs, channels, samples[idx[0]].dims)?;
+        let x = data::batch_tensor(inputs, channels, samples[idx[0]].dims, &opts.device)?;
         let logits = net.forward_train(&x)?;
         let loss = optim::loss(r.head, &logits, &labels)?;
         let loss_value = loss.to_scalar::<f32>()? as f64;
@@ -781,7 +787,8 @@ fn train_member(
             )));
         }
         let grads = loss.backward()?;
-        adam.step(net.params(), &grads)?;
+        let lr = r.adam.lr_at(state.step, r.max_steps);
+        adam.step(net.params(), &grads, lr)?;
         state.step += 1;
         *steps_this_process += 1;
         steps_since_line += 1;
@@ -886,7 +893,6 @@ fn train_member(
             );
         }
     };
-    let _ = step_at_start;
     // The kept weights: the best validation's, else the last (with re-estimated statistics).
     let weights = match &best_weights {
         Some(b) => b.clone(),
@@ -931,7 +937,12 @@ const BN_CASES: usize = 32;
 const BN_BATCH: usize = 8;
 
 /// A fixed, seeded subset of the training cases in batches, for [`TrainNet::recompute_bn_stats`].
-fn bn_batches(samples: &[Sample], train: &[usize], seed: u64) -> Result<Vec<Tensor>, TrainError> {
+fn bn_batches(
+    samples: &[Sample],
+    train: &[usize],
+    seed: u64,
+    device: &Device,
+) -> Result<Vec<Tensor>, TrainError> {
     let mut pick = train.to_vec();
     Rng::stream(seed, 0xB47C).shuffle(&mut pick);
     pick.truncate(BN_CASES);
@@ -948,6 +959,7 @@ fn bn_batches(samples: &[Sample], train: &[usize], seed: u64) -> Result<Vec<Tens
             inputs.into_iter().map(|i| i.0).collect(),
             channels,
             dims,
+            device,
         )?);
     }
     Ok(out)

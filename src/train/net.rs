@@ -104,6 +104,11 @@ impl TrainNet {
         })
     }
 
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The network configuration.
     pub fn config(&self) -> &NetworkConfig {
         &self.cfg
@@ -416,5 +421,82 @@ fn fetch(
         None => Err(TrainError::Checkpoint(format!(
             "{origin}: tensor {name} is missing"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Arch;
+
+    fn tiny(outputs: usize) -> NetworkConfig {
+        NetworkConfig {
+            growth_rate: Some(4),
+            block_config: Some(vec![1, 1]),
+            bn_size: Some(2),
+            init_features: Some(4),
+            ..NetworkConfig::new(Arch::DenseNet121_3d, 3, outputs)
+        }
+    }
+
+    /// Equal tensors, except those whose names start with `skip`.
+    fn same(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, skip: Option<&str>) -> bool {
+        let kept = |k: &String| skip.is_none_or(|s| !k.starts_with(s));
+        a.iter().filter(|(k, _)| kept(k)).all(|(k, v)| {
+            let d = (v - &b[k]).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar::<f32>().unwrap() == 0.0
+        })
+    }
+
+    #[test]
+    fn init_from_safetensors_with_either_naming() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let src = TrainNet::new(&tiny(1), 1, &dev).unwrap();
+        let state = src.state().unwrap();
+        // MONAI names, same head: everything loads.
+        let monai = dir.path().join("monai.safetensors");
+        candle_core::safetensors::save(&state, &monai).unwrap();
+        let mut dst = TrainNet::new(&tiny(1), 2, &dev).unwrap();
+        let rep = dst.load_init(&monai).unwrap();
+        assert!(rep.kept.is_empty() && rep.skipped.is_empty());
+        assert!(same(&dst.state().unwrap(), &state, None));
+        // torchvision names and a 5-output head into a 1-output network: the head is skipped.
+        let src5 = TrainNet::new(&tiny(5), 3, &dev).unwrap();
+        let dc = DenseNetConfig::from_network(&tiny(5)).unwrap();
+        let names: HashMap<String, String> = dc
+            .expected_tensors(Naming::Monai)
+            .into_iter()
+            .zip(dc.expected_tensors(Naming::Torchvision))
+            .map(|((m, _), (t, _))| (m, t))
+            .collect();
+        let tv: HashMap<String, Tensor> = src5
+            .state()
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (names[&k].clone(), v))
+            .collect();
+        let tv_path = dir.path().join("tv.safetensors");
+        candle_core::safetensors::save(&tv, &tv_path).unwrap();
+        let mut dst = TrainNet::new(&tiny(1), 4, &dev).unwrap();
+        let rep = dst.load_init(&tv_path).unwrap();
+        assert_eq!(rep.skipped.len(), 2, "{rep:?}");
+        assert!(same(
+            &dst.state().unwrap(),
+            &src5.state().unwrap(),
+            Some("class_layers")
+        ));
+        // A tensor the network does not have is an error naming it.
+        let bad = dir.path().join("bad.safetensors");
+        let extra = HashMap::from([(
+            "features.conv9.weight",
+            Tensor::zeros(3, DType::F32, &dev).unwrap(),
+        )]);
+        candle_core::safetensors::save(&extra, &bad).unwrap();
+        let err = dst.load_init(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("features.conv9.weight") && err.contains("bad.safetensors"),
+            "{err}"
+        );
     }
 }

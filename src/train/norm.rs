@@ -114,7 +114,7 @@ impl CustomOp3 for BnRelu {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let c = self.mean.len();
-        let (n, vol) = geometry(l1.shape(), c)?;
+        let (_, vol) = geometry(l1.shape(), c)?;
         let xs = slice(s1, l1, "input")?;
         let g = slice(s2, l2, "gamma")?;
         let b = slice(s3, l3, "beta")?;
@@ -137,7 +137,6 @@ impl CustomOp3 for BnRelu {
                     .zip(x)
                     .for_each(|(o, &v)| *o = (v * a + sh).max(0.0));
             });
-        let _ = n;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

@@ -18,6 +18,23 @@ pub struct AdamConfig {
     pub beta2: f64,
     /// Added to the root of the second moment.
     pub eps: f64,
+    /// Learning rate at the last step: when set, the rate follows a half cosine from `lr` at
+    /// step 0 to this at the last step (the paper keeps it constant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_final: Option<f64>,
+}
+
+impl AdamConfig {
+    /// The learning rate of update `step` (0-based) of `total`.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        match self.lr_final {
+            None => self.lr,
+            Some(end) => {
+                let t = step as f64 / total.saturating_sub(1).max(1) as f64;
+                end + (self.lr - end) * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+            }
+        }
+    }
 }
 
 impl Default for AdamConfig {
@@ -27,6 +44,7 @@ impl Default for AdamConfig {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            lr_final: None,
         }
     }
 }
@@ -57,14 +75,16 @@ impl Adam {
         })
     }
 
-    /// One update of every parameter that has a gradient.
-    pub fn step(&mut self, params: &[(String, Var)], grads: &GradStore) -> Result<(), TrainError> {
+    /// One update of every parameter that has a gradient, with learning rate `lr`.
+    pub fn step(
+        &mut self,
+        params: &[(String, Var)],
+        grads: &GradStore,
+        lr: f64,
+    ) -> Result<(), TrainError> {
         self.t += 1;
         let AdamConfig {
-            lr,
-            beta1,
-            beta2,
-            eps,
+            beta1, beta2, eps, ..
         } = self.cfg;
         let bc1 = 1.0 - beta1.powi(self.t as i32);
         let bc2 = 1.0 - beta2.powi(self.t as i32);
@@ -147,4 +167,36 @@ pub fn loss(head: Head, logits: &Tensor, co_rads: &[u8]) -> Result<Tensor, Train
             candle_nn::loss::nll(&logp, &t)?
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_rate_schedules() {
+        let constant = AdamConfig::default();
+        assert_eq!(constant.lr_at(500, 1000), 1e-4);
+        let cosine = AdamConfig {
+            lr: 2e-3,
+            lr_final: Some(1e-4),
+            ..AdamConfig::default()
+        };
+        assert_eq!(cosine.lr_at(0, 101), 2e-3);
+        assert!((cosine.lr_at(50, 101) - 1.05e-3).abs() < 1e-12);
+        assert!((cosine.lr_at(100, 101) - 1e-4).abs() < 1e-15);
+    }
+
+    #[test]
+    fn losses_at_known_points() {
+        let dev = candle_core::Device::Cpu;
+        // Logit 0 for every case: BCE = ln 2 whatever the soft target.
+        let x = Tensor::zeros((3, 1), DType::F32, &dev).unwrap();
+        let l = loss(Head::Continuous, &x, &[1, 3, 5]).unwrap();
+        assert!((l.to_scalar::<f32>().unwrap() - std::f32::consts::LN_2).abs() < 1e-6);
+        // Uniform logits over five classes: CE = ln 5.
+        let x = Tensor::zeros((2, 5), DType::F32, &dev).unwrap();
+        let l = loss(Head::Categorical, &x, &[2, 4]).unwrap();
+        assert!((l.to_scalar::<f32>().unwrap() - 5f32.ln()).abs() < 1e-6);
+    }
 }

@@ -33,6 +33,15 @@ pub fn normal_from_hashes(a: u64, b: u64) -> f64 {
     (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
 }
 
+/// An approximately standard-normal number from one hash: the sum of its four 16-bit parts
+/// (Irwin-Hall), centred and scaled to unit variance. Cheap enough for per-voxel noise.
+#[inline]
+pub fn fast_normal(h: u64) -> f32 {
+    let s = (h & 0xFFFF) + ((h >> 16) & 0xFFFF) + ((h >> 32) & 0xFFFF) + (h >> 48);
+    // Each part has mean 32767.5 and variance (65536^2 - 1) / 12.
+    (s as f32 - 4.0 * 32767.5) * (3.0f32.sqrt() / 65536.0)
+}
+
 /// A sequential SplitMix64 generator, started from a key (e.g. `hash2(seed, step)`).
 #[derive(Debug, Clone)]
 pub struct Rng {
