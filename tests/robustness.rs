@@ -222,6 +222,41 @@ fn bad_spacing_and_size_in_headers() {
     ));
 }
 
+/// NIfTI spacing and size: `pixdim` 0 or NaN reads as 1 mm (niftilib's and ITK's rule), a
+/// negative one and a zero `dim` are errors.
+#[test]
+fn nifti_pixdim_and_dim() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Volume::filled([4, 3, 2], [0.5, 0.75, 2.0], [0.0; 3], 7.0);
+    let good = dir.path().join("good.nii");
+    volume::write(&good, &v, ElementType::Short).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    // pixdim[k] is the f32 at byte 76 + 4 k, dim[k] the i16 at byte 40 + 2 k.
+    let patched = |name: &str, at: usize, value: &[u8]| {
+        let mut b = bytes.clone();
+        b[at..at + value.len()].copy_from_slice(value);
+        let path = dir.path().join(name);
+        std::fs::write(&path, b).unwrap();
+        path
+    };
+    let zero = patched("zero.nii", 76 + 4, &0f32.to_le_bytes());
+    assert_eq!(volume::read(&zero).unwrap().spacing, [1.0, 0.75, 2.0]);
+    let nan = patched("nan.nii", 76 + 8, &f32::NAN.to_le_bytes());
+    assert_eq!(volume::read(&nan).unwrap().spacing, [0.5, 1.0, 2.0]);
+    let negative = patched("negative.nii", 76 + 12, &(-2f32).to_le_bytes());
+    let err = volume::read(&negative).unwrap_err().to_string();
+    assert!(
+        err.contains("negative.nii") && err.contains("negative voxel spacing"),
+        "{err}"
+    );
+    let empty = patched("empty.nii", 40 + 4, &0i16.to_le_bytes());
+    let err = volume::read(&empty).unwrap_err().to_string();
+    assert!(
+        err.contains("empty.nii") && err.contains("contains 0"),
+        "{err}"
+    );
+}
+
 /// A header whose geometry resamples to an absurd grid fails before the grid is allocated.
 #[test]
 fn huge_physical_extent_fails_before_resampling() {
