@@ -70,6 +70,11 @@ struct RunArgs {
     /// Also write each case's lung mask to images/lung-segmentation/<case>.mha.
     #[arg(long)]
     lung_mask: bool,
+    /// Largest scan accepted, in voxels; a larger one fails before it is read. Default: 2000 Mi
+    /// (e.g. 1024 x 1024 x 2000, which fits a 16 GiB machine), lowered to fit
+    /// GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB when that is set (see docs/robustness.md).
+    #[arg(long, env = "CTGRADE_MAX_VOXELS")]
+    max_voxels: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -131,7 +136,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         input: args.input,
         output: args.output,
         lung_mask: args.lung_mask,
+        limits: gc_run::read_limits(args.max_voxels),
     };
+    eprintln!(
+        "ctgrade: scans of up to {} voxels accepted",
+        opts.limits.max_voxels
+    );
     let report = gc_run::run(&opts, &ensemble, &device)?;
     let failures: Vec<_> = report.failures().collect();
     if failures.is_empty() {

@@ -69,6 +69,9 @@ pub struct CaseResult {
     pub co_rads: Option<u8>,
     /// Why the case failed, when it did.
     pub error: Option<String>,
+    /// What looked wrong with the input without stopping it (NaN voxels, a non-HU range).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Wall time of the case in seconds.
     pub seconds: f64,
 }
@@ -158,6 +161,7 @@ mod tests {
                 probability: Some(0.9),
                 co_rads: Some(5),
                 error: None,
+                warnings: Vec::new(),
                 seconds: 1.0,
             },
             CaseResult {
@@ -166,6 +170,7 @@ mod tests {
                 probability: None,
                 co_rads: None,
                 error: Some("no lungs found, \"b\"".into()),
+                warnings: Vec::new(),
                 seconds: 0.5,
             },
         ];

@@ -12,8 +12,8 @@ use super::outputs::{self, CaseResult};
 use super::{discover, Case, Layout};
 use crate::ensemble::Ensemble;
 use crate::grading::{self, Grade};
-use crate::preprocess;
-use crate::volume::{self, ElementType};
+use crate::preprocess::{self, checks, PreprocessError};
+use crate::volume::{self, ElementType, ReadLimits};
 
 /// Options of one run.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct RunOptions {
     pub output: PathBuf,
     /// Also write the lung mask of each case to `images/lung-segmentation/<case>.mha`.
     pub lung_mask: bool,
+    /// Limits on the input files (a larger scan fails before anything is allocated for it).
+    pub limits: ReadLimits,
 }
 
 /// Why the run as a whole could not proceed (a failing case is not one: it is recorded).
@@ -49,6 +51,40 @@ impl RunReport {
     pub fn failures(&self) -> impl Iterator<Item = &CaseResult> {
         self.results.iter().filter(|r| r.error.is_some())
     }
+}
+
+/// Memory (bytes) a case needs besides 4 bytes per input voxel: the resampled grid next to the CT
+/// (4 bytes per voxel of at most [`preprocess::MAX_GRID_VOXELS`], 1 GiB) or, later, the
+/// network's inference (0.63 / 0.73 GB for DenseNet-121 / -201 on the CPU), plus the program.
+/// The lung mask's own working set (up to 18 bytes per grid voxel) comes after the CT is freed.
+/// Measurements in docs/robustness.md.
+pub const FIXED_CASE_BYTES: u64 = 2 << 30;
+
+/// Peak bytes per input voxel: the CT as `f32`, then (after resampling frees it) the lung mask
+/// on the CT's grid.
+pub const BYTES_PER_INPUT_VOXEL: u64 = 4;
+
+/// The read limits of a run: `max_voxels` when given (`--max-voxels`, `CTGRADE_MAX_VOXELS`);
+/// otherwise the default of [`ReadLimits`], lowered to what fits the container's memory when
+/// grand-challenge says how much that is (`GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB`), so that a
+/// scan too large for the machine fails with a reason instead of being killed.
+pub fn read_limits(max_voxels: Option<usize>) -> ReadLimits {
+    let mut limits = ReadLimits::default();
+    if let Some(n) = max_voxels {
+        limits.max_voxels = n;
+    } else if let Some(mb) = std::env::var("GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        limits.max_voxels = limits.max_voxels.min(voxels_for_memory(mb << 20));
+    }
+    limits
+}
+
+/// The largest scan (voxels) whose case fits in `bytes` of memory.
+pub fn voxels_for_memory(bytes: u64) -> usize {
+    let n = bytes.saturating_sub(FIXED_CASE_BYTES) / BYTES_PER_INPUT_VOXEL;
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// Logs a line above the progress bar (or plainly when stderr is not a terminal).
@@ -99,24 +135,27 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
         } else {
             opts.output.clone()
         };
-        let outcome = grade_case(case, ensemble, device, &bar).and_then(|(grade, mask)| {
-            if opts.lung_mask {
-                let path = opts
-                    .output
-                    .join(outputs::LUNG_MASK_DIR)
-                    .join(format!("{}.mha", case.name));
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut warnings = Vec::new();
+        let outcome = grade_case(case, opts, ensemble, device, &bar, &mut warnings).and_then(
+            |(grade, mask)| {
+                if let (true, Some(mask)) = (opts.lung_mask, mask) {
+                    let path = opts
+                        .output
+                        .join(outputs::LUNG_MASK_DIR)
+                        .join(format!("{}.mha", case.name));
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                    }
+                    volume::write(&path, &mask, ElementType::UChar).map_err(|e| e.to_string())?;
                 }
-                volume::write(&path, &mask, ElementType::UChar).map_err(|e| e.to_string())?;
-            }
-            // The answers last: a case whose other outputs failed leaves no answer behind.
-            if inputs.layout == Layout::Sockets || batch {
-                outputs::write_sockets(&case_dir, &grade).map_err(|e| e.to_string())?;
-            }
-            Ok(grade)
-        });
+                // The answers last: a case whose other outputs failed leaves no answer behind.
+                if inputs.layout == Layout::Sockets || batch {
+                    outputs::write_sockets(&case_dir, &grade).map_err(|e| e.to_string())?;
+                }
+                Ok(grade)
+            },
+        );
         let seconds = start.elapsed().as_secs_f64();
         let file = case
             .image
@@ -138,6 +177,7 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
                     probability: Some(grade.probability),
                     co_rads: Some(grade.co_rads),
                     error: None,
+                    warnings,
                     seconds,
                 }
             }
@@ -149,6 +189,7 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
                     probability: None,
                     co_rads: None,
                     error: Some(error),
+                    warnings,
                     seconds,
                 }
             }
@@ -165,30 +206,70 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
     Ok(RunReport { results })
 }
 
-/// Reads, preprocesses, runs and grades one case. Errors are one-line reasons naming the file.
+/// Reads, checks, preprocesses, runs and grades one case. Errors are one-line reasons naming
+/// the file; what looked wrong without stopping the case goes to `warnings` (and the log).
+/// The lung mask is returned only when `opts.lung_mask` asks for it.
 fn grade_case(
     case: &Case,
+    opts: &RunOptions,
     ensemble: &Ensemble,
     device: &Device,
     bar: &ProgressBar,
-) -> Result<(Grade, volume::Volume), String> {
+    warnings: &mut Vec<String>,
+) -> Result<(Grade, Option<volume::Volume>), String> {
     let label = match &case.upload_name {
         Some(upload) => format!("{} (uploaded as {upload})", case.name),
         None => case.name.clone(),
     };
     let t = Instant::now();
-    let ct = volume::read(&case.image).map_err(|e| e.to_string())?;
+    let mut ct = volume::read_with_limits(&case.image, &opts.limits).map_err(|e| e.to_string())?;
     let lesion = match &case.lesion {
-        Some(path) => Some(volume::read(path).map_err(|e| e.to_string())?),
+        Some(path) => {
+            Some(volume::read_with_limits(path, &opts.limits).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let read_s = t.elapsed().as_secs_f64();
+    let in_context = |e: PreprocessError, warnings: &[String]| {
+        // A failure often follows from a warning (no lungs in an image that is not in HU):
+        // the one line a user sees says both.
+        let mut msg = format!("{}: {e}", case.image.display());
+        if !warnings.is_empty() {
+            msg.push_str(&format!(" (warning: {})", warnings.join("; ")));
+        }
+        msg
+    };
+    let check = checks::check_ct(&mut ct).map_err(|e| in_context(e, warnings))?;
+    for w in &check.warnings {
+        log(bar, format!("{}: warning: {w}", case.name));
+    }
+    warnings.extend(check.warnings);
     let spec = &ensemble.manifest.input;
     let t = Instant::now();
-    let prep = preprocess::preprocess(&ct, lesion.as_ref(), spec)
-        .map_err(|e| format!("{}: {e}", case.image.display()))?;
+    // By value: the CT's voxels are freed once resampled (see `preprocess_owned`).
+    let prep = preprocess::preprocess_owned(ct, lesion.as_ref(), spec)
+        .map_err(|e| in_context(e, warnings))?;
     let prep_s = t.elapsed().as_secs_f64();
-    drop(ct);
+    drop(lesion);
+    let o = &prep.report.orientation;
+    if prep.report.oblique_resampled {
+        log(
+            bar,
+            format!(
+                "{}: the scan is tilted by {:.1} degrees; resampled onto an axis-aligned grid",
+                case.name, o.obliquity_deg
+            ),
+        );
+    } else if !o.is_identity() {
+        log(
+            bar,
+            format!(
+                "{}: axes reordered to LPS (input axes {:?} as x, y, z; flipped {:?})",
+                case.name, o.axes, o.flipped
+            ),
+        );
+    }
+    let mask = opts.lung_mask.then_some(prep.lung_mask);
     let shape: Vec<usize> = std::iter::once(1).chain(prep.shape).collect();
     let input = Tensor::from_vec(prep.input, shape, &Device::Cpu).map_err(|e| e.to_string())?;
     let t = Instant::now();
@@ -208,5 +289,5 @@ fn grade_case(
         bar,
         format!("{label}: read {read_s:.2} s, preprocess {prep_s:.2} s, ensemble {infer_s:.2} s"),
     );
-    Ok((grade, prep.lung_mask))
+    Ok((grade, mask))
 }

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use super::{
-    preprocess, ChannelLayout, InputSpec, PreprocessError, PreprocessReport, Preprocessed,
+    checks, preprocess_owned, ChannelLayout, InputSpec, PreprocessError, PreprocessReport,
+    Preprocessed,
 };
 use crate::volume::{read, write, ElementType, Volume, VolumeError};
 
@@ -127,13 +128,18 @@ pub fn run(args: &PreprocessArgs) -> Result<PreprocessReport, CommandError> {
     if args.lesion.is_some() && args.spec.is_none() {
         spec.channels = ChannelLayout::CtLesionZeros;
     }
-    let ct = read_volume(&args.input)?;
+    let mut ct = read_volume(&args.input)?;
     let lesion = args.lesion.as_deref().map(read_volume).transpose()?;
-    let p = preprocess(&ct, lesion.as_ref(), &spec).map_err(|error| CommandError::Preprocess {
+    let failed = |error| CommandError::Preprocess {
         path: args.input.clone(),
         error: Box::new(error),
-    })?;
-    drop(ct);
+    };
+    let check = checks::check_ct(&mut ct).map_err(failed)?;
+    for w in &check.warnings {
+        eprintln!("{}: warning: {w}", args.input.display());
+    }
+    // By value: the CT's voxels are freed once resampled.
+    let p = preprocess_owned(ct, lesion.as_ref(), &spec).map_err(failed)?;
     std::fs::create_dir_all(&args.out).map_err(|error| CommandError::Io {
         path: args.out.clone(),
         error,

@@ -3,6 +3,9 @@
 //!
 //! Steps, each parameter read from the model's [`InputSpec`]:
 //!
+//! 0. [`checks::check_ct`] (called by `ctgrade run` and `ctgrade preprocess` before this
+//!    module's [`preprocess`]): what cannot be graded is refused with a reason, infinite
+//!    voxels become NaN, suspicious intensities give warnings.
 //! 1. [`orient`]: permute and flip the axes to the closest-to-identity direction (LPS). An
 //!    input tilted more than [`MAX_OBLIQUITY_DEG`] is resampled onto an identity-direction grid
 //!    covering it instead (gantry tilt), and the report says so.
@@ -24,12 +27,14 @@
 //! without N. Axis 1 (D) runs from inferior to superior, axis 2 (H) from anterior to posterior,
 //! axis 3 (W) from the patient's right to left: the LPS axes after orientation.
 
+pub mod checks;
 pub mod cli;
 pub mod lung_mask;
 mod morph;
 pub mod orient;
 pub mod resample;
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -46,6 +51,12 @@ pub const PAD_HU: f32 = -1100.0;
 
 /// Inputs tilted more than this (degrees) are resampled onto an axis-aligned grid.
 pub const MAX_OBLIQUITY_DEG: f64 = 1.0;
+
+/// Largest resampled grid (voxels). The lung mask holds up to about 18 bytes per voxel of it
+/// (HU, labels, masks; measured on noise, 9 on a chest), so this bounds that working memory
+/// to about 4.8 GB whatever the header claims; 2^28 voxels is, at 1.5 mm, for example
+/// 400 x 400 x 1600 (600 x 600 x 2400 mm).
+pub const MAX_GRID_VOXELS: usize = 1 << 28;
 
 /// The network input a model expects (read from each model's manifest; the default is the
 /// paper's).
@@ -143,6 +154,43 @@ pub enum PreprocessError {
     /// Spacing not positive.
     #[error("the CT has an invalid voxel spacing {0:?} (must be positive)")]
     Spacing([f64; 3]),
+    /// Too few voxels or millimetres along an axis (a single slice, a thin slab).
+    #[error(
+        "the CT is too thin along {axis}: {voxels} voxel(s) of {spacing_mm} mm; a chest CT \
+         covering the lungs is needed (at least {} voxels and {} mm along each axis)",
+        checks::MIN_VOXELS_PER_AXIS,
+        checks::MIN_EXTENT_MM
+    )]
+    TooThin {
+        /// The world axis.
+        axis: &'static str,
+        /// Voxels along it.
+        voxels: usize,
+        /// Spacing along it (mm).
+        spacing_mm: f64,
+    },
+    /// Mostly NaN or infinite voxels.
+    #[error(
+        "{non_finite} of {total} voxels are NaN or infinite: the image holds too little data \
+         to grade"
+    )]
+    NonFinite {
+        /// NaN or infinite voxels.
+        non_finite: usize,
+        /// All voxels.
+        total: usize,
+    },
+    /// The origin is not finite or absurdly far away (where physical coordinates lose the
+    /// precision that resampling needs).
+    #[error(
+        "the CT's origin {0:?} mm is not finite or implausibly far (over {km} km) from the \
+         scanner",
+        km = checks::MAX_ORIGIN_MM / 1e6
+    )]
+    Origin([f64; 3]),
+    /// Every (finite) voxel has the same value.
+    #[error("every voxel of the CT is {0}: the image is blank, there are no lungs to grade")]
+    Constant(f32),
     /// A direction matrix that cannot be oriented.
     #[error(
         "the CT's direction matrix {0:?} is singular or too close to 45 degrees between axes to orient"
@@ -150,7 +198,9 @@ pub enum PreprocessError {
     Direction([f64; 9]),
     /// The resampled grid would be unreasonably large.
     #[error(
-        "resampling to {spacing} mm would give a {size:?} grid; the scan's geometry is implausible"
+        "resampling to {spacing} mm would give a {size:?} grid (at most 4096 per axis and {} \
+         voxels); the scan's geometry is implausible",
+        MAX_GRID_VOXELS
     )]
     GridTooLarge {
         /// The grid size.
@@ -304,7 +354,7 @@ pub fn target_grid(
     } else {
         oriented.with_isotropic_spacing(spacing_mm)
     };
-    if grid.size.iter().any(|&n| n > 4096) || grid.len() > 1 << 30 {
+    if grid.size.iter().any(|&n| n > 4096) || grid.len() > MAX_GRID_VOXELS {
         return Err(PreprocessError::GridTooLarge {
             size: grid.size,
             spacing: spacing_mm,
@@ -319,6 +369,25 @@ pub fn preprocess(
     lesion: Option<&Volume>,
     spec: &InputSpec,
 ) -> Result<Preprocessed, PreprocessError> {
+    preprocess_cow(Cow::Borrowed(ct), lesion, spec)
+}
+
+/// [`preprocess`] taking the CT by value: its voxels are freed as soon as they are resampled,
+/// so that the CT and the lung mask on its grid are never in memory together (the peak of a
+/// large scan is then about 4 bytes per input voxel instead of 8).
+pub fn preprocess_owned(
+    ct: Volume,
+    lesion: Option<&Volume>,
+    spec: &InputSpec,
+) -> Result<Preprocessed, PreprocessError> {
+    preprocess_cow(Cow::Owned(ct), lesion, spec)
+}
+
+fn preprocess_cow(
+    ct: Cow<'_, Volume>,
+    lesion: Option<&Volume>,
+    spec: &InputSpec,
+) -> Result<Preprocessed, PreprocessError> {
     let t_start = Instant::now();
     spec.validate()?;
     if ct.is_empty() || ct.data.len() != ct.len() {
@@ -328,7 +397,7 @@ pub fn preprocess(
         return Err(PreprocessError::Spacing(ct.spacing));
     }
     if let Some(l) = lesion {
-        if !same_grid(ct, l) || l.data.len() != l.len() {
+        if !same_grid(&ct, l) || l.data.len() != l.len() {
             return Err(PreprocessError::LesionGrid {
                 ct_size: ct.size,
                 ct_spacing: ct.spacing,
@@ -345,14 +414,17 @@ pub fn preprocess(
 
     // 1. Orientation (geometry only) and the target grid.
     let t = Instant::now();
-    let (orientation, grid, oblique_resampled) = target_grid(&Grid::of(ct), spec.spacing_mm)?;
+    let (orientation, grid, oblique_resampled) = target_grid(&Grid::of(&ct), spec.spacing_mm)?;
     seconds.orient = t.elapsed().as_secs_f64();
 
     // 2. Resampling (in HU; the window comes with the assembly). Points outside the scan are
     // NaN here so that the lung mask does not take them for air; the assembly pads them.
     let t = Instant::now();
-    let hu = resample::resample(ct, &grid, Interpolation::Linear, f32::NAN)?;
+    let hu = resample::resample(&ct, &grid, Interpolation::Linear, f32::NAN)?;
     seconds.resample = t.elapsed().as_secs_f64();
+    // From here on only the CT's geometry is needed.
+    let ct_grid = Grid::of(&ct);
+    drop(ct);
 
     // 4. Lung mask.
     let t = Instant::now();
@@ -443,16 +515,17 @@ pub fn preprocess(
 
     // The lung mask on the input grid (nearest neighbour).
     let t = Instant::now();
-    let (lung_mask, count) = mask_to_grid(&lungs.mask, &grid, ct)?;
+    let (lung_mask, count) = mask_to_grid(&lungs.mask, &grid, &ct_grid)?;
     seconds.mask_to_input_grid = t.elapsed().as_secs_f64();
     // Voxel volume: spacing product times |det(direction)| (1 for a proper rotation).
-    let voxel_ml = ct.spacing.iter().product::<f64>() * determinant(&ct.direction).abs() / 1000.0;
+    let voxel_ml =
+        ct_grid.spacing.iter().product::<f64>() * determinant(&ct_grid.direction).abs() / 1000.0;
     seconds.total = t_start.elapsed().as_secs_f64();
 
     let report = PreprocessReport {
         spec: spec.clone(),
-        input_size: ct.size,
-        input_spacing: ct.spacing,
+        input_size: ct_grid.size,
+        input_spacing: ct_grid.spacing,
         orientation,
         oblique_resampled,
         resampled_size: grid.size,
@@ -522,9 +595,9 @@ fn mask_bbox(mask: &[u8], size: [usize; 3]) -> ([usize; 3], [usize; 3]) {
 fn mask_to_grid(
     mask: &[u8],
     grid: &Grid,
-    target: &Volume,
+    target: &Grid,
 ) -> Result<(Volume, usize), PreprocessError> {
-    let map = IndexMap::between(&Grid::of(target), grid)?;
+    let map = IndexMap::between(target, grid)?;
     let [nx, ny, _] = target.size;
     let mut data = vec![0f32; target.len()];
     let count = if let Some([tx, ty, tz]) = resample::separable_taps(&map, target.size, grid.size) {

@@ -97,10 +97,37 @@ pub fn read_with_type_and_limits(
     path: &Path,
     limits: &ReadLimits,
 ) -> Result<(Volume, ElementType), VolumeError> {
-    match format_of(path)? {
+    let format = format_of(path)?;
+    check_regular_file(path, path)?;
+    match format {
         Format::Mha | Format::Mhd => metaimage::read(path, limits),
         Format::Nii | Format::NiiGz => nifti::read(path, limits),
     }
+}
+
+/// Refuses anything but a regular file (after symbolic links) before it is opened: opening a
+/// FIFO blocks until someone writes to it, and a device or folder has no length to check.
+/// `path` is the volume named in errors, `file` the file checked (a MetaImage data file).
+pub(crate) fn check_regular_file(path: &Path, file: &Path) -> Result<(), VolumeError> {
+    let meta = std::fs::metadata(file).map_err(|e| VolumeError::io(file, "cannot open", e))?;
+    if meta.is_file() {
+        return Ok(());
+    }
+    let what = if meta.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file (a pipe, socket or device)"
+    };
+    let error = std::io::Error::other(format!("{} is {what}", file.display()));
+    Err(if path == file {
+        VolumeError::io(path, "cannot read", error)
+    } else {
+        VolumeError::DataFile {
+            path: path.into(),
+            data: file.into(),
+            error,
+        }
+    })
 }
 
 /// Writes `vol` as `ty` (format by extension) with default [`WriteOptions`]: `.mha` is

@@ -12,7 +12,9 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 
 use super::element::{decode, decode_serial, encode, ElementType};
 use super::error::VolumeError;
-use super::io::{alloc_voxels, check_voxels, write_atomic, ReadLimits, WriteOptions};
+use super::io::{
+    alloc_voxels, check_regular_file, check_voxels, write_atomic, ReadLimits, WriteOptions,
+};
 use super::Volume;
 
 /// Where the pixel data of a MetaImage lives.
@@ -297,12 +299,21 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
     drop(head);
 
     let voxels = check_voxels(path, &h.size, limits)?;
-    let expected = voxels as u64 * h.ty.size_of() as u64;
+    let expected = (voxels as u64).saturating_mul(h.ty.size_of() as u64);
 
     // Position `data` at the first data byte and find how many bytes follow.
     let (data_path, mut data, avail) = match &h.data_file {
         DataFile::Local => (path.to_path_buf(), file, file_len - h.data_offset),
         DataFile::External(p) => {
+            check_regular_file(path, p).map_err(|e| match e {
+                // Missing or unreadable: say so as for a failed open.
+                VolumeError::Io { error, .. } => VolumeError::DataFile {
+                    path: path.into(),
+                    data: p.clone(),
+                    error,
+                },
+                other => other,
+            })?;
             let f = File::open(p).map_err(|error| VolumeError::DataFile {
                 path: path.into(),
                 data: p.clone(),

@@ -29,6 +29,23 @@ use super::Volume;
 /// gzip, like zlib, inflates to at most about 1032 times its size.
 const MAX_DEFLATE_RATIO: u64 = 1032;
 
+/// Bytes read per chunk of pixel data (a multiple of every element size).
+const RAW_CHUNK: usize = 4 << 20;
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 const XFORM_UNKNOWN: i16 = 0;
 const XFORM_SCANNER_ANAT: i16 = 1;
 
@@ -318,7 +335,7 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
     }
     let ty = element_type(path, h.datatype)?;
     let voxels = check_voxels(path, &size, limits)?;
-    let expected = voxels as u64 * ty.size_of() as u64;
+    let expected = (voxels as u64).saturating_mul(ty.size_of() as u64);
     let vox_offset = h.vox_offset;
     if !(vox_offset.is_finite() && vox_offset >= 348.0) {
         return Err(VolumeError::header(
@@ -362,32 +379,20 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
     // Skip extensions up to vox_offset.
     let skipped =
         std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink()).map_err(read_err)?;
-    // Read one byte more than expected to notice data past the end.
-    let mut raw = Vec::new();
-    raw.try_reserve_exact(expected as usize + 1)
-        .map_err(|_| VolumeError::Allocation {
-            path: path.into(),
-            bytes: expected as usize,
-        })?;
-    (&mut reader)
-        .take(expected + 1)
-        .read_to_end(&mut raw)
-        .map_err(read_err)?;
-    if skipped != skip || raw.len() as u64 != expected {
+    if skipped != skip {
         return Err(VolumeError::DataLength {
             path: path.into(),
             what: if gz {
-                "decompressed pixel data"
+                "decompressed header extensions"
             } else {
-                "pixel data"
+                "header extensions"
             },
-            expected,
-            actual: (raw.len() as u64).min(expected + 1),
+            expected: skip,
+            actual: skipped,
         });
     }
 
     let msb = h.endianness == Endianness::Big;
-    let mut out = alloc_voxels(voxels);
     // ITK: a slope below DBL_EPSILON means "no scaling".
     let slope = if h.scl_slope.is_finite() && (h.scl_slope as f64).abs() >= f64::EPSILON {
         h.scl_slope as f64
@@ -400,27 +405,60 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
         0.0
     };
     let rescale = slope != 1.0 || inter != 0.0;
-    if rescale && ty == ElementType::Double {
-        // Scale in double before rounding to f32, as ITK does for double data.
-        out.par_iter_mut()
-            .zip(raw.par_chunks_exact(8))
-            .for_each(|(o, b)| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                let v = if msb {
-                    f64::from_be_bytes(a)
+    // Read in chunks into one reused buffer, converting each: the raw data are never in memory
+    // as a whole next to the output (which would double, for `double` files triple, the peak).
+    let mut out = alloc_voxels(voxels);
+    let esize = ty.size_of();
+    let mut buf = vec![0u8; RAW_CHUNK.min(expected as usize)];
+    let mut done = 0u64;
+    for dst in out.chunks_mut(RAW_CHUNK / esize) {
+        let src = buf.get_mut(..dst.len() * esize).unwrap_or_default();
+        let got = read_full(&mut reader, src).map_err(read_err)?;
+        done += got as u64;
+        if got < src.len() {
+            return Err(VolumeError::DataLength {
+                path: path.into(),
+                what: if gz {
+                    "decompressed pixel data"
                 } else {
-                    f64::from_le_bytes(a)
-                };
-                *o = (v * slope + inter) as f32;
+                    "pixel data"
+                },
+                expected,
+                actual: done,
             });
-    } else {
-        decode(ty, &raw, msb, &mut out);
-        if rescale {
-            // Integers are first cast to float (ITK switches the component type to FLOAT).
-            out.par_iter_mut()
-                .for_each(|v| *v = (*v as f64 * slope + inter) as f32);
         }
+        if rescale && ty == ElementType::Double {
+            // Scale in double before rounding to f32, as ITK does for double data.
+            dst.par_iter_mut()
+                .zip(src.par_chunks_exact(8))
+                .for_each(|(o, b)| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    let v = if msb {
+                        f64::from_be_bytes(a)
+                    } else {
+                        f64::from_le_bytes(a)
+                    };
+                    *o = (v * slope + inter) as f32;
+                });
+        } else {
+            decode(ty, src, msb, dst);
+            if rescale {
+                // Integers are first cast to float (ITK switches the component type to FLOAT).
+                dst.par_iter_mut()
+                    .for_each(|v| *v = (*v as f64 * slope + inter) as f32);
+            }
+        }
+    }
+    // Data past the end (only possible for gzip: plain files were checked by length).
+    let mut extra = [0u8; 1];
+    if read_full(&mut reader, &mut extra).map_err(read_err)? > 0 {
+        return Err(VolumeError::DataLength {
+            path: path.into(),
+            what: "decompressed pixel data",
+            expected,
+            actual: expected + 1,
+        });
     }
     let out_ty = if rescale && ty.is_integer() {
         ElementType::Float
@@ -446,6 +484,16 @@ pub(crate) fn read(path: &Path, limits: &ReadLimits) -> Result<(Volume, ElementT
     let (origin, direction) = geometry(path, &h, d)?;
     // SimpleITK 2.5 scales the origin by the spatial unit too (checked on a file in metres).
     let origin = origin.map(|o| o * unit);
+    // Found by fuzzing: a NaN in an otherwise orthonormal sform passed through to the origin.
+    if origin.iter().chain(&direction).any(|x| !x.is_finite()) {
+        return Err(VolumeError::header(
+            path,
+            format!(
+                "the orientation (qform/sform) holds NaN or infinite values: origin {origin:?}, \
+                 direction {direction:?}"
+            ),
+        ));
+    }
     Ok((
         Volume {
             data: out,
