@@ -176,6 +176,8 @@ pub(crate) fn conv3d_with(
     let w = w.contiguous()?;
     let vol_out = out[0] * out[1] * out[2];
     let mut dst = zeroed(n * c_out * vol_out);
+    #[cfg(not(target_arch = "x86_64"))]
+    let Engine::Gemm = engine;
     #[cfg(target_arch = "x86_64")]
     if engine == Engine::Avx512 {
         with_f32(&x, |xs| {
@@ -975,7 +977,9 @@ pub(crate) fn dense_block(x: &Tensor, layers: &[DenseLayerCpu]) -> Result<Tensor
     let inner_max = layers.iter().map(|l| l.inner).max().unwrap_or(0);
     let mut mid = zeroed(n * inner_max * vol);
     for l in layers {
-        let LayerWeights::Gemm { w1, w2 } = &l.weights else {
+        #[allow(irrefutable_let_patterns)]
+        let LayerWeights::Gemm { w1, w2 } = &l.weights
+        else {
             candle_core::bail!("dense block: layers packed for different engines");
         };
         let t1 = prof::span(Kind::Bottleneck);

@@ -74,7 +74,8 @@ fn index(kind: Kind) -> usize {
     KINDS.iter().position(|(k, _)| *k == kind).unwrap_or(0)
 }
 
-/// CPU time (user + system, all threads) this process has used, in seconds.
+/// CPU time (user + system, all threads) this process has used, in seconds (`None` off Unix).
+#[cfg(unix)]
 pub fn process_cpu_s() -> Option<f64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -83,6 +84,12 @@ pub fn process_cpu_s() -> Option<f64> {
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+}
+
+/// CPU time this process has used (not measured off Unix).
+#[cfg(not(unix))]
+pub fn process_cpu_s() -> Option<f64> {
+    None
 }
 
 /// A running span; adds its time to its kind's totals when dropped.
