@@ -36,6 +36,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(p) = preprocess_owned(ct, None, &spec) {
         assert_eq!(p.input.len(), 3 * 16 * 48 * 48);
-        assert!(p.input.iter().all(|v| (0.0..=1.0).contains(v)), "input outside [0, 1]");
+        assert!(
+            p.input.iter().all(|v| (0.0..=1.0).contains(v)),
+            "input outside [0, 1]"
+        );
     }
 });
