@@ -53,4 +53,41 @@ for f in sorted(fixtures.glob("*.nii")):
 for f in sorted(fixtures.glob("*.nii.gz")):
     put("nifti", f.name[:-3], gzip.decompress(f.read_bytes()))
     put("nifti_gz", f.name, b"\1" + f.read_bytes())
+# Pipeline: a 24^3 chest at 14 mm (soft-tissue body, two lungs, air around), several layouts.
+def chest(n=24):
+    c = (n - 1) / 2
+    vals = []
+    for z in range(n):
+        for y in range(n):
+            for x in range(n):
+                v = -1000
+                if ((x - c) / 10) ** 2 + ((y - c) / 8) ** 2 < 1:
+                    v = 40
+                for cx in (c - 4.5, c + 4.5):
+                    if ((x - cx) / 3.5) ** 2 + ((y - c) / 5) ** 2 + ((z - c) / 9) ** 2 < 1:
+                        v = -850
+                vals.append(v)
+    return vals
+
+
+def chest_mha(vals, n, spacing, direction="1 0 0 0 1 0 0 0 1", compress=True):
+    raw = struct.pack(f"<{len(vals)}h", *vals)
+    data = zlib.compress(raw, 9) if compress else raw
+    h = "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+    if compress:
+        h += f"CompressedData = True\nCompressedDataSize = {len(data)}\n"
+    h += (
+        f"TransformMatrix = {direction}\nOffset = 0 0 0\nElementSpacing = {spacing}\n"
+        f"DimSize = {n} {n} {n}\nElementType = MET_SHORT\nElementDataFile = LOCAL\n"
+    )
+    return h.encode() + data
+
+
+vals = chest()
+put("pipeline", "chest_z.mha", chest_mha(vals, 24, "14 14 14"))
+half = [vals[x + 24 * (y + 24 * z)] for z in range(0, 24, 2) for y in range(0, 24, 2) for x in range(0, 24, 2)]
+put("pipeline", "chest_raw.mha", chest_mha(half, 12, "28 28 28", compress=False))
+put("pipeline", "chest_flipped.mha", chest_mha(vals, 24, "14 14 14", "-1 0 0 0 1 0 0 0 -1"))
+cos, sin = 0.984807753012208, 0.17364817766693033
+put("pipeline", "chest_oblique.mha", chest_mha(vals, 24, "14 14 14", f"1 0 0 0 {cos} {sin} 0 {-sin} {cos}"))
 print("seeded", {d.name: len(list(d.iterdir())) for d in sorted(corpus.iterdir())})
