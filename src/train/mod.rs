@@ -107,12 +107,18 @@ pub enum TrainError {
     /// The network cannot be built.
     #[error(transparent)]
     Model(#[from] ModelError),
-    /// Writing the ensemble failed.
+    /// Writing the ensemble failed (boxed: the error is large and rare).
     #[error(transparent)]
-    Ensemble(#[from] ensemble::EnsembleError),
+    Ensemble(Box<ensemble::EnsembleError>),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<ensemble::EnsembleError> for TrainError {
+    fn from(e: ensemble::EnsembleError) -> Self {
+        Self::Ensemble(Box::new(e))
+    }
 }
 
 /// Writes a file atomically (temporary file, then rename).
