@@ -137,6 +137,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         output: args.output,
         lung_mask: args.lung_mask,
         limits: gc_run::read_limits(args.max_voxels),
+        max_grid_voxels: gc_run::max_grid_voxels(),
     };
     eprintln!(
         "ctgrade: scans of up to {} voxels accepted",

@@ -314,6 +314,61 @@ fn voxel_limits_from_flag_env_and_memory() {
     );
 }
 
+/// A small scan with huge voxels asks for a resampled grid whose lung mask would not fit the
+/// container's memory: with grand-challenge's memory limit set it fails with the reason before
+/// preprocessing (this one would need about 3.9 GB), while a real chest passes the same limit.
+#[test]
+fn grid_limit_from_container_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = make_ensemble(dir.path());
+    let input = dir.path().join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    // 12^3 voxels of 300 mm: a 3.6 m cube, 600^3 = 216 M voxels at the ensemble's 6 mm.
+    let mut data = vec![-1000.0f32; 12 * 12 * 12];
+    for (i, v) in data.iter_mut().enumerate() {
+        if i % 3 == 0 {
+            *v = 40.0;
+        }
+    }
+    let huge = Volume {
+        data,
+        size: [12, 12, 12],
+        spacing: [300.0; 3],
+        origin: [0.0; 3],
+        direction: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+    };
+    volume::write(&input.join("huge.mha"), &huge, ElementType::Short).unwrap();
+    volume::write(&input.join("chest.mha"), &chest(3), ElementType::Short).unwrap();
+    // 3 GiB: the scans pass the read limit (268 M voxels) but the grid limit is 149 M voxels.
+    let mb = "3072";
+    assert_eq!(
+        ctgrade::gc::run::grid_voxels_for_memory(3072 << 20),
+        ((3072u64 - 512) << 20) as usize / 18
+    );
+    let output = dir.path().join("out");
+    let out = ctgrade(
+        &run_args(&input, &output, &weights),
+        &[("GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB", mb)],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("summary.json")).unwrap())
+            .unwrap();
+    let text = summary.to_string();
+    assert!(
+        text.contains("huge.mha: resampling to 6 mm would give a [600, 600, 600] grid")
+            && text.contains("more than the container's memory allows"),
+        "{text}"
+    );
+    assert!(output.join("chest/probability-covid-19.json").exists(), "{stderr}");
+    assert!(!output.join("huge").join("probability-covid-19.json").exists());
+    assert_eq!(
+        ctgrade::gc::run::grid_voxels_for_memory(u64::MAX),
+        preprocess::MAX_GRID_VOXELS
+    );
+}
+
 /// Content problems, one batch: each case gets a defined answer (a grade, a grade with a
 /// warning, or a failure with its reason) while the others complete; two runs of the batch
 /// write byte-identical files.

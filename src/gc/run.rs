@@ -12,6 +12,7 @@ use super::outputs::{self, CaseResult};
 use super::{discover, Case, Layout};
 use crate::ensemble::Ensemble;
 use crate::grading::{self, Grade};
+use crate::preprocess::resample::Grid;
 use crate::preprocess::{self, checks, PreprocessError};
 use crate::volume::{self, ElementType, ReadLimits};
 
@@ -26,6 +27,10 @@ pub struct RunOptions {
     pub lung_mask: bool,
     /// Limits on the input files (a larger scan fails before anything is allocated for it).
     pub limits: ReadLimits,
+    /// Largest resampled grid (voxels) preprocessing may make: [`preprocess::MAX_GRID_VOXELS`],
+    /// or less when the container's memory could not hold the lung mask of a larger one
+    /// ([`max_grid_voxels`]).
+    pub max_grid_voxels: usize,
 }
 
 /// Why the run as a whole could not proceed (a failing case is not one: it is recorded).
@@ -56,7 +61,8 @@ impl RunReport {
 /// Memory (bytes) a case needs besides 4 bytes per input voxel: the resampled grid next to the CT
 /// (4 bytes per voxel of at most [`preprocess::MAX_GRID_VOXELS`], 1 GiB) or, later, the
 /// network's inference (0.63 / 0.73 GB for DenseNet-121 / -201 on the CPU), plus the program.
-/// The lung mask's own working set (up to 18 bytes per grid voxel) comes after the CT is freed.
+/// The lung mask's own working set (up to 18 bytes per grid voxel) comes after the CT is freed
+/// and is bounded by [`max_grid_voxels`].
 /// Measurements in docs/robustness.md.
 pub const FIXED_CASE_BYTES: u64 = 2 << 30;
 
@@ -64,19 +70,32 @@ pub const FIXED_CASE_BYTES: u64 = 2 << 30;
 /// on the CT's grid.
 pub const BYTES_PER_INPUT_VOXEL: u64 = 4;
 
+/// Peak bytes per voxel of the resampled grid while the lung mask is made, after the CT is freed
+/// (HU, labels, masks; measured on noise, 9 on a chest; docs/robustness.md).
+pub const BYTES_PER_GRID_VOXEL: u64 = 18;
+
+/// Memory (bytes) of the program itself beside the lung mask's working set.
+const PROGRAM_BYTES: u64 = 512 << 20;
+
+/// The container's memory in bytes, when grand-challenge says how much it is
+/// (`GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB`).
+pub fn container_memory() -> Option<u64> {
+    std::env::var("GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|mb| mb.saturating_mul(1 << 20))
+}
+
 /// The read limits of a run: `max_voxels` when given (`--max-voxels`, `CTGRADE_MAX_VOXELS`);
 /// otherwise the default of [`ReadLimits`], lowered to what fits the container's memory when
-/// grand-challenge says how much that is (`GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB`), so that a
-/// scan too large for the machine fails with a reason instead of being killed.
+/// grand-challenge says how much that is ([`container_memory`]), so that a scan too large for the
+/// machine fails with a reason instead of being killed.
 pub fn read_limits(max_voxels: Option<usize>) -> ReadLimits {
     let mut limits = ReadLimits::default();
     if let Some(n) = max_voxels {
         limits.max_voxels = n;
-    } else if let Some(mb) = std::env::var("GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        limits.max_voxels = limits.max_voxels.min(voxels_for_memory(mb << 20));
+    } else if let Some(bytes) = container_memory() {
+        limits.max_voxels = limits.max_voxels.min(voxels_for_memory(bytes));
     }
     limits
 }
@@ -85,6 +104,23 @@ pub fn read_limits(max_voxels: Option<usize>) -> ReadLimits {
 pub fn voxels_for_memory(bytes: u64) -> usize {
     let n = bytes.saturating_sub(FIXED_CASE_BYTES) / BYTES_PER_INPUT_VOXEL;
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// The largest resampled grid of a run: [`preprocess::MAX_GRID_VOXELS`], lowered to what the
+/// container's memory holds ([`grid_voxels_for_memory`]) when grand-challenge says how much that
+/// is. A small scan with huge voxels (a hostile or broken geometry) then fails with a reason
+/// before preprocessing instead of being killed while its lung mask is made.
+pub fn max_grid_voxels() -> usize {
+    container_memory().map_or(preprocess::MAX_GRID_VOXELS, grid_voxels_for_memory)
+}
+
+/// The largest resampled grid (voxels) whose lung mask fits in `bytes` of memory, at most
+/// [`preprocess::MAX_GRID_VOXELS`].
+pub fn grid_voxels_for_memory(bytes: u64) -> usize {
+    let n = bytes.saturating_sub(PROGRAM_BYTES) / BYTES_PER_GRID_VOXEL;
+    usize::try_from(n)
+        .unwrap_or(usize::MAX)
+        .min(preprocess::MAX_GRID_VOXELS)
 }
 
 /// Logs a line above the progress bar (or plainly when stderr is not a terminal).
@@ -245,6 +281,22 @@ fn grade_case(
     }
     warnings.extend(check.warnings);
     let spec = &ensemble.manifest.input;
+    let (_, grid, _) = preprocess::target_grid(&Grid::of(&ct), spec.spacing_mm)
+        .map_err(|e| in_context(e, warnings))?;
+    if grid.len() > opts.max_grid_voxels {
+        return Err(format!(
+            "{}: resampling to {} mm would give a {:?} grid ({} voxels); its lung mask would need \
+             about {} MB, more than the container's memory allows (at most {} voxels); the \
+             scan's geometry is implausible (spacing {:?} mm)",
+            case.image.display(),
+            spec.spacing_mm,
+            grid.size,
+            grid.len(),
+            grid.len() as u64 * BYTES_PER_GRID_VOXEL / 1_000_000,
+            opts.max_grid_voxels,
+            ct.spacing,
+        ));
+    }
     let t = Instant::now();
     // By value: the CT's voxels are freed once resampled (see `preprocess_owned`).
     let prep = preprocess::preprocess_owned(ct, lesion.as_ref(), spec)
