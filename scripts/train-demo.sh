@@ -8,7 +8,8 @@
 # positive when its CO-RADS is 4 or 5 (high / very high suspicion), as written in truth.csv.
 #
 # Usage: scripts/train-demo.sh [--install] [WORK_DIR]   (default WORK_DIR: target/train-demo)
-# Environment: MEMBERS (3), STEPS (1600), LR (2e-3), TRAIN_PER_CLASS (40), TEST_PER_CLASS (20).
+# Environment: MEMBERS (3), STEPS (4000), LR (2e-3), LR_FINAL (1e-4: cosine decay over STEPS),
+# TRAIN_PER_CLASS (40), TEST_PER_CLASS (20).
 set -euo pipefail
 
 install=0
@@ -20,8 +21,9 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 work=${1:-target/train-demo}
 members=${MEMBERS:-3}
-steps=${STEPS:-1600}
+steps=${STEPS:-4000}
 lr=${LR:-2e-3}
+lr_final=${LR_FINAL:-1e-4}
 train_per_class=${TRAIN_PER_CLASS:-40}
 test_per_class=${TEST_PER_CLASS:-20}
 # candle's element-wise thread pool spins while waiting; on a shared 2-core machine that costs
@@ -63,8 +65,8 @@ EOF
 stamp "training $members member(s), at most $steps batches each"
 "$ctgrade" train --data "$work/train" --labels "$work/train/labels.csv" \
     --arch densenet121-3d --config "$work/net.json" --input-spec "$work/spec.json" \
-    --out "$work/ensemble" --members "$members" --seed 1 --lr "$lr" \
-    --max-steps "$steps" --patience 800 --val-every 100 --log-every 100 \
+    --out "$work/ensemble" --members "$members" --seed 1 --lr "$lr" --lr-final "$lr_final" \
+    --max-steps "$steps" --patience 2000 --val-every 100 --log-every 100 \
     --name ctgrade-demo-phantoms \
     --description "DEMONSTRATION ONLY: $members small 3-D DenseNets trained by ctgrade train on synthetic chest phantoms (no real CT); see weights/default/README.md"
 t2=$(date +%s)

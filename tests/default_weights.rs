@@ -1,0 +1,81 @@
+//! The shipped demonstration ensemble (`weights/default`, trained by `scripts/train-demo.sh`) on
+//! the shipped inputs (`test_inputs/`): the README's first set-up command, and a guard that a
+//! change to preprocessing or the engine does not silently break the weights everyone runs first.
+
+use std::path::Path;
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `ctgrade run` from the repository root with no `--weights`: the default ensemble.
+fn run_default(input: &Path, output: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ctgrade"))
+        .current_dir(root())
+        .args(["run", "--device", "cpu", "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn default_weights_pass_their_checks() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ctgrade"))
+        .args(["ensemble", "check"])
+        .arg(root().join("weights/default"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The grand-challenge socket layout of `test_inputs/`: both answers, consistent with each
+/// other (continuous head: CO-RADS = round(4p) + 1).
+#[test]
+fn default_weights_grade_the_socket_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_default(&root().join("test_inputs"), dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("weights from"), "{stderr}");
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let p: f64 = read("probability-covid-19.json").trim().parse().unwrap();
+    let c: u8 = read("co-rads-score.json").trim().parse().unwrap();
+    assert!((0.0..=1.0).contains(&p));
+    assert_eq!(c, ((4.0 * p).round() + 1.0) as u8);
+}
+
+/// The four phantoms of `test_inputs/batch/` (true CO-RADS in their names): each graded within
+/// one category of the truth, and the probabilities in the order of the lesion burden. (On the
+/// held-out test set the ensemble reaches AUC 0.995 and QWK 0.845; see weights/default/README.md.)
+#[test]
+fn default_weights_grade_the_phantom_batch_plausibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_default(&root().join("test_inputs/batch"), dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    let cases = summary["cases"].as_array().expect("summary.json has cases");
+    assert_eq!(cases.len(), 4, "{summary}");
+    let mut by_truth = Vec::new();
+    for case in cases {
+        let name = case["case"].as_str().unwrap();
+        let truth: i64 = name.rsplit("co-rads").next().unwrap().parse().unwrap();
+        let pred = case["co_rads"].as_i64().unwrap();
+        let p = case["probability"].as_f64().unwrap();
+        assert!((pred - truth).abs() <= 1, "{name}: CO-RADS {pred}, p {p}");
+        by_truth.push((truth, p));
+    }
+    by_truth.sort_by_key(|&(t, _)| t);
+    let p: Vec<f64> = by_truth.iter().map(|&(_, p)| p).collect();
+    // Truths 1, 2, 4, 5: the positives above both negatives, and 5 above 4.
+    assert!(p[3] > p[2] && p[2] > p[0].max(p[1]), "{by_truth:?}");
+}
