@@ -11,7 +11,8 @@
 #             (cpu and cuda, strict f32) on a small input, then ctgrade cuda vs PyTorch cuda at the
 #             full network input 1x3x128x240x240; max |diff| <= 1e-3 passes. The GPU runs of
 #             ctgrade are repeated with NVIDIA_TF32_OVERRIDE=0 (candle lets cuDNN use TF32)
-#   half      (only if `ctgrade forward` has --dtype) f16/bf16 outputs against f32, for the record
+#   half      f16/bf16 (`--precision`) outputs against f32 at the full input, and their time per
+#             forward (accuracy and speed recorded, no verdict)
 #   bench     time per forward at 3x128x240x240: ctgrade bench --device cuda vs PyTorch eager with
 #             TF32 off (a fair f32 comparison), PyTorch's defaults (cuDNN convs may use TF32), and
 #             defaults + cudnn.benchmark
@@ -151,14 +152,14 @@ cmp cmp_full_ct_gpu_notf32_vs_torch_gpu full_ct_gpu_notf32 full_torch_gpu
 [ "$quick" = 1 ] || step small_ct_gpu_notf32 env NVIDIA_TF32_OVERRIDE=0 "${fwd[@]}" --input "$XS" --device "$device"
 [ "$quick" = 1 ] || cmp cmp_small_ct_gpu_notf32_vs_ct_cpu small_ct_gpu_notf32 small_ct_cpu
 
-# ---- reduced precision, where ctgrade offers it (accuracy only recorded, no verdict)
-if "$bin" forward --help 2>/dev/null | grep -q -- '--dtype'; then
-  for dt in f16 bf16; do
-    step "full_ct_gpu_$dt" "${fwd[@]}" --input "$XF" --device "$device" --dtype $dt &&
-      step "cmp_full_ct_gpu_${dt}_vs_f32" "$python" "$ref" compare "$steps/full_ct_gpu_$dt.out" \
-        "$steps/full_ct_gpu.out" --tol 1e9
-  done
-fi
+# ---- reduced precision (accuracy and speed recorded, no verdict)
+for dt in f16 bf16; do
+  step "full_ct_gpu_$dt" "${fwd[@]}" --input "$XF" --device "$device" --precision $dt &&
+    step "cmp_full_ct_gpu_${dt}_vs_f32" "$python" "$ref" compare "$steps/full_ct_gpu_$dt.out" \
+      "$steps/full_ct_gpu.out" --tol 1e9
+  step "bench_ct_gpu_$dt" "$bin" bench --arch $arch "${cfg_args[@]}" --input "$bench_shape" \
+    --device "$device" --repeat "$repeat" --precision $dt
+done
 
 # ---- speed
 step bench_ct_gpu "$bin" bench --arch $arch "${cfg_args[@]}" --input "$bench_shape" --device "$device" --repeat "$repeat"
@@ -227,6 +228,8 @@ res["verdict"] = {
     "max_abs_diff": {n[4:]: j(n, "max_abs") for n in s if n.startswith("cmp_")},
     "ctgrade_forward_s": j("bench_ct_gpu", "median_s"),
     "ctgrade_forward_tf32_forbidden_s": j("bench_ct_gpu_notf32", "median_s"),
+    "ctgrade_forward_f16_s": j("bench_ct_gpu_f16", "median_s"),
+    "ctgrade_forward_bf16_s": j("bench_ct_gpu_bf16", "median_s"),
     "torch_forward_f32_s": j("bench_torch_gpu_f32", "median_s"),
     "torch_forward_default_s": j("bench_torch_gpu_default", "median_s"),
     "torch_forward_default_cudnn_benchmark_s": j("bench_torch_gpu_default_cudnn_benchmark", "median_s"),

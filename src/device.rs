@@ -1,8 +1,48 @@
-//! Choosing where the networks run: `--device auto|cpu|cuda[:N]`.
+//! Choosing where and in what precision the networks run: `--device auto|cpu|cuda[:N]`,
+//! `--precision f32|bf16|f16`.
 
 use std::str::FromStr;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
+
+/// The floating-point format the networks compute in.
+///
+/// `f32` is the reference: the PyTorch-trained networks in strict f32, the default everywhere.
+/// `bf16` and `f16` store weights and activations in 16 bits (candle's kernels accumulate
+/// matrix products in f32): half the memory traffic, and the tensor cores of a GPU. On the CPU they
+/// run candle's generic kernels, much slower than the f32 path; there they serve to measure the
+/// accuracy a GPU run in that format would have (`scripts/precision-check.sh`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Precision {
+    /// 32-bit IEEE floats (the reference).
+    #[default]
+    F32,
+    /// bfloat16: f32's range, 8 significant bits.
+    Bf16,
+    /// IEEE half precision: 11 significant bits, range up to 65504.
+    F16,
+}
+
+impl Precision {
+    /// The candle data type.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        })
+    }
+}
 
 /// The device the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

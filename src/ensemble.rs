@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::device::Precision;
 use crate::grading::Head;
 use crate::model::{self, ModelError, Naming, NetworkConfig};
 use crate::preprocess::InputSpec;
@@ -320,17 +321,20 @@ impl Ensemble {
         self.manifest.members.is_empty()
     }
 
-    /// Runs every member on `input` (NCDHW, N = 1) and returns the mean post-activation output:
-    /// a sigmoid value for the continuous head, a softmax vector for the categorical one.
+    /// Runs every member on `input` (NCDHW, N = 1) in `precision` and returns the mean
+    /// post-activation output: a sigmoid value for the continuous head, a softmax vector for the
+    /// categorical one (activations and the mean in f32/f64 whatever the precision).
     /// `progress(i, seconds)` is called after member `i` (0-based) finished.
     pub fn predict(
         &self,
         input: &Tensor,
         device: &Device,
+        precision: Precision,
         mut progress: impl FnMut(usize, f64),
     ) -> Result<Vec<f64>, EnsembleError> {
         let input = input
             .to_device(device)
+            .and_then(|x| x.to_dtype(precision.dtype()))
             .map_err(|source| EnsembleError::Compute {
                 path: self.dir.clone(),
                 source,
@@ -339,7 +343,7 @@ impl Ensemble {
         for (i, member) in self.manifest.members.iter().enumerate() {
             let start = std::time::Instant::now();
             let path = self.dir.join(&member.file);
-            let output = self.run_member(&path, &input, device)?;
+            let output = self.run_member(&path, &input, device, precision)?;
             for (s, o) in sum.iter_mut().zip(output) {
                 *s += o;
             }
@@ -355,19 +359,23 @@ impl Ensemble {
         path: &Path,
         input: &Tensor,
         device: &Device,
+        precision: Precision,
     ) -> Result<Vec<f64>, EnsembleError> {
         let compute = |source| EnsembleError::Compute {
             path: path.to_path_buf(),
             source,
         };
         let tensors = candle_core::safetensors::load(path, device).map_err(compute)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let vb = VarBuilder::from_tensors(tensors, precision.dtype(), device);
         let network =
             model::build(&self.manifest.network, vb).map_err(|source| EnsembleError::Model {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let logits = network.forward(input).map_err(compute)?;
+        let logits = network
+            .forward(input)
+            .and_then(|y| y.to_dtype(DType::F32))
+            .map_err(compute)?;
         let activated = match self.manifest.head {
             Head::Continuous => candle_nn::ops::sigmoid(&logits),
             Head::Categorical => candle_nn::ops::softmax(&logits, D::Minus1),

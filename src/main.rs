@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use ctgrade::device::{self, DeviceChoice};
+use ctgrade::device::{self, DeviceChoice, Precision};
 use ctgrade::ensemble::{self, Ensemble, Manifest};
 use ctgrade::gc::run::{self as gc_run, RunOptions};
 use ctgrade::grading::Head;
@@ -67,6 +67,10 @@ struct RunArgs {
     /// Where the networks run: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// Compute precision of the networks: f32 (the reference), or bf16/f16 on a GPU (see the
+    /// README for their measured accuracy).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Also write each case's lung mask to images/lung-segmentation/<case>.mha.
     #[arg(long)]
     lung_mask: bool,
@@ -131,13 +135,18 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let ensemble = Ensemble::open(&dir)?;
     eprintln!("ctgrade: weights from {}", dir.display());
     let device = args.device.open()?;
-    eprintln!("ctgrade: running on {}", device::describe(&device));
+    eprintln!(
+        "ctgrade: running on {} in {}",
+        device::describe(&device),
+        args.precision
+    );
     let opts = RunOptions {
         input: args.input,
         output: args.output,
         lung_mask: args.lung_mask,
         limits: gc_run::read_limits(args.max_voxels),
         max_grid_voxels: gc_run::max_grid_voxels(),
+        precision: args.precision,
     };
     eprintln!(
         "ctgrade: scans of up to {} voxels accepted",

@@ -8,6 +8,7 @@ use std::io::Write;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use ctgrade::device::Precision;
 use ctgrade::model::cli::{bench, forward, BenchArgs, ForwardArgs};
 use ctgrade::model::{
     build, build_with_naming, detect_naming, expected_tensors, expected_tensors_named, Arch,
@@ -191,6 +192,7 @@ fn ctgrade_forward_runs_every_fixture() {
             weights: path.clone(),
             input: path,
             device: ctgrade::device::DeviceChoice::Cpu,
+            precision: Precision::F32,
         })
         .unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -215,19 +217,24 @@ fn ctgrade_bench_runs_every_arch() {
             _ => cfg.width_divisor = Some(16),
         }
         let config = overrides_file(&cfg);
-        let r = bench(&BenchArgs {
-            arch,
-            config: Some(config.path().to_path_buf()),
-            input: "2,3,6,32,32".into(),
-            repeat: 1,
-            threads: None,
-            num_outputs: 5,
-            device: ctgrade::device::DeviceChoice::Cpu,
-        })
-        .unwrap_or_else(|e| panic!("{arch}: {e}"));
-        assert_eq!(r.arch, arch.name());
-        assert_eq!(r.input, vec![2, 3, 6, 32, 32]);
-        assert_eq!(r.times_s.len(), 1);
+        // Every architecture also runs in the reduced precisions (their ops exist in 16 bits).
+        for precision in [Precision::F32, Precision::Bf16, Precision::F16] {
+            let r = bench(&BenchArgs {
+                arch,
+                config: Some(config.path().to_path_buf()),
+                input: "2,3,6,32,32".into(),
+                repeat: 1,
+                threads: None,
+                num_outputs: 5,
+                device: ctgrade::device::DeviceChoice::Cpu,
+                precision,
+            })
+            .unwrap_or_else(|e| panic!("{arch} in {precision}: {e}"));
+            assert_eq!(r.arch, arch.name());
+            assert_eq!(r.precision, precision.to_string());
+            assert_eq!(r.input, vec![2, 3, 6, 32, 32]);
+            assert_eq!(r.times_s.len(), 1);
+        }
     }
 }
 

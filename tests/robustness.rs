@@ -361,8 +361,14 @@ fn grid_limit_from_container_memory() {
             && text.contains("more than the container's memory allows"),
         "{text}"
     );
-    assert!(output.join("chest/probability-covid-19.json").exists(), "{stderr}");
-    assert!(!output.join("huge").join("probability-covid-19.json").exists());
+    assert!(
+        output.join("chest/probability-covid-19.json").exists(),
+        "{stderr}"
+    );
+    assert!(!output
+        .join("huge")
+        .join("probability-covid-19.json")
+        .exists());
     assert_eq!(
         ctgrade::gc::run::grid_voxels_for_memory(u64::MAX),
         preprocess::MAX_GRID_VOXELS

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::outputs::{self, CaseResult};
 use super::{discover, Case, Layout};
+use crate::device::Precision;
 use crate::ensemble::Ensemble;
 use crate::grading::{self, Grade};
 use crate::preprocess::resample::Grid;
@@ -27,6 +28,8 @@ pub struct RunOptions {
     pub lung_mask: bool,
     /// Limits on the input files (a larger scan fails before anything is allocated for it).
     pub limits: ReadLimits,
+    /// Compute precision of the networks (f32, the reference, unless asked otherwise).
+    pub precision: Precision,
     /// Largest resampled grid (voxels) preprocessing may make: [`preprocess::MAX_GRID_VOXELS`],
     /// or less when the container's memory could not hold the lung mask of a larger one
     /// ([`max_grid_voxels`]).
@@ -327,7 +330,7 @@ fn grade_case(
     let t = Instant::now();
     let n = ensemble.len();
     let mean = ensemble
-        .predict(&input, device, |i, s| {
+        .predict(&input, device, opts.precision, |i, s| {
             bar.inc(1);
             if bar.is_hidden() {
                 eprintln!("{}: member {}/{n} in {s:.2} s", case.name, i + 1);

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::device::DeviceChoice;
+use crate::device::{DeviceChoice, Precision};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
@@ -31,6 +31,9 @@ pub struct ForwardArgs {
     /// Device: cpu, auto, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// Compute precision (weights and activations); the outputs are printed as f32.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 /// `ctgrade bench`: median time per forward and peak resident memory, random weights.
@@ -57,6 +60,9 @@ pub struct BenchArgs {
     /// Device: cpu, auto, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// Compute precision (weights and activations).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 fn file_err(path: &Path, msg: impl ToString) -> ModelError {
@@ -130,14 +136,15 @@ pub fn forward(args: &ForwardArgs) -> Result<String, ModelError> {
     let bytes = std::fs::read(&args.weights).map_err(|e| file_err(&args.weights, e))?;
     let (c_in, n_out) = infer_io(&bytes, &args.weights, args.arch)?;
     let cfg = resolve_config(args.arch, c_in, n_out, args.config.as_deref())?;
-    let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &dev)?;
+    let dtype = args.precision.dtype();
+    let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, &dev)?;
     let net = build(&cfg, vb)?;
     let inputs =
         candle_core::safetensors::load(&args.input, &dev).map_err(|e| file_err(&args.input, e))?;
     let x = inputs
         .get("input")
         .ok_or_else(|| file_err(&args.input, "no tensor named `input`"))?
-        .to_dtype(DType::F32)?;
+        .to_dtype(dtype)?;
     if x.rank() != 5 {
         return Err(file_err(
             &args.input,
@@ -156,6 +163,8 @@ pub struct BenchReport {
     pub arch: String,
     /// Input shape NCDHW.
     pub input: Vec<usize>,
+    /// Compute precision.
+    pub precision: String,
     /// Worker threads.
     pub threads: usize,
     /// Median seconds per forward.
@@ -240,10 +249,11 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport, ModelError> {
     let dev = args.device.open()?;
     let cfg = resolve_config(args.arch, dims[1], args.num_outputs, args.config.as_deref())?;
     let t0 = Instant::now();
-    let vb = VarBuilder::from_tensors(random_weights(&cfg, &dev)?, DType::F32, &dev);
+    let dtype = args.precision.dtype();
+    let vb = VarBuilder::from_tensors(random_weights(&cfg, &dev)?, dtype, &dev);
     let net: Box<dyn Classifier> = build(&cfg, vb)?;
     let build_s = t0.elapsed().as_secs_f64();
-    let x = Tensor::randn(0f32, 1.0, dims.as_slice(), &dev)?;
+    let x = Tensor::randn(0f32, 1.0, dims.as_slice(), &dev)?.to_dtype(dtype)?;
     let mut times = Vec::with_capacity(args.repeat);
     let mut cpu_times = Vec::with_capacity(args.repeat);
     for i in 0..=args.repeat {
@@ -270,6 +280,7 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport, ModelError> {
     Ok(BenchReport {
         arch: args.arch.to_string(),
         input: dims,
+        precision: args.precision.to_string(),
         threads: candle_core::utils::get_num_threads(),
         median_s,
         times_s: times,
@@ -318,6 +329,7 @@ mod tests {
                 weights: path.clone(),
                 input: path.clone(),
                 device: DeviceChoice::Cpu,
+                precision: Precision::F32,
             };
             let line = forward(&args).unwrap();
             let got: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -345,6 +357,7 @@ mod tests {
             threads: None,
             num_outputs: 5,
             device: DeviceChoice::Cpu,
+            precision: Precision::F32,
         };
         let r = bench(&args).unwrap();
         assert_eq!(r.input, vec![2, 1, 12, 16, 16]);

@@ -106,8 +106,32 @@ impl Conv3d {
     }
 }
 
+/// A 16-bit (bf16, f16) convolution on the CPU: candle has no CPU kernel for bf16 and a slow one
+/// for f16, so it runs in f32 on the 16-bit values and rounds the output to 16 bits, as a GPU's
+/// tensor cores do (16-bit operands, f32 accumulation). `None` when `x` is not such a case.
+pub(crate) fn half_conv3d_on_cpu(x: &Tensor, conv: &Conv3d, relu: bool) -> Option<Result<Tensor>> {
+    let half = matches!(x.dtype(), DType::BF16 | DType::F16);
+    if !half || !x.device().is_cpu() || x.track_op() || conv.weight.track_op() {
+        return None;
+    }
+    let run = || {
+        let w = conv.weight.to_dtype(DType::F32)?;
+        let b = conv
+            .bias
+            .as_ref()
+            .map(|b| b.to_dtype(DType::F32))
+            .transpose()?;
+        let y = cpu::conv3d_act(&x.to_dtype(DType::F32)?, &w, b.as_ref(), &conv.cfg, relu)?;
+        y.to_dtype(x.dtype())
+    };
+    Some(run())
+}
+
 impl Module for Conv3d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = half_conv3d_on_cpu(x, self, false) {
+            return y;
+        }
         if cpu::eligible(&[x, &self.weight]) && self.bias.as_ref().is_none_or(|b| !b.track_op()) {
             cpu::conv3d(x, &self.weight, self.bias.as_ref(), &self.cfg)
         } else {

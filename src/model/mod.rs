@@ -297,7 +297,8 @@ impl NetworkConfig {
 
 /// A network that maps a batch of volumes to raw scores.
 pub trait Classifier: Send + Sync {
-    /// Raw outputs (N, num_outputs), before sigmoid/softmax. Input NCDHW f32.
+    /// Raw outputs (N, num_outputs), before sigmoid/softmax. Input NCDHW, in the dtype of the
+    /// weights (f32 unless a reduced [`Precision`](crate::device::Precision) was asked for).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
 }
 
@@ -662,6 +663,9 @@ impl ConvUnit {
 impl Module for ConvUnit {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         let c = &self.conv;
+        if let Some(y) = layers::half_conv3d_on_cpu(x, c, self.relu) {
+            return y;
+        }
         if cpu::eligible(&[x, c.weight()]) && c.bias().is_none_or(|b| !b.track_op()) {
             cpu::conv3d_act(x, c.weight(), c.bias(), c.config(), self.relu)
         } else {
