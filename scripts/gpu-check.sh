@@ -18,6 +18,8 @@
 #             defaults + cudnn.benchmark
 #   run       end to end: `ctgrade run` of a 10-member DenseNet-201 ensemble (random weights,
 #             manifest by `ctgrade ensemble new`) on one synthetic 512x512x300 CT, timed twice
+#   native    the same parity, bench (f32, f16) and run with cuDNN's native 3-D convolution
+#             (CTGRADE_CUDNN_CONV3D=1, opt-in until this check passes on a GPU)
 # Writes $OUT/summary.json (every number and verdict) and $OUT/gpu-check.log; OUT defaults to
 # /tmp/ctgrade-gpu-check. Work files go to $WORK (default /tmp/ctgrade-gpu-work).
 #
@@ -189,6 +191,21 @@ for k in 1 2; do
   find "$work/output$k" -name '*.json' -exec sh -c 'echo "   $1: $(head -c 300 "$1")"' _ {} \; 2>/dev/null
 done
 
+# ---- cuDNN's native 3-D convolution (opt-in): parity, speed, end to end
+nat=(env CTGRADE_CUDNN_CONV3D=1)
+step full_ct_gpu_native "${nat[@]}" "${fwd[@]}" --input "$XF" --device "$device"
+cmp cmp_full_ct_gpu_native_vs_torch_gpu full_ct_gpu_native full_torch_gpu
+step bench_ct_gpu_native "${nat[@]}" "$bin" bench --arch $arch "${cfg_args[@]}" --input "$bench_shape" \
+  --device "$device" --repeat "$repeat"
+step full_ct_gpu_native_f16 "${nat[@]}" "${fwd[@]}" --input "$XF" --device "$device" --precision f16 &&
+  step cmp_full_ct_gpu_native_f16_vs_f32 "$python" "$ref" compare "$steps/full_ct_gpu_native_f16.out" \
+    "$steps/full_ct_gpu.out" --tol 1e9
+step bench_ct_gpu_native_f16 "${nat[@]}" "$bin" bench --arch $arch "${cfg_args[@]}" --input "$bench_shape" \
+  --device "$device" --repeat "$repeat" --precision f16
+rm -rf "$work/output_native"
+step run_native "${nat[@]}" "$bin" run --input "$work/input" --output "$work/output_native" \
+  --weights "$ens/model" --device "$device"
+
 # ---- summary
 "$python" - "$steps" "$out/summary.json" "$bin" "$device" "$smoke" "$t_start" <<'EOF'
 import glob, json, os, sys, time
@@ -228,6 +245,10 @@ res["verdict"] = {
     "max_abs_diff": {n[4:]: j(n, "max_abs") for n in s if n.startswith("cmp_")},
     "ctgrade_forward_s": j("bench_ct_gpu", "median_s"),
     "ctgrade_forward_tf32_forbidden_s": j("bench_ct_gpu_notf32", "median_s"),
+    "parity_full_gpu_native_vs_torch": ok("cmp_full_ct_gpu_native_vs_torch_gpu"),
+    "ctgrade_forward_native_s": j("bench_ct_gpu_native", "median_s"),
+    "ctgrade_forward_native_f16_s": j("bench_ct_gpu_native_f16", "median_s"),
+    "run_native_seconds": s.get("run_native", {}).get("seconds"),
     "ctgrade_forward_f16_s": j("bench_ct_gpu_f16", "median_s"),
     "ctgrade_forward_bf16_s": j("bench_ct_gpu_bf16", "median_s"),
     "torch_forward_f32_s": j("bench_torch_gpu_f32", "median_s"),

@@ -129,6 +129,12 @@ pub(crate) fn half_conv3d_on_cpu(x: &Tensor, conv: &Conv3d, relu: bool) -> Optio
 
 impl Module for Conv3d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cudnn")]
+        if let Some(y) =
+            super::cudnn3d::conv3d(x, &self.weight, self.bias.as_ref(), &self.cfg, false)
+        {
+            return y;
+        }
         if let Some(y) = half_conv3d_on_cpu(x, self, false) {
             return y;
         }

@@ -8,6 +8,8 @@ pub mod convert;
 pub(crate) mod cpu;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod cpu_avx512;
+#[cfg(feature = "cudnn")]
+pub(crate) mod cudnn3d;
 pub mod densenet;
 pub mod inception;
 pub mod inflate;
@@ -663,6 +665,10 @@ impl ConvUnit {
 impl Module for ConvUnit {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         let c = &self.conv;
+        #[cfg(feature = "cudnn")]
+        if let Some(y) = cudnn3d::conv3d(x, c.weight(), c.bias(), c.config(), self.relu) {
+            return y;
+        }
         if let Some(y) = layers::half_conv3d_on_cpu(x, c, self.relu) {
             return y;
         }
