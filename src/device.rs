@@ -8,10 +8,12 @@ use candle_core::{DType, Device};
 /// The floating-point format the networks compute in.
 ///
 /// `f32` is the reference: the PyTorch-trained networks in strict f32, the default everywhere.
-/// `bf16` and `f16` store weights and activations in 16 bits (candle's kernels accumulate
-/// matrix products in f32): half the memory traffic, and the tensor cores of a GPU. On the CPU they
-/// run candle's generic kernels, much slower than the f32 path; there they serve to measure the
-/// accuracy a GPU run in that format would have (`scripts/precision-check.sh`).
+/// `bf16` and `f16` store weights and activations in 16 bits: half the memory traffic, and the
+/// tensor cores of a GPU. Convolutions accumulate in f32 on the CPU and in the native cuDNN op
+/// (`model::cudnn3d`); the composed GPU path uses candle's 2-D cuDNN convolution, which
+/// accumulates f16 in f16. On the CPU the 16-bit formats are slower than f32 (DenseNet-201: about
+/// 3x) and serve to measure the accuracy of a GPU run in that format
+/// (`scripts/precision-check.sh`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Precision {
     /// 32-bit IEEE floats (the reference).
