@@ -9,14 +9,10 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `ctgrade run` from the repository root with no `--weights`: the default ensemble.
-fn run_default(input: &Path, output: &Path) -> std::process::Output {
-    run_default_in(input, output, "f32")
-}
-
-/// [`run_default`] in the given `--precision`.
-fn run_default_in(input: &Path, output: &Path, precision: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ctgrade"))
+/// `ctgrade run` from the repository root with no `--weights` (the default ensemble) in
+/// `precision`; asserts that it succeeded and returns its stderr.
+fn run_default(input: &Path, output: &Path, precision: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ctgrade"))
         .current_dir(root())
         .args([
             "run",
@@ -30,7 +26,10 @@ fn run_default_in(input: &Path, output: &Path, precision: &str) -> std::process:
         .arg("--output")
         .arg(output)
         .output()
-        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
 }
 
 /// (case, probability, CO-RADS) of a batch run's summary.json, in case order.
@@ -70,9 +69,7 @@ fn default_weights_pass_their_checks() {
 #[test]
 fn default_weights_grade_the_socket_input() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_default(&root().join("test_inputs"), dir.path());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let stderr = run_default(&root().join("test_inputs"), dir.path(), "f32");
     assert!(stderr.contains("weights from"), "{stderr}");
     let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
     let p: f64 = read("probability-covid-19.json").trim().parse().unwrap();
@@ -87,9 +84,7 @@ fn default_weights_grade_the_socket_input() {
 #[test]
 fn default_weights_grade_the_phantom_batch_plausibly() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_default(&root().join("test_inputs/batch"), dir.path());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    run_default(&root().join("test_inputs/batch"), dir.path(), "f32");
     let cases = summary(dir.path());
     assert_eq!(cases.len(), 4, "{cases:?}");
     let mut by_truth = Vec::new();
@@ -114,9 +109,7 @@ fn reduced_precision_runs_stay_close_to_f32() {
     let mut runs = Vec::new();
     for precision in ["f32", "f16", "bf16"] {
         let output = dir.path().join(precision);
-        let out = run_default_in(&input, &output, precision);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
+        let stderr = run_default(&input, &output, precision);
         assert!(stderr.contains(&format!(" in {precision}")), "{stderr}");
         runs.push(summary(&output));
     }
