@@ -1,15 +1,15 @@
 //! Reduced precision (`--precision bf16|f16`) against f32: the same random DenseNet-201 3-D and
-//! input in the three formats, on the CPU (candle's generic kernels; a GPU computes the same
-//! formats with its own accumulation order). The measured differences are printed (run with
-//! `--nocapture`) and bounded; the ensemble-level effect on CO-RADS is measured by
-//! `scripts/precision-check.sh`.
+//! input in the three formats, on the CPU (convolutions in f32 on the 16-bit values, the other
+//! ops in candle's 16-bit kernels; a GPU computes the same formats with its own accumulation
+//! order). The measured differences are printed (run with `--nocapture`) and bounded; the
+//! ensemble-level effect on CO-RADS is measured by `scripts/precision-check.sh`.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use ctgrade::device::Precision;
 use ctgrade::model::{self, cli::random_weights, Arch, NetworkConfig};
 
-/// Sigmoid outputs of `arch` (random weights, seeded input) in each precision.
+/// Sigmoid outputs of `arch` (random weights and input, shared by the three) in each precision.
 fn outputs(arch: Arch, shape: &[usize]) -> Vec<(Precision, Vec<f32>)> {
     let dev = Device::Cpu;
     let cfg = NetworkConfig::new(arch, 3, 4);
@@ -40,7 +40,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn densenet201_in_bf16_and_f16_stays_close_to_f32() {
-    // Two cases of a reduced input (the generic kernels are slow): 201 layers of rounding.
+    // Two cases of a reduced input, to keep the test fast: still 201 layers of rounding.
     let outs = outputs(Arch::DenseNet201_3d, &[2, 3, 32, 32, 32]);
     let f32_out = &outs[0].1;
     assert!(f32_out.iter().all(|v| v.is_finite()));
