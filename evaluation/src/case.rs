@@ -1,5 +1,9 @@
 //! Case names: how predictions and ground-truth rows are matched.
 
+use std::collections::HashMap;
+
+use crate::error::{EvalError, Result};
+
 /// Image extensions stripped from file names, longest first.
 const IMAGE_EXTENSIONS: [&str; 4] = [".nii.gz", ".mha", ".mhd", ".nii"];
 
@@ -30,6 +34,26 @@ pub fn match_key(case: &str) -> String {
         .filter(|c| c.is_alphanumeric())
         .flat_map(char::to_lowercase)
         .collect()
+}
+
+/// Rejects two items with the same match key, naming both origins. `case` and `origin` read an
+/// item's case name and where it came from (a file, a CSV row).
+pub fn check_unique<T>(
+    items: &[T],
+    case: impl Fn(&T) -> &str,
+    origin: impl Fn(&T) -> &str,
+) -> Result<()> {
+    let mut seen: HashMap<String, &T> = HashMap::new();
+    for item in items {
+        if let Some(first) = seen.insert(match_key(case(item)), item) {
+            return Err(EvalError::DuplicateCase {
+                case: case(item).to_string(),
+                first: origin(first).to_string(),
+                second: origin(item).to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

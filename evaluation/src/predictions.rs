@@ -1,14 +1,13 @@
 //! Reading predictions: the platform's `predictions.json`, a `ctgrade run` output folder, or a
 //! CSV `case,probability[,co_rads]`.
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::case::{case_name, match_key};
+use crate::case::case_name;
 use crate::error::{EvalError, Result};
 
 /// Slug (and file stem) of the probability output socket.
@@ -156,18 +155,8 @@ pub fn co_rads_from_str(s: &str, case: &str, origin: &str) -> Result<u8> {
 }
 
 /// Rejects duplicate cases (by match key), naming both origins.
-fn check_unique(predictions: &[Prediction]) -> Result<()> {
-    let mut seen: HashMap<String, &Prediction> = HashMap::new();
-    for p in predictions {
-        if let Some(first) = seen.insert(match_key(&p.case), p) {
-            return Err(EvalError::DuplicateCase {
-                case: p.case.clone(),
-                first: first.origin.clone(),
-                second: p.origin.clone(),
-            });
-        }
-    }
-    Ok(())
+fn check_unique(items: &[Prediction]) -> Result<()> {
+    crate::case::check_unique(items, |x| &x.case, |x| &x.origin)
 }
 
 fn job_pk(job: &Value) -> Option<String> {

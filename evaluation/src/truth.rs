@@ -1,13 +1,13 @@
 //! Reading ground truth: the iCTCF patient table, or a generic
 //! `case,label[,co_rads][,patient][,slice_thickness_mm]` CSV.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::case::{case_name, match_key};
+use crate::case::case_name;
 use crate::error::{EvalError, Result};
 use crate::predictions::{co_rads_from_str, find_column, open_csv};
 
@@ -150,19 +150,9 @@ fn find_csv(dir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Rejects duplicate cases (by match key), naming both rows.
-fn check_unique(cases: &[TruthCase]) -> Result<()> {
-    let mut seen: HashMap<String, &TruthCase> = HashMap::new();
-    for c in cases {
-        if let Some(first) = seen.insert(match_key(&c.case), c) {
-            return Err(EvalError::DuplicateCase {
-                case: c.case.clone(),
-                first: first.origin.clone(),
-                second: c.origin.clone(),
-            });
-        }
-    }
-    Ok(())
+/// Rejects duplicate cases (by match key), naming both origins.
+fn check_unique(items: &[TruthCase]) -> Result<()> {
+    crate::case::check_unique(items, |x| &x.case, |x| &x.origin)
 }
 
 fn load_ictcf(path: &Path) -> Result<GroundTruth> {
