@@ -1,52 +1,20 @@
 //! Bad input and robustness (docs/robustness.md): inputs found by fuzzing, resource limits,
 //! content problems through `ctgrade run`, and byte-identical outputs of two runs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
-use ctgrade::ensemble::{self, Manifest};
+use common::{ctgrade, run_args};
 use ctgrade::grading::Head;
-use ctgrade::model::{self, Arch, NetworkConfig};
-use ctgrade::preprocess::{self, checks, ChannelLayout, InputSpec, PreprocessError};
+use ctgrade::preprocess::{self, checks, InputSpec, PreprocessError};
 use ctgrade::synth::{phantom, PhantomConfig};
 use ctgrade::volume::{self, ElementType, ReadLimits, Volume};
 
-/// A small random-weight ensemble on a coarse input (6 mm voxels, 48 x 48 x 16): the pipeline
-/// is under test, not the weights.
+/// A small random-weight ensemble on a coarse input: the pipeline is under test, not the weights.
 fn make_ensemble(dir: &Path) -> PathBuf {
-    let head = Head::Continuous;
-    let network = NetworkConfig {
-        growth_rate: Some(4),
-        block_config: Some(vec![1, 1]),
-        bn_size: Some(2),
-        init_features: Some(8),
-        ..NetworkConfig::new(Arch::DenseNet121_3d, 3, head.num_outputs())
-    };
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    model::build(&network, vb).unwrap();
-    let member = dir.join("random.safetensors");
-    varmap.save(&member).unwrap();
-    let out = dir.join("ensemble");
-    let manifest = Manifest {
-        name: "robustness".into(),
-        description: "random weights for robustness tests".into(),
-        network,
-        head,
-        input: InputSpec {
-            spacing_mm: 6.0,
-            crop_xy: [48, 48],
-            slices: 16,
-            hu_window: [-1100.0, 300.0],
-            z_margin_mm: 10.0,
-            channels: ChannelLayout::CtX3,
-        },
-        members: Vec::new(),
-    };
-    ensemble::create(&out, manifest, &[member]).unwrap();
-    out
+    common::make_ensemble(dir, Head::Continuous, 1)
 }
 
 /// A chest phantom (int16 HU values as `f32`), 96 x 96 x 48 voxels of 3.5 x 3.5 x 6 mm.
@@ -86,34 +54,6 @@ fn mha_bytes(dim: &str, spacing: &str, n: usize) -> Vec<u8> {
     .into_bytes();
     b.extend(std::iter::repeat_n(0u8, 2 * n));
     b
-}
-
-fn ctgrade(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ctgrade"))
-        .args(args)
-        .env_remove("CTGRADE_MAX_VOXELS")
-        .env_remove("GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn run_args<'a>(input: &'a Path, output: &'a Path, weights: &'a Path) -> Vec<&'a str> {
-    vec![
-        "run",
-        "--input",
-        s(input),
-        "--output",
-        s(output),
-        "--weights",
-        s(weights),
-        "--device",
-        "cpu",
-    ]
 }
 
 /// Every file the fuzzers found a problem with reads as a clean error naming the file.

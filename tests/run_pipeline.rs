@@ -1,65 +1,15 @@
 //! End to end: phantoms in the grand-challenge layouts -> `ctgrade run` -> the platform's outputs,
 //! with a small random-weight ensemble (the pipeline is under test here, not the weights).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
-use ctgrade::ensemble::{self, Manifest};
+use std::path::Path;
+
+use common::{ctgrade, make_ensemble, run_args, s};
+use ctgrade::ensemble::Manifest;
 use ctgrade::grading::Head;
-use ctgrade::model::{self, Arch, NetworkConfig};
-use ctgrade::preprocess::{ChannelLayout, InputSpec};
 use ctgrade::synth::{phantom, PhantomConfig};
 use ctgrade::volume::{self, ElementType};
-
-fn tiny_network(head: Head) -> NetworkConfig {
-    NetworkConfig {
-        growth_rate: Some(4),
-        block_config: Some(vec![1, 1]),
-        bn_size: Some(2),
-        init_features: Some(8),
-        ..NetworkConfig::new(Arch::DenseNet121_3d, 3, head.num_outputs())
-    }
-}
-
-/// A coarse input so the test runs in a second: 6 mm voxels, 48 x 48 x 16.
-fn tiny_spec() -> InputSpec {
-    InputSpec {
-        spacing_mm: 6.0,
-        crop_xy: [48, 48],
-        slices: 16,
-        hu_window: [-1100.0, 300.0],
-        z_margin_mm: 10.0,
-        channels: ChannelLayout::CtX3,
-    }
-}
-
-/// Writes a random-weight ensemble of `members` networks and returns its folder.
-fn make_ensemble(dir: &Path, head: Head, members: usize) -> PathBuf {
-    let network = tiny_network(head);
-    let files: Vec<PathBuf> = (0..members)
-        .map(|i| {
-            let varmap = VarMap::new();
-            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-            model::build(&network, vb).unwrap();
-            let path = dir.join(format!("random-{i}.safetensors"));
-            varmap.save(&path).unwrap();
-            path
-        })
-        .collect();
-    let out = dir.join("ensemble");
-    let manifest = Manifest {
-        name: "test".into(),
-        description: "random weights for pipeline tests".into(),
-        network,
-        head,
-        input: tiny_spec(),
-        members: Vec::new(),
-    };
-    ensemble::create(&out, manifest, &files).unwrap();
-    out
-}
 
 fn write_phantom(path: &Path, seed: u64, co_rads: u8) {
     let cfg = PhantomConfig {
@@ -73,32 +23,11 @@ fn write_phantom(path: &Path, seed: u64, co_rads: u8) {
     volume::write(path, &ct, ElementType::Short).unwrap();
 }
 
-fn ctgrade(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ctgrade"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// `ctgrade run` on the CPU with the given folders, plus extra arguments.
 fn run(input: &Path, output: &Path, weights: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "run",
-        "--input",
-        s(input),
-        "--output",
-        s(output),
-        "--weights",
-        s(weights),
-        "--device",
-        "cpu",
-    ];
+    let mut args = run_args(input, output, weights);
     args.extend_from_slice(extra);
-    ctgrade(&args)
+    ctgrade(&args, &[])
 }
 
 #[test]
@@ -209,7 +138,7 @@ fn ensemble_errors_are_caught_before_compute() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&member, bytes).unwrap();
-    let out = ctgrade(&["ensemble", "check", s(&weights)]);
+    let out = ctgrade(&["ensemble", "check", s(&weights)], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -229,7 +158,7 @@ fn ensemble_errors_are_caught_before_compute() {
         serde_json::to_vec(&manifest).unwrap(),
     )
     .unwrap();
-    let out = ctgrade(&["ensemble", "check", s(&other)]);
+    let out = ctgrade(&["ensemble", "check", s(&other)], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -1,0 +1,96 @@
+//! Helpers shared by the end-to-end suites (`run_pipeline.rs`, `robustness.rs`): a small
+//! random-weight ensemble on a coarse input, and running the `ctgrade` binary.
+
+// Each suite uses its own subset.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use ctgrade::ensemble::{self, Manifest};
+use ctgrade::grading::Head;
+use ctgrade::model::{self, Arch, NetworkConfig};
+use ctgrade::preprocess::{ChannelLayout, InputSpec};
+
+/// A tiny 3-D DenseNet: the pipeline is under test, not the network.
+pub fn tiny_network(head: Head) -> NetworkConfig {
+    NetworkConfig {
+        growth_rate: Some(4),
+        block_config: Some(vec![1, 1]),
+        bn_size: Some(2),
+        init_features: Some(8),
+        ..NetworkConfig::new(Arch::DenseNet121_3d, 3, head.num_outputs())
+    }
+}
+
+/// A coarse input so a case runs in a fraction of a second: 6 mm voxels, 48 x 48 x 16.
+pub fn tiny_spec() -> InputSpec {
+    InputSpec {
+        spacing_mm: 6.0,
+        crop_xy: [48, 48],
+        slices: 16,
+        hu_window: [-1100.0, 300.0],
+        z_margin_mm: 10.0,
+        channels: ChannelLayout::CtX3,
+    }
+}
+
+/// Writes an ensemble of `members` random-weight tiny networks to `dir/ensemble` and returns it.
+pub fn make_ensemble(dir: &Path, head: Head, members: usize) -> PathBuf {
+    let network = tiny_network(head);
+    let files: Vec<PathBuf> = (0..members)
+        .map(|i| {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            model::build(&network, vb).unwrap();
+            let path = dir.join(format!("random-{i}.safetensors"));
+            varmap.save(&path).unwrap();
+            path
+        })
+        .collect();
+    let out = dir.join("ensemble");
+    let manifest = Manifest {
+        name: "test".into(),
+        description: "random weights for pipeline tests".into(),
+        network,
+        head,
+        input: tiny_spec(),
+        members: Vec::new(),
+    };
+    ensemble::create(&out, manifest, &files).unwrap();
+    out
+}
+
+/// Runs the `ctgrade` binary with `args` and `env`, the memory and voxel limits of the calling
+/// environment removed.
+pub fn ctgrade(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ctgrade"))
+        .args(args)
+        .env_remove("CTGRADE_MAX_VOXELS")
+        .env_remove("GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// A path as `&str` (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The arguments of `ctgrade run` on the CPU with the given folders.
+pub fn run_args<'a>(input: &'a Path, output: &'a Path, weights: &'a Path) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--input",
+        s(input),
+        "--output",
+        s(output),
+        "--weights",
+        s(weights),
+        "--device",
+        "cpu",
+    ]
+}
