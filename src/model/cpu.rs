@@ -1298,11 +1298,17 @@ mod tests {
             let b = bias.then(|| randn(&[co]));
             let cfg = Conv3dConfig { stride, padding };
             let want = naive_conv(&x, &w, b.as_ref(), &cfg, relu);
+            // Relative to the outputs' size: the stem case sums 1029 products of random values
+            // (outputs near 100), where f32 rounding alone reaches 1e-4.
+            let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
             for e in engines() {
                 let got = conv3d_with(e, &x, &w, b.as_ref(), &cfg, relu).unwrap();
                 let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let d = max_diff(&got, &want);
-                assert!(d < 1e-4, "case {i}, {e:?}: differs by {d}");
+                assert!(
+                    d < 1e-5 * scale,
+                    "case {i}, {e:?}: differs by {d} (outputs up to {scale})"
+                );
             }
         }
     }
