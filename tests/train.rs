@@ -197,6 +197,7 @@ fn options(data: &Path, out: &Path) -> TrainOptions {
             val_fraction: 0.25,
             augment: AugmentConfig::default(),
             init: None,
+            grad_checkpoint: false,
         },
         members: 2,
         max_minutes: None,
@@ -281,4 +282,48 @@ fn resume_after_interruption_gives_the_same_weights() {
     o.recipe.seed = 12;
     let err = train(&o).unwrap_err().to_string();
     assert!(err.contains("other settings"), "{err}");
+}
+
+/// `--grad-checkpoint` trains the same members as the plain backward pass (its gradients differ
+/// at most in the order of floating-point sums), and a run cannot switch it on resume.
+#[test]
+fn gradient_checkpointing_trains_the_same_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_phantom_set(
+        &PhantomSet {
+            out: data.clone(),
+            per_class: 2,
+            seed: 300,
+            size: [48, 48, 32],
+            spacing: [7.5, 7.5, 10.0],
+            prefix: "p".into(),
+        },
+        |_| {},
+    )
+    .unwrap();
+    let mut members = Vec::new();
+    for ckpt in [false, true] {
+        let out = dir.path().join(format!("ckpt-{ckpt}"));
+        let mut o = options(&data, &out);
+        o.members = 1;
+        o.recipe.grad_checkpoint = ckpt;
+        assert!(train(&o).unwrap().completed);
+        let path = out.join("member-00.safetensors");
+        members.push(candle_core::safetensors::load(&path, &Device::Cpu).unwrap());
+        if ckpt {
+            o.recipe.grad_checkpoint = false;
+            o.resume = true;
+            let err = train(&o).unwrap_err().to_string();
+            assert!(err.contains("other settings"), "{err}");
+        }
+    }
+    let (plain, ckpt) = (&members[0], &members[1]);
+    assert_eq!(plain.len(), ckpt.len());
+    for (name, a) in plain {
+        let b = &ckpt[name];
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let d = d.to_scalar::<f32>().unwrap();
+        assert!(d <= 1e-4, "{name}: differs by {d}");
+    }
 }

@@ -79,6 +79,10 @@ pub struct TrainArgs {
     /// Turn augmentation off.
     #[arg(long)]
     pub no_augment: bool,
+    /// Gradient checkpointing: recompute each dense layer's activations in the backward pass
+    /// instead of keeping them (less memory, about one more forward pass of compute).
+    #[arg(long)]
+    pub grad_checkpoint: bool,
     /// Wall-clock budget in minutes for the whole run (members share what is left); a member
     /// stopped by it keeps its best weights. Unlike the other limits, it is not reproducible.
     #[arg(long)]
@@ -158,6 +162,7 @@ impl TrainArgs {
                     AugmentConfig::default()
                 },
                 init: self.init.clone(),
+                grad_checkpoint: self.grad_checkpoint,
             },
             members: self.members,
             max_minutes: self.max_minutes,

@@ -28,7 +28,7 @@
 //! The networks train through [`net::TrainNet`], a DenseNet built from differentiable ops with
 //! BatchNorm in training mode (the engine folds BatchNorm for inference); on the CPU its
 //! convolutions and pools are custom ops with hand-written gradients ([`conv`], [`pool`]).
-//! Gradient checkpointing is not implemented (see [`net`]).
+//! Gradient checkpointing (`--grad-checkpoint`) trades compute for memory (see [`net`]).
 
 pub mod augment;
 pub mod cli;
@@ -157,6 +157,11 @@ pub struct Recipe {
     pub augment: AugmentConfig,
     /// Initial weights (safetensors), if any.
     pub init: Option<PathBuf>,
+    /// Gradient checkpointing: recompute activations in the backward pass to save memory
+    /// ([`net::TrainNet::forward_backward_checkpointed`]). The gradients equal the plain ones up
+    /// to the order of floating-point sums, so it is part of what a resumed run must repeat.
+    #[serde(default)]
+    pub grad_checkpoint: bool,
 }
 
 /// Options of a training run.
@@ -783,8 +788,14 @@ fn train_member(
         let channels = inputs.first().map_or(3, |i| i.1);
         let inputs = inputs.into_iter().map(|i| i.0).collect();
         let x = data::batch_tensor(inputs, channels, samples[idx[0]].dims, &opts.device)?;
-        let logits = net.forward_train(&x)?;
-        let loss = optim::loss(r.head, &logits, &labels)?;
+        let (loss, grads) = if r.grad_checkpoint {
+            net.forward_backward_checkpointed(&x, |logits| optim::loss(r.head, logits, &labels))?
+        } else {
+            let logits = net.forward_train(&x)?;
+            let loss = optim::loss(r.head, &logits, &labels)?;
+            let grads = loss.backward()?;
+            (loss, grads)
+        };
         let loss_value = loss.to_scalar::<f32>()? as f64;
         if !loss_value.is_finite() {
             return Err(TrainError::Options(format!(
@@ -792,7 +803,6 @@ fn train_member(
                 state.step
             )));
         }
-        let grads = loss.backward()?;
         let lr = r.adam.lr_at(state.step, r.max_steps);
         adam.step(net.params(), &grads, lr)?;
         state.step += 1;

@@ -9,13 +9,18 @@
 //! inference engine, so what is validated is exactly what is shipped.
 //!
 //! As in the engine, a transition's average pool runs before its 1x1x1 convolution (both are
-//! linear: same result, a quarter of the cost). Gradient checkpointing is not implemented:
-//! candle has no hook to recompute activations, and the small networks trained on the CPU do not
-//! need it.
+//! linear: same result, a quarter of the cost).
+//!
+//! Gradient checkpointing ([`TrainNet::forward_backward_checkpointed`]): the forward pass is cut
+//! into segments (the stem, each dense layer, each transition, the head); only the segments'
+//! inputs are kept, and the backward pass recomputes one segment at a time and back-propagates
+//! through it alone. candle has no hook to recompute activations inside one backward pass, so the
+//! chain rule between segments is applied here, segment by segment.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
@@ -229,12 +234,82 @@ impl TrainNet {
     pub fn forward_train(&mut self, x: &Tensor) -> Result<Tensor, TrainError> {
         let mut stats = Vec::new();
         let y = self.forward_inner(x, &mut stats)?;
+        self.update_running_stats(stats)?;
+        Ok(y)
+    }
+
+    /// [`forward_train`](Self::forward_train), `loss` and its backward pass with gradient
+    /// checkpointing: the activations inside a segment (a dense layer, a transition, the stem or
+    /// the head) are recomputed during the backward pass instead of being kept, so memory holds
+    /// the segments' inputs and one segment's graph at a time. Returns the loss and the
+    /// parameters' gradients, equal to `loss.backward()` on the plain forward pass up to the
+    /// order of floating-point sums; the running statistics are updated once, as by
+    /// `forward_train`.
+    pub fn forward_backward_checkpointed(
+        &mut self,
+        x: &Tensor,
+        loss: impl FnOnce(&Tensor) -> Result<Tensor, TrainError>,
+    ) -> Result<(Tensor, GradStore), TrainError> {
+        let segments = self.segments();
+        let mut stats = Vec::new();
+        // Forward without graphs: each segment's input is kept, detached.
+        let mut inputs = Vec::with_capacity(segments.len());
+        let mut h = x.detach();
+        for &seg in &segments {
+            let out = self.run_segment(seg, &h, &mut stats)?.detach();
+            inputs.push(h);
+            h = out;
+        }
+        self.update_running_stats(stats)?;
+        let logits = Var::from_tensor(&h)?;
+        let loss = loss(logits.as_tensor())?;
+        // The loss's own graph gives the gradient at the logits; the store then collects the
+        // parameters' gradients segment by segment.
+        let mut grads = loss.backward()?;
+        let mut grad_out = grads.remove(logits.as_tensor()).ok_or_else(|| {
+            TrainError::Options("checkpointed backward: the loss does not use the logits".into())
+        })?;
+        let mut scratch = Vec::new();
+        for (k, &seg) in segments.iter().enumerate().rev() {
+            let input = inputs.pop().ok_or_else(|| {
+                TrainError::Options("checkpointed backward: segment inputs out of step".into())
+            })?;
+            // The network input needs no gradient; every later segment input does.
+            let input = if k == 0 {
+                input
+            } else {
+                Var::from_tensor(&input)?.as_tensor().clone()
+            };
+            scratch.clear();
+            let out = self.run_segment(seg, &input, &mut scratch)?;
+            let seg_grads = (out * &grad_out)?.sum_all()?.backward()?;
+            for (_, p) in &self.params {
+                if let Some(g) = seg_grads.get(p.as_tensor()) {
+                    let g = match grads.remove(p.as_tensor()) {
+                        Some(old) => (old + g)?,
+                        None => g.clone(),
+                    };
+                    grads.insert(p.as_tensor(), g);
+                }
+            }
+            if k > 0 {
+                grad_out = seg_grads.get(&input).cloned().ok_or_else(|| {
+                    TrainError::Options("checkpointed backward: a segment ignores its input".into())
+                })?;
+            }
+        }
+        Ok((loss, grads))
+    }
+
+    /// Blends one forward pass's batch statistics into the running statistics (PyTorch's
+    /// momentum and unbiased variance).
+    fn update_running_stats(&mut self, stats: Vec<BatchStats>) -> Result<(), TrainError> {
         for s in stats {
             let unbiased = s.count as f64 / (s.count.max(2) - 1) as f64;
             let var: Vec<f64> = s.var.iter().map(|v| v * unbiased).collect();
             self.blend(&s.name, &s.mean, &var, BN_MOMENTUM)?;
         }
-        Ok(y)
+        Ok(())
     }
 
     /// Sets `<name>.running_*` to `(1 - w) * old + w * new`.
@@ -327,26 +402,55 @@ impl TrainNet {
         x: &Tensor,
         updates: &mut Vec<BatchStats>,
     ) -> candle_core::Result<Tensor> {
-        let (n, c, ..) = x.dims5()?;
-        let w0 = self.param("features.conv0.weight")?;
-        let w0 = if c == 1 && self.dc.in_channels == 3 {
-            w0.sum_keepdim(1)?
-        } else if c == self.dc.in_channels {
-            w0
-        } else {
-            candle_core::bail!(
-                "densenet: input has {c} channels, the network takes {}",
-                self.dc.in_channels
-            );
-        };
-        let h = conv3d(x, &w0, &Conv3dConfig::symmetric(2, 3))?;
-        let h = self.bn_relu(&h, "features.norm0", updates)?;
-        let mut h = pool3d(&h, Pool3d::max(Pool3dConfig::cubic(3, 2, 1)))?;
+        let mut h = x.clone();
+        for seg in self.segments() {
+            h = self.run_segment(seg, &h, updates)?;
+        }
+        Ok(h)
+    }
+
+    /// The forward pass as a chain of segments.
+    fn segments(&self) -> Vec<Segment> {
         let blocks = self.dc.block_config.len();
+        let mut segs = vec![Segment::Stem];
         for (i, &layers) in self.dc.block_config.iter().enumerate() {
-            for l in 0..layers {
+            segs.extend((0..layers).map(|l| Segment::DenseLayer(i, l)));
+            if i + 1 < blocks {
+                segs.push(Segment::Transition(i));
+            }
+        }
+        segs.push(Segment::Head);
+        segs
+    }
+
+    /// One segment of the forward pass on its input `h`.
+    fn run_segment(
+        &self,
+        seg: Segment,
+        h: &Tensor,
+        updates: &mut Vec<BatchStats>,
+    ) -> candle_core::Result<Tensor> {
+        match seg {
+            Segment::Stem => {
+                let c = h.dim(1)?;
+                let w0 = self.param("features.conv0.weight")?;
+                let w0 = if c == 1 && self.dc.in_channels == 3 {
+                    w0.sum_keepdim(1)?
+                } else if c == self.dc.in_channels {
+                    w0
+                } else {
+                    candle_core::bail!(
+                        "densenet: input has {c} channels, the network takes {}",
+                        self.dc.in_channels
+                    );
+                };
+                let h = conv3d(h, &w0, &Conv3dConfig::symmetric(2, 3))?;
+                let h = self.bn_relu(&h, "features.norm0", updates)?;
+                pool3d(&h, Pool3d::max(Pool3dConfig::cubic(3, 2, 1)))
+            }
+            Segment::DenseLayer(i, l) => {
                 let p = format!("features.denseblock{}.denselayer{}.layers", i + 1, l + 1);
-                let y = self.bn_relu(&h, &format!("{p}.norm1"), updates)?;
+                let y = self.bn_relu(h, &format!("{p}.norm1"), updates)?;
                 let y = conv3d(
                     &y,
                     &self.param(&format!("{p}.conv1.weight"))?,
@@ -358,26 +462,43 @@ impl TrainNet {
                     &self.param(&format!("{p}.conv2.weight"))?,
                     &Conv3dConfig::symmetric(1, 1),
                 )?;
-                h = Tensor::cat(&[&h, &y], 1)?;
+                Tensor::cat(&[h, &y], 1)
             }
-            if i + 1 < blocks {
+            Segment::Transition(i) => {
                 let p = format!("features.transition{}", i + 1);
-                let y = self.bn_relu(&h, &format!("{p}.norm"), updates)?;
+                let y = self.bn_relu(h, &format!("{p}.norm"), updates)?;
                 let y = pool3d(&y, Pool3d::avg(Pool3dConfig::cubic(2, 2, 0), true))?;
-                h = conv3d(
+                conv3d(
                     &y,
                     &self.param(&format!("{p}.conv.weight"))?,
                     &Conv3dConfig::default(),
-                )?;
+                )
+            }
+            Segment::Head => {
+                let n = h.dim(0)?;
+                let h = self.bn_relu(h, "features.norm5", updates)?;
+                let (_, cf, ..) = h.dims5()?;
+                let pooled = h.reshape((n, cf, ()))?.mean(2)?;
+                let w = self.param("class_layers.out.weight")?;
+                let b = self.param("class_layers.out.bias")?;
+                pooled.matmul(&w.t()?)?.broadcast_add(&b)
             }
         }
-        let h = self.bn_relu(&h, "features.norm5", updates)?;
-        let (_, cf, ..) = h.dims5()?;
-        let pooled = h.reshape((n, cf, ()))?.mean(2)?;
-        let w = self.param("class_layers.out.weight")?;
-        let b = self.param("class_layers.out.bias")?;
-        pooled.matmul(&w.t()?)?.broadcast_add(&b)
     }
+}
+
+/// A piece of the forward pass between two kept activations (see
+/// [`TrainNet::forward_backward_checkpointed`]).
+#[derive(Clone, Copy, Debug)]
+enum Segment {
+    /// Convolution, BatchNorm, ReLU and max pool.
+    Stem,
+    /// Dense layer `l` of block `i`: its output is its input with the new features appended.
+    DenseLayer(usize, usize),
+    /// The transition after block `i`.
+    Transition(usize),
+    /// The last BatchNorm, global average pooling and the linear output layer.
+    Head,
 }
 
 /// Batch statistics of one BatchNorm in one forward pass.
@@ -498,5 +619,50 @@ mod tests {
             err.contains("features.conv9.weight") && err.contains("bad.safetensors"),
             "{err}"
         );
+    }
+
+    /// Gradient checkpointing gives the plain backward pass's loss, parameter gradients and
+    /// running statistics (up to the order of floating-point sums), on a network with two dense
+    /// layers per block, a transition and a one-channel input (the stem's summed weight).
+    #[test]
+    fn checkpointed_gradients_match_the_plain_backward_pass() {
+        let dev = Device::Cpu;
+        let cfg = NetworkConfig {
+            block_config: Some(vec![2, 2]),
+            ..tiny(1)
+        };
+        for channels in [3, 1] {
+            let x = Tensor::randn(0f32, 1.0, (2, channels, 12, 16, 16), &dev).unwrap();
+            let labels = [2u8, 5];
+            let mut plain = TrainNet::new(&cfg, 9, &dev).unwrap();
+            let mut ckpt = TrainNet::new(&cfg, 9, &dev).unwrap();
+            let logits = plain.forward_train(&x).unwrap();
+            let loss =
+                super::super::optim::loss(crate::grading::Head::Continuous, &logits, &labels)
+                    .unwrap();
+            let grads = loss.backward().unwrap();
+            let (loss_c, grads_c) = ckpt
+                .forward_backward_checkpointed(&x, |l| {
+                    super::super::optim::loss(crate::grading::Head::Continuous, l, &labels)
+                })
+                .unwrap();
+            let l0 = loss.to_scalar::<f32>().unwrap();
+            assert_eq!(l0, loss_c.to_scalar::<f32>().unwrap());
+            for ((name, p), (_, q)) in plain.params().iter().zip(ckpt.params()) {
+                let g = grads.get(p.as_tensor()).expect(name);
+                let h = grads_c.get(q.as_tensor()).expect(name);
+                let scale = g
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let d = (g - h).unwrap().abs().unwrap().max_all().unwrap();
+                let d = d.to_scalar::<f32>().unwrap();
+                assert!(d <= 1e-5 * scale.max(1e-3), "{name}: {d} (scale {scale})");
+            }
+            assert!(same(&plain.state().unwrap(), &ckpt.state().unwrap(), None));
+        }
     }
 }
