@@ -169,6 +169,24 @@ fn label_errors_are_clear() {
     );
 }
 
+/// Ten small phantoms (two per CO-RADS category) with their labels in `dir/data`.
+fn phantom_data(dir: &Path, seed: u64) -> PathBuf {
+    let data = dir.join("data");
+    write_phantom_set(
+        &PhantomSet {
+            out: data.clone(),
+            per_class: 2,
+            seed,
+            size: [48, 48, 32],
+            spacing: [7.5, 7.5, 10.0],
+            prefix: "p".into(),
+        },
+        |_| {},
+    )
+    .unwrap();
+    data
+}
+
 fn options(data: &Path, out: &Path) -> TrainOptions {
     TrainOptions {
         data: data.to_path_buf(),
@@ -217,19 +235,7 @@ fn options(data: &Path, out: &Path) -> TrainOptions {
 #[test]
 fn resume_after_interruption_gives_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    write_phantom_set(
-        &PhantomSet {
-            out: data.clone(),
-            per_class: 2,
-            seed: 100,
-            size: [48, 48, 32],
-            spacing: [7.5, 7.5, 10.0],
-            prefix: "p".into(),
-        },
-        |_| {},
-    )
-    .unwrap();
+    let data = phantom_data(dir.path(), 100);
 
     let whole = dir.path().join("whole");
     let report = train(&options(&data, &whole)).unwrap();
@@ -289,19 +295,7 @@ fn resume_after_interruption_gives_the_same_weights() {
 #[test]
 fn gradient_checkpointing_trains_the_same_members() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    write_phantom_set(
-        &PhantomSet {
-            out: data.clone(),
-            per_class: 2,
-            seed: 300,
-            size: [48, 48, 32],
-            spacing: [7.5, 7.5, 10.0],
-            prefix: "p".into(),
-        },
-        |_| {},
-    )
-    .unwrap();
+    let data = phantom_data(dir.path(), 300);
     let mut members = Vec::new();
     for ckpt in [false, true] {
         let out = dir.path().join(format!("ckpt-{ckpt}"));
