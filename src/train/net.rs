@@ -548,7 +548,9 @@ fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grading::Head;
     use crate::model::Arch;
+    use crate::train::optim;
 
     fn tiny(outputs: usize) -> NetworkConfig {
         NetworkConfig {
@@ -637,14 +639,10 @@ mod tests {
             let mut plain = TrainNet::new(&cfg, 9, &dev).unwrap();
             let mut ckpt = TrainNet::new(&cfg, 9, &dev).unwrap();
             let logits = plain.forward_train(&x).unwrap();
-            let loss =
-                super::super::optim::loss(crate::grading::Head::Continuous, &logits, &labels)
-                    .unwrap();
+            let loss = optim::loss(Head::Continuous, &logits, &labels).unwrap();
             let grads = loss.backward().unwrap();
             let (loss_c, grads_c) = ckpt
-                .forward_backward_checkpointed(&x, |l| {
-                    super::super::optim::loss(crate::grading::Head::Continuous, l, &labels)
-                })
+                .forward_backward_checkpointed(&x, |l| optim::loss(Head::Continuous, l, &labels))
                 .unwrap();
             let l0 = loss.to_scalar::<f32>().unwrap();
             assert_eq!(l0, loss_c.to_scalar::<f32>().unwrap());
