@@ -152,8 +152,21 @@ pub(crate) fn head_prefix(naming: Naming) -> &'static str {
     }
 }
 
+/// `vb` reading old torchvision names (`norm.1` for `norm1`, see [`legacy_name`]) when the
+/// checkpoint uses them; unchanged otherwise.
+pub(crate) fn with_legacy_names(vb: VarBuilder, naming: Naming) -> VarBuilder {
+    if naming == Naming::Torchvision
+        && !vb.contains_tensor("features.denseblock1.denselayer1.norm1.weight")
+        && vb.contains_tensor("features.denseblock1.denselayer1.norm.1.weight")
+    {
+        vb.rename_f(legacy_name)
+    } else {
+        vb
+    }
+}
+
 /// Old torchvision checkpoints spell `denselayer1.norm.1.weight` for `denselayer1.norm1.weight`.
-pub(crate) fn legacy_name(name: &str) -> String {
+fn legacy_name(name: &str) -> String {
     let parts: Vec<&str> = name.split('.').collect();
     let n = parts.len();
     if n >= 3 && parts[n - 3].starts_with("denselayer") {
@@ -261,14 +274,7 @@ pub struct DenseNet3d {
 impl DenseNet3d {
     /// Loads the network from `vb` with the given parameter names.
     pub fn new(cfg: &DenseNetConfig, vb: VarBuilder, naming: Naming) -> Result<Self, ModelError> {
-        let vb = if naming == Naming::Torchvision
-            && !vb.contains_tensor("features.denseblock1.denselayer1.norm1.weight")
-            && vb.contains_tensor("features.denseblock1.denselayer1.norm.1.weight")
-        {
-            vb.rename_f(legacy_name)
-        } else {
-            vb
-        };
+        let vb = with_legacy_names(vb, naming);
         let f = cfg.init_features;
         let conv0 = load_conv(
             &vb.pp("features.conv0"),

@@ -11,7 +11,7 @@
 use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use super::densenet::{head_prefix, layer_prefix, legacy_name, DenseNetConfig};
+use super::densenet::{head_prefix, layer_prefix, with_legacy_names, DenseNetConfig};
 use super::layers::{Conv3dConfig, Pool3d, Pool3dConfig, ScaleShiftRelu};
 use super::{load_bn, load_conv, load_linear, Classifier, ConvUnit, ModelError, Naming, Spatial};
 
@@ -99,14 +99,7 @@ impl DenseNet2d {
     /// Loads the network from `vb` with the given parameter names (old torchvision checkpoints'
     /// `norm.1`, `conv.1`, ... accepted).
     pub fn new(cfg: &DenseNetConfig, vb: VarBuilder, naming: Naming) -> Result<Self, ModelError> {
-        let vb = if naming == Naming::Torchvision
-            && !vb.contains_tensor("features.denseblock1.denselayer1.norm1.weight")
-            && vb.contains_tensor("features.denseblock1.denselayer1.norm.1.weight")
-        {
-            vb.rename_f(legacy_name)
-        } else {
-            vb
-        };
+        let vb = with_legacy_names(vb, naming);
         let sp = Spatial::D2;
         let f = cfg.init_features;
         let conv0 = load_conv(
