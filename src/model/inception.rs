@@ -17,9 +17,9 @@
 use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use super::layers::{global_avg_pool, Conv3dConfig, Pool3d, Pool3dConfig};
+use super::layers::{Conv3dConfig, Pool3d, Pool3dConfig};
 use super::{
-    load_bn, load_conv, load_linear, push_bn, slice2d, Arch, Classifier, ConvUnit, ModelError,
+    load_bn, load_conv, load_linear, push_bn, Arch, Classifier, ConvUnit, ModelError,
     NetworkConfig, Spatial,
 };
 
@@ -390,10 +390,7 @@ impl Inception {
 
 impl Classifier for Inception {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let f = match self.spatial {
-            Spatial::D3 => global_avg_pool(&self.feature_map(x)?)?,
-            Spatial::D2 => slice2d::slice_max_features(x, |s| self.feature_map(s))?,
-        };
+        let f = self.spatial.pooled_features(x, |s| self.feature_map(s))?;
         self.head.forward(&f)
     }
 }

@@ -487,6 +487,20 @@ pub enum Spatial {
 }
 
 impl Spatial {
+    /// The `(N, F)` features a backbone's `feature_map` gives for `x`: its global average for 3-D
+    /// networks, the slice reduction of the paper's 2-D networks
+    /// ([`slice2d::slice_max_features`]) for 2-D ones.
+    pub fn pooled_features(
+        self,
+        x: &Tensor,
+        feature_map: impl Fn(&Tensor) -> CResult<Tensor>,
+    ) -> CResult<Tensor> {
+        match self {
+            Spatial::D3 => layers::global_avg_pool(&feature_map(x)?),
+            Spatial::D2 => slice2d::slice_max_features(x, feature_map),
+        }
+    }
+
     /// A kernel, window or stride of `k` along every spanned axis (1 along depth for 2-D).
     pub fn cube(self, k: usize) -> [usize; 3] {
         match self {

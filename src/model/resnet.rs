@@ -9,9 +9,9 @@ use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{global_avg_pool, Pool3d, Pool3dConfig};
+use super::layers::{Pool3d, Pool3dConfig};
 use super::{
-    load_bn, load_conv, load_linear, push_bn, slice2d, Arch, Classifier, ConvUnit, ModelError,
+    load_bn, load_conv, load_linear, push_bn, Arch, Classifier, ConvUnit, ModelError,
     NetworkConfig, Spatial,
 };
 
@@ -341,10 +341,7 @@ impl ResNet {
 
 impl Classifier for ResNet {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let f = match self.spatial {
-            Spatial::D3 => global_avg_pool(&self.feature_map(x)?)?,
-            Spatial::D2 => slice2d::slice_max_features(x, |s| self.feature_map(s))?,
-        };
+        let f = self.spatial.pooled_features(x, |s| self.feature_map(s))?;
         self.fc.forward(&f)
     }
 }
