@@ -2,10 +2,13 @@
 //! tools/make_model_fixtures.py. Both the fast CPU kernels and the composed candle-op versions
 //! (the ones autograd and CUDA use) are checked.
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
+use common::max_abs_diff;
 use ctgrade::model::densenet::{DenseNet3d, DenseNetConfig};
 use ctgrade::model::layers::{Conv3d, Conv3dConfig, Pool3d, Pool3dConfig};
 use ctgrade::model::{
@@ -35,20 +38,6 @@ struct OpCase {
 
 fn pads(p: [usize; 6]) -> [[usize; 2]; 3] {
     [[p[0], p[1]], [p[2], p[3]], [p[4], p[5]]]
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn ops() -> (Vec<OpCase>, HashMap<String, Tensor>) {

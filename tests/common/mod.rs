@@ -1,5 +1,5 @@
-//! Helpers shared by the end-to-end suites (`run_pipeline.rs`, `robustness.rs`): a small
-//! random-weight ensemble on a coarse input, and running the `ctgrade` binary.
+//! Helpers shared by the test suites: a small random-weight ensemble on a coarse input, running
+//! the `ctgrade` binary, and comparing tensors.
 
 // Each suite uses its own subset.
 #![allow(dead_code)]
@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use ctgrade::ensemble::{self, Manifest};
 use ctgrade::grading::Head;
@@ -93,4 +93,19 @@ pub fn run_args<'a>(input: &'a Path, output: &'a Path, weights: &'a Path) -> Vec
         "--device",
         "cpu",
     ]
+}
+
+/// The largest absolute difference between two tensors of the same shape (any float dtype).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
