@@ -408,16 +408,20 @@ fn preprocess_command_writes_its_outputs() {
         r#"{"spacing_mm": 1.6, "crop_xy": [200, 200], "slices": 64}"#,
     )
     .expect("spec");
+    // `ctgrade preprocess ct.mha --out OUT FLAG PATH`.
+    let preprocess = |out: &std::path::Path, flag: &str, path: &std::path::Path| {
+        std::process::Command::new(BIN)
+            .arg("preprocess")
+            .arg(&ct_path)
+            .arg("--out")
+            .arg(out)
+            .arg(flag)
+            .arg(path)
+            .output()
+            .expect("run ctgrade preprocess")
+    };
     let out = dir.path().join("out");
-    let status = std::process::Command::new(BIN)
-        .arg("preprocess")
-        .arg(&ct_path)
-        .arg("--out")
-        .arg(&out)
-        .arg("--spec")
-        .arg(&spec_path)
-        .output()
-        .expect("run ctgrade preprocess");
+    let status = preprocess(&out, "--spec", &spec_path);
     assert!(
         status.status.success(),
         "{}",
@@ -449,15 +453,7 @@ fn preprocess_command_writes_its_outputs() {
 
     // With a lesion map: the CT / lesion / zeros layout, and lesion.mha.
     let out2 = dir.path().join("out2");
-    let status = std::process::Command::new(BIN)
-        .arg("preprocess")
-        .arg(&ct_path)
-        .arg("--out")
-        .arg(&out2)
-        .arg("--lesion")
-        .arg(&lesion_path)
-        .output()
-        .expect("run ctgrade preprocess");
+    let status = preprocess(&out2, "--lesion", &lesion_path);
     assert!(
         status.status.success(),
         "{}",
@@ -469,15 +465,7 @@ fn preprocess_command_writes_its_outputs() {
 
     // A bad specification names the file and the field.
     std::fs::write(&spec_path, r#"{"spacing_mm": -1}"#).expect("spec");
-    let status = std::process::Command::new(BIN)
-        .arg("preprocess")
-        .arg(&ct_path)
-        .arg("--out")
-        .arg(dir.path().join("out3"))
-        .arg("--spec")
-        .arg(&spec_path)
-        .output()
-        .expect("run ctgrade preprocess");
+    let status = preprocess(&dir.path().join("out3"), "--spec", &spec_path);
     assert!(!status.status.success());
     let err = String::from_utf8_lossy(&status.stderr);
     assert!(
