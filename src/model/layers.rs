@@ -127,22 +127,34 @@ pub(crate) fn half_conv3d_on_cpu(x: &Tensor, conv: &Conv3d, relu: bool) -> Optio
     Some(run())
 }
 
-impl Module for Conv3d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Conv3d {
+    /// The convolution, then a ReLU if `relu`, on the fastest path for `x`: cuDNN's native 3-D
+    /// convolution when enabled, the CPU kernels (16-bit inputs widened to f32), or candle ops.
+    pub fn forward_act(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         #[cfg(feature = "cudnn")]
         if let Some(y) =
-            super::cudnn3d::conv3d(x, &self.weight, self.bias.as_ref(), &self.cfg, false)
+            super::cudnn3d::conv3d(x, &self.weight, self.bias.as_ref(), &self.cfg, relu)
         {
             return y;
         }
-        if let Some(y) = half_conv3d_on_cpu(x, self, false) {
+        if let Some(y) = half_conv3d_on_cpu(x, self, relu) {
             return y;
         }
         if cpu::eligible(&[x, &self.weight]) && self.bias.as_ref().is_none_or(|b| !b.track_op()) {
-            cpu::conv3d(x, &self.weight, self.bias.as_ref(), &self.cfg)
-        } else {
-            self.forward_composed(x)
+            return cpu::conv3d_act(x, &self.weight, self.bias.as_ref(), &self.cfg, relu);
         }
+        let y = self.forward_composed(x)?;
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+impl Module for Conv3d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, false)
     }
 }
 

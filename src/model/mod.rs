@@ -678,23 +678,6 @@ impl ConvUnit {
 
 impl Module for ConvUnit {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let c = &self.conv;
-        #[cfg(feature = "cudnn")]
-        if let Some(y) = cudnn3d::conv3d(x, c.weight(), c.bias(), c.config(), self.relu) {
-            return y;
-        }
-        if let Some(y) = layers::half_conv3d_on_cpu(x, c, self.relu) {
-            return y;
-        }
-        if cpu::eligible(&[x, c.weight()]) && c.bias().is_none_or(|b| !b.track_op()) {
-            cpu::conv3d_act(x, c.weight(), c.bias(), c.config(), self.relu)
-        } else {
-            let y = c.forward_composed(x)?;
-            if self.relu {
-                y.relu()
-            } else {
-                Ok(y)
-            }
-        }
+        self.conv.forward_act(x, self.relu)
     }
 }
