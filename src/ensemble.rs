@@ -4,7 +4,8 @@
 //! averaged. A manifest names the architecture, the output head, the input specification that
 //! preprocessing follows, and each member's safetensors file with its sha256. Everything that can be
 //! checked is checked when the ensemble is opened, before any compute: the files, their hashes, and
-//! every tensor's name and shape. Members then run one after another, so memory holds one network.
+//! every tensor's name and shape. Members then run one after another, so memory holds one network,
+//! unless they are kept loaded ([`Ensemble::load_members`]) for a server that grades many cases.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -248,12 +249,31 @@ fn tensor_problems(
 }
 
 /// An opened, checked ensemble.
-#[derive(Debug)]
 pub struct Ensemble {
     /// The folder holding the manifest.
     pub dir: PathBuf,
     /// The manifest.
     pub manifest: Manifest,
+    /// The members' networks when kept in memory ([`Ensemble::load_members`]).
+    loaded: Option<LoadedMembers>,
+}
+
+/// Member networks built once and kept, with what they were built for.
+struct LoadedMembers {
+    networks: Vec<Box<dyn model::Classifier>>,
+    device: Device,
+    precision: Precision,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for Ensemble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ensemble")
+            .field("dir", &self.dir)
+            .field("manifest", &self.manifest)
+            .field("loaded", &self.loaded.as_ref().map(|l| l.networks.len()))
+            .finish()
+    }
 }
 
 impl Ensemble {
@@ -308,7 +328,47 @@ impl Ensemble {
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
+            loaded: None,
         })
+    }
+
+    /// Builds every member on `device` in `precision` and keeps them, so that [`Ensemble::predict`]
+    /// in that configuration reads no file (`ctgrade serve` loads once, grades many cases).
+    /// Memory then holds all members: [`Ensemble::loaded_bytes`].
+    pub fn load_members(
+        &mut self,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<(), EnsembleError> {
+        let mut networks = Vec::with_capacity(self.len());
+        let mut bytes = 0;
+        for member in &self.manifest.members {
+            let path = self.dir.join(&member.file);
+            // The weights in memory: the file's tensors, converted to the compute precision.
+            let size = std::fs::metadata(&path)
+                .map_err(|source| EnsembleError::Io {
+                    path: path.clone(),
+                    source,
+                })?
+                .len();
+            bytes += match precision {
+                Precision::F32 => size,
+                Precision::F16 | Precision::Bf16 => size / 2,
+            };
+            networks.push(self.build_member(&path, device, precision)?);
+        }
+        self.loaded = Some(LoadedMembers {
+            networks,
+            device: device.clone(),
+            precision,
+            bytes,
+        });
+        Ok(())
+    }
+
+    /// Bytes of weights held by [`Ensemble::load_members`] (0 when members are read per case).
+    pub fn loaded_bytes(&self) -> u64 {
+        self.loaded.as_ref().map_or(0, |l| l.bytes)
     }
 
     /// Number of members.
@@ -339,11 +399,21 @@ impl Ensemble {
                 path: self.dir.clone(),
                 source,
             })?;
+        let loaded = self
+            .loaded
+            .as_ref()
+            .filter(|l| l.precision == precision && l.device.same_device(device));
         let mut sum = vec![0f64; self.manifest.head.num_outputs()];
         for (i, member) in self.manifest.members.iter().enumerate() {
             let start = std::time::Instant::now();
             let path = self.dir.join(&member.file);
-            let output = self.run_member(&path, &input, device, precision)?;
+            let output = match loaded {
+                Some(l) => self.run_network(&path, &*l.networks[i], &input)?,
+                None => {
+                    let network = self.build_member(&path, device, precision)?;
+                    self.run_network(&path, &*network, &input)?
+                }
+            };
             for (s, o) in sum.iter_mut().zip(output) {
                 *s += o;
             }
@@ -353,25 +423,37 @@ impl Ensemble {
         Ok(sum.into_iter().map(|s| s / n).collect())
     }
 
-    /// Loads one member, runs it, and drops its weights before returning.
-    fn run_member(
+    /// Reads one member's weights and builds its network.
+    fn build_member(
         &self,
         path: &Path,
-        input: &Tensor,
         device: &Device,
         precision: Precision,
+    ) -> Result<Box<dyn model::Classifier>, EnsembleError> {
+        let tensors = candle_core::safetensors::load(path, device).map_err(|source| {
+            EnsembleError::Compute {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let vb = VarBuilder::from_tensors(tensors, precision.dtype(), device);
+        model::build(&self.manifest.network, vb).map_err(|source| EnsembleError::Model {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Runs one member's network (read from `path`) and applies the head's activation.
+    fn run_network(
+        &self,
+        path: &Path,
+        network: &dyn model::Classifier,
+        input: &Tensor,
     ) -> Result<Vec<f64>, EnsembleError> {
         let compute = |source| EnsembleError::Compute {
             path: path.to_path_buf(),
             source,
         };
-        let tensors = candle_core::safetensors::load(path, device).map_err(compute)?;
-        let vb = VarBuilder::from_tensors(tensors, precision.dtype(), device);
-        let network =
-            model::build(&self.manifest.network, vb).map_err(|source| EnsembleError::Model {
-                path: path.to_path_buf(),
-                source,
-            })?;
         let logits = network
             .forward(input)
             .and_then(|y| y.to_dtype(DType::F32))

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 
 use ctgrade::device::{self, DeviceChoice, Precision};
 use ctgrade::ensemble::{self, Ensemble, Manifest};
+use ctgrade::gc::memory;
 use ctgrade::gc::run::{self as gc_run, RunOptions};
 use ctgrade::grading::Head;
 use ctgrade::model::Arch;
@@ -24,8 +26,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Grade every CT scan in the input folder (the grand-challenge algorithm).
+    /// Grade every CT scan in the input folder (the grand-challenge algorithm, exec mode).
     Run(RunArgs),
+    /// Serve grand-challenge's invoke API: load the ensemble once, then grade the input folder on
+    /// each POST /invoke exactly as `run` does (GET /health answers 200 once loaded).
+    Serve(ServeArgs),
     /// Print size, spacing, origin, direction, element type and min/max/mean of a volume
     /// (.mha, .mhd, .nii, .nii.gz) as one JSON object.
     Info {
@@ -75,10 +80,23 @@ struct RunArgs {
     #[arg(long)]
     lung_mask: bool,
     /// Largest scan accepted, in voxels; a larger one fails before it is read. Default: 2000 Mi
-    /// (e.g. 1024 x 1024 x 2000, which fits a 16 GiB machine), lowered to fit
-    /// GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB when that is set (see docs/robustness.md).
+    /// (e.g. 1024 x 1024 x 2000, which fits a 16 GiB machine), lowered to fit the memory budget:
+    /// the smallest of GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB, RLIMIT_DATA, RLIMIT_AS and the
+    /// cgroup's memory limit (see docs/robustness.md).
     #[arg(long, env = "CTGRADE_MAX_VOXELS")]
     max_voxels: Option<usize>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Port to listen on (grand-challenge calls 4743).
+    #[arg(long, default_value_t = gc_invoke::DEFAULT_PORT)]
+    port: u16,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand)]
@@ -130,9 +148,12 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
 }
 
-fn run(args: RunArgs) -> Result<ExitCode> {
+/// Opens the ensemble and the device and derives the run's options and limits; with
+/// `keep_loaded` the members are built once and kept (`serve`), and their weights count against
+/// the memory budget.
+fn prepare(args: &RunArgs, keep_loaded: bool) -> Result<(Ensemble, Device, RunOptions)> {
     let dir = ensemble::resolve_weights(args.weights.as_deref())?;
-    let ensemble = Ensemble::open(&dir)?;
+    let mut ensemble = Ensemble::open(&dir)?;
     eprintln!("ctgrade: weights from {}", dir.display());
     let device = args.device.open()?;
     eprintln!(
@@ -140,39 +161,83 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         device::describe(&device),
         args.precision
     );
+    if keep_loaded {
+        ensemble.load_members(&device, args.precision)?;
+        eprintln!(
+            "ctgrade: {} member(s) loaded ({} MiB of weights)",
+            ensemble.len(),
+            ensemble.loaded_bytes() >> 20
+        );
+    }
+    let budget = memory::budget();
+    let case_bytes = budget
+        .as_ref()
+        .map(|b| b.bytes.saturating_sub(ensemble.loaded_bytes()));
     let opts = RunOptions {
-        input: args.input,
-        output: args.output,
+        input: args.input.clone(),
+        output: args.output.clone(),
         lung_mask: args.lung_mask,
-        limits: gc_run::read_limits(args.max_voxels),
-        max_grid_voxels: gc_run::max_grid_voxels(),
+        limits: memory::read_limits(args.max_voxels, case_bytes),
+        max_grid_voxels: memory::max_grid_voxels(case_bytes),
         precision: args.precision,
     };
-    eprintln!(
-        "ctgrade: scans of up to {} voxels accepted",
-        opts.limits.max_voxels
-    );
+    match &budget {
+        Some(limit) => eprintln!(
+            "ctgrade: memory budget {limit}; scans of up to {} voxels and resampled grids of up \
+             to {} voxels accepted",
+            opts.limits.max_voxels, opts.max_grid_voxels
+        ),
+        None => eprintln!(
+            "ctgrade: no memory limit found; scans of up to {} voxels accepted",
+            opts.limits.max_voxels
+        ),
+    }
+    Ok((ensemble, device, opts))
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let (ensemble, device, opts) = prepare(&args, false)?;
     let report = gc_run::run(&opts, &ensemble, &device)?;
-    let failures: Vec<_> = report.failures().collect();
-    if failures.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+    match report.failure_line() {
+        None => Ok(ExitCode::SUCCESS),
+        Some(line) => {
+            // The platform shows the last stderr line: make it the reason.
+            eprintln!("{line}");
+            Ok(ExitCode::FAILURE)
+        }
     }
-    // The platform shows the last stderr line: make it the reason.
-    if report.results.len() == 1 {
-        eprintln!(
-            "{}",
-            failures[0].error.as_deref().unwrap_or("the case failed")
-        );
-    } else {
-        eprintln!(
-            "{} of {} cases failed (see summary.json): first, {}: {}",
-            failures.len(),
-            report.results.len(),
-            failures[0].case,
-            failures[0].error.as_deref().unwrap_or("")
-        );
-    }
-    Ok(ExitCode::FAILURE)
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let listener = gc_invoke::bind(&args.host, args.port)?;
+    let run_args = args.run;
+    gc_invoke::serve(listener, "ctgrade serve", move || {
+        let (ensemble, device, opts) = prepare(&run_args, true).map_err(|e| format!("{e:#}"))?;
+        if !device.is_cpu() {
+            // Kernel loading, PTX compilation and cuDNN set-up happen on first use: pay them
+            // before /health says ready, not in the first case's time limit.
+            let t = std::time::Instant::now();
+            let shape: Vec<usize> = std::iter::once(1)
+                .chain(ensemble.manifest.input.shape())
+                .collect();
+            let input = Tensor::zeros(shape, DType::F32, &Device::Cpu)
+                .map_err(|e| format!("warm-up: {e}"))?;
+            ensemble
+                .predict(&input, &device, opts.precision, |_, _| {})
+                .map_err(|e| format!("warm-up: {e}"))?;
+            eprintln!(
+                "ctgrade: {} warmed up in {:.1} s",
+                device::describe(&device),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Ok(move || {
+            let report = gc_run::run(&opts, &ensemble, &device).map_err(|e| e.to_string())?;
+            report.failure_line().map_or(Ok(()), Err)
+        })
+    })?;
+    eprintln!("ctgrade serve: stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn ensemble_command(cmd: EnsembleCommand) -> Result<()> {
@@ -240,6 +305,7 @@ fn emit(line: &str) -> Result<()> {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => return run(args),
+        Command::Serve(args) => return serve(args),
         Command::Info { file } => emit(&serde_json::to_string(&ctgrade::volume::info::info(
             &file,
         )?)?)?,

@@ -2,19 +2,21 @@
 //!
 //! Conventions (see `docs` in the README and the platform's templates):
 //! - socket layout: the "CT Image" socket is `/input/images/ct/<uuid>.mha`, with `/input/inputs.json`
-//!   describing the upload; JSON outputs are bare values at `/output/<slug>.json`;
+//!   describing the upload (each socket object keyed `socket` today, `interface` in older jobs);
+//!   JSON outputs are bare values at `/output/<slug>.json`;
 //! - legacy layout ("Generic Medical Image"): images directly in `/input`, answers in
 //!   `/output/results.json` in the evalutils shape.
 //!
 //! Locally, a folder with several scans is a batch: each case gets its own output folder and a
 //! summary lists them all.
 
+pub mod memory;
 pub mod outputs;
 pub mod run;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde_json::Value;
 
 /// Folder of the CT image socket, relative to the input folder.
 pub const CT_SOCKET_DIR: &str = "images/ct";
@@ -35,14 +37,6 @@ pub enum GcError {
     /// No CT image in any known layout.
     #[error("no CT image found in {0}: expected images/ct/<case>.mha (grand-challenge), or .mha/.mhd/.nii/.nii.gz files directly in it")]
     NoCases(PathBuf),
-    /// `inputs.json` exists but is not the platform's format.
-    #[error("{path} is not a grand-challenge inputs.json: {reason}")]
-    InputsJson {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
     /// Two files would give the same case name.
     #[error("two input files share the case name {name:?}: {first} and {second}")]
     DuplicateCase {
@@ -84,6 +78,8 @@ pub struct Inputs {
     pub layout: Layout,
     /// The cases, sorted by name.
     pub cases: Vec<Case>,
+    /// What was odd without stopping the run (an `inputs.json` that cannot be understood).
+    pub warnings: Vec<String>,
 }
 
 /// Image file extensions ctgrade reads, longest first.
@@ -148,7 +144,14 @@ pub fn discover(input: &Path) -> Result<Inputs, GcError> {
     } else {
         Vec::new()
     };
-    let upload_names = read_inputs_json(input)?;
+    let mut warnings = Vec::new();
+    let upload_names = read_inputs_json(&input.join("inputs.json")).unwrap_or_else(|reason| {
+        warnings.push(format!(
+            "ignoring {}: {reason}; the files on disk decide",
+            input.join("inputs.json").display()
+        ));
+        Vec::new()
+    });
     let single = images.len() == 1 && lesions.len() == 1;
     let cases = images
         .into_iter()
@@ -174,7 +177,11 @@ pub fn discover(input: &Path) -> Result<Inputs, GcError> {
             }
         })
         .collect();
-    Ok(Inputs { layout, cases })
+    Ok(Inputs {
+        layout,
+        cases,
+        warnings,
+    })
 }
 
 /// An image socket value of `inputs.json`.
@@ -193,51 +200,33 @@ fn single_or_matching(u: &UploadName, file: Option<&str>, count: usize) -> bool 
     }
 }
 
-#[derive(Deserialize)]
-struct SocketValue {
-    interface: Interface,
-    #[serde(default)]
-    file: Option<String>,
-    #[serde(default)]
-    image: Option<ImageRef>,
-}
-
-#[derive(Deserialize)]
-struct Interface {
-    #[serde(default)]
-    relative_path: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ImageRef {
-    #[serde(default)]
-    name: Option<String>,
-}
-
-/// Reads the CT socket's upload names from `inputs.json`, if the file exists.
-fn read_inputs_json(input: &Path) -> Result<Vec<UploadName>, GcError> {
-    let path = input.join("inputs.json");
-    let text = match std::fs::read_to_string(&path) {
+/// Reads the CT socket's upload names from `inputs.json`: the socket values whose socket object
+/// (keyed `socket`, or `interface` in older jobs) has the CT socket's `relative_path`. A missing
+/// file is no names; a file that cannot be understood is an `Err` with the reason, which the
+/// caller logs as a warning: the files on disk are what is graded.
+fn read_inputs_json(path: &Path) -> Result<Vec<UploadName>, String> {
+    let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(GcError::InputsJson {
-                path,
-                reason: e.to_string(),
-            })
-        }
+        Err(e) => return Err(e.to_string()),
     };
-    let values: Vec<SocketValue> =
-        serde_json::from_str(&text).map_err(|e| GcError::InputsJson {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+    let doc: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON ({e})"))?;
+    let values = doc
+        .as_array()
+        .ok_or("not a list of socket values as the platform writes it")?;
     Ok(values
-        .into_iter()
-        .filter(|v| v.interface.relative_path.as_deref() == Some(CT_SOCKET_DIR))
+        .iter()
+        .filter(|v| {
+            let socket = v.get("socket").or_else(|| v.get("interface"));
+            socket
+                .and_then(|s| s.get("relative_path"))
+                .and_then(Value::as_str)
+                == Some(CT_SOCKET_DIR)
+        })
         .filter_map(|v| {
-            let name = v.image.and_then(|i| i.name)?;
-            Some(UploadName { file: v.file, name })
+            let name = v.get("image")?.get("name")?.as_str()?.to_string();
+            let file = v.get("file").and_then(Value::as_str).map(str::to_string);
+            Some(UploadName { file, name })
         })
         .collect())
 }
@@ -303,9 +292,44 @@ mod tests {
         touch(&dir.path().join("a.nii"));
         let err = discover(dir.path()).unwrap_err().to_string();
         assert!(err.contains("share the case name \"a\""), "{err}");
-        std::fs::write(dir.path().join("inputs.json"), "{").unwrap();
-        std::fs::remove_file(dir.path().join("a.nii")).unwrap();
-        let err = discover(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("inputs.json"), "{err}");
+    }
+
+    #[test]
+    fn both_key_spellings_and_unreadable_inputs_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        touch(&root.join("images/ct/1b2c.mha"));
+        // Today's shape (`socket`), with fields ctgrade does not need and another socket first.
+        let today = r#"[{"pk": "9e0c", "socket": {"slug": "age-in-months", "kind": "Integer",
+            "super_kind": "Value", "relative_path": "age-in-months.json"}, "value": 60,
+            "file": null, "image": null},
+            {"pk": "77aa", "socket": {"title": "CT Image", "slug": "ct-image", "kind": "Image",
+            "super_kind": "Image", "relative_path": "images/ct", "description": "",
+            "look_up_table": null, "overlay_segments": []}, "value": null, "file": null,
+            "image": {"pk": "1b2c", "name": "patient_017.mha"}}]"#;
+        let old = today.replace("\"socket\"", "\"interface\"");
+        for json in [today.to_string(), old] {
+            std::fs::write(root.join("inputs.json"), json).unwrap();
+            let found = discover(root).unwrap();
+            assert!(found.warnings.is_empty(), "{:?}", found.warnings);
+            assert_eq!(
+                found.cases[0].upload_name.as_deref(),
+                Some("patient_017.mha")
+            );
+        }
+        // Not understood: a warning, and the file on disk is still the case.
+        for bad in ["{", "{\"a\": 1}", "[{\"socket\": 3}]"] {
+            std::fs::write(root.join("inputs.json"), bad).unwrap();
+            let found = discover(root).unwrap();
+            assert_eq!(found.cases.len(), 1, "{bad}");
+            assert_eq!(found.cases[0].upload_name, None);
+            if bad != "[{\"socket\": 3}]" {
+                assert!(
+                    found.warnings[0].contains("inputs.json"),
+                    "{:?}",
+                    found.warnings
+                );
+            }
+        }
     }
 }

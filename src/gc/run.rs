@@ -8,6 +8,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::memory::BYTES_PER_GRID_VOXEL;
 use super::outputs::{self, CaseResult};
 use super::{discover, Case, Layout};
 use crate::device::Precision;
@@ -31,8 +32,8 @@ pub struct RunOptions {
     /// Compute precision of the networks (f32, the reference, unless asked otherwise).
     pub precision: Precision,
     /// Largest resampled grid (voxels) preprocessing may make: [`preprocess::MAX_GRID_VOXELS`],
-    /// or less when the container's memory could not hold the lung mask of a larger one
-    /// ([`max_grid_voxels`]).
+    /// or less when the memory budget could not hold the lung mask of a larger one
+    /// ([`super::memory::max_grid_voxels`]).
     pub max_grid_voxels: usize,
 }
 
@@ -59,71 +60,24 @@ impl RunReport {
     pub fn failures(&self) -> impl Iterator<Item = &CaseResult> {
         self.results.iter().filter(|r| r.error.is_some())
     }
-}
 
-/// Memory (bytes) a case needs besides 4 bytes per input voxel: the resampled grid next to the CT
-/// (4 bytes per voxel of at most [`preprocess::MAX_GRID_VOXELS`], 1 GiB) or, later, the
-/// network's inference (0.63 / 0.73 GB for DenseNet-121 / -201 on the CPU), plus the program.
-/// The lung mask's own working set (up to 18 bytes per grid voxel) comes after the CT is freed
-/// and is bounded by [`max_grid_voxels`].
-/// Measurements in docs/robustness.md.
-pub const FIXED_CASE_BYTES: u64 = 2 << 30;
-
-/// Peak bytes per input voxel: the CT as `f32`, then (after resampling frees it) the lung mask
-/// on the CT's grid.
-pub const BYTES_PER_INPUT_VOXEL: u64 = 4;
-
-/// Peak bytes per voxel of the resampled grid while the lung mask is made, after the CT is freed
-/// (HU, labels, masks; measured on noise, 9 on a chest; docs/robustness.md).
-pub const BYTES_PER_GRID_VOXEL: u64 = 18;
-
-/// Memory (bytes) of the program itself beside the lung mask's working set.
-const PROGRAM_BYTES: u64 = 512 << 20;
-
-/// The container's memory in bytes, when grand-challenge says how much it is
-/// (`GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB`).
-pub fn container_memory() -> Option<u64> {
-    std::env::var("GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|mb| mb.saturating_mul(1 << 20))
-}
-
-/// The read limits of a run: `max_voxels` when given (`--max-voxels`, `CTGRADE_MAX_VOXELS`);
-/// otherwise the default of [`ReadLimits`], lowered to what fits the container's memory when
-/// grand-challenge says how much that is ([`container_memory`]), so that a scan too large for the
-/// machine fails with a reason instead of being killed.
-pub fn read_limits(max_voxels: Option<usize>) -> ReadLimits {
-    let mut limits = ReadLimits::default();
-    if let Some(n) = max_voxels {
-        limits.max_voxels = n;
-    } else if let Some(bytes) = container_memory() {
-        limits.max_voxels = limits.max_voxels.min(voxels_for_memory(bytes));
+    /// The one line that tells a user why the run failed (the platform shows the last stderr
+    /// line), or `None` when every case was graded.
+    pub fn failure_line(&self) -> Option<String> {
+        let failures: Vec<_> = self.failures().collect();
+        let first = failures.first()?;
+        let reason = first.error.as_deref().unwrap_or("the case failed");
+        Some(if self.results.len() == 1 {
+            reason.to_string()
+        } else {
+            format!(
+                "{} of {} cases failed (see summary.json): first, {}: {reason}",
+                failures.len(),
+                self.results.len(),
+                first.case,
+            )
+        })
     }
-    limits
-}
-
-/// The largest scan (voxels) whose case fits in `bytes` of memory.
-pub fn voxels_for_memory(bytes: u64) -> usize {
-    let n = bytes.saturating_sub(FIXED_CASE_BYTES) / BYTES_PER_INPUT_VOXEL;
-    usize::try_from(n).unwrap_or(usize::MAX)
-}
-
-/// The largest resampled grid of a run: [`preprocess::MAX_GRID_VOXELS`], lowered to what the
-/// container's memory holds ([`grid_voxels_for_memory`]) when grand-challenge says how much that
-/// is. A small scan with huge voxels (a hostile or broken geometry) then fails with a reason
-/// before preprocessing instead of being killed while its lung mask is made.
-pub fn max_grid_voxels() -> usize {
-    container_memory().map_or(preprocess::MAX_GRID_VOXELS, grid_voxels_for_memory)
-}
-
-/// The largest resampled grid (voxels) whose lung mask fits in `bytes` of memory, at most
-/// [`preprocess::MAX_GRID_VOXELS`].
-pub fn grid_voxels_for_memory(bytes: u64) -> usize {
-    let n = bytes.saturating_sub(PROGRAM_BYTES) / BYTES_PER_GRID_VOXEL;
-    usize::try_from(n)
-        .unwrap_or(usize::MAX)
-        .min(preprocess::MAX_GRID_VOXELS)
 }
 
 /// Logs a line above the progress bar (or plainly when stderr is not a terminal).
@@ -166,6 +120,9 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
             ensemble.manifest.head,
         ),
     );
+    for w in &inputs.warnings {
+        log(&bar, format!("ctgrade: warning: {w}"));
+    }
     let mut results = Vec::with_capacity(inputs.cases.len());
     for case in &inputs.cases {
         let start = Instant::now();
