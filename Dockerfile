@@ -1,7 +1,10 @@
 # ctgrade: grand-challenge.org algorithm container.
 #
-# Default: build with CUDA + cuDNN in an NVIDIA devel image, run in the matching runtime image.
+# Default: the invoke API (`ctgrade serve` on port 4743, LABEL org.grand-challenge.api-method=invoke),
+# built with CUDA + cuDNN in an NVIDIA devel image, run in the matching runtime image.
 #   docker build -t ctgrade .
+# The exec variant (one `ctgrade run` per job, no label):
+#   docker build --build-arg API_METHOD=exec -t ctgrade:exec .
 # CPU-only image:
 #   docker build --build-arg FEATURES= --build-arg RUNTIME_IMAGE=debian:bookworm-slim -t ctgrade:cpu .
 # Machines that cannot pull a build image: build the binary outside and let the image take it
@@ -10,6 +13,7 @@
 #                --build-arg RUNTIME_IMAGE=<base> -t ctgrade:local .
 ARG BUILD_IMAGE=nvidia/cuda:12.6.3-cudnn-devel-ubuntu22.04
 ARG RUNTIME_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
+ARG API_METHOD=invoke
 
 FROM --platform=linux/amd64 ${BUILD_IMAGE} AS build
 ARG FEATURES=cuda,cudnn
@@ -29,10 +33,25 @@ RUN set -eu; mkdir -p /out; \
       install -m 0755 target/release/ctgrade /out/ctgrade; \
     fi
 
-FROM --platform=linux/amd64 ${RUNTIME_IMAGE}
+FROM --platform=linux/amd64 ${RUNTIME_IMAGE} AS runtime
 RUN groupadd -r user && useradd -m --no-log-init -r -g user user
 COPY --from=build /out/ctgrade /opt/app/ctgrade
 COPY weights/default /opt/app/weights/default
+# The root file system is read-only on the platform: the driver's cache of compiled GPU kernels
+# lives in /tmp for the container's life.
+ENV CUDA_CACHE_PATH=/tmp/.nv/ComputeCache
 USER user
 WORKDIR /opt/app
+
+# Exec: the platform runs the container once per job.
+FROM runtime AS exec
 ENTRYPOINT ["/opt/app/ctgrade", "run"]
+
+# Invoke: the platform starts the server once, polls GET /health, then POSTs /invoke per job.
+FROM runtime AS invoke
+LABEL org.grand-challenge.api-method="invoke"
+EXPOSE 4743
+ENTRYPOINT ["/opt/app/ctgrade", "serve"]
+
+# API_METHOD=invoke (default) or exec picks the final image.
+FROM ${API_METHOD}
