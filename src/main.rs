@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use ctgrade::device::{self, DeviceChoice, Precision};
 use ctgrade::ensemble::{self, Ensemble, Manifest};
 use ctgrade::gc::memory;
+use ctgrade::gc::merge;
 use ctgrade::gc::run::{self as gc_run, RunOptions};
+use ctgrade::gc::shard::ShardArg;
 use ctgrade::grading::Head;
 use ctgrade::model::Arch;
 use ctgrade::preprocess::InputSpec;
@@ -56,6 +58,16 @@ enum Command {
     Ensemble(EnsembleCommand),
     /// Train an ensemble with the paper's recipe from labelled CT scans.
     Train(ctgrade::train::cli::TrainArgs),
+    /// Combine the summaries of shards (summary-shard-I-of-N.json) or batch runs (summary.json)
+    /// into one summary.json and summary.csv; a missing shard or a case found twice is an error.
+    Merge {
+        /// Folders holding the summaries (shards may share one).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Where to write summary.json and summary.csv.
+        #[arg(long)]
+        output: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -85,6 +97,15 @@ struct RunArgs {
     /// cgroup's memory limit (see docs/robustness.md).
     #[arg(long, env = "CTGRADE_MAX_VOXELS")]
     max_voxels: Option<usize>,
+    /// Grade only shard I of N (0 <= I < N) of the cases, split by a stable hash of their names;
+    /// auto/N takes I from JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID.
+    /// Writes summary-shard-I-of-N.json; `ctgrade merge` combines the shards.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<ShardArg>,
+    /// Skip cases whose answers an earlier run left complete and valid in the output folder, so a
+    /// restarted task continues where it stopped.
+    #[arg(long)]
+    skip_done: bool,
 }
 
 #[derive(Args)]
@@ -180,6 +201,11 @@ fn prepare(args: &RunArgs, keep_loaded: bool) -> Result<(Ensemble, Device, RunOp
         limits: memory::read_limits(args.max_voxels, case_bytes),
         max_grid_voxels: memory::max_grid_voxels(case_bytes),
         precision: args.precision,
+        shard: args
+            .shard
+            .map(|s| s.resolve(|name| std::env::var(name).ok()))
+            .transpose()?,
+        skip_done: args.skip_done,
     };
     match &budget {
         Some(limit) => eprintln!(
@@ -324,6 +350,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Ensemble(cmd) => ensemble_command(cmd)?,
         Command::Train(args) => {
             ctgrade::train::cli::run(&args)?;
+        }
+        Command::Merge { dirs, output } => {
+            let merged = merge::merge(&dirs, &output)?;
+            let failed = merged.cases.iter().filter(|c| c.error.is_some()).count();
+            eprintln!(
+                "merged {} summaries: {} case(s), {failed} failed; wrote {}",
+                merged.sources.len(),
+                merged.cases.len(),
+                output.join(ctgrade::gc::outputs::SUMMARY_FILE).display()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

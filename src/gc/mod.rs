@@ -11,8 +11,10 @@
 //! summary lists them all.
 
 pub mod memory;
+pub mod merge;
 pub mod outputs;
 pub mod run;
+pub mod shard;
 
 use std::path::{Path, PathBuf};
 

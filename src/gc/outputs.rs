@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::grading::Grade;
 
@@ -57,7 +57,7 @@ pub fn write_sockets(dir: &Path, grade: &Grade) -> Result<(), WriteError> {
 }
 
 /// The outcome of one case, for the summary and `results.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaseResult {
     /// Case name (input file name without extension).
     pub case: String,
@@ -70,8 +70,11 @@ pub struct CaseResult {
     /// Why the case failed, when it did.
     pub error: Option<String>,
     /// What looked wrong with the input without stopping it (NaN voxels, a non-HU range).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Graded by an earlier run (`--skip-done`): the answer is the one it left.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
     /// Wall time of the case in seconds.
     pub seconds: f64,
 }
@@ -105,8 +108,17 @@ pub fn write_results_json(dir: &Path, results: &[CaseResult]) -> Result<(), Writ
 
 /// Writes `summary.json` (`{"cases": [...]}`) and `summary.csv` for a batch.
 pub fn write_summary(dir: &Path, results: &[CaseResult]) -> Result<(), WriteError> {
+    write_summary_named(dir, "summary", results)
+}
+
+/// Writes `<stem>.json` and `<stem>.csv` as [`write_summary`] does (shards name theirs).
+pub fn write_summary_named(
+    dir: &Path,
+    stem: &str,
+    results: &[CaseResult],
+) -> Result<(), WriteError> {
     write_json(
-        &dir.join(SUMMARY_FILE),
+        &dir.join(format!("{stem}.json")),
         &serde_json::json!({ "cases": results }),
     )?;
     let mut csv = String::from("case,file,probability,co_rads,error,seconds\n");
@@ -128,7 +140,7 @@ pub fn write_summary(dir: &Path, results: &[CaseResult]) -> Result<(), WriteErro
             r.seconds
         ));
     }
-    write_atomic(&dir.join(SUMMARY_CSV_FILE), csv.as_bytes())
+    write_atomic(&dir.join(format!("{stem}.csv")), csv.as_bytes())
 }
 
 #[cfg(test)]
@@ -162,6 +174,7 @@ mod tests {
                 co_rads: Some(5),
                 error: None,
                 warnings: Vec::new(),
+                skipped: false,
                 seconds: 1.0,
             },
             CaseResult {
@@ -171,6 +184,7 @@ mod tests {
                 co_rads: None,
                 error: Some("no lungs found, \"b\"".into()),
                 warnings: Vec::new(),
+                skipped: false,
                 seconds: 0.5,
             },
         ];

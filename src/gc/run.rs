@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::memory::BYTES_PER_GRID_VOXEL;
 use super::outputs::{self, CaseResult};
+use super::shard::{self, Shard};
 use super::{discover, Case, Layout};
 use crate::device::Precision;
 use crate::ensemble::Ensemble;
@@ -35,6 +36,11 @@ pub struct RunOptions {
     /// or less when the memory budget could not hold the lung mask of a larger one
     /// ([`super::memory::max_grid_voxels`]).
     pub max_grid_voxels: usize,
+    /// Grade only the cases of this shard (`--shard`); the batch layout is used whatever the
+    /// number of cases, and the summary is `summary-shard-I-of-N.json`.
+    pub shard: Option<Shard>,
+    /// Skip a case whose answers an earlier run left complete and valid (`--skip-done`).
+    pub skip_done: bool,
 }
 
 /// Why the run as a whole could not proceed (a failing case is not one: it is recorded).
@@ -91,8 +97,12 @@ fn log(bar: &ProgressBar, line: String) {
 
 /// Runs the ensemble on every case of `opts.input`.
 pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<RunReport, RunError> {
-    let inputs = discover(&opts.input)?;
-    let batch = inputs.cases.len() > 1;
+    let mut inputs = discover(&opts.input)?;
+    let total = inputs.cases.len();
+    let batch = total > 1 || opts.shard.is_some();
+    if let Some(shard) = opts.shard {
+        inputs.cases.retain(|c| shard.owns(&c.name));
+    }
     let bar = if std::io::stderr().is_terminal() {
         ProgressBar::new((inputs.cases.len() * ensemble.len()) as u64)
     } else {
@@ -120,6 +130,15 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
             ensemble.manifest.head,
         ),
     );
+    if let Some(shard) = opts.shard {
+        log(
+            &bar,
+            format!(
+                "ctgrade: shard {shard} owns {} of the {total} case(s)",
+                inputs.cases.len()
+            ),
+        );
+    }
     for w in &inputs.warnings {
         log(&bar, format!("ctgrade: warning: {w}"));
     }
@@ -131,19 +150,51 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
         } else {
             opts.output.clone()
         };
+        let file = case
+            .image
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mask_path = opts
+            .output
+            .join(outputs::LUNG_MASK_DIR)
+            .join(format!("{}.mha", case.name));
+        if let Some((p, c)) = opts
+            .skip_done
+            .then(|| shard::finished(&case_dir))
+            .flatten()
+            .filter(|_| !opts.lung_mask || mask_path.is_file())
+        {
+            log(
+                &bar,
+                format!(
+                    "{}: already graded (probability {p:.4}, CO-RADS {c}); skipped",
+                    case.name
+                ),
+            );
+            bar.inc(ensemble.len() as u64);
+            results.push(CaseResult {
+                case: case.name.clone(),
+                file,
+                probability: Some(p),
+                co_rads: Some(c),
+                error: None,
+                warnings: Vec::new(),
+                skipped: true,
+                seconds: 0.0,
+            });
+            continue;
+        }
         let mut warnings = Vec::new();
         let outcome = grade_case(case, opts, ensemble, device, &bar, &mut warnings).and_then(
             |(grade, mask)| {
                 if let (true, Some(mask)) = (opts.lung_mask, mask) {
-                    let path = opts
-                        .output
-                        .join(outputs::LUNG_MASK_DIR)
-                        .join(format!("{}.mha", case.name));
+                    let path = &mask_path;
                     if let Some(dir) = path.parent() {
                         std::fs::create_dir_all(dir)
                             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
                     }
-                    volume::write(&path, &mask, ElementType::UChar).map_err(|e| e.to_string())?;
+                    volume::write(path, &mask, ElementType::UChar).map_err(|e| e.to_string())?;
                 }
                 // The answers last: a case whose other outputs failed leaves no answer behind.
                 if inputs.layout == Layout::Sockets || batch {
@@ -153,11 +204,6 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
             },
         );
         let seconds = start.elapsed().as_secs_f64();
-        let file = case
-            .image
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let result = match outcome {
             Ok(grade) => {
                 log(
@@ -174,6 +220,7 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
                     co_rads: Some(grade.co_rads),
                     error: None,
                     warnings,
+                    skipped: false,
                     seconds,
                 }
             }
@@ -186,6 +233,7 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
                     co_rads: None,
                     error: Some(error),
                     warnings,
+                    skipped: false,
                     seconds,
                 }
             }
@@ -193,11 +241,18 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
         results.push(result);
     }
     bar.finish_and_clear();
-    if inputs.layout == Layout::Legacy {
-        outputs::write_results_json(&opts.output, &results)?;
-    }
-    if batch {
-        outputs::write_summary(&opts.output, &results)?;
+    match opts.shard {
+        // Shards share an output folder: each writes its own summary, and `ctgrade merge`
+        // combines them (a shared results.json would be overwritten by each).
+        Some(shard) => outputs::write_summary_named(&opts.output, &shard.summary_stem(), &results)?,
+        None => {
+            if inputs.layout == Layout::Legacy {
+                outputs::write_results_json(&opts.output, &results)?;
+            }
+            if batch {
+                outputs::write_summary(&opts.output, &results)?;
+            }
+        }
     }
     Ok(RunReport { results })
 }
