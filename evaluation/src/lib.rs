@@ -12,6 +12,7 @@ pub mod delong;
 pub mod error;
 pub mod evaluate;
 pub mod metrics;
+pub mod platform;
 pub mod plot;
 pub mod predictions;
 pub mod truth;
