@@ -6,6 +6,7 @@
 //! 95% bootstrap confidence intervals (patient-clustered), paired bootstrap and DeLong tests
 //! between two prediction sets, and the slice-thickness strata.
 
+pub mod atomic;
 pub mod bootstrap;
 pub mod case;
 pub mod delong;

@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use clap::Parser;
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use ctgrade_eval::atomic::write_atomic;
 use ctgrade_eval::plot::{write_plot, RocSeries};
 use ctgrade_eval::{evaluate, load_ground_truth, load_predictions, EvalOptions, Report};
 
@@ -15,9 +16,46 @@ const LEGACY_GROUND_TRUTH_DIR: &str = "/opt/app/ground-truth/";
 
 /// Evaluate ctgrade predictions against iCTCF (or generic) ground truth: AUC, ROC, QWK,
 /// bootstrap confidence intervals and paired tests. Writes metrics.json.
+///
+/// Without a subcommand it evaluates once and exits (the platform's "exec" mode); `serve` runs
+/// the same evaluation on each POST /invoke (the "invoke" mode).
 #[derive(Parser, Debug)]
-#[command(name = "ctgrade-eval", version, about)]
+#[command(
+    name = "ctgrade-eval",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    eval: EvalArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the platform's invoke API: GET /health, and POST /invoke runs the evaluation with
+    /// the options below (201 when metrics.json is written, 500 with the reason otherwise).
+    Serve(ServeArgs),
+}
+
+/// Options of `serve`.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (the platform connects from another container).
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = gc_invoke::DEFAULT_PORT)]
+    port: u16,
+    #[command(flatten)]
+    eval: EvalArgs,
+}
+
+/// The evaluation's options (plain `ctgrade-eval` and `serve`).
+#[derive(Args, Debug, Clone)]
+struct EvalArgs {
     /// Predictions: the platform's predictions.json, a `ctgrade run` output folder
     /// (summary.json or <case>/probability-covid-19.json), or a CSV case,probability[,co_rads].
     #[arg(long, short, default_value = "/input/predictions.json")]
@@ -47,7 +85,7 @@ struct Cli {
     ignore_extra_predictions: bool,
 }
 
-fn ground_truth_path(cli: &Cli) -> PathBuf {
+fn ground_truth_path(cli: &EvalArgs) -> PathBuf {
     if let Some(p) = &cli.ground_truth {
         return p.clone();
     }
@@ -146,7 +184,7 @@ fn summary(report: &Report) -> String {
     lines.join("\n")
 }
 
-fn run(cli: &Cli) -> Result<()> {
+fn run(cli: &EvalArgs) -> Result<()> {
     let truth_path = ground_truth_path(cli);
     let truth = load_ground_truth(&truth_path)?;
     let preds = load_predictions(&cli.predictions)?;
@@ -168,12 +206,8 @@ fn run(cli: &Cli) -> Result<()> {
         eprintln!("warning: prediction for '{case}' matches no ground-truth case; skipped");
     }
 
-    if let Some(dir) = cli.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&cli.output, json + "\n")
-        .with_context(|| format!("cannot write {}", cli.output.display()))?;
+    let json = serde_json::to_string_pretty(&report)? + "\n";
+    write_atomic(&cli.output, json.as_bytes())?;
 
     if !cli.plot.is_empty() {
         let m = &report.aggregates.metrics;
@@ -217,9 +251,58 @@ fn run(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// Checks what can be checked before any input exists (serve's start-up): the plot formats and
+/// that the output names a file.
+fn check_options(cli: &EvalArgs) -> Result<()> {
+    if cli.output.file_name().is_none() {
+        bail!("--output {} names no file", cli.output.display());
+    }
+    for p in &cli.plot {
+        let ext = p
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        if !matches!(ext.as_deref(), Some("svg" | "png")) {
+            bail!(
+                "--plot {}: the file name must end in .svg or .png",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `serve`: the evaluation behind the platform's invoke API.
+fn serve(args: ServeArgs) -> Result<()> {
+    let listener = gc_invoke::bind(&args.host, args.port)?;
+    let eval = args.eval;
+    gc_invoke::serve(listener, "ctgrade-eval", move || {
+        check_options(&eval).map_err(|e| format!("{e:#}"))?;
+        Ok(move || {
+            // The platform hands each call an empty /output; when run by hand, a metrics.json
+            // left by an earlier call must not pass for this call's result if this one fails.
+            match std::fs::remove_file(&eval.output) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(format!(
+                        "cannot remove the old {}: {e}",
+                        eval.output.display()
+                    ))
+                }
+            }
+            run(&eval).map_err(|e| format!("ctgrade-eval: error: {e:#}"))
+        })
+    })?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
+    let result = match cli.command {
+        None => run(&cli.eval),
+        Some(Command::Serve(args)) => serve(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The platform shows the last stderr line: make it one sentence with the cause.
