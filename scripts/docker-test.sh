@@ -75,20 +75,66 @@ algorithm() {
   echo "docker-test: algorithm (broken input): exit non-zero, last line: $last"
 }
 
+# The image's API method label: "invoke", or empty when the image has none (exec).
+api_method() {
+  local m
+  m=$(docker image inspect -f '{{index .Config.Labels "org.grand-challenge.api-method"}}' "$1")
+  [ "$m" = "<no value>" ] && m=
+  echo "$m"
+}
+
 evaluation() {
-  local image=${EVAL_IMAGE:-ctgrade-eval:test}
+  local image=${EVAL_IMAGE:-ctgrade-eval:test} exec_image=${EVAL_EXEC_IMAGE:-ctgrade-eval:test-exec}
   if [ -z "${SKIP_BUILD:-}" ]; then
     docker build -q -f evaluation/Dockerfile --build-arg PREBUILT=target/release/ctgrade-eval \
       --build-arg BUILD_IMAGE="$base" --build-arg RUNTIME_IMAGE="$base" -t "$image" . >/dev/null
+    docker build -q -f evaluation/Dockerfile --build-arg API_METHOD=exec \
+      --build-arg PREBUILT=target/release/ctgrade-eval \
+      --build-arg BUILD_IMAGE="$base" --build-arg RUNTIME_IMAGE="$base" -t "$exec_image" . >/dev/null
   fi
-  check_user "$image"
+  check_user "$image"; check_user "$exec_image"
+  [ "$(api_method "$image")" = invoke ] || fail "$image lacks LABEL org.grand-challenge.api-method=invoke"
+  [ -z "$(api_method "$exec_image")" ] || fail "$exec_image carries an api-method label"
   local fx=evaluation/tests/fixtures/platform
+
+  # Exec: one run, as the platform runs an unlabelled image.
   local out="$work/eval-out"; mkdir -p "$out"; chmod 777 "$out"
   docker run "${run_args[@]}" -v "$PWD/$fx/input:/input:ro" \
-    -v "$PWD/$fx/ground_truth:/opt/ml/input/data/ground_truth:ro" -v "$out:/output" "$image" \
-    || fail "evaluation container exited $?"
+    -v "$PWD/$fx/ground_truth:/opt/ml/input/data/ground_truth:ro" -v "$out:/output" "$exec_image" \
+    || fail "evaluation container (exec) exited $?"
   grep -q '"auc"' "$out/metrics.json" || fail "metrics.json has no auc"
-  echo "docker-test: evaluation: metrics.json written ($(wc -c < "$out/metrics.json") bytes)"
+  echo "docker-test: evaluation (exec): metrics.json written ($(wc -c < "$out/metrics.json") bytes)"
+
+  # Invoke: as the platform's template test does, on an internal network, the calls made with curl
+  # from a second container. A subshell, so that its own EXIT trap removes what it started.
+  (
+    local net="ctgrade-eval-test-$$" out2="$work/eval-out-invoke"
+    mkdir -p "$out2"; chmod 777 "$out2"
+    trap 'docker rm -f "$net-eval" "$net-tester" >/dev/null 2>&1; docker network rm "$net" >/dev/null 2>&1' EXIT
+    docker network create --internal "$net" >/dev/null
+    docker run -d --name "$net-eval" --network "$net" --cap-drop all --security-opt no-new-privileges \
+      --pids-limit 512 --init --memory 8g --memory-swap 8g --read-only --tmpfs /tmp:rw,exec,size=2g \
+      -v "$PWD/$fx/input:/input:ro" -v "$PWD/$fx/ground_truth:/opt/ml/input/data/ground_truth:ro" \
+      -v "$out2:/output" "$image" >/dev/null
+    docker run -d --name "$net-tester" --network "$net" "$base" sleep infinity >/dev/null
+    local code="" i
+    for i in $(seq 30); do
+      code=$(docker exec "$net-tester" curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
+        "http://$net-eval:4743/health" || true)
+      [ "$code" = 200 ] && break
+      sleep 1
+    done
+    [ "$code" = 200 ] || { docker logs "$net-eval"; fail "evaluation (invoke): /health answered '$code'"; }
+    code=$(docker exec "$net-tester" curl -s -o /dev/null -w '%{http_code}' -X POST --max-time 300 \
+      "http://$net-eval:4743/invoke" || true)
+    [ "$code" = 201 ] || { docker logs "$net-eval"; fail "evaluation (invoke): /invoke answered '$code'"; }
+    cmp -s "$out/metrics.json" "$out2/metrics.json" \
+      || fail "evaluation (invoke) metrics.json differs from the exec variant's"
+    docker stop -t 20 "$net-eval" >/dev/null
+    local status; status=$(docker wait "$net-eval")
+    [ "$status" = 0 ] || fail "evaluation (invoke) exited $status on SIGTERM"
+    echo "docker-test: evaluation (invoke): /health 200, /invoke 201, same metrics.json as exec, exit 0 on stop"
+  )
 }
 
 case "$what" in
