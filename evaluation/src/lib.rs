@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod platform;
 pub mod plot;
 pub mod predictions;
+pub mod simulate;
 pub mod truth;
 
 pub use error::{EvalError, Result};

@@ -2,11 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use ctgrade_eval::atomic::write_atomic;
 use ctgrade_eval::plot::{write_plot, RocSeries};
+use ctgrade_eval::simulate::{summarize_metrics, HealthPolicy, SimulateOptions, FAILED_JOBS_NOTE};
 use ctgrade_eval::{evaluate, load_ground_truth, load_predictions, EvalOptions, Report};
 
 /// Ground-truth folder of the platform (the phase's ground-truth tarball is extracted here).
@@ -18,7 +20,8 @@ const LEGACY_GROUND_TRUTH_DIR: &str = "/opt/app/ground-truth/";
 /// bootstrap confidence intervals and paired tests. Writes metrics.json.
 ///
 /// Without a subcommand it evaluates once and exits (the platform's "exec" mode); `serve` runs
-/// the same evaluation on each POST /invoke (the "invoke" mode).
+/// the same evaluation on each POST /invoke (the "invoke" mode); `simulate` runs an algorithm
+/// image and an evaluation image over a folder of cases as the leaderboard would.
 #[derive(Parser, Debug)]
 #[command(
     name = "ctgrade-eval",
@@ -38,6 +41,48 @@ enum Command {
     /// Serve the platform's invoke API: GET /health, and POST /invoke runs the evaluation with
     /// the options below (201 when metrics.json is written, 500 with the reason otherwise).
     Serve(ServeArgs),
+    /// Run the whole leaderboard locally through docker: the algorithm image on each case (invoke
+    /// or exec mode, by its label), then the evaluation image on the successful jobs. Exit
+    /// status 0 when every job succeeded and the evaluation ran, 2 when some jobs failed (the
+    /// successful ones are still evaluated), 1 on any other error.
+    Simulate(SimulateArgs),
+}
+
+/// Options of `simulate`.
+#[derive(Args, Debug)]
+struct SimulateArgs {
+    /// The algorithm image (invoke mode if it carries LABEL org.grand-challenge.api-method=invoke).
+    #[arg(long, value_name = "IMAGE")]
+    algorithm_image: String,
+    /// Folder of cases: .mha, .nii.gz or .nii files, one job each.
+    #[arg(long, value_name = "DIR")]
+    cases: PathBuf,
+    /// Ground truth of the cases (a CSV the evaluator reads, or a folder holding one).
+    #[arg(long, value_name = "CSV")]
+    ground_truth: PathBuf,
+    /// The evaluation image (invoke mode if labelled, as above).
+    #[arg(long, value_name = "IMAGE")]
+    evaluation_image: String,
+    /// Model tarball, extracted read-only to /opt/ml/model as the platform does.
+    #[arg(long, value_name = "TAR_GZ")]
+    model: Option<PathBuf>,
+    /// Give the algorithm container the GPUs (docker --gpus all).
+    #[arg(long)]
+    gpus: bool,
+    /// Memory limit of the containers (and swap limit, so no swap), as docker --memory.
+    #[arg(long, default_value = "8g")]
+    memory: String,
+    /// Results folder (created; must be empty): predictions.json, <pk>/output/, metrics.json,
+    /// failed-jobs.json, ground-truth.csv (the rows evaluated).
+    #[arg(long, short, value_name = "DIR")]
+    output: PathBuf,
+    /// Image with curl, run on the internal network to call /health and /invoke.
+    #[arg(long, value_name = "IMAGE", default_value = "ctgrade-base:bookworm")]
+    tester_image: String,
+    /// Time limit of one algorithm job and of the evaluation, in seconds (the platform's
+    /// default job limit is one hour).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    job_timeout: u64,
 }
 
 /// Options of `serve`.
@@ -296,14 +341,64 @@ fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// `simulate`: prints progress and the aggregates; `Ok(false)` when some jobs failed.
+fn simulate(args: SimulateArgs) -> Result<bool> {
+    let opts = SimulateOptions {
+        algorithm_image: args.algorithm_image,
+        evaluation_image: args.evaluation_image,
+        tester_image: args.tester_image,
+        cases: args.cases,
+        ground_truth: args.ground_truth,
+        model: args.model,
+        gpus: args.gpus,
+        memory: args.memory,
+        output: args.output,
+        job_timeout: Duration::from_secs(args.job_timeout),
+        health: HealthPolicy::default(),
+    };
+    let report = ctgrade_eval::simulate::simulate(&opts, &mut |line| println!("simulate: {line}"))?;
+    println!(
+        "{} job(s) succeeded, {} failed; evaluation in {:?} mode",
+        report.jobs.len(),
+        report.failed.len(),
+        report.evaluation_api
+    );
+    for line in summarize_metrics(&report.metrics) {
+        println!("{line}");
+    }
+    println!("wrote {}", report.output.join("metrics.json").display());
+    if report.failed.is_empty() {
+        return Ok(true);
+    }
+    for f in &report.failed {
+        eprintln!("failed job {} ({}): {}", f.pk, f.case, f.reason);
+    }
+    eprintln!("{FAILED_JOBS_NOTE}");
+    eprintln!(
+        "ctgrade-eval simulate: {} of {} job(s) failed (listed in {}); the platform would not \
+         evaluate this submission",
+        report.failed.len(),
+        report.failed.len() + report.jobs.len(),
+        report.output.join("failed-jobs.json").display()
+    );
+    Ok(false)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => run(&cli.eval),
-        Some(Command::Serve(args)) => serve(args),
+        None => run(&cli.eval).map(|()| ExitCode::SUCCESS),
+        Some(Command::Serve(args)) => serve(args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Simulate(args)) => simulate(args).map(|all_succeeded| {
+            if all_succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // The platform shows the last stderr line: make it one sentence with the cause.
             eprintln!("ctgrade-eval: error: {e:#}");
