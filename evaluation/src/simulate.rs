@@ -364,10 +364,17 @@ fn docker<S: AsRef<OsStr>>(args: &[S]) -> Result<String> {
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     } else {
+        // The docker client ends some errors with a pointer to its help ("Run 'docker run
+        // --help' for more information"): the cause is the line before.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason = stderr
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty() && !l.contains("--help"))
+            .map(str::to_string);
         Err(SimulateError::Docker {
             command,
-            reason: last_line(&String::from_utf8_lossy(&output.stderr))
-                .unwrap_or_else(|| format!("exit status {}", output.status)),
+            reason: reason.unwrap_or_else(|| format!("exit status {}", output.status)),
         })
     }
 }
@@ -388,18 +395,35 @@ pub fn api_method(image: &str) -> Result<ApiMethod> {
     Ok(ApiMethod::from_label(&label))
 }
 
-/// Removes what the simulation started, in reverse order, when dropped (also on error).
+/// Removes what the simulation started, in reverse order, when dropped (also on error); the
+/// logs of the algorithm and evaluation containers are saved first.
 #[derive(Default)]
 struct Started {
     containers: Vec<String>,
     network: Option<String>,
     work: Option<PathBuf>,
+    logs: Option<PathBuf>,
+}
+
+impl Started {
+    /// Saves the container's logs (`<logs>/<role>.log`, the role being what follows the
+    /// simulation's id in its name) unless it is the tester, then removes it.
+    fn remove_container(&mut self, name: &str) {
+        if let Some(logs) = &self.logs {
+            let role = name.rsplit('-').next().unwrap_or(name);
+            if role != "tester" {
+                save_logs(name, &logs.join(format!("{role}.log")));
+            }
+        }
+        let _ = docker(&["rm", "-f", name]);
+        self.containers.retain(|c| c != name);
+    }
 }
 
 impl Drop for Started {
     fn drop(&mut self) {
-        for name in self.containers.iter().rev() {
-            let _ = docker(&["rm", "-f", name]);
+        while let Some(name) = self.containers.last().cloned() {
+            self.remove_container(&name);
         }
         if let Some(net) = &self.network {
             if let Err(e) = docker(&["network", "rm", net]) {
@@ -415,6 +439,23 @@ impl Drop for Started {
             }
         }
     }
+}
+
+/// Writes a container's stdout and stderr to `dest`; best effort, as the logs only help the
+/// user read what happened and must not mask the simulation's own outcome.
+fn save_logs(name: &str, dest: &Path) {
+    let Ok(out) = fs::File::create(dest) else {
+        return;
+    };
+    let Ok(err) = out.try_clone() else {
+        return;
+    };
+    let _ = Command::new("docker")
+        .args(["logs", name])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status();
 }
 
 /// Empties `dir` (creating it) and opens it to `mode`: the containers run as another user. The
@@ -601,17 +642,24 @@ fn wait_healthy(
 }
 
 /// Runs one container to completion with a time limit; `Ok(None)` on exit 0, else the reason
-/// the platform would show.
-fn run_once(name: &str, args: &[OsString], logs: &Path, limit: Duration) -> Result<Option<String>> {
-    let stderr_file = logs.join(format!("{name}.stderr"));
+/// the platform would show. Its stdout and stderr go to `<log_stem>.stdout` and `.stderr`.
+fn run_once(
+    name: &str,
+    args: &[OsString],
+    log_stem: &Path,
+    limit: Duration,
+) -> Result<Option<String>> {
+    let stderr_file = log_stem.with_extension("stderr");
+    let stdout_file = log_stem.with_extension("stdout");
     let stderr = fs::File::create(&stderr_file).map_err(io_err(&stderr_file))?;
+    let stdout = fs::File::create(&stdout_file).map_err(io_err(&stdout_file))?;
     let mut child = Command::new("docker")
         .arg("run")
         .arg("--name")
         .arg(name)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(stderr)
         .spawn()
         .map_err(|e| SimulateError::Docker {
@@ -711,8 +759,10 @@ pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<Sim
     started.work = Some(work.clone());
     let input_dir = work.join("input");
     let output_dir = work.join("output");
-    let logs = work.join("logs");
+    let logs = output.join("logs");
     fs::create_dir_all(&logs).map_err(io_err(&logs))?;
+    started.logs = Some(logs.clone());
+    fs::create_dir_all(&work).map_err(io_err(&work))?;
     set_mode(&work, 0o755)?;
 
     let model_dir = match &opts.model {
@@ -845,7 +895,12 @@ pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<Sim
                 let mut args: Vec<OsString> = vec!["--network".into(), "none".into()];
                 args.extend(alg_args.iter().cloned());
                 args.push(opts.algorithm_image.clone().into());
-                run_once(&format!("{alg_name}-{k}"), &args, &logs, opts.job_timeout)?
+                run_once(
+                    &format!("{alg_name}-{k}"),
+                    &args,
+                    &logs.join(&pk),
+                    opts.job_timeout,
+                )?
             }
         };
         let duration = t0.elapsed();
@@ -906,13 +961,16 @@ pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<Sim
     }
     // The algorithm is done: free its memory (and GPU) before the evaluation.
     if algorithm_api == ApiMethod::Invoke {
-        let _ = docker(&["rm", "-f", &alg_name]);
+        started.remove_container(&alg_name);
     }
 
     write_predictions(&output.join("predictions.json"), &jobs)?;
     if !failed.is_empty() {
         let doc = serde_json::json!({"note": FAILED_JOBS_NOTE, "jobs": failed});
-        let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| SimulateError::Io {
+            path: output.join("failed-jobs.json"),
+            cause: e.into(),
+        })? + "\n";
         write_atomic(&output.join("failed-jobs.json"), text.as_bytes())?;
     }
     if jobs.is_empty() {
@@ -986,7 +1044,12 @@ pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<Sim
             let mut args: Vec<OsString> = vec!["--network".into(), "none".into()];
             args.extend(eval_args);
             args.push(opts.evaluation_image.clone().into());
-            if let Some(reason) = run_once(&eval_name, &args, &logs, opts.job_timeout)? {
+            if let Some(reason) = run_once(
+                &eval_name,
+                &args,
+                &logs.join("evaluation"),
+                opts.job_timeout,
+            )? {
                 return Err(SimulateError::Evaluation(reason));
             }
         }
@@ -1223,6 +1286,59 @@ mod tests {
         fs::create_dir(dir.path().join("series")).unwrap();
         let err = list_cases(dir.path()).unwrap_err().to_string();
         assert!(err.contains("series") && err.contains("DICOM"), "{err}");
+    }
+
+    fn options(dir: &Path) -> SimulateOptions {
+        SimulateOptions {
+            algorithm_image: "no-such-image:never-pulled".into(),
+            evaluation_image: "no-such-image:never-pulled".into(),
+            tester_image: "no-such-image:never-pulled".into(),
+            cases: dir.join("cases"),
+            ground_truth: dir.join("truth.csv"),
+            model: None,
+            gpus: false,
+            memory: "1g".into(),
+            output: dir.join("out"),
+            job_timeout: Duration::from_secs(1),
+            health: HealthPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn settings_are_refused_before_any_container_starts() {
+        // Each error comes before docker is asked anything (the images do not exist).
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("cases")).unwrap();
+        fs::write(dir.path().join("cases/patient_1.mha"), b"x").unwrap();
+        fs::write(dir.path().join("cases/patient_2.mha"), b"x").unwrap();
+        fs::write(
+            dir.path().join("truth.csv"),
+            "case,label\nPatient 1,1\nPatient 3,0\n",
+        )
+        .unwrap();
+        let opts = options(dir.path());
+        let err = simulate(&opts, &mut |_| {}).unwrap_err().to_string();
+        assert!(
+            err.contains("patient_2.mha") && err.contains("no row in the ground truth"),
+            "{err}"
+        );
+        fs::write(
+            dir.path().join("truth.csv"),
+            "case,label\npatient 1,1\npatient_2,0\n",
+        )
+        .unwrap();
+        fs::create_dir_all(dir.path().join("out/old")).unwrap();
+        let err = simulate(&opts, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("is not empty"), "{err}");
+        let opts = SimulateOptions {
+            model: Some(dir.path().join("model.tar.gz")),
+            ..opts
+        };
+        let err = simulate(&opts, &mut |_| {}).unwrap_err().to_string();
+        assert!(
+            err.contains("model.tar.gz") && err.contains("no such file"),
+            "{err}"
+        );
     }
 
     #[test]
