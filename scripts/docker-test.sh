@@ -142,11 +142,15 @@ evaluation() {
 # succeed, the broken one must be reported with its reason, and the evaluation image's metrics
 # must equal the host evaluator's on the same predictions.json.
 simulate() {
-  local image=${IMAGE:-ctgrade:test} eval_image=${EVAL_IMAGE:-ctgrade-eval:test}
-  local eval_exec_image=${EVAL_EXEC_IMAGE:-ctgrade-eval:test-exec}
+  local image=${IMAGE:-ctgrade:test} exec_image=${EXEC_IMAGE:-ctgrade:test-exec}
+  local eval_image=${EVAL_IMAGE:-ctgrade-eval:test} eval_exec_image=${EVAL_EXEC_IMAGE:-ctgrade-eval:test-exec}
   if [ -z "${SKIP_BUILD:-}" ]; then
-    docker build -q --build-arg PREBUILT=target/release/ctgrade --build-arg BUILD_IMAGE="$base" \
-      --build-arg RUNTIME_IMAGE="$base" -t "$image" . >/dev/null
+    local m tag
+    for m in invoke exec; do
+      tag=$image; [ "$m" = exec ] && tag=$exec_image
+      docker build -q --build-arg API_METHOD=$m --build-arg PREBUILT=target/release/ctgrade \
+        --build-arg BUILD_IMAGE="$base" --build-arg RUNTIME_IMAGE="$base" -t "$tag" . >/dev/null
+    done
     docker build -q -f evaluation/Dockerfile --build-arg PREBUILT=target/release/ctgrade-eval \
       --build-arg BUILD_IMAGE="$base" --build-arg RUNTIME_IMAGE="$base" -t "$eval_image" . >/dev/null
     docker build -q -f evaluation/Dockerfile --build-arg API_METHOD=exec \
@@ -170,6 +174,8 @@ simulate() {
     echo "Patient 4,Union Hospital,70,Female,Positive,Regular,Cured"
     echo "Patient 5,Union Hospital,66,Male,Positive,Severe,Cured"
     echo "Patient 6,Union Hospital,58,Female,Positive,Critically ill,Cured"
+    # A patient without a case: a table may cover more cases than are simulated.
+    echo "Patient 7,Union Hospital,39,Male,Negative,Control,Cured"
   } > "$sim/ictcf.csv"
   # The generic shape carries CO-RADS truth, so the second run also compares a real kappa.
   printf 'case,label,co_rads\npatient_1,0,1\npatient_2,0,2\npatient_3,1,3\npatient_4,1,4\npatient_5,1,5\npatient_6,1,5\n' \
@@ -177,10 +183,15 @@ simulate() {
   tar -czf "$sim/model.tar.gz" -C weights/default .
 
   # Run 1: the algorithm image as built (invoke or exec by its label), the invoke evaluation image.
-  # Run 2: the algorithm in the other mode where it can be derived (an unlabelled image gets an
-  # invoke variant running `ctgrade serve`), the exec evaluation image.
+  # Run 2: the algorithm in the other mode, the exec evaluation image. The other mode is the exec
+  # variant when the image is labelled invoke (and the exec variant exists, unlabelled); for an
+  # unlabelled image, an invoke variant derived from it that runs `ctgrade serve`.
   local alg2=$image
-  if [ "$(api_method "$image")" != invoke ]; then
+  if [ "$(api_method "$image")" = invoke ]; then
+    if docker image inspect "$exec_image" >/dev/null 2>&1 && [ -z "$(api_method "$exec_image")" ]; then
+      alg2=$exec_image
+    fi
+  else
     alg2="$image-invoke"
     printf 'FROM %s\nLABEL org.grand-challenge.api-method="invoke"\nEXPOSE 4743\nENTRYPOINT ["/opt/app/ctgrade", "serve"]\n' \
       "$image" | docker build -q -t "$alg2" - >/dev/null
@@ -209,6 +220,8 @@ simulate() {
     ! grep -q 'patient_6' "$out/predictions.json" || fail "run $run: the failed job is in predictions.json"
     grep -q '"case": "patient_6.mha"' "$out/failed-jobs.json" || fail "run $run: failed-jobs.json lacks patient_6.mha"
     grep -q '"reason": ".*DimSize' "$out/failed-jobs.json" || fail "run $run: failed job's reason: $(cat "$out/failed-jobs.json")"
+    [ "$(wc -l < "$out/ground-truth.csv")" = 6 ] \
+      || fail "run $run: ground-truth.csv does not hold exactly the 5 successful cases"
     # The host evaluator on the same predictions.json and ground truth: identical metrics (the
     # bootstrap is seeded), apart from the paths it records.
     target/release/ctgrade-eval -p "$out/predictions.json" -g "$out/ground-truth.csv" \
@@ -221,7 +234,7 @@ simulate() {
     fi
     [ -z "$(docker ps -aq --filter name=ctgrade-sim-)" ] || fail "run $run left containers behind"
     [ -z "$(docker network ls -q --filter name=ctgrade-sim-)" ] || fail "run $run left a network behind"
-    echo "docker-test: simulate run $run ($alg, $ev): 5 jobs, 1 failed as expected, metrics equal the host's," \
+    echo "docker-test: simulate run $run ($alg $(api_method "$alg" | sed 's/^$/exec/'), $ev $(api_method "$ev" | sed 's/^$/exec/')): 5 jobs, 1 failed as expected, metrics equal the host's," \
       "$(grep -E '^    "(auc|qwk)":' "$out/metrics.json" | tr -d ' \n' | sed 's/,$//'), $((SECONDS - t0)) s"
   done
 }

@@ -31,7 +31,7 @@ use crate::case::match_key;
 use crate::error::EvalError;
 use crate::platform::{format_duration, format_time, ImageRef, Job, Socket, SocketValue};
 use crate::predictions::{CO_RADS_SLUG, PROBABILITY_SLUG};
-use crate::truth::{load_ground_truth, write_without_cases};
+use crate::truth::{load_ground_truth, write_only_cases};
 
 /// The label that makes the platform use the invoke API.
 pub const API_METHOD_LABEL: &str = "org.grand-challenge.api-method";
@@ -160,7 +160,8 @@ pub struct SimulateOptions {
     pub tester_image: String,
     /// Folder of cases (`.mha`, `.nii.gz`, `.nii` files).
     pub cases: PathBuf,
-    /// Ground-truth CSV (or a folder holding one), in a format the evaluator reads.
+    /// Ground-truth CSV (or a folder holding one), in a format the evaluator reads; it may hold
+    /// more cases than the cases folder (only the rows of successful jobs are evaluated).
     pub ground_truth: PathBuf,
     /// Optional model tarball, extracted read-only to `/opt/ml/model`.
     pub model: Option<PathBuf>,
@@ -315,7 +316,7 @@ pub struct FailedJob {
 /// The sentence on failed jobs, in `failed-jobs.json` and on stderr.
 pub const FAILED_JOBS_NOTE: &str = "On grand-challenge.org a submission with failed algorithm \
     jobs gets no evaluation (the platform does not start one); this simulation still evaluates \
-    the successful jobs, against the ground truth without the failed cases, so that you see a \
+    the successful jobs, against the ground-truth rows of their cases only, so that you see a \
     score. Fix the failures before submitting.";
 
 /// The outcome of a simulation.
@@ -976,17 +977,27 @@ pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<Sim
     if jobs.is_empty() {
         return Err(SimulateError::NothingSucceeded(failed.len()));
     }
-    // The ground truth the evaluation sees: without the failed cases (a copy otherwise).
-    let failed_keys: HashSet<String> = failed.iter().map(|f| match_key(&f.case)).collect();
+    // The ground truth the evaluation sees: the rows of the successful jobs' cases only. The
+    // evaluator rejects ground-truth cases without a prediction, which on the platform means a
+    // failed job (no evaluation at all there) and here may also mean a folder holding a subset
+    // of the table's cases.
+    let succeeded_keys: HashSet<String> = jobs
+        .iter()
+        .flat_map(|j| &j.inputs)
+        .filter_map(|sv| sv.image.as_ref())
+        .map(|image| match_key(&image.name))
+        .collect();
     let truth_name = truth.path.file_name().map_or_else(
         || "ground-truth.csv".into(),
         |n| n.to_string_lossy().into_owned(),
     );
     let evaluated_truth = output.join("ground-truth.csv");
-    let dropped = write_without_cases(&truth, &failed_keys, &evaluated_truth)?;
+    let dropped = write_only_cases(&truth, &succeeded_keys, &evaluated_truth)?;
     if dropped > 0 {
         log(&format!(
-            "ground truth: {dropped} row(s) of failed cases left out ({})",
+            "ground truth: {dropped} row(s) without a successful job left out ({} failed); the \
+             rows evaluated are in {}",
+            failed.len(),
             evaluated_truth.display()
         ));
     }

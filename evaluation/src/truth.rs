@@ -111,12 +111,13 @@ pub fn load_ground_truth(path: &Path) -> Result<GroundTruth> {
 }
 
 /// Writes a copy of the ground-truth table `truth` (as loaded by [`load_ground_truth`]) to
-/// `dest` without the rows whose case matches (by [`match_key`]) one of `drop_keys`; returns how
-/// many rows were left out. Used when some cases have no prediction and the rest should still be
-/// evaluated. Fields are written trimmed, as they are read.
-pub fn write_without_cases(
+/// `dest` with only the rows whose case matches (by [`match_key`]) one of `keep_keys`; returns
+/// how many rows were left out. Used to evaluate a subset of the cases (those with a
+/// prediction) with the evaluator's strict matching. Fields are written trimmed, as they are
+/// read.
+pub fn write_only_cases(
     truth: &GroundTruth,
-    drop_keys: &HashSet<String>,
+    keep_keys: &HashSet<String>,
     dest: &Path,
 ) -> Result<usize> {
     let path = truth.path.as_path();
@@ -135,10 +136,10 @@ pub fn write_without_cases(
     let mut dropped = 0;
     for record in reader.records() {
         let record = record.map_err(csv_err)?;
-        if drop_keys.contains(&match_key(record.get(case_col).unwrap_or_default())) {
-            dropped += 1;
-        } else {
+        if keep_keys.contains(&match_key(record.get(case_col).unwrap_or_default())) {
             writer.write_record(&record).map_err(csv_err)?;
+        } else {
+            dropped += 1;
         }
     }
     let bytes = writer
@@ -338,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_of_failed_cases_are_left_out_of_a_copy() {
+    fn a_copy_keeps_only_the_chosen_cases() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("truth.csv");
         fs::write(
@@ -347,9 +348,12 @@ mod tests {
         )
         .unwrap();
         let truth = load_ground_truth(&src).unwrap();
-        let drop: HashSet<String> = [match_key("patient_2.mha")].into_iter().collect();
+        let keep: HashSet<String> = ["patient_1.mha", "Patient 3", "patient_9"]
+            .iter()
+            .map(|c| match_key(c))
+            .collect();
         let dest = dir.path().join("out/truth.csv");
-        assert_eq!(write_without_cases(&truth, &drop, &dest).unwrap(), 1);
+        assert_eq!(write_only_cases(&truth, &keep, &dest).unwrap(), 1);
         assert_eq!(
             fs::read_to_string(&dest).unwrap(),
             "Patient ID,Morbidity outcome\nPatient 1,Mild\nPatient 3,Severe\n"
@@ -357,8 +361,8 @@ mod tests {
         let generic = dir.path().join("generic.csv");
         fs::write(&generic, "label,case\n1,a\n0,b\n").unwrap();
         let truth = load_ground_truth(&generic).unwrap();
-        let drop: HashSet<String> = [match_key("a")].into_iter().collect();
-        assert_eq!(write_without_cases(&truth, &drop, &dest).unwrap(), 1);
+        let keep: HashSet<String> = [match_key("b")].into_iter().collect();
+        assert_eq!(write_only_cases(&truth, &keep, &dest).unwrap(), 1);
         assert_eq!(fs::read_to_string(&dest).unwrap(), "label,case\n0,b\n");
     }
 
