@@ -237,6 +237,23 @@ simulate() {
     echo "docker-test: simulate run $run ($alg $(api_method "$alg" | sed 's/^$/exec/'), $ev $(api_method "$ev" | sed 's/^$/exec/')): 5 jobs, 1 failed as expected, metrics equal the host's," \
       "$(grep -E '^    "(auc|qwk)":' "$out/metrics.json" | tr -d ' \n' | sed 's/,$//'), $((SECONDS - t0)) s"
   done
+
+  # SIGTERM while waiting for an algorithm that never becomes healthy: exit 1, nothing left behind.
+  local never=ctgrade-eval-test:never-healthy pid
+  printf 'FROM %s\nLABEL org.grand-challenge.api-method="invoke"\nENTRYPOINT ["sleep", "infinity"]\n' \
+    "$base" | docker build -q -t "$never" - >/dev/null
+  target/release/ctgrade-eval simulate --algorithm-image "$never" --cases "$sim/cases" \
+    --ground-truth "$sim/ictcf.csv" --evaluation-image "$eval_image" --tester-image "$base" \
+    -o "$sim/out3" >"$sim/log3" 2>&1 &
+  pid=$!
+  sleep 3
+  kill -TERM "$pid"
+  rc=0; wait "$pid" || rc=$?
+  docker rmi "$never" >/dev/null
+  [ "$rc" = 1 ] && grep -q "interrupted" "$sim/log3" || { cat "$sim/log3"; fail "simulate on SIGTERM exited $rc"; }
+  [ -z "$(docker ps -aq --filter name=ctgrade-sim-)" ] || fail "an interrupted simulate left containers behind"
+  [ -z "$(docker network ls -q --filter name=ctgrade-sim-)" ] || fail "an interrupted simulate left a network behind"
+  echo "docker-test: simulate interrupted by SIGTERM: exit 1, containers and network removed"
 }
 
 case "$what" in

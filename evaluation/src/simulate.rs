@@ -20,6 +20,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -95,6 +96,9 @@ pub enum SimulateError {
     /// The evaluation container failed.
     #[error("the evaluation failed: {0}")]
     Evaluation(String),
+    /// SIGINT or SIGTERM arrived; what was started has been removed.
+    #[error("interrupted; the containers and the network were removed")]
+    Interrupted,
 }
 
 type Result<T> = std::result::Result<T, SimulateError>;
@@ -613,6 +617,7 @@ fn wait_healthy(
     let url = format!("http://{name}:{INVOKE_PORT}/health");
     let mut last = String::from("no attempt made");
     for attempt in 1..=policy.tries {
+        check_interrupt()?;
         if !is_running(name) {
             return Err(SimulateError::Unhealthy {
                 what,
@@ -633,7 +638,11 @@ fn wait_healthy(
             _ => last = format!("attempt {attempt}: GET /health answered {status}"),
         }
         if attempt < policy.tries {
-            thread::sleep(policy.interval);
+            // In slices, so that an interruption is seen within a tenth of a second.
+            let until = Instant::now() + policy.interval;
+            while Instant::now() < until && !INTERRUPTED.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(100).min(policy.interval));
+            }
         }
     }
     Err(SimulateError::Unhealthy {
@@ -672,6 +681,11 @@ fn run_once(
         if let Some(status) = child.try_wait().map_err(io_err(&stderr_file))? {
             break Some(status);
         }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            let _ = docker(&["rm", "-f", name]);
+            let _ = child.wait();
+            return Err(SimulateError::Interrupted);
+        }
         if start.elapsed() > limit {
             let _ = docker(&["kill", name]);
             let _ = child.wait();
@@ -696,6 +710,39 @@ fn run_once(
     })
 }
 
+/// Set by SIGINT or SIGTERM while a simulation runs.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    // A second signal means "now": leave at once (only async-signal-safe calls here).
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe and takes no pointers.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+/// Makes SIGINT and SIGTERM set [`INTERRUPTED`] instead of killing the process, so that the
+/// simulation stops at its next check and removes its containers and network. The docker
+/// commands it runs get the terminal's Ctrl-C themselves (a caught signal is reset to its
+/// default in a child), so a blocking call returns promptly.
+fn catch_interrupts() {
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only touches an atomic (or calls _exit).
+        unsafe { libc::signal(signal, handler) };
+    }
+}
+
+/// `Err(Interrupted)` once SIGINT or SIGTERM has arrived.
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err(SimulateError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
 /// A short random id for container and network names.
 fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
@@ -708,6 +755,9 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 
 /// Runs the simulation (see the module documentation). `log` receives one progress line per
 /// step and job.
+///
+/// SIGINT and SIGTERM are caught from here on (see [`catch_interrupts`]): the simulation then
+/// stops with [`SimulateError::Interrupted`] after removing what it started.
 pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<SimulationReport> {
     // Everything that can be checked before a container starts.
     let cases = list_cases(&opts.cases)?;
@@ -754,6 +804,7 @@ pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<Sim
         cases.len()
     ));
 
+    catch_interrupts();
     let id = short_id();
     let mut started = Started::default();
     let work = output.join(".simulate");
@@ -846,6 +897,7 @@ pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<Sim
     let mut failed = Vec::new();
     let mut next_pk = 1u64;
     for (k, case) in cases.iter().enumerate() {
+        check_interrupt()?;
         let pk = uuid::Uuid::new_v4().to_string();
         let image_pk = uuid::Uuid::new_v4().to_string();
         let input = ct_input(next_pk, &image_pk, &case.name);
@@ -875,6 +927,8 @@ pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<Sim
             (ApiMethod::Invoke, Some(t)) => {
                 let url = format!("http://{alg_name}:{INVOKE_PORT}/invoke");
                 let (status, body) = t.call("POST", &url, opts.job_timeout)?;
+                // A Ctrl-C also ends the curl call: report the interruption, not its failure.
+                check_interrupt()?;
                 match status {
                     201 => None,
                     // No answer (a time-out, a crash): the container may still be busy with
@@ -1025,6 +1079,7 @@ pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<Sim
     fs::copy(&evaluated_truth, &truth_copy).map_err(io_err(&truth_copy))?;
     set_mode(&truth_copy, 0o644)?;
 
+    check_interrupt()?;
     let mut eval_args = restricted(&opts.memory);
     eval_args.extend(bind(&eval_input, "/input", true));
     eval_args.extend(bind(&eval_truth, "/opt/ml/input/data/ground_truth", true));
@@ -1044,6 +1099,7 @@ pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<Sim
             wait_healthy(t, &eval_name, "evaluation", opts.health)?;
             let url = format!("http://{eval_name}:{INVOKE_PORT}/invoke");
             let (status, body) = t.call("POST", &url, opts.job_timeout)?;
+            check_interrupt()?;
             if status != 201 {
                 let reason = last_line(&body).unwrap_or_default();
                 return Err(SimulateError::Evaluation(format!(
