@@ -21,8 +21,10 @@ What it writes:
   recomputed here, the bootstrap re-implemented with the same xoshiro256++ generator and the
   same resampling rule, each resample evaluated by scikit-learn on explicitly repeated arrays.
 - platform/: a grand-challenge evaluation input in the platform's format (predictions.json with
-  /input/<pk>/output/ files and inline values) and an iCTCF-style patient table, with
-  expected.json, for the end-to-end test of the binary.
+  /input/<pk>/output/ files and inline values; socket values keyed "socket" as today's platform
+  writes them, and the same jobs keyed "interface" as older files are, in
+  predictions-interface.json) and an iCTCF-style patient table, with expected.json, for the
+  end-to-end test of the binary.
 """
 
 import csv
@@ -498,6 +500,13 @@ ICTCF_HEADER = ["Patient ID", "Hospital", "Age", "Gender", "Body temperature", "
                 "SARS-CoV-2 nucleic acids", "Computed tomography (CT)", "Morbidity outcome", "Mortality outcome"]
 
 
+def with_interface_key(job):
+    """A job with each socket value's "socket" key renamed "interface", in place (key order kept)."""
+    def rename(sv):
+        return {("interface" if k == "socket" else k): v for k, v in sv.items()}
+    return {k: ([rename(sv) for sv in v] if k in ("inputs", "outputs") else v) for k, v in job.items()}
+
+
 def platform_fixture(rng, iterations, seed):
     d = OUT / "platform"
     if d.exists():
@@ -524,7 +533,7 @@ def platform_fixture(rng, iterations, seed):
         inline = k % 3 == 0  # some values inline, the rest as files only
         image_pk = str(uuid.UUID(int=int(rng.integers(0, 2**62)) << 32 | k, version=4))
 
-        def interface(title, slug, kind, super_kind, rel):
+        def socket(title, slug, kind, super_kind, rel):
             return {"title": title, "description": "", "slug": slug, "kind": kind, "pk": 100 + len(slug),
                     "default_value": None, "super_kind": super_kind, "relative_path": rel,
                     "overlay_segments": [], "look_up_table": None}
@@ -537,14 +546,14 @@ def platform_fixture(rng, iterations, seed):
                 "file": None,
                 "image": {"pk": image_pk, "name": image_name},
                 "value": None,
-                "interface": interface("CT Image", "ct-image", "Image", "Image", "images/ct"),
+                "socket": socket("CT Image", "ct-image", "Image", "Image", "images/ct"),
             }],
             "outputs": [
                 {"pk": 6000 + k, "file": None, "image": None, "value": prob if inline else None,
-                 "interface": interface("Probability COVID-19", "probability-covid-19", "Float", "Value",
-                                        "probability-covid-19.json")},
+                 "socket": socket("Probability COVID-19", "probability-covid-19", "Float", "Value",
+                                  "probability-covid-19.json")},
                 {"pk": 7000 + k, "file": None, "image": None, "value": co_rads if inline else None,
-                 "interface": interface("CO-RADS score", "co-rads-score", "Integer", "Value", "co-rads-score.json")},
+                 "socket": socket("CO-RADS score", "co-rads-score", "Integer", "Value", "co-rads-score.json")},
             ],
             "status": "Succeeded",
             "rendered_result_text": "",
@@ -566,6 +575,10 @@ def platform_fixture(rng, iterations, seed):
     (d / "input").mkdir(parents=True, exist_ok=True)
     with open(d / "input" / "predictions.json", "w") as f:
         json.dump([jobs[k] for k in order], f, indent=2)
+        f.write("\n")
+    # The same jobs as older platform versions wrote them: the socket object keyed "interface".
+    with open(d / "input" / "predictions-interface.json", "w") as f:
+        json.dump([with_interface_key(jobs[k]) for k in order], f, indent=2)
         f.write("\n")
     write_csv(d / "ground_truth" / "ictcf_patients.csv", ICTCF_HEADER, table)
     m = metrics_of(rows, iterations, seed)

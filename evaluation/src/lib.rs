@@ -6,14 +6,17 @@
 //! 95% bootstrap confidence intervals (patient-clustered), paired bootstrap and DeLong tests
 //! between two prediction sets, and the slice-thickness strata.
 
+pub mod atomic;
 pub mod bootstrap;
 pub mod case;
 pub mod delong;
 pub mod error;
 pub mod evaluate;
 pub mod metrics;
+pub mod platform;
 pub mod plot;
 pub mod predictions;
+pub mod simulate;
 pub mod truth;
 
 pub use error::{EvalError, Result};

@@ -2,10 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::Parser;
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use ctgrade_eval::atomic::write_atomic;
 use ctgrade_eval::plot::{write_plot, RocSeries};
+use ctgrade_eval::simulate::{summarize_metrics, HealthPolicy, SimulateOptions, FAILED_JOBS_NOTE};
 use ctgrade_eval::{evaluate, load_ground_truth, load_predictions, EvalOptions, Report};
 
 /// Ground-truth folder of the platform (the phase's ground-truth tarball is extracted here).
@@ -15,9 +18,89 @@ const LEGACY_GROUND_TRUTH_DIR: &str = "/opt/app/ground-truth/";
 
 /// Evaluate ctgrade predictions against iCTCF (or generic) ground truth: AUC, ROC, QWK,
 /// bootstrap confidence intervals and paired tests. Writes metrics.json.
+///
+/// Without a subcommand it evaluates once and exits (the platform's "exec" mode); `serve` runs
+/// the same evaluation on each POST /invoke (the "invoke" mode); `simulate` runs an algorithm
+/// image and an evaluation image over a folder of cases as the leaderboard would.
 #[derive(Parser, Debug)]
-#[command(name = "ctgrade-eval", version, about)]
+#[command(
+    name = "ctgrade-eval",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    eval: EvalArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the platform's invoke API: GET /health, and POST /invoke runs the evaluation with
+    /// the options below (201 when metrics.json is written, 500 with the reason otherwise).
+    Serve(ServeArgs),
+    /// Run the whole leaderboard locally through docker: the algorithm image on each case (invoke
+    /// or exec mode, by its label), then the evaluation image on the successful jobs. Exit
+    /// status 0 when every job succeeded and the evaluation ran, 2 when some jobs failed (the
+    /// successful ones are still evaluated), 1 on any other error.
+    Simulate(SimulateArgs),
+}
+
+/// Options of `simulate`.
+#[derive(Args, Debug)]
+struct SimulateArgs {
+    /// The algorithm image (invoke mode if it carries LABEL org.grand-challenge.api-method=invoke).
+    #[arg(long, value_name = "IMAGE")]
+    algorithm_image: String,
+    /// Folder of cases: .mha, .nii.gz or .nii files, one job each.
+    #[arg(long, value_name = "DIR")]
+    cases: PathBuf,
+    /// Ground truth of the cases (a CSV the evaluator reads, or a folder holding one).
+    #[arg(long, value_name = "CSV")]
+    ground_truth: PathBuf,
+    /// The evaluation image (invoke mode if labelled, as above).
+    #[arg(long, value_name = "IMAGE")]
+    evaluation_image: String,
+    /// Model tarball, extracted read-only to /opt/ml/model as the platform does.
+    #[arg(long, value_name = "TAR_GZ")]
+    model: Option<PathBuf>,
+    /// Give the algorithm container the GPUs (docker --gpus all).
+    #[arg(long)]
+    gpus: bool,
+    /// Memory limit of the containers (and swap limit, so no swap), as docker --memory.
+    #[arg(long, default_value = "8g")]
+    memory: String,
+    /// Results folder (created; must be empty): predictions.json, <pk>/output/, metrics.json,
+    /// failed-jobs.json, ground-truth.csv (the rows evaluated).
+    #[arg(long, short, value_name = "DIR")]
+    output: PathBuf,
+    /// Image with curl, run on the internal network to call /health and /invoke.
+    #[arg(long, value_name = "IMAGE", default_value = "ctgrade-base:bookworm")]
+    tester_image: String,
+    /// Time limit of one algorithm job and of the evaluation, in seconds (the platform's
+    /// default job limit is one hour).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    job_timeout: u64,
+}
+
+/// Options of `serve`.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (the platform connects from another container).
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = gc_invoke::DEFAULT_PORT)]
+    port: u16,
+    #[command(flatten)]
+    eval: EvalArgs,
+}
+
+/// The evaluation's options (plain `ctgrade-eval` and `serve`).
+#[derive(Args, Debug, Clone)]
+struct EvalArgs {
     /// Predictions: the platform's predictions.json, a `ctgrade run` output folder
     /// (summary.json or <case>/probability-covid-19.json), or a CSV case,probability[,co_rads].
     #[arg(long, short, default_value = "/input/predictions.json")]
@@ -47,7 +130,7 @@ struct Cli {
     ignore_extra_predictions: bool,
 }
 
-fn ground_truth_path(cli: &Cli) -> PathBuf {
+fn ground_truth_path(cli: &EvalArgs) -> PathBuf {
     if let Some(p) = &cli.ground_truth {
         return p.clone();
     }
@@ -146,7 +229,7 @@ fn summary(report: &Report) -> String {
     lines.join("\n")
 }
 
-fn run(cli: &Cli) -> Result<()> {
+fn run(cli: &EvalArgs) -> Result<()> {
     let truth_path = ground_truth_path(cli);
     let truth = load_ground_truth(&truth_path)?;
     let preds = load_predictions(&cli.predictions)?;
@@ -168,12 +251,8 @@ fn run(cli: &Cli) -> Result<()> {
         eprintln!("warning: prediction for '{case}' matches no ground-truth case; skipped");
     }
 
-    if let Some(dir) = cli.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&cli.output, json + "\n")
-        .with_context(|| format!("cannot write {}", cli.output.display()))?;
+    let json = serde_json::to_string_pretty(&report)? + "\n";
+    write_atomic(&cli.output, json.as_bytes())?;
 
     if !cli.plot.is_empty() {
         let m = &report.aggregates.metrics;
@@ -217,10 +296,109 @@ fn run(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// Checks what can be checked before any input exists (serve's start-up): the plot formats and
+/// that the output names a file.
+fn check_options(cli: &EvalArgs) -> Result<()> {
+    if cli.output.file_name().is_none() {
+        bail!("--output {} names no file", cli.output.display());
+    }
+    for p in &cli.plot {
+        let ext = p
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        if !matches!(ext.as_deref(), Some("svg" | "png")) {
+            bail!(
+                "--plot {}: the file name must end in .svg or .png",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `serve`: the evaluation behind the platform's invoke API.
+fn serve(args: ServeArgs) -> Result<()> {
+    let listener = gc_invoke::bind(&args.host, args.port)?;
+    let eval = args.eval;
+    gc_invoke::serve(listener, "ctgrade-eval", move || {
+        check_options(&eval).map_err(|e| format!("{e:#}"))?;
+        Ok(move || {
+            // The platform hands each call an empty /output; when run by hand, a metrics.json
+            // left by an earlier call must not pass for this call's result if this one fails.
+            match std::fs::remove_file(&eval.output) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(format!(
+                        "cannot remove the old {}: {e}",
+                        eval.output.display()
+                    ))
+                }
+            }
+            run(&eval).map_err(|e| format!("ctgrade-eval: error: {e:#}"))
+        })
+    })?;
+    Ok(())
+}
+
+/// `simulate`: prints progress and the aggregates; `Ok(false)` when some jobs failed.
+fn simulate(args: SimulateArgs) -> Result<bool> {
+    let opts = SimulateOptions {
+        algorithm_image: args.algorithm_image,
+        evaluation_image: args.evaluation_image,
+        tester_image: args.tester_image,
+        cases: args.cases,
+        ground_truth: args.ground_truth,
+        model: args.model,
+        gpus: args.gpus,
+        memory: args.memory,
+        output: args.output,
+        job_timeout: Duration::from_secs(args.job_timeout),
+        health: HealthPolicy::default(),
+    };
+    let report = ctgrade_eval::simulate::simulate(&opts, &mut |line| println!("simulate: {line}"))?;
+    println!(
+        "{} job(s) succeeded, {} failed; evaluation in {:?} mode",
+        report.jobs.len(),
+        report.failed.len(),
+        report.evaluation_api
+    );
+    for line in summarize_metrics(&report.metrics) {
+        println!("{line}");
+    }
+    println!("wrote {}", report.output.join("metrics.json").display());
+    if report.failed.is_empty() {
+        return Ok(true);
+    }
+    for f in &report.failed {
+        eprintln!("failed job {} ({}): {}", f.pk, f.case, f.reason);
+    }
+    eprintln!("{FAILED_JOBS_NOTE}");
+    eprintln!(
+        "ctgrade-eval simulate: {} of {} job(s) failed (listed in {}); the platform would not \
+         evaluate this submission",
+        report.failed.len(),
+        report.failed.len() + report.jobs.len(),
+        report.output.join("failed-jobs.json").display()
+    );
+    Ok(false)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match cli.command {
+        None => run(&cli.eval).map(|()| ExitCode::SUCCESS),
+        Some(Command::Serve(args)) => serve(args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Simulate(args)) => simulate(args).map(|all_succeeded| {
+            if all_succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }),
+    };
+    match result {
+        Ok(code) => code,
         Err(e) => {
             // The platform shows the last stderr line: make it one sentence with the cause.
             eprintln!("ctgrade-eval: error: {e:#}");

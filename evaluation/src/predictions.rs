@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::case::case_name;
 use crate::error::{EvalError, Result};
+use crate::platform::socket_field;
 
 /// Slug (and file stem) of the probability output socket.
 pub const PROBABILITY_SLUG: &str = "probability-covid-19";
@@ -167,15 +168,11 @@ fn job_pk(job: &Value) -> Option<String> {
     }
 }
 
-fn interface_field<'a>(socket_value: &'a Value, field: &str) -> Option<&'a str> {
-    socket_value.get("interface")?.get(field)?.as_str()
-}
-
 /// The socket value of an output with slug `slug` (or relative path `<slug>.json`).
 fn find_output<'a>(outputs: &'a [Value], slug: &str) -> Option<&'a Value> {
     outputs.iter().find(|sv| {
-        interface_field(sv, "slug") == Some(slug)
-            || interface_field(sv, "relative_path") == Some(&format!("{slug}.json"))
+        socket_field(sv, "slug") == Some(slug)
+            || socket_field(sv, "relative_path") == Some(&format!("{slug}.json"))
     })
 }
 
@@ -191,7 +188,7 @@ fn socket_value(root: &Path, pk: &str, sv: &Value, what: &str) -> Result<(Value,
     if let Some(v) = sv.get("value").filter(|v| !v.is_null()) {
         return Ok((v.clone(), format!("job {pk}, inline value of '{what}'")));
     }
-    let rel = interface_field(sv, "relative_path").unwrap_or_default();
+    let rel = socket_field(sv, "relative_path").unwrap_or_default();
     if !is_contained(pk) || !is_contained(rel) {
         return Err(EvalError::format(
             root.join("predictions.json"),
@@ -215,7 +212,7 @@ fn image_name(path: &Path, pk: &str, inputs: &[Value]) -> Result<String> {
         .iter()
         .filter_map(|sv| {
             let name = sv.get("image")?.get("name")?.as_str()?;
-            Some((name, interface_field(sv, "slug")))
+            Some((name, socket_field(sv, "slug")))
         })
         .collect();
     match images.as_slice() {

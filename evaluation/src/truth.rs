@@ -1,13 +1,14 @@
 //! Reading ground truth: the iCTCF patient table, or a generic
 //! `case,label[,co_rads][,patient][,slice_thickness_mm]` CSV.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::case::case_name;
+use crate::atomic::write_atomic;
+use crate::case::{case_name, match_key};
 use crate::error::{EvalError, Result};
 use crate::predictions::{co_rads_from_str, find_column, open_csv};
 
@@ -107,6 +108,45 @@ pub fn load_ground_truth(path: &Path) -> Result<GroundTruth> {
             ),
         ))
     }
+}
+
+/// Writes a copy of the ground-truth table `truth` (as loaded by [`load_ground_truth`]) to
+/// `dest` with only the rows whose case matches (by [`match_key`]) one of `keep_keys`; returns
+/// how many rows were left out. Used to evaluate a subset of the cases (those with a
+/// prediction) with the evaluator's strict matching. Fields are written trimmed, as they are
+/// read.
+pub fn write_only_cases(
+    truth: &GroundTruth,
+    keep_keys: &HashSet<String>,
+    dest: &Path,
+) -> Result<usize> {
+    let path = truth.path.as_path();
+    let (mut reader, headers) = open_csv(path)?;
+    let case_col = match truth.format {
+        TruthFormat::Ictcf => find_column(&headers, &["patient id"]),
+        TruthFormat::Generic => find_column(&headers, &["case"]),
+    }
+    .unwrap_or(0);
+    let csv_err = |cause| EvalError::Csv {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(&headers).map_err(csv_err)?;
+    let mut dropped = 0;
+    for record in reader.records() {
+        let record = record.map_err(csv_err)?;
+        if keep_keys.contains(&match_key(record.get(case_col).unwrap_or_default())) {
+            writer.write_record(&record).map_err(csv_err)?;
+        } else {
+            dropped += 1;
+        }
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| EvalError::io(dest, e.into_error()))?;
+    write_atomic(dest, &bytes)?;
+    Ok(dropped)
 }
 
 fn csv_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -296,6 +336,34 @@ mod tests {
         );
         assert_eq!(ictcf_label("Unknown"), None);
         assert_eq!(ictcf_label(""), None);
+    }
+
+    #[test]
+    fn a_copy_keeps_only_the_chosen_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("truth.csv");
+        fs::write(
+            &src,
+            "Patient ID,Morbidity outcome\nPatient 1,Mild\n Patient 2 ,Control\nPatient 3,Severe\n",
+        )
+        .unwrap();
+        let truth = load_ground_truth(&src).unwrap();
+        let keep: HashSet<String> = ["patient_1.mha", "Patient 3", "patient_9"]
+            .iter()
+            .map(|c| match_key(c))
+            .collect();
+        let dest = dir.path().join("out/truth.csv");
+        assert_eq!(write_only_cases(&truth, &keep, &dest).unwrap(), 1);
+        assert_eq!(
+            fs::read_to_string(&dest).unwrap(),
+            "Patient ID,Morbidity outcome\nPatient 1,Mild\nPatient 3,Severe\n"
+        );
+        let generic = dir.path().join("generic.csv");
+        fs::write(&generic, "label,case\n1,a\n0,b\n").unwrap();
+        let truth = load_ground_truth(&generic).unwrap();
+        let keep: HashSet<String> = [match_key("b")].into_iter().collect();
+        assert_eq!(write_only_cases(&truth, &keep, &dest).unwrap(), 1);
+        assert_eq!(fs::read_to_string(&dest).unwrap(), "label,case\n0,b\n");
     }
 
     #[test]

@@ -50,8 +50,9 @@ fn close(a: &Value, b: &Value) -> bool {
     }
 }
 
-#[test]
-fn platform_predictions_json_with_ictcf_truth() {
+/// The platform fixture's metrics (bootstrap 200, seed 11) from `file` in its input folder equal
+/// the scikit-learn goldens.
+fn check_platform_fixture(file: &str) {
     let fx = fixtures().join("platform");
     let expected: Value =
         serde_json::from_str(&fs::read_to_string(fx.join("expected.json")).unwrap()).unwrap();
@@ -60,7 +61,7 @@ fn platform_predictions_json_with_ictcf_truth() {
     let (svg, png) = (tmp.path().join("roc.svg"), tmp.path().join("plots/roc.png"));
     let r = run(&[
         "--predictions",
-        s(&fx.join("input/predictions.json")),
+        s(&fx.join("input").join(file)),
         "--ground-truth",
         s(&fx.join("ground_truth")),
         "--output",
@@ -124,6 +125,18 @@ fn platform_predictions_json_with_ictcf_truth() {
     assert!(svg_text.contains("<polyline") && svg_text.contains("AUC"));
     let png_bytes = fs::read(&png).unwrap();
     assert_eq!(&png_bytes[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+#[test]
+fn platform_predictions_json_with_ictcf_truth() {
+    // Today's shape: socket values keyed "socket".
+    check_platform_fixture("predictions.json");
+}
+
+#[test]
+fn platform_predictions_json_in_the_older_interface_shape() {
+    // The same jobs keyed "interface", as older platform versions wrote them.
+    check_platform_fixture("predictions-interface.json");
 }
 
 #[test]
@@ -316,10 +329,10 @@ fn platform_job_without_output_names_job_and_file() {
         serde_json::json!({
             "pk": pk,
             "inputs": [{"image": {"pk": "i", "name": name}, "value": null, "file": null,
-                        "interface": {"slug": "ct-image", "kind": "Image", "super_kind": "Image",
+                        "socket": {"slug": "ct-image", "kind": "Image", "super_kind": "Image",
                                       "relative_path": "images/ct"}}],
             "outputs": [{"image": null, "value": value, "file": null,
-                         "interface": {"slug": "probability-covid-19", "kind": "Float",
+                         "socket": {"slug": "probability-covid-19", "kind": "Float",
                                        "super_kind": "Value",
                                        "relative_path": "probability-covid-19.json"}}],
             "status": "Succeeded"
