@@ -46,7 +46,9 @@ fn mount<'a>(c: &'a Yaml, pod: &Yaml, volume: &str) -> &'a str {
         .iter()
         .find(|v| v["name"].as_str() == Some(volume))
         .unwrap_or_else(|| panic!("no volume {volume}"));
-    assert!(claim["persistentVolumeClaim"]["claimName"].as_str().is_some());
+    assert!(claim["persistentVolumeClaim"]["claimName"]
+        .as_str()
+        .is_some());
     c["volumeMounts"]
         .as_vec()
         .unwrap()
@@ -70,7 +72,10 @@ fn accepted(args: &[String], env: &[(&str, &str)], expect: &str) {
     for dir in ["data/archive", "data/results"] {
         std::fs::create_dir_all(root.path().join(dir)).unwrap();
     }
-    let args: Vec<String> = args.iter().map(|a| a.replace("/data/", &format!("{r}/data/"))).collect();
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.replace("/data/", &format!("{r}/data/")))
+        .collect();
     let out = Command::new(env!("CARGO_BIN_EXE_ctgrade"))
         .args(&args)
         .envs(env.iter().copied())
@@ -148,20 +153,32 @@ fn slurm_array_and_merge_scripts() {
         "exec --nv",
         "--shard \"auto/${SLURM_ARRAY_TASK_COUNT}\" --skip-done",
     ] {
-        assert!(array.contains(needle), "ctgrade-array.sbatch lacks {needle}");
+        assert!(
+            array.contains(needle),
+            "ctgrade-array.sbatch lacks {needle}"
+        );
     }
     let merge = std::fs::read_to_string(dir.join("ctgrade-merge.sbatch")).unwrap();
     assert!(merge.contains("/opt/app/ctgrade merge /output --output /output"));
 
     // The array task's ctgrade command line, as task 3 of 8 runs it.
-    let args: Vec<String> = ["run", "--input", "/data/archive", "--output", "/data/results"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["--shard".into(), "auto/8".into(), "--skip-done".into()])
-        .collect();
+    let args: Vec<String> = [
+        "run",
+        "--input",
+        "/data/archive",
+        "--output",
+        "/data/results",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--shard".into(), "auto/8".into(), "--skip-done".into()])
+    .collect();
     accepted(
         &args,
-        &[("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_ARRAY_TASK_COUNT", "8")],
+        &[
+            ("SLURM_ARRAY_TASK_ID", "3"),
+            ("SLURM_ARRAY_TASK_COUNT", "8"),
+        ],
         "no CT image found",
     );
 }
