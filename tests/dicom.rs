@@ -1,0 +1,267 @@
+//! The DICOM series reader against SimpleITK's ImageSeriesReader: golden series written by
+//! tools/make_dicom_fixtures.py (each transfer syntax, shuffled names, feet first, oblique,
+//! localizers, jitter, pydicom's real-scanner CT files), and the bad inputs it must refuse with
+//! one line naming the file.
+
+use std::path::{Path, PathBuf};
+
+use ctgrade::volume::dicom::{self, folder_has_dicom, is_dicom_file};
+use ctgrade::volume::{self, ElementType, ReadLimits, Volume};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom")
+}
+
+fn expected() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// SimpleITK's pixel type name as an element type.
+fn sitk_type(name: &str) -> ElementType {
+    match name {
+        "16-bit signed integer" => ElementType::Short,
+        "32-bit signed integer" => ElementType::Int,
+        "64-bit float" => ElementType::Double,
+        other => panic!("pixel type {other} not expected in the fixtures"),
+    }
+}
+
+/// Geometry to 1e-4, values exactly, against the reference `.mha` and `expected.json`.
+fn assert_matches(name: &str, got: &Volume, ty: ElementType) {
+    let reference = volume::read(&fixtures().join(format!("{name}.mha"))).unwrap();
+    let exp = &expected()[name];
+    assert_eq!(got.size, reference.size, "{name}: size");
+    let sizes: Vec<usize> = floats(&exp["size"]).iter().map(|&x| x as usize).collect();
+    assert_eq!(got.size.to_vec(), sizes, "{name}: size");
+    for (what, a, b) in [
+        ("spacing", got.spacing.to_vec(), floats(&exp["spacing"])),
+        ("origin", got.origin.to_vec(), floats(&exp["origin"])),
+        (
+            "direction",
+            got.direction.to_vec(),
+            floats(&exp["direction"]),
+        ),
+    ] {
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-4, "{name}: {what} {a:?} vs SimpleITK {b:?}");
+    }
+    assert_eq!(
+        ty,
+        sitk_type(exp["pixel_type"].as_str().unwrap()),
+        "{name}: element type"
+    );
+    let mismatches = got
+        .data
+        .iter()
+        .zip(&reference.data)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(mismatches, 0, "{name}: voxels differing from SimpleITK's");
+}
+
+fn read_fixture(name: &str) -> (Volume, ElementType) {
+    volume::read_with_type(&fixtures().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn series_match_simpleitk() {
+    for name in [
+        "explicit",
+        "implicit",
+        "deflated",
+        "rle",
+        "jpeg_lossless",
+        "jpeg_lossless_sv1",
+        "bits12_high_bits_set",
+        "signed12_slope2",
+        "feet_first",
+        "oblique",
+        "jitter",
+        "pydicom_ct5n",
+        "pydicom_ct_small",
+    ] {
+        let (vol, ty) = read_fixture(name);
+        assert_matches(name, &vol, ty);
+    }
+}
+
+#[test]
+fn same_volume_as_the_metaimage_it_was_made_from() {
+    let (dcm, ty) = read_fixture("explicit");
+    let mha = volume::read(&fixtures().join("source.mha")).unwrap();
+    assert_eq!(ty, ElementType::Short);
+    assert_eq!(dcm.size, mha.size);
+    assert_eq!(dcm.data, mha.data);
+    for (a, b) in dcm
+        .spacing
+        .iter()
+        .chain(&dcm.origin)
+        .chain(&dcm.direction)
+        .zip(mha.spacing.iter().chain(&mha.origin).chain(&mha.direction))
+    {
+        assert!((a - b).abs() < 1e-4, "{dcm:?} vs {mha:?}");
+    }
+}
+
+#[test]
+fn localizers_are_left_out_with_warnings() {
+    let series = dicom::read_series(&fixtures().join("scout"), &ReadLimits::default()).unwrap();
+    assert_matches("scout", &series.volume, series.element_type);
+    assert_eq!(series.files.len(), 8);
+    let text = series.warnings.join("\n");
+    assert_eq!(series.warnings.len(), 2, "{text}");
+    assert!(text.contains("localizer series"), "{text}");
+    assert!(text.contains("scout_in_series.dcm (32 x 8)"), "{text}");
+}
+
+#[test]
+fn slices_are_ordered_by_position_not_name_or_instance_number() {
+    // The feet-first series is named IM1..IM8 from the head down, and its normal points to the
+    // feet: the first slice (the origin) is the highest one, IM1.
+    let series =
+        dicom::read_series(&fixtures().join("feet_first"), &ReadLimits::default()).unwrap();
+    let names: Vec<String> = series
+        .files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["IM1", "IM2", "IM3", "IM4", "IM5", "IM6", "IM7", "IM8"]
+    );
+    assert_eq!(series.volume.direction[8], -1.0);
+}
+
+/// The error of reading `dir`, checked to be one line naming `names`.
+fn error_of(dir: &Path, names: &str) -> String {
+    let err = volume::read(dir).unwrap_err().to_string();
+    assert!(!err.contains('\n'), "not one line: {err}");
+    assert!(err.contains(names), "{err} does not name {names}");
+    err
+}
+
+#[test]
+fn a_missing_slice_is_refused_with_the_gap() {
+    // SimpleITK reads it, with 7 slices spread over the 8 slices' extent (23.3 mm instead of 20).
+    assert_eq!(expected()["missing_slice"]["spacing"][2], 70.0 / 3.0);
+    let err = error_of(&fixtures().join("missing_slice"), "missing_slice");
+    assert!(
+        err.contains("not evenly spaced") && err.contains("40.0000 mm apart"),
+        "{err}"
+    );
+    // A real scanner's series with one slice far from the others.
+    let err = error_of(&fixtures().join("pydicom_ct2_gap"), "17106");
+    assert!(err.contains("not evenly spaced"), "{err}");
+}
+
+/// A copy of the explicit series in a temporary folder.
+fn explicit_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures().join("explicit")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn bad(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("bad").join(name)).unwrap()
+}
+
+#[test]
+fn bad_files_are_refused_naming_the_file() {
+    // Each bad slice alone in a folder (it is a series of its own).
+    for (file, reason) in [
+        ("no_pixel_data.dcm", "no pixel data"),
+        (
+            "short_pixel_data.dcm",
+            "pixel data has 1024 bytes but the header implies 2048",
+        ),
+        (
+            "unknown_syntax.dcm",
+            "unsupported DICOM transfer syntax unknown (1.2.3.4.5.6.7)",
+        ),
+        (
+            "jpeg_ls.dcm",
+            "unsupported DICOM transfer syntax JPEG-LS Lossless",
+        ),
+        (
+            "jpeg2000.dcm",
+            "unsupported DICOM transfer syntax JPEG 2000 Lossless",
+        ),
+        ("mr.dcm", "modality is MR, not CT"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(file), bad(file)).unwrap();
+        let err = error_of(dir.path(), file);
+        assert!(err.contains(reason), "{file}: {err}");
+    }
+    // A truncated file: half of a good slice.
+    let good = std::fs::read_dir(fixtures().join("explicit"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = std::fs::read(&good).unwrap();
+    for len in [200, 700, bytes.len() / 2, bytes.len() - 1] {
+        let dir = explicit_copy();
+        let name = good.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::write(dir.path().join(&name), &bytes[..len]).unwrap();
+        error_of(dir.path(), &name);
+    }
+}
+
+#[test]
+fn bad_folders_are_refused() {
+    let err = error_of(&fixtures().join("bad/two_series"), "two_series");
+    assert!(err.contains("holds 2 CT series"), "{err}");
+    assert_eq!(err.matches("(2 files)").count(), 2, "{err}");
+    let err = error_of(&fixtures().join("bad/mixed_sizes"), "mixed_sizes");
+    assert!(err.contains("no clear majority"), "{err}");
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("notes.txt"), "not DICOM").unwrap();
+    let err = error_of(empty.path(), "no DICOM file");
+    assert!(!folder_has_dicom(empty.path()), "{err}");
+}
+
+#[test]
+fn limits_are_checked_before_decoding() {
+    let limits = ReadLimits {
+        max_voxels: 32 * 32 * 7,
+        ..ReadLimits::default()
+    };
+    let err = volume::read_with_limits(&fixtures().join("explicit"), &limits)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("[32, 32, 8]") && err.contains("exceeds the limit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn files_are_recognised_by_content() {
+    let scout = fixtures().join("scout");
+    assert!(folder_has_dicom(&scout));
+    assert!(is_dicom_file(&scout.join("scout_in_series.dcm")));
+    // No extension: recognised all the same.
+    assert!(is_dicom_file(&fixtures().join("pydicom_ct5n/2062")));
+    assert!(!is_dicom_file(&fixtures().join("explicit.mha")));
+    assert!(!is_dicom_file(&fixtures().join("explicit")));
+    assert!(!folder_has_dicom(&fixtures()));
+}
