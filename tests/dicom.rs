@@ -265,3 +265,158 @@ fn files_are_recognised_by_content() {
     assert!(!is_dicom_file(&fixtures().join("explicit")));
     assert!(!folder_has_dicom(&fixtures()));
 }
+
+/// Writes `vol` (integer HU, axis-aligned) as a DICOM series of signed 16-bit explicit VR
+/// little endian slices into `dir`, with dicom-object, file names in reverse slice order.
+fn write_series(vol: &Volume, dir: &Path) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+    let [nx, ny, nz] = vol.size;
+    let ds = |x: f64| format!("{x:.10}");
+    for z in 0..nz {
+        let p = vol.index_to_physical([0.0, 0.0, z as f64]);
+        let uid = format!("1.2.826.0.1.3680043.10.1717.9.{z}");
+        let pixels: Vec<u16> = vol.data[z * nx * ny..(z + 1) * nx * ny]
+            .iter()
+            .map(|&v| v as i16 as u16)
+            .collect();
+        let mut obj = InMemDicomObject::new_empty();
+        let text = |tag, vr, value: String| DataElement::new(tag, vr, PrimitiveValue::from(value));
+        for e in [
+            text(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE.into()),
+            text(tags::SOP_INSTANCE_UID, VR::UI, uid.clone()),
+            text(tags::MODALITY, VR::CS, "CT".into()),
+            text(
+                tags::SERIES_INSTANCE_UID,
+                VR::UI,
+                "1.2.826.0.1.3680043.10.1717.9".into(),
+            ),
+            text(
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                format!("{}\\{}\\{}", ds(p[0]), ds(p[1]), ds(p[2])),
+            ),
+            text(
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                "1\\0\\0\\0\\1\\0".into(),
+            ),
+            text(
+                tags::PIXEL_SPACING,
+                VR::DS,
+                format!("{}\\{}", ds(vol.spacing[1]), ds(vol.spacing[0])),
+            ),
+            text(
+                tags::PHOTOMETRIC_INTERPRETATION,
+                VR::CS,
+                "MONOCHROME2".into(),
+            ),
+        ] {
+            obj.put(e);
+        }
+        for (tag, value) in [
+            (tags::ROWS, ny as u16),
+            (tags::COLUMNS, nx as u16),
+            (tags::SAMPLES_PER_PIXEL, 1),
+            (tags::BITS_ALLOCATED, 16),
+            (tags::BITS_STORED, 16),
+            (tags::HIGH_BIT, 15),
+            (tags::PIXEL_REPRESENTATION, 1),
+        ] {
+            obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
+        }
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(pixels.into()),
+        ));
+        let file = obj
+            .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+            .unwrap();
+        file.write_to_file(dir.join(format!("slice{:03}", nz - z)))
+            .unwrap();
+    }
+}
+
+/// The real chest CT as a DICOM series gives the same volume and the same network input as its
+/// `.mha` (so the same probability).
+#[test]
+fn real_ct_as_dicom_preprocesses_like_the_metaimage() {
+    let mha_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real_ct/lung1.mha");
+    let mha = volume::read(&mha_path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_series(&mha, dir.path());
+    let dcm = volume::read(dir.path()).unwrap();
+    assert_eq!(dcm.size, mha.size);
+    assert_eq!(dcm.data, mha.data);
+    for (a, b) in dcm
+        .spacing
+        .iter()
+        .chain(&dcm.origin)
+        .chain(&dcm.direction)
+        .zip(mha.spacing.iter().chain(&mha.origin).chain(&mha.direction))
+    {
+        assert!((a - b).abs() < 1e-9, "{dcm:?} vs {mha:?}");
+    }
+    let spec = ctgrade::preprocess::InputSpec::default();
+    let a = ctgrade::preprocess::preprocess(&dcm, None, &spec).unwrap();
+    let b = ctgrade::preprocess::preprocess(&mha, None, &spec).unwrap();
+    assert_eq!(a.shape, b.shape);
+    let diff = a
+        .input
+        .iter()
+        .zip(&b.input)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff <= 1e-6, "network inputs differ by {diff}");
+}
+
+/// `ctgrade train --data`: a sub-folder holding a DICOM series is the case named after it.
+#[test]
+fn a_series_folder_is_a_training_case() {
+    let data = tempfile::tempdir().unwrap();
+    let case = data.path().join("dcm-case");
+    std::fs::create_dir(&case).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("explicit")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, case.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(
+        fixtures().join("source.mha"),
+        data.path().join("mha-case.mha"),
+    )
+    .unwrap();
+    // A folder without DICOM files is no case.
+    std::fs::create_dir(data.path().join("notes")).unwrap();
+    let labels_path = data.path().join("labels.csv");
+    std::fs::write(&labels_path, "case,co_rads\ndcm-case,3\nmha-case,2\n").unwrap();
+    let labels = ctgrade::train::labels::read_labels(&labels_path).unwrap();
+    let cases = ctgrade::train::data::find_cases(data.path(), &labels).unwrap();
+    assert_eq!(cases.len(), 2);
+    assert_eq!(cases[0].ct, case);
+    assert_eq!(cases[1].ct, data.path().join("mha-case.mha"));
+    std::fs::write(&labels_path, "case,co_rads\nnotes,3\n").unwrap();
+    let labels = ctgrade::train::labels::read_labels(&labels_path).unwrap();
+    let err = ctgrade::train::data::find_cases(data.path(), &labels).unwrap_err();
+    assert!(err.to_string().contains("DICOM folder"), "{err}");
+}
+
+/// `ctgrade info DIR` reads the series.
+#[test]
+fn info_reads_a_series_folder() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctgrade"))
+        .arg("info")
+        .arg(fixtures().join("feet_first"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["size"], serde_json::json!([32, 32, 8]));
+    assert_eq!(info["origin"][2].as_f64(), Some(-597.5));
+}
