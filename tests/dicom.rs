@@ -192,6 +192,10 @@ fn bad_files_are_refused_naming_the_file() {
             "pixel data has 1024 bytes but the header implies 2048",
         ),
         (
+            "too_small_for_its_size.dcm",
+            "bytes, too few for the 16777216 pixels of 16 bits",
+        ),
+        (
             "unknown_syntax.dcm",
             "unsupported DICOM transfer syntax unknown (1.2.3.4.5.6.7)",
         ),

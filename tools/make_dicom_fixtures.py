@@ -16,7 +16,7 @@ series; a localizer mixed into the series and a localizer series beside it; jitt
 a missing slice; signed and unsigned pixels, BitsStored 12 with other bits set above it, integer
 and fractional rescale; a few of pydicom's bundled CT test files (real scanner headers). Bad
 inputs (in bad/): single files derived from a good slice (no pixel data, pixel data too short,
-unknown transfer syntax, JPEG-LS, JPEG 2000, MR modality) and folders (two series, mixed sizes).
+a header claiming 4096 x 4096 pixels, unknown transfer syntax, JPEG-LS, JPEG 2000, MR modality) and folders (two series, mixed sizes).
 
 Run from the repository root:  /tmp/dcmenv/bin/python tools/make_dicom_fixtures.py
 requirements: pydicom==3.0.2 SimpleITK==2.5.7 numpy==2.4.6 python-gdcm==3.2.6
@@ -97,6 +97,7 @@ def make_slice(stored, *, position, row, col, spacing_xy, series, study, instanc
     ds.StudyInstanceUID = study
     ds.SeriesInstanceUID = series
     ds.Modality = modality
+    ds.StudyDate, ds.StudyTime = "20200317", "120000"  # fixed: GDCM would add the time now
     ds.PatientID = "ctgrade-fixture"
     ds.ImageType = list(image_type)
     ds.SeriesDescription = "lung1 downsampled"
@@ -118,7 +119,7 @@ def make_slice(stored, *, position, row, col, spacing_xy, series, study, instanc
     ds.PixelData = np.ascontiguousarray(stored.astype("<i2" if signed else "<u2")).tobytes()
     if ts == RLELossless:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.compress(RLELossless, encoding_plugin="pydicom")
+        ds.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
     return ds
 
 
@@ -313,10 +314,15 @@ def main() -> None:
     good = stack(arr[:1], spacing, origin, signed=True)[0]
     d = copy.deepcopy(good)
     del d.PixelData
+    d.ImageComments = "x" * 2048  # so that the file is as long as the pixels would be
     d.save_as(bad / "no_pixel_data.dcm", enforce_file_format=True)
     d = copy.deepcopy(good)
     d.PixelData = good.PixelData[: len(good.PixelData) // 2]
+    d.ImageComments = "x" * 2048  # so that the file is as long as the pixels would be
     d.save_as(bad / "short_pixel_data.dcm", enforce_file_format=True)
+    d = copy.deepcopy(good)
+    d.Rows, d.Columns = 4096, 4096  # a huge image claimed by a small file
+    d.save_as(bad / "too_small_for_its_size.dcm", enforce_file_format=True)
     d = copy.deepcopy(good)
     d.file_meta.TransferSyntaxUID = "1.2.3.4.5.6.7"
     d.save_as(bad / "unknown_syntax.dcm", enforce_file_format=True, implicit_vr=False,

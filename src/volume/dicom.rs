@@ -343,6 +343,12 @@ fn read_header(path: &Path) -> Result<Option<Slice>, VolumeError> {
     if slope == 0.0 {
         return Err(h.bad("RescaleSlope is 0"));
     }
+    check_file_size(
+        path,
+        &ts,
+        usize::from(rows) * usize::from(cols),
+        bits_allocated,
+    )?;
     let localizer = h
         .opt_string(tags::IMAGE_TYPE)?
         .is_some_and(|t| t.to_ascii_uppercase().contains("LOCALIZER"));
@@ -368,6 +374,34 @@ fn read_header(path: &Path) -> Result<Option<Slice>, VolumeError> {
         high_bit,
         signed,
     }))
+}
+
+/// Refuses a file too small to hold its pixels, before any voxel memory is reserved: a few
+/// bytes of header could otherwise claim 65535 x 65535 pixels. Uncompressed pixel data is in
+/// the file as it is; the encodings bound how much smaller it can get (a 2-byte RLE run gives
+/// at most 128 bytes, JPEG lossless at least 1 bit per sample, deflate at most 1032:1).
+fn check_file_size(path: &Path, ts: &str, pixels: usize, bits: u16) -> Result<(), VolumeError> {
+    let needed = (pixels as u64).saturating_mul(u64::from(bits / 8));
+    let ratio = match ts {
+        "1.2.840.10008.1.2.1.99" => 1032,
+        "1.2.840.10008.1.2.5" => 64,
+        "1.2.840.10008.1.2.4.57" | "1.2.840.10008.1.2.4.70" => 32,
+        _ => 1,
+    };
+    let len = std::fs::metadata(path)
+        .map_err(|e| VolumeError::io(path, "cannot read", e))?
+        .len();
+    if len.saturating_mul(ratio) < needed {
+        return Err(VolumeError::dicom(
+            path,
+            format!(
+                "the file has {len} bytes, too few for the {pixels} pixels of {bits} bits its \
+                 header declares (at least {} bytes)",
+                needed.div_ceil(ratio)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a transfer syntax that is not in [`SUPPORTED_TRANSFER_SYNTAXES`].
