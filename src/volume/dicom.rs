@@ -30,6 +30,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use dicom_core::header::HasLength;
+use dicom_core::{DicomValue, PrimitiveValue};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
@@ -768,30 +769,95 @@ fn decode_slice(slice: &Slice, out: &mut [f32]) -> Result<(), VolumeError> {
     if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
         return Err(VolumeError::dicom(path, "no pixel data (7FE0,0010)"));
     }
-    let decoded = obj.decode_pixel_data().map_err(|e| {
-        VolumeError::dicom(path, format!("cannot decode the pixel data: {}", chain(&e)))
-    })?;
-    if decoded.rows() as usize != slice.rows
-        || decoded.columns() as usize != slice.cols
-        || decoded.bits_allocated() != slice.bits_allocated
-    {
-        return Err(VolumeError::dicom(
-            path,
-            "the file changed while it was read",
-        ));
-    }
     let bytes = usize::from(slice.bits_allocated / 8);
     let expected = out.len() * bytes;
-    let data = decoded.data();
+    // Uncompressed pixel data is converted from the parsed element as it is (no copy); the
+    // encapsulated syntaxes (RLE, JPEG) are decoded by dicom-pixeldata first.
+    let encapsulated = matches!(
+        ts,
+        "1.2.840.10008.1.2.5" | "1.2.840.10008.1.2.4.57" | "1.2.840.10008.1.2.4.70"
+    );
+    let decoded;
+    let bytes_view;
+    let samples =
+        if encapsulated {
+            decoded = obj.decode_pixel_data().map_err(|e| {
+                VolumeError::dicom(path, format!("cannot decode the pixel data: {}", chain(&e)))
+            })?;
+            if decoded.rows() as usize != slice.rows
+                || decoded.columns() as usize != slice.cols
+                || decoded.bits_allocated() != slice.bits_allocated
+            {
+                return Err(VolumeError::dicom(
+                    path,
+                    "the file changed while it was read",
+                ));
+            }
+            Samples::Bytes(decoded.data())
+        } else {
+            match obj.element(tags::PIXEL_DATA).map(|e| e.value()) {
+                Ok(DicomValue::Primitive(PrimitiveValue::U16(v))) if bytes == 2 => Samples::U16(v),
+                Ok(DicomValue::Primitive(p)) => {
+                    bytes_view = p.to_bytes();
+                    Samples::Bytes(&bytes_view)
+                }
+                _ => return Err(VolumeError::dicom(
+                    path,
+                    "the pixel data is encapsulated (fragments), not as its transfer syntax says",
+                )),
+            }
+        };
+    let actual = match samples {
+        Samples::Bytes(b) => b.len(),
+        Samples::U16(v) => v.len() * 2,
+    };
     // Native pixel data may carry one padding byte (even length); anything else is corrupt.
-    if data.len() != expected && !(data.len() == expected + 1 && expected % 2 == 1) {
+    if actual != expected && !(actual == expected + 1 && expected % 2 == 1) {
         return Err(VolumeError::DataLength {
             path: path.into(),
             what: "pixel data",
             expected: expected as u64,
-            actual: data.len() as u64,
+            actual: actual as u64,
         });
     }
+    let value = stored_to_value(slice);
+    match (samples, bytes) {
+        (Samples::U16(v), _) => {
+            let lut = lookup_table(&value);
+            for (o, &r) in out.iter_mut().zip(v) {
+                *o = lut[usize::from(r)];
+            }
+        }
+        (Samples::Bytes(data), 1) => {
+            for (o, &b) in out.iter_mut().zip(data) {
+                *o = value(u32::from(b)) as f32;
+            }
+        }
+        (Samples::Bytes(data), 2) => {
+            let lut = lookup_table(&value);
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
+                *o = lut[usize::from(u16::from_le_bytes([b[0], b[1]]))];
+            }
+        }
+        (Samples::Bytes(data), _) => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
+                *o = value(u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pixel samples of one slice: bytes (little endian), or 16-bit values as parsed.
+#[derive(Clone, Copy)]
+enum Samples<'a> {
+    Bytes(&'a [u8]),
+    U16(&'a [u16]),
+}
+
+/// The value of a raw sample: its `BitsStored` bits below `HighBit`, sign-extended for signed
+/// pixels (GDCM discards the bits above, which may hold overlays), rescaled.
+fn stored_to_value(slice: &Slice) -> impl Fn(u32) -> f64 {
     let shift = u32::from(slice.high_bit + 1 - slice.bits_stored);
     let bits = u32::from(slice.bits_stored);
     let mask: u32 = if bits == 32 {
@@ -800,9 +866,7 @@ fn decode_slice(slice: &Slice, out: &mut [f32]) -> Result<(), VolumeError> {
         (1u32 << bits) - 1
     };
     let (slope, intercept, signed) = (slice.slope, slice.intercept, slice.signed);
-    // The stored value: its bits below HighBit, sign-extended for signed pixels (GDCM discards
-    // the bits above, which may hold overlays).
-    let value = |raw: u32| -> f64 {
+    move |raw: u32| -> f64 {
         let v = (raw >> shift) & mask;
         let v = if signed && bits < 32 && v >> (bits - 1) == 1 {
             i64::from(v) - (1i64 << bits)
@@ -812,25 +876,17 @@ fn decode_slice(slice: &Slice, out: &mut [f32]) -> Result<(), VolumeError> {
             i64::from(v)
         };
         v as f64 * slope + intercept
-    };
-    match bytes {
-        1 => {
-            for (o, &b) in out.iter_mut().zip(data) {
-                *o = value(u32::from(b)) as f32;
-            }
-        }
-        2 => {
-            for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
-                *o = value(u32::from(u16::from_le_bytes([b[0], b[1]]))) as f32;
-            }
-        }
-        _ => {
-            for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
-                *o = value(u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as f32;
-            }
-        }
     }
-    Ok(())
+}
+
+/// The value of every 16-bit raw sample: one table per slice (65536 entries) costs a quarter of
+/// a 512 x 512 slice's conversions and makes the per-pixel work a load.
+fn lookup_table(value: &impl Fn(u32) -> f64) -> Box<[f32; 65536]> {
+    let mut lut = Box::new([0f32; 65536]);
+    for (raw, v) in (0u32..).zip(lut.iter_mut()) {
+        *v = value(raw) as f32;
+    }
+    lut
 }
 
 /// The element type SimpleITK reports: the stored type without rescaling; with an integer
