@@ -196,6 +196,10 @@ fn bad_files_are_refused_naming_the_file() {
             "bytes, too few for the 16777216 pixels of 16 bits",
         ),
         (
+            "huge_element.dcm",
+            "element (0008,0001) claims 4294967280 bytes but only",
+        ),
+        (
             "unknown_syntax.dcm",
             "unsupported DICOM transfer syntax unknown (1.2.3.4.5.6.7)",
         ),

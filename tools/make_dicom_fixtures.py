@@ -16,7 +16,7 @@ series; a localizer mixed into the series and a localizer series beside it; jitt
 a missing slice; signed and unsigned pixels, BitsStored 12 with other bits set above it, integer
 and fractional rescale; a few of pydicom's bundled CT test files (real scanner headers). Bad
 inputs (in bad/): single files derived from a good slice (no pixel data, pixel data too short,
-a header claiming 4096 x 4096 pixels, unknown transfer syntax, JPEG-LS, JPEG 2000, MR modality) and folders (two series, mixed sizes).
+a header claiming 4096 x 4096 pixels, an element claiming 4 GB, unknown transfer syntax, JPEG-LS, JPEG 2000, MR modality) and folders (two series, mixed sizes).
 
 Run from the repository root:  /tmp/dcmenv/bin/python tools/make_dicom_fixtures.py
 requirements: pydicom==3.0.2 SimpleITK==2.5.7 numpy==2.4.6 python-gdcm==3.2.6
@@ -26,6 +26,7 @@ import copy
 import json
 import random
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -323,6 +324,11 @@ def main() -> None:
     d = copy.deepcopy(good)
     d.Rows, d.Columns = 4096, 4096  # a huge image claimed by a small file
     d.save_as(bad / "too_small_for_its_size.dcm", enforce_file_format=True)
+    # An element claiming 4 GB in a 3 KB file (dicom-rs would reserve it before reading).
+    raw = (bad / "short_pixel_data.dcm").read_bytes()
+    meta_end = 144 + struct.unpack("<I", raw[140:144])[0]
+    huge = struct.pack("<HH2sHI", 0x0008, 0x0001, b"OB", 0, 0xFFFFFFF0)
+    (bad / "huge_element.dcm").write_bytes(raw[:meta_end] + huge + raw[meta_end:])
     d = copy.deepcopy(good)
     d.file_meta.TransferSyntaxUID = "1.2.3.4.5.6.7"
     d.save_as(bad / "unknown_syntax.dcm", enforce_file_format=True, implicit_vr=False,

@@ -26,14 +26,16 @@
 //!   SimpleITK.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use dicom_core::header::HasLength;
-use dicom_core::{DicomValue, PrimitiveValue};
+use dicom_core::{DicomValue, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_parser::{StatefulDecode, StatefulDecoder};
 use dicom_pixeldata::PixelDecoder;
+use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 use rayon::prelude::*;
 
 use super::element::ElementType;
@@ -223,12 +225,162 @@ fn scan_folder(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<Slice>, Vol
     Ok(slices)
 }
 
-/// Opens `path` up to (not including) its pixel data.
+/// Opens `path` up to (not including) its pixel data, once its element lengths are checked.
 fn open_header(path: &Path) -> Result<DefaultDicomObject, VolumeError> {
+    check_element_lengths(path)?;
     OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
         .map_err(|e| open_error(path, &e))
+}
+
+/// Deflate's best ratio: an inflated data set is at most this many times its compressed size.
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
+/// Refuses a file any of whose elements (file meta group, data set, pixel data fragments) claims
+/// more bytes than the file can hold. dicom-rs reserves and zero-fills an element's declared
+/// length before reading it, so that one 3 KB file claiming a 4 GB element would take 4 GB and
+/// many seconds; this walk reads the element headers only (dicom-parser) and skips the values.
+/// Other malformations are left to dicom-object, which reports them when it opens the file.
+fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
+    let io = |e| VolumeError::io(path, "cannot read", e);
+    let file_len = std::fs::metadata(path).map_err(io)?.len();
+    let mut reader = BufReader::new(File::open(path).map_err(io)?);
+    let mut preamble = [0u8; 132];
+    if reader.read_exact(&mut preamble).is_err() || &preamble[128..] != b"DICM" {
+        return Ok(());
+    }
+    let Some(explicit) = TransferSyntaxRegistry.get("1.2.840.10008.1.2.1") else {
+        return Ok(());
+    };
+    // The meta group: explicit VR little endian, its length given by its first element.
+    let (meta_end, uid) = {
+        let Ok(mut dec) = StatefulDecoder::new_with_ts(&mut reader, explicit, 132) else {
+            return Ok(());
+        };
+        let Ok(first) = dec.decode_header() else {
+            return Ok(());
+        };
+        if first.tag != Tag(0x0002, 0x0000) || first.len.get() != Some(4) {
+            return Ok(());
+        }
+        let Some(group_length) = dec
+            .read_value(&first)
+            .ok()
+            .and_then(|v| v.to_int::<u32>().ok())
+        else {
+            return Ok(());
+        };
+        let meta_end = dec.position().saturating_add(u64::from(group_length));
+        check_length(
+            path,
+            first.tag,
+            u64::from(group_length),
+            file_len,
+            dec.position(),
+        )?;
+        let mut uid = String::new();
+        while dec.position() < meta_end {
+            let Ok(header) = dec.decode_header() else {
+                return Ok(());
+            };
+            let Some(n) = header.len.get() else {
+                return Ok(());
+            };
+            check_length(path, header.tag, u64::from(n), meta_end, dec.position())?;
+            if header.tag == tags::TRANSFER_SYNTAX_UID {
+                let Ok(v) = dec.read_value(&header) else {
+                    return Ok(());
+                };
+                uid = v.to_str().trim_end_matches('\0').trim().to_string();
+            } else if dec.skip_bytes(n).is_err() {
+                return Ok(());
+            }
+        }
+        (meta_end, uid)
+    };
+    let Some(ts) = TransferSyntaxRegistry.get(&uid) else {
+        return Ok(());
+    };
+    if uid == "1.2.840.10008.1.2.1.99" {
+        // A deflated data set: its elements are bounded by what the rest can inflate to.
+        let bound = file_len
+            .saturating_sub(meta_end)
+            .saturating_mul(DEFLATE_MAX_RATIO);
+        let inflated = flate2::read::DeflateDecoder::new(reader);
+        walk_data_set(path, inflated, explicit, 0, bound)
+    } else {
+        walk_data_set(path, reader, ts, meta_end, file_len)
+    }
+}
+
+/// Checks every element header of a data set read from `source` (at `position`) against
+/// `bound`, the end of the data: values are skipped, sequences and items entered, encapsulated
+/// pixel data fragments skipped.
+fn walk_data_set<S: Read>(
+    path: &Path,
+    source: S,
+    ts: &dicom_transfer_syntax_registry::TransferSyntax,
+    position: u64,
+    bound: u64,
+) -> Result<(), VolumeError> {
+    let Ok(mut dec) = StatefulDecoder::new_with_ts(source, ts, position) else {
+        return Ok(());
+    };
+    let item = Tag(0xFFFE, 0xE000);
+    let sequence_end = Tag(0xFFFE, 0xE0DD);
+    let mut in_fragments = false;
+    // Ends at the end of the data, or at what dicom-object will report as malformed.
+    while let Ok(header) = dec.decode_header() {
+        let at = dec.position();
+        let defined = header.len.get();
+        if let Some(n) = defined {
+            check_length(path, header.tag, u64::from(n), bound, at)?;
+        }
+        let skip = match (header.tag, defined) {
+            (t, _) if t == sequence_end => {
+                in_fragments = false;
+                None
+            }
+            (t, Some(n)) if t == item && in_fragments => Some(n),
+            (t, None) if t == tags::PIXEL_DATA => {
+                in_fragments = true;
+                None
+            }
+            // Items, delimiters, sequences and undefined lengths: their content follows.
+            (t, _) if t.group() == 0xFFFE => None,
+            (_, None) => None,
+            _ if header.vr == VR::SQ => None,
+            (_, Some(n)) => Some(n),
+        };
+        if let Some(n) = skip {
+            if dec.skip_bytes(n).is_err() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An element of `n` bytes at `position` must end by `bound`.
+fn check_length(
+    path: &Path,
+    tag: Tag,
+    n: u64,
+    bound: u64,
+    position: u64,
+) -> Result<(), VolumeError> {
+    let remaining = bound.saturating_sub(position);
+    if n > remaining {
+        return Err(VolumeError::dicom(
+            path,
+            format!(
+                "element {tag} claims {n} bytes but only {remaining} remain: the file is cut \
+                 short or corrupt"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A file that dicom-object cannot open: an unknown transfer syntax as such, else the reason.
@@ -469,7 +621,7 @@ impl Header<'_> {
         VolumeError::dicom(self.path, reason)
     }
 
-    fn opt(&self, tag: dicom_core::Tag) -> Option<&dicom_object::mem::InMemElement> {
+    fn opt(&self, tag: Tag) -> Option<&dicom_object::mem::InMemElement> {
         self.obj.element_opt(tag).ok().flatten()
     }
 
@@ -477,7 +629,7 @@ impl Header<'_> {
         self.bad(format!("no {name} in the header"))
     }
 
-    fn opt_string(&self, tag: dicom_core::Tag) -> Result<Option<String>, VolumeError> {
+    fn opt_string(&self, tag: Tag) -> Result<Option<String>, VolumeError> {
         Ok(self.opt(tag).map(|e| {
             e.to_str()
                 .map(|s| {
@@ -488,14 +640,14 @@ impl Header<'_> {
         }))
     }
 
-    fn string(&self, tag: dicom_core::Tag, name: &str) -> Result<String, VolumeError> {
+    fn string(&self, tag: Tag, name: &str) -> Result<String, VolumeError> {
         match self.opt_string(tag)? {
             Some(s) if !s.is_empty() => Ok(s),
             _ => Err(self.missing(name)),
         }
     }
 
-    fn opt_uint(&self, tag: dicom_core::Tag) -> Result<Option<u16>, VolumeError> {
+    fn opt_uint(&self, tag: Tag) -> Result<Option<u16>, VolumeError> {
         match self.opt(tag) {
             None => Ok(None),
             Some(e) => e.to_int::<u16>().map(Some).map_err(|err| {
@@ -506,11 +658,11 @@ impl Header<'_> {
         }
     }
 
-    fn uint(&self, tag: dicom_core::Tag, name: &str) -> Result<u16, VolumeError> {
+    fn uint(&self, tag: Tag, name: &str) -> Result<u16, VolumeError> {
         self.opt_uint(tag)?.ok_or_else(|| self.missing(name))
     }
 
-    fn opt_float(&self, tag: dicom_core::Tag) -> Result<Option<f64>, VolumeError> {
+    fn opt_float(&self, tag: Tag) -> Result<Option<f64>, VolumeError> {
         match self.opt(tag) {
             None => Ok(None),
             Some(e) if e.is_empty() => Ok(None),
@@ -521,11 +673,7 @@ impl Header<'_> {
         }
     }
 
-    fn floats<const N: usize>(
-        &self,
-        tag: dicom_core::Tag,
-        name: &str,
-    ) -> Result<[f64; N], VolumeError> {
+    fn floats<const N: usize>(&self, tag: Tag, name: &str) -> Result<[f64; N], VolumeError> {
         let e = self.opt(tag).ok_or_else(|| self.missing(name))?;
         let values = e.to_multi_float64().unwrap_or_default();
         match <[f64; N]>::try_from(values.as_slice()) {
