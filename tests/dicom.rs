@@ -428,3 +428,21 @@ fn info_reads_a_series_folder() {
     assert_eq!(info["size"], serde_json::json!([32, 32, 8]));
     assert_eq!(info["origin"][2].as_f64(), Some(-597.5));
 }
+
+/// Inputs the `dicom` fuzz target found a problem with (one folder each): a clean error now
+/// (`rle_segment_too_short`: dicom-rs 0.10's RLE decoder panicked indexing past a short segment).
+#[test]
+fn fuzz_regressions_give_clean_errors() {
+    let dir = fixtures().join("fuzz_regressions");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let case = entry.unwrap().path();
+        let err = volume::read(&case).unwrap_err().to_string();
+        assert!(
+            !err.contains('\n') && err.contains(&*case.to_string_lossy()),
+            "{err}"
+        );
+        n += 1;
+    }
+    assert!(n > 0);
+}

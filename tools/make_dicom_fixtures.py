@@ -200,9 +200,11 @@ def stack(arr, spacing, origin, *, row=(1, 0, 0), col=(0, 1, 0), order=None, jit
 
 
 def main() -> None:
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    # Everything but the fuzzing regressions (kept by hand) is rewritten.
+    OUT.mkdir(parents=True, exist_ok=True)
+    for p in OUT.iterdir():
+        if p.name != "fuzz_regressions":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     arr, spacing, origin = source()
     expected = {"source": {"spacing": list(spacing), "origin": list(origin), "size": list(arr.shape[::-1])}}
 
@@ -358,7 +360,7 @@ def main() -> None:
         s.save_as(mixed / f"{s.SOPInstanceUID}.dcm", enforce_file_format=True)
 
     (OUT / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
-    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())  # regressions too
     print(f"wrote {OUT} ({total / 1e3:.0f} kB)")
 
 

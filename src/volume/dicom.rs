@@ -927,34 +927,45 @@ fn decode_slice(slice: &Slice, out: &mut [f32]) -> Result<(), VolumeError> {
     );
     let decoded;
     let bytes_view;
-    let samples =
-        if encapsulated {
-            decoded = obj.decode_pixel_data().map_err(|e| {
-                VolumeError::dicom(path, format!("cannot decode the pixel data: {}", chain(&e)))
-            })?;
-            if decoded.rows() as usize != slice.rows
-                || decoded.columns() as usize != slice.cols
-                || decoded.bits_allocated() != slice.bits_allocated
-            {
+    let samples = if encapsulated {
+        if ts == "1.2.840.10008.1.2.5" {
+            check_rle(path, &obj, slice)?;
+        }
+        // A decoder's panic on corrupt data (a bug upstream, found by fuzzing) is this
+        // file's error, not the end of the process.
+        decoded =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
+                .map_err(|_| {
+                    VolumeError::dicom(path, "cannot decode the pixel data: the decoder failed")
+                })?
+                .map_err(|e| {
+                    VolumeError::dicom(path, format!("cannot decode the pixel data: {}", chain(&e)))
+                })?;
+        if decoded.rows() as usize != slice.rows
+            || decoded.columns() as usize != slice.cols
+            || decoded.bits_allocated() != slice.bits_allocated
+        {
+            return Err(VolumeError::dicom(
+                path,
+                "the file changed while it was read",
+            ));
+        }
+        Samples::Bytes(decoded.data())
+    } else {
+        match obj.element(tags::PIXEL_DATA).map(|e| e.value()) {
+            Ok(DicomValue::Primitive(PrimitiveValue::U16(v))) if bytes == 2 => Samples::U16(v),
+            Ok(DicomValue::Primitive(p)) => {
+                bytes_view = p.to_bytes();
+                Samples::Bytes(&bytes_view)
+            }
+            _ => {
                 return Err(VolumeError::dicom(
                     path,
-                    "the file changed while it was read",
-                ));
-            }
-            Samples::Bytes(decoded.data())
-        } else {
-            match obj.element(tags::PIXEL_DATA).map(|e| e.value()) {
-                Ok(DicomValue::Primitive(PrimitiveValue::U16(v))) if bytes == 2 => Samples::U16(v),
-                Ok(DicomValue::Primitive(p)) => {
-                    bytes_view = p.to_bytes();
-                    Samples::Bytes(&bytes_view)
-                }
-                _ => return Err(VolumeError::dicom(
-                    path,
                     "the pixel data is encapsulated (fragments), not as its transfer syntax says",
-                )),
+                ))
             }
-        };
+        }
+    };
     let actual = match samples {
         Samples::Bytes(b) => b.len(),
         Samples::U16(v) => v.len() * 2,
@@ -990,6 +1001,69 @@ fn decode_slice(slice: &Slice, out: &mut [f32]) -> Result<(), VolumeError> {
         (Samples::Bytes(data), _) => {
             for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
                 *o = value(u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks RLE fragments for what dicom-rs 0.10's RLE decoder assumes and panics on otherwise (a
+/// fragment under 64 bytes, a segment count or offsets outside the fragment, a segment that
+/// unpacks to fewer bytes than the image has pixels): the 64-byte RLE header (segment count and
+/// offsets, DICOM PS3.5 G.5) and the PackBits run lengths are read, nothing is decoded.
+fn check_rle(path: &Path, obj: &DefaultDicomObject, slice: &Slice) -> Result<(), VolumeError> {
+    let bad =
+        |reason: String| VolumeError::dicom(path, format!("corrupt RLE pixel data: {reason}"));
+    let fragments = match obj.element(tags::PIXEL_DATA).map(|e| e.value()) {
+        Ok(DicomValue::PixelSequence(seq)) => seq.fragments(),
+        _ => return Err(bad("the pixel data is not encapsulated".into())),
+    };
+    let pixels = slice.rows * slice.cols;
+    let segments = usize::from(slice.bits_allocated / 8);
+    if fragments.is_empty() {
+        return Err(bad("no fragment".into()));
+    }
+    let u32_at = |f: &[u8], i: usize| u32::from_le_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
+    for fragment in fragments {
+        if fragment.len() < 64 {
+            return Err(bad(format!(
+                "a fragment of {} bytes (64 at least)",
+                fragment.len()
+            )));
+        }
+        let count = u32_at(fragment, 0) as usize;
+        if !(segments..=15).contains(&count) {
+            return Err(bad(format!(
+                "{count} segments for {segments} byte(s) per pixel"
+            )));
+        }
+        let mut offsets: Vec<usize> = (0..count)
+            .map(|i| u32_at(fragment, 4 + 4 * i) as usize)
+            .collect();
+        offsets.push(fragment.len());
+        for i in 0..segments {
+            let Some(segment) = fragment.get(offsets[i]..offsets[i + 1]) else {
+                return Err(bad(format!("segment {i} outside the fragment")));
+            };
+            // PackBits: n in 0..=127 copies n + 1 bytes, -127..=-1 repeats the next byte 1 - n
+            // times, -128 does nothing.
+            let (mut at, mut unpacked) = (0usize, 0usize);
+            while at < segment.len() {
+                let n = segment[at] as i8;
+                at += 1;
+                if n >= 0 {
+                    let k = n as usize + 1;
+                    unpacked += k.min(segment.len() - at);
+                    at += k;
+                } else if n != -128 {
+                    unpacked += (1 - isize::from(n)) as usize;
+                    at += 1;
+                }
+            }
+            if unpacked < pixels {
+                return Err(bad(format!(
+                    "segment {i} unpacks to {unpacked} bytes, the image has {pixels} pixels"
+                )));
             }
         }
     }
