@@ -33,7 +33,7 @@ use dicom_core::header::HasLength;
 use dicom_core::{DicomValue, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
-use dicom_parser::{StatefulDecode, StatefulDecoder};
+use dicom_parser::{DynStatefulDecoder, StatefulDecode, StatefulDecoder};
 use dicom_pixeldata::PixelDecoder;
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 use rayon::prelude::*;
@@ -308,21 +308,28 @@ fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
             .saturating_sub(meta_end)
             .saturating_mul(DEFLATE_MAX_RATIO);
         let inflated = flate2::read::DeflateDecoder::new(reader);
-        walk_data_set(path, inflated, explicit, 0, bound)
+        walk_data_set(path, inflated, explicit, 0, bound, |dec, _, n| {
+            dec.skip_bytes(n).ok().map(|()| 0)
+        })
     } else {
-        walk_data_set(path, reader, ts, meta_end, file_len)
+        // Seeking past values (pixel data above all) instead of reading them.
+        walk_data_set(path, reader, ts, meta_end, file_len, |dec, at, n| {
+            dec.seek(at + u64::from(n)).ok().map(|()| u64::from(n))
+        })
     }
 }
 
 /// Checks every element header of a data set read from `source` (at `position`) against
 /// `bound`, the end of the data: values are skipped, sequences and items entered, encapsulated
-/// pixel data fragments skipped.
+/// pixel data fragments skipped. `skip(decoder, at, n)` passes over the `n` bytes of a value at
+/// `at`, returning how far the decoder's own position lags behind (a seek does not move it).
 fn walk_data_set<S: Read>(
     path: &Path,
     source: S,
     ts: &dicom_transfer_syntax_registry::TransferSyntax,
     position: u64,
     bound: u64,
+    mut skip: impl FnMut(&mut DynStatefulDecoder<S>, u64, u32) -> Option<u64>,
 ) -> Result<(), VolumeError> {
     let Ok(mut dec) = StatefulDecoder::new_with_ts(source, ts, position) else {
         return Ok(());
@@ -330,14 +337,15 @@ fn walk_data_set<S: Read>(
     let item = Tag(0xFFFE, 0xE000);
     let sequence_end = Tag(0xFFFE, 0xE0DD);
     let mut in_fragments = false;
+    let mut lag = 0u64;
     // Ends at the end of the data, or at what dicom-object will report as malformed.
     while let Ok(header) = dec.decode_header() {
-        let at = dec.position();
+        let at = dec.position() + lag;
         let defined = header.len.get();
         if let Some(n) = defined {
             check_length(path, header.tag, u64::from(n), bound, at)?;
         }
-        let skip = match (header.tag, defined) {
+        let value = match (header.tag, defined) {
             (t, _) if t == sequence_end => {
                 in_fragments = false;
                 None
@@ -353,9 +361,10 @@ fn walk_data_set<S: Read>(
             _ if header.vr == VR::SQ => None,
             (_, Some(n)) => Some(n),
         };
-        if let Some(n) = skip {
-            if dec.skip_bytes(n).is_err() {
-                break;
+        if let Some(n) = value {
+            match skip(&mut dec, at, n) {
+                Some(l) => lag += l,
+                None => break,
             }
         }
     }
