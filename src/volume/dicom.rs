@@ -939,6 +939,8 @@ fn decode_slice(slice: &Slice, out: &mut [f32]) -> Result<(), VolumeError> {
     let samples = if encapsulated {
         if ts == "1.2.840.10008.1.2.5" {
             check_rle(path, &obj, slice)?;
+        } else {
+            check_jpeg(path, &obj, slice)?;
         }
         // A decoder's panic on corrupt data (a bug upstream, found by fuzzing) is this
         // file's error, not the end of the process.
@@ -1075,6 +1077,43 @@ fn check_rle(path: &Path, obj: &DefaultDicomObject, slice: &Slice) -> Result<(),
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks that the JPEG frame has the image's size and one 8- or 16-bit component, as dicom-rs
+/// 0.10's JPEG adapter assumes when it copies the decoded frame (it panics on a larger one); the
+/// frame header is read with jpeg-decoder, nothing is decoded.
+fn check_jpeg(path: &Path, obj: &DefaultDicomObject, slice: &Slice) -> Result<(), VolumeError> {
+    let bad =
+        |reason: String| VolumeError::dicom(path, format!("corrupt JPEG pixel data: {reason}"));
+    let stream: Vec<u8> = match obj.element(tags::PIXEL_DATA).map(|e| e.value()) {
+        Ok(DicomValue::PixelSequence(seq)) => seq.fragments().iter().flatten().copied().collect(),
+        _ => return Err(bad("the pixel data is not encapsulated".into())),
+    };
+    let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(stream));
+    decoder
+        .read_info()
+        .map_err(|e| bad(format!("its header: {e}")))?;
+    let Some(info) = decoder.info() else {
+        return Err(bad("no frame header".into()));
+    };
+    let format_ok = match info.pixel_format {
+        jpeg_decoder::PixelFormat::L8 => slice.bits_allocated == 8,
+        jpeg_decoder::PixelFormat::L16 => slice.bits_allocated == 16,
+        _ => false,
+    };
+    if usize::from(info.width) != slice.cols || usize::from(info.height) != slice.rows || !format_ok
+    {
+        return Err(bad(format!(
+            "a {} x {} {:?} frame in a {} x {} image of {} bits",
+            info.width,
+            info.height,
+            info.pixel_format,
+            slice.cols,
+            slice.rows,
+            slice.bits_allocated
+        )));
     }
     Ok(())
 }
