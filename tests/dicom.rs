@@ -447,3 +447,22 @@ fn fuzz_regressions_give_clean_errors() {
     }
     assert!(n > 0);
 }
+
+#[test]
+fn sheared_stacks_and_duplicate_slices_are_refused() {
+    // SimpleITK reads the sheared stack with the slice normal as its z axis and a spacing of
+    // 20.6 mm, placing every slice 5 mm per slice away from its true position.
+    assert_eq!(expected()["sheared"]["direction"][8], 1.0);
+    let err = error_of(&fixtures().join("sheared"), "sheared");
+    assert!(err.contains("14.04 degrees off their normal"), "{err}");
+    let dir = explicit_copy();
+    let first = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(&first, dir.path().join("copy.dcm")).unwrap();
+    let err = error_of(dir.path(), "copy.dcm");
+    assert!(err.contains("at the same slice position"), "{err}");
+}

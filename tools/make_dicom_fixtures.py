@@ -13,7 +13,7 @@ ctgrade refuses (a missing slice).
 Variants: each transfer syntax; file names that are random (SOP instance UIDs) and shuffled
 InstanceNumbers; a feet-first series (row cosine -x, slices listed from the head down); an oblique
 series; a localizer mixed into the series and a localizer series beside it; jittered positions;
-a missing slice; signed and unsigned pixels, BitsStored 12 with other bits set above it, integer
+a missing slice; a sheared stack; signed and unsigned pixels, BitsStored 12 with other bits set above it, integer
 and fractional rescale; a few of pydicom's bundled CT test files (real scanner headers). Bad
 inputs (in bad/): single files derived from a good slice (no pixel data, pixel data too short,
 a header claiming 4096 x 4096 pixels, an element claiming 4 GB, unknown transfer syntax, JPEG-LS, JPEG 2000, MR modality) and folders (two series, mixed sizes).
@@ -287,6 +287,15 @@ def main() -> None:
                      study=series[0].StudyInstanceUID, instance=1,
                      image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
     loc.save_as(OUT / "scout" / "localizer_series.dcm", enforce_file_format=True)
+
+    # A sheared stack (gantry tilt in the positions only, 14 degrees): ctgrade refuses it,
+    # SimpleITK gives a non-orthogonal direction (recorded).
+    sheared = stack(arr, spacing, origin)
+    for k, ds in enumerate(sheared):
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [ds_str(x), ds_str(y + 5.0 * k), ds_str(z)]
+    write_series("sheared", sheared)
+    expected["sheared"] = geometry(sitk_read(OUT / "sheared"))
 
     # A missing slice: ctgrade refuses it; SimpleITK's reading is recorded for the README.
     gap = stack(arr, spacing, origin)

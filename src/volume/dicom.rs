@@ -14,9 +14,9 @@
 //!   of the row and column cosines of `ImageOrientationPatient`), ascending, as GDCM sorts them;
 //!   never by file name or `InstanceNumber`;
 //! - geometry as ITK: x along the row cosine with spacing `PixelSpacing[1]`, y along the column
-//!   cosine with spacing `PixelSpacing[0]`; the origin is the first slice's position, the slice
-//!   spacing `|last - first| / (n - 1)` and the third direction column `(last - first)`
-//!   normalised (what `itk::ImageSeriesReader` computes). Slices must be evenly spaced (each gap
+//!   cosine with spacing `PixelSpacing[0]`, z along the slice normal; the origin is the first
+//!   slice's position and the slice spacing `|last - first| / (n - 1)` (what
+//!   `itk::ImageSeriesReader` computes). Slices must be evenly spaced (each gap
 //!   within [`SPACING_TOLERANCE`] of that spacing, so position jitter is fine) and stacked along
 //!   their normal (no gantry-tilt shear beyond [`SHEAR_TOLERANCE`]): a missing slice or uneven
 //!   spacing is refused with the gap, where ITK would silently misplace slices;
@@ -835,6 +835,8 @@ fn order_and_measure(
     let last = &slices[slices.len() - 1];
     let step = sub(last.position, first.position);
     let n = slices.len();
+    // The third axis is the slice normal and the spacing the distance from the first slice to
+    // the last over n - 1, as ITK 5.4 computes them.
     let (slice_spacing, third) = if n > 1 {
         let length = norm(step);
         let spacing = length / (n - 1) as f64;
@@ -878,8 +880,7 @@ fn order_and_measure(
                 ),
             ));
         }
-        let third = step.map(|x| x / length);
-        let angle = dot(third, normal).clamp(-1.0, 1.0).acos();
+        let angle = (dot(step, normal) / length).clamp(-1.0, 1.0).acos();
         if angle > SHEAR_TOLERANCE {
             return Err(VolumeError::dicom(
                 dir,
@@ -890,7 +891,7 @@ fn order_and_measure(
                 ),
             ));
         }
-        (spacing, third)
+        (spacing, normal)
     } else {
         // One slice: GDCM takes SpacingBetweenSlices, or 1 (never SliceThickness).
         (first.spacing_between_slices.unwrap_or(1.0), normal)
