@@ -25,7 +25,9 @@ use ctgrade::model::convert::{
 use ctgrade::model::inception::{windowed_mean, I3dHead, Inception, InceptionConfig, I3D_POOL};
 use ctgrade::model::layers::global_avg_pool;
 use ctgrade::model::resnet::ShortcutType;
-use ctgrade::model::{build, expected_tensors, Arch, NetworkConfig};
+use ctgrade::model::{
+    build, expected_tensors, expected_tensors_named, Arch, Naming, NetworkConfig,
+};
 use ctgrade::preprocess::InputSpec;
 use serde::Deserialize;
 
@@ -195,6 +197,11 @@ fn the_engines_3d_resnet_defaults_are_monais() {
     assert_eq!(i3d.i3d_head, Some(I3dHead::Kinetics));
     let dense = resolve_config(Arch::DenseNet201_3d, 3, 1, None).unwrap();
     assert_eq!(dense, NetworkConfig::new(Arch::DenseNet201_3d, 3, 1));
+    // The head form is the I3D's alone; elsewhere it would be silently ignored.
+    let mut googlenet = NetworkConfig::new(Arch::InceptionV1_2d, 3, 1);
+    googlenet.i3d_head = Some(I3dHead::Stoic);
+    let e = expected_tensors_named(&googlenet, Naming::Monai).unwrap_err();
+    assert!(e.to_string().contains("i3d_head"), "{e}");
 }
 
 #[test]
