@@ -107,7 +107,15 @@ algorithm() {
   cp -r test_inputs/images "$cases/ct-interface/"
   sed 's/"socket": {/"interface": {/' test_inputs/inputs.json > "$cases/ct-interface/inputs.json"
   grep -q '"interface"' "$cases/ct-interface/inputs.json" || fail "could not make the old inputs.json"
-  local jobs=(ct lesion broken ct-interface)
+  # A DICOM image set socket (a small series made from the real CT by tools/make_dicom_fixtures.py)
+  # and the same CT as .mha: the same answer.
+  local series=tests/fixtures/dicom/explicit f n=0
+  mkdir -p "$cases/dicom/images/ct" "$cases/dicom-mha/images/ct"
+  for f in "$series"/*; do n=$((n + 1)); cp "$f" "$cases/dicom/images/ct/1.2.826.0.1.3680043.10.1717.$n.dcm"; done
+  printf '[{"pk": "0c2a", "socket": {"slug": "ct-image", "kind": "DICOM Image Set", "super_kind": "Image", "relative_path": "images/ct"}, "value": null, "file": null, "image": {"pk": "5c1e9a70", "name": "series"}}]\n' \
+    > "$cases/dicom/inputs.json"
+  cp "$series.mha" "$cases/dicom-mha/images/ct/5c1e9a70.mha"
+  local jobs=(ct lesion broken ct-interface dicom dicom-mha)
 
   # Exec: one container per job, weights baked into the image; these answers are the reference.
   local job
@@ -129,6 +137,9 @@ algorithm() {
   [[ "$last" == *broken.mha* ]] || fail "exec: last stderr line does not name the file: $last"
   [ -z "$(ls -A "$work/exec/broken")" ] || fail "exec: outputs written for a failed case"
   echo "docker-test: exec image: probability $p, CO-RADS $c; broken input: exit non-zero, last line: $last"
+  cmp -s "$work/exec/dicom/probability-covid-19.json" "$work/exec/dicom-mha/probability-covid-19.json" \
+    || fail "exec: the DICOM series and its .mha gave different answers"
+  echo "docker-test: exec image: DICOM image set socket graded as its .mha ($(cat "$work/exec/dicom/probability-covid-19.json"))"
 
   # Invoke: one server for all jobs, weights from a model tarball at /opt/ml/model, on an internal
   # network with the platform's flags; jobs provisioned into the same bind-mounted folders.
