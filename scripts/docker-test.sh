@@ -292,6 +292,8 @@ simulate() {
   done
   printf 'ObjectType = Image\nNDims = 3\nElementType = MET_SHORT\nElementDataFile = LOCAL\n' \
     > "$sim/cases/patient_6.mha"
+  # A DICOM series folder (the small series made from the real CT): the DICOM image set socket.
+  cp -r tests/fixtures/dicom/explicit "$sim/cases/patient_7"
   {
     echo "Patient ID,Hospital,Age,Gender,SARS-CoV-2 nucleic acids,Morbidity outcome,Mortality outcome"
     echo "Patient 1,Union Hospital,54,Male,Negative,Control,Cured"
@@ -300,11 +302,12 @@ simulate() {
     echo "Patient 4,Union Hospital,70,Female,Positive,Regular,Cured"
     echo "Patient 5,Union Hospital,66,Male,Positive,Severe,Cured"
     echo "Patient 6,Union Hospital,58,Female,Positive,Critically ill,Cured"
-    # A patient without a case: a table may cover more cases than are simulated.
     echo "Patient 7,Union Hospital,39,Male,Negative,Control,Cured"
+    # A patient without a case: a table may cover more cases than are simulated.
+    echo "Patient 8,Union Hospital,44,Female,Negative,Control,Cured"
   } > "$sim/ictcf.csv"
   # The generic shape carries CO-RADS truth, so the second run also compares a real kappa.
-  printf 'case,label,co_rads\npatient_1,0,1\npatient_2,0,2\npatient_3,1,3\npatient_4,1,4\npatient_5,1,5\npatient_6,1,5\n' \
+  printf 'case,label,co_rads\npatient_1,0,1\npatient_2,0,2\npatient_3,1,3\npatient_4,1,4\npatient_5,1,5\npatient_6,1,5\npatient_7,0,1\n' \
     > "$sim/generic.csv"
   tar -czf "$sim/model.tar.gz" -C weights/default .
 
@@ -334,20 +337,21 @@ simulate() {
       --tester-image "$base" --job-timeout 600 -o "$out" >"$sim/log$run" 2>"$sim/err$run" || rc=$?
     cat "$sim/log$run"
     [ "$rc" = 2 ] || { cat "$sim/err$run"; fail "simulate run $run exited $rc, expected 2 (one failed job)"; }
-    grep -q "1 of 6 job(s) failed" "$sim/err$run" || fail "simulate run $run: no failed-job summary on stderr"
-    [ "$(ls "$out"/*/output/probability-covid-19.json | wc -l)" = 5 ] || fail "run $run: not 5 job outputs"
-    [ "$(grep -c '"status": "Succeeded"' "$out/predictions.json")" = 5 ] || fail "run $run: not 5 jobs in predictions.json"
+    grep -q "1 of 7 job(s) failed" "$sim/err$run" || fail "simulate run $run: no failed-job summary on stderr"
+    [ "$(ls "$out"/*/output/probability-covid-19.json | wc -l)" = 6 ] || fail "run $run: not 6 job outputs"
+    [ "$(grep -c '"status": "Succeeded"' "$out/predictions.json")" = 6 ] || fail "run $run: not 6 jobs in predictions.json"
     for key in '"socket": {' '"slug": "ct-image"' '"relative_path": "images/ct"' '"name": "patient_1.mha"' \
                '"slug": "probability-covid-19"' '"relative_path": "probability-covid-19.json"' \
-               '"slug": "co-rads-score"' '"kind": "Integer"' '"started_at": "' '"completed_at": "'; do
+               '"slug": "co-rads-score"' '"kind": "Integer"' '"started_at": "' '"completed_at": "' \
+               '"kind": "DICOM Image Set"' '"name": "patient_7"'; do
       grep -qF "$key" "$out/predictions.json" || fail "run $run: predictions.json lacks $key"
     done
     ! grep -q '"interface"' "$out/predictions.json" || fail "run $run: predictions.json uses the old interface key"
     ! grep -q 'patient_6' "$out/predictions.json" || fail "run $run: the failed job is in predictions.json"
     grep -q '"case": "patient_6.mha"' "$out/failed-jobs.json" || fail "run $run: failed-jobs.json lacks patient_6.mha"
     grep -q '"reason": ".*DimSize' "$out/failed-jobs.json" || fail "run $run: failed job's reason: $(cat "$out/failed-jobs.json")"
-    [ "$(wc -l < "$out/ground-truth.csv")" = 6 ] \
-      || fail "run $run: ground-truth.csv does not hold exactly the 5 successful cases"
+    [ "$(wc -l < "$out/ground-truth.csv")" = 7 ] \
+      || fail "run $run: ground-truth.csv does not hold exactly the 6 successful cases"
     # The host evaluator on the same predictions.json and ground truth: identical metrics (the
     # bootstrap is seeded), apart from the paths it records.
     target/release/ctgrade-eval -p "$out/predictions.json" -g "$out/ground-truth.csv" \
@@ -360,7 +364,7 @@ simulate() {
     fi
     [ -z "$(docker ps -aq --filter name=ctgrade-sim-)" ] || fail "run $run left containers behind"
     [ -z "$(docker network ls -q --filter name=ctgrade-sim-)" ] || fail "run $run left a network behind"
-    echo "docker-test: simulate run $run ($alg $(api_method "$alg" | sed 's/^$/exec/'), $ev $(api_method "$ev" | sed 's/^$/exec/')): 5 jobs, 1 failed as expected, metrics equal the host's," \
+    echo "docker-test: simulate run $run ($alg $(api_method "$alg" | sed 's/^$/exec/'), $ev $(api_method "$ev" | sed 's/^$/exec/')): 6 jobs (one a DICOM series), 1 failed as expected, metrics equal the host's," \
       "$(grep -E '^    "(auc|qwk)":' "$out/metrics.json" | tr -d ' \n' | sed 's/,$//'), $((SECONDS - t0)) s"
   done
 

@@ -13,6 +13,8 @@ use serde_json::Value;
 pub const CT_IMAGE_SLUG: &str = "ct-image";
 /// Folder of the CT image socket under `/input`.
 pub const CT_IMAGE_RELATIVE_PATH: &str = "images/ct";
+/// Kind of a socket holding a DICOM series (one file per slice).
+pub const DICOM_IMAGE_SET_KIND: &str = "DICOM Image Set";
 
 /// The socket object of a socket value: `socket` (today's platform) or `interface` (older
 /// files), whichever is present; `socket` wins when a file carries both.
@@ -52,6 +54,18 @@ impl Socket {
             super_kind: "Image".into(),
             relative_path: CT_IMAGE_RELATIVE_PATH.into(),
             title: Some("CT Image".into()),
+        }
+    }
+
+    /// A CT input socket of the DICOM image set kind, for algorithms configured to take the series
+    /// itself: `/input/images/ct-dicom-image-set/<SOPInstanceUID>.dcm`.
+    pub fn ct_dicom_image_set() -> Self {
+        Socket {
+            slug: "ct-dicom-image-set".into(),
+            kind: DICOM_IMAGE_SET_KIND.into(),
+            super_kind: "Image".into(),
+            relative_path: "images/ct-dicom-image-set".into(),
+            title: Some("CT DICOM Image Set".into()),
         }
     }
 

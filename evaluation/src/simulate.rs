@@ -184,16 +184,49 @@ pub struct SimulateOptions {
 /// One case of the cases folder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaseFile {
-    /// The file.
+    /// The file, or the folder of a DICOM series.
     pub path: PathBuf,
-    /// Its file name (the upload's name: `image.name` of the job).
+    /// Its file or folder name (the upload's name: `image.name` of the job).
     pub name: String,
-    /// Its extension, one of [`CASE_EXTENSIONS`].
-    pub extension: &'static str,
+    /// What it is, which decides the socket it is provisioned to.
+    pub kind: CaseKind,
 }
 
-/// Lists the cases of `dir`, sorted by name; hidden entries are skipped. Anything that is not a
-/// `.mha`, `.nii.gz` or `.nii` file is an error naming it, before any container starts.
+/// What a case is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseKind {
+    /// An image file with this extension, one of [`CASE_EXTENSIONS`]: the CT image socket.
+    Image(&'static str),
+    /// A folder holding a DICOM series: the CT DICOM image set socket, one file per slice.
+    DicomSeries,
+}
+
+/// Whether `path` is a DICOM Part 10 file: the `DICM` marker at byte 128, whatever its name (the
+/// platform and the algorithm recognise DICOM files the same way).
+fn is_dicom_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 132];
+    path.is_file()
+        && fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok()
+        && &head[128..] == b"DICM"
+}
+
+/// The DICOM files directly in `dir`, sorted by name.
+fn dicom_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_dicom_file(p))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Lists the cases of `dir`, sorted by name; hidden entries are skipped. A case is a `.mha`,
+/// `.nii.gz` or `.nii` file, or a folder holding DICOM files (a series); anything else is an error
+/// naming it, before any container starts.
 pub fn list_cases(dir: &Path) -> Result<Vec<CaseFile>> {
     let mut cases = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -207,12 +240,20 @@ pub fn list_cases(dir: &Path) -> Result<Vec<CaseFile>> {
         }
         let lower = name.to_ascii_lowercase();
         if path.is_dir() {
-            return Err(SimulateError::Case {
+            if dicom_files(&path)?.is_empty() {
+                return Err(SimulateError::Case {
+                    path,
+                    reason: "a folder without DICOM files (none has the DICM marker at byte 128): \
+                             a case is an image file or a folder holding one DICOM series"
+                        .into(),
+                });
+            }
+            cases.push(CaseFile {
                 path,
-                reason: "a folder (a DICOM series?) cannot be simulated yet: the platform's DICOM \
-                         socket is not provisioned by simulate; convert the series to .mha"
-                    .into(),
+                name,
+                kind: CaseKind::DicomSeries,
             });
+            continue;
         }
         let Some(extension) = CASE_EXTENSIONS
             .iter()
@@ -232,25 +273,29 @@ pub fn list_cases(dir: &Path) -> Result<Vec<CaseFile>> {
         cases.push(CaseFile {
             path,
             name,
-            extension,
+            kind: CaseKind::Image(extension),
         });
     }
     cases.sort_by(|a, b| a.name.cmp(&b.name));
     crate::case::check_unique(&cases, |c| &c.name, |c| &c.name)?;
     if cases.is_empty() {
         return Err(SimulateError::Usage(format!(
-            "{}: no cases (.mha, .nii.gz or .nii files)",
+            "{}: no cases (.mha, .nii.gz or .nii files, or DICOM series folders)",
             dir.display()
         )));
     }
     Ok(cases)
 }
 
-/// The input socket value of a case: the CT image socket with the uploaded file name.
-pub fn ct_input(pk: u64, image_pk: &str, name: &str) -> SocketValue {
+/// The input socket value of a case: the CT image socket (or, for a DICOM series, the CT DICOM
+/// image set socket) with the uploaded name.
+pub fn ct_input(pk: u64, image_pk: &str, name: &str, kind: CaseKind) -> SocketValue {
     SocketValue {
         pk,
-        socket: Socket::ct_image(),
+        socket: match kind {
+            CaseKind::Image(_) => Socket::ct_image(),
+            CaseKind::DicomSeries => Socket::ct_dicom_image_set(),
+        },
         value: Value::Null,
         file: None,
         image: Some(ImageRef {
@@ -900,7 +945,7 @@ pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<Sim
         check_interrupt()?;
         let pk = uuid::Uuid::new_v4().to_string();
         let image_pk = uuid::Uuid::new_v4().to_string();
-        let input = ct_input(next_pk, &image_pk, &case.name);
+        let input = ct_input(next_pk, &image_pk, &case.name, case.kind);
         next_pk += 1;
         // Provision /input as the platform does: the socket file named by the image's id, and
         // inputs.json; /output starts empty.
@@ -910,9 +955,27 @@ pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<Sim
         for dir in [input_dir.join("images"), socket_dir.clone()] {
             set_mode(&dir, 0o755)?;
         }
-        let dest = socket_dir.join(format!("{image_pk}{}", case.extension));
-        fs::copy(&case.path, &dest).map_err(io_err(&case.path))?;
-        set_mode(&dest, 0o644)?;
+        let files = match case.kind {
+            CaseKind::Image(ext) => vec![(case.path.clone(), format!("{image_pk}{ext}"))],
+            // The platform names each slice <SOPInstanceUID>.dcm; simulate, which parses no DICOM,
+            // keeps each file's own name (the algorithm recognises DICOM files by content).
+            CaseKind::DicomSeries => dicom_files(&case.path)?
+                .into_iter()
+                .map(|f| {
+                    let stem = f
+                        .file_stem()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned();
+                    (f, format!("{stem}.dcm"))
+                })
+                .collect(),
+        };
+        for (from, name) in files {
+            let dest = socket_dir.join(name);
+            fs::copy(&from, &dest).map_err(io_err(&from))?;
+            set_mode(&dest, 0o644)?;
+        }
         let inputs_json =
             serde_json::to_string_pretty(&[&input]).map_err(|e| SimulateError::Io {
                 path: input_dir.join("inputs.json"),
@@ -1191,7 +1254,7 @@ mod tests {
             .collect();
         Job {
             pk: pk.into(),
-            inputs: vec![ct_input(1, "img-1", name)],
+            inputs: vec![ct_input(1, "img-1", name, CaseKind::Image(".mha"))],
             outputs,
             status: "Succeeded".into(),
             started_at: Some("2026-11-30T09:00:00.000000Z".into()),
@@ -1331,16 +1394,14 @@ mod tests {
             fs::write(dir.path().join(name), b"x").unwrap();
         }
         let cases = list_cases(dir.path()).unwrap();
-        let names: Vec<(&str, &str)> = cases
-            .iter()
-            .map(|c| (c.name.as_str(), c.extension))
-            .collect();
+        let names: Vec<(&str, CaseKind)> =
+            cases.iter().map(|c| (c.name.as_str(), c.kind)).collect();
         assert_eq!(
             names,
             [
-                ("a.mha", ".mha"),
-                ("b.nii.gz", ".nii.gz"),
-                ("c.NII", ".nii")
+                ("a.mha", CaseKind::Image(".mha")),
+                ("b.nii.gz", CaseKind::Image(".nii.gz")),
+                ("c.NII", CaseKind::Image(".nii"))
             ]
         );
         fs::write(dir.path().join("d.mhd"), b"x").unwrap();
@@ -1350,9 +1411,24 @@ mod tests {
             "{err}"
         );
         fs::remove_file(dir.path().join("d.mhd")).unwrap();
-        fs::create_dir(dir.path().join("series")).unwrap();
+        let series = dir.path().join("series");
+        fs::create_dir(&series).unwrap();
+        fs::write(series.join("notes.txt"), b"x").unwrap();
         let err = list_cases(dir.path()).unwrap_err().to_string();
         assert!(err.contains("series") && err.contains("DICOM"), "{err}");
+        // A DICOM file: 128 bytes of preamble, then the marker.
+        let mut dcm = vec![0u8; 128];
+        dcm.extend_from_slice(b"DICM\x02\x00");
+        fs::write(series.join("1.2.3"), &dcm).unwrap();
+        let cases = list_cases(dir.path()).unwrap();
+        assert_eq!(cases[3].name, "series");
+        assert_eq!(cases[3].kind, CaseKind::DicomSeries);
+        assert_eq!(
+            ct_input(1, "u", "series", CaseKind::DicomSeries)
+                .socket
+                .kind,
+            "DICOM Image Set"
+        );
     }
 
     fn options(dir: &Path) -> SimulateOptions {
