@@ -11,6 +11,7 @@ pub mod ensemble;
 pub mod fs;
 pub mod gc;
 pub mod grading;
+pub mod heatmap;
 pub mod model;
 pub mod preprocess;
 pub mod synth;

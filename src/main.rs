@@ -295,6 +295,7 @@ fn ensemble_command(cmd: EnsembleCommand) -> Result<()> {
             let manifest = Manifest {
                 name,
                 description,
+                demonstration: false,
                 network,
                 head,
                 input,
