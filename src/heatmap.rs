@@ -23,7 +23,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::grading::Head;
-use crate::model::CamFeatures;
+use crate::model::{Arch, CamFeatures, Family};
 use crate::preprocess::resample::{Grid, IndexMap};
 use crate::preprocess::{PreprocessError, PreprocessReport};
 use crate::volume::Volume;
@@ -40,6 +40,12 @@ pub enum HeatMapError {
     /// The preprocessing geometry cannot be inverted.
     #[error("cannot map the heat map back to the CT's grid: {0}")]
     Geometry(#[from] PreprocessError),
+}
+
+/// Whether heat maps can be made for `arch`: its networks end in a global average pool and a
+/// linear head ([`crate::model::Classifier::cam_features`]).
+pub fn supported(arch: Arch) -> bool {
+    matches!(arch.family(), Family::DenseNet3d | Family::ResNet3d)
 }
 
 /// A Grad-CAM map on the last block's grid, `(d, h, w)` row-major (w fastest), values in [0, 1].
@@ -316,6 +322,14 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "{head:?}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn supported_architectures() {
+        assert!(supported(Arch::DenseNet201_3d));
+        assert!(supported(Arch::ResNet18_3d));
+        assert!(!supported(Arch::DenseNet121_2d));
+        assert!(!supported(Arch::InceptionV1_3d));
     }
 
     #[test]

@@ -187,6 +187,11 @@ fn prepare(args: &RunArgs, keep_loaded: bool) -> Result<(Ensemble, Device, RunOp
     let dir = ensemble::resolve_weights(args.weights.as_deref())?;
     let mut ensemble = Ensemble::open(&dir)?;
     eprintln!("ctgrade: weights from {}", dir.display());
+    // Refused before any case: a heat map asked for cannot be made for these networks.
+    let arch = ensemble.manifest.network.arch;
+    if args.heat_map && !ctgrade::heatmap::supported(arch) {
+        return Err(ctgrade::heatmap::HeatMapError::Unsupported(arch.to_string()).into());
+    }
     let device = args.device.open()?;
     eprintln!(
         "ctgrade: running on {} in {}",

@@ -8,9 +8,12 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
 use common::{ctgrade, make_ensemble, run_args};
 use ctgrade::ensemble::{self, Manifest};
 use ctgrade::grading::Head;
+use ctgrade::model::{self, Arch, NetworkConfig};
 use ctgrade::synth::{phantom, PhantomConfig};
 use ctgrade::volume::{self, ElementType};
 
@@ -283,6 +286,52 @@ fn report_structure_images_and_heat_maps() {
         assert!(hi > 0.5, "{name}: maximum {hi}");
     }
     assert!(!output.join("images/covid-19-heat-map/b.mha").exists());
+}
+
+/// `--heat-map` with networks it cannot explain is refused before any case is graded.
+#[test]
+fn heat_map_refused_for_2d_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = NetworkConfig {
+        arch: Arch::DenseNet121_2d,
+        ..common::tiny_network(Head::Continuous)
+    };
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    model::build(&network, vb).unwrap();
+    let member = dir.path().join("m.safetensors");
+    varmap.save(&member).unwrap();
+    let weights = dir.path().join("ensemble");
+    let manifest = Manifest {
+        name: "2d".into(),
+        description: String::new(),
+        demonstration: false,
+        network,
+        head: Head::Continuous,
+        input: common::tiny_spec(),
+        members: Vec::new(),
+    };
+    ensemble::create(&weights, manifest, &[member]).unwrap();
+    let input = dir.path().join("input");
+    write_phantom(&input.join("a.mha"), 5, 3, false);
+    let output = dir.path().join("output");
+    let mut args = run_args(&input, &output, &weights);
+    args.push("--heat-map");
+    let out = ctgrade(&args, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("heat map not supported for densenet121-2d"),
+        "{stderr}"
+    );
+    assert!(!output.join("probability-covid-19.json").exists());
+    // Without --heat-map the same weights grade.
+    let out = ctgrade(&run_args(&input, &output, &weights), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The demonstration ensemble says so on stderr and in the report; other weights do not.
