@@ -324,6 +324,58 @@ mod tests {
         }
     }
 
+    /// A map at the input's resolution with one hot voxel lands on that voxel's place on the
+    /// resampled grid: crop offset, axis order and kept slices undone.
+    #[test]
+    fn to_grid_inverts_crop_and_slices() {
+        use crate::preprocess::orient::Orientation;
+        use crate::preprocess::{CropBox, InputSpec, StageSeconds};
+        let spec = InputSpec {
+            spacing_mm: 2.0,
+            crop_xy: [6, 5],
+            slices: 4,
+            ..InputSpec::default()
+        };
+        let report = PreprocessReport {
+            spec: spec.clone(),
+            input_size: [10, 9, 8],
+            input_spacing: [2.0; 3],
+            orientation: Orientation::of(&crate::volume::IDENTITY).unwrap(),
+            oblique_resampled: false,
+            resampled_size: [10, 9, 8],
+            resampled_origin: [1.0, -3.0, 5.0],
+            resampled_direction: crate::volume::IDENTITY,
+            lung_volume_ml: 0.0,
+            lung_volume_right_ml: 0.0,
+            lung_volume_left_ml: 0.0,
+            lung_components: 0,
+            lung_z_range: [3, 6],
+            kept_z_range: [3, 6],
+            kept_z_mm: [0.0, 0.0],
+            crop_box: CropBox {
+                x: [2, 8],
+                y: [-1, 4],
+            },
+            sampled_slices: vec![3, 4, 5, 6],
+            seconds: StageSeconds::default(),
+        };
+        let (z, y, x) = (2, 3, 4);
+        let mut cam = Cam {
+            size: [4, 5, 6],
+            data: vec![0.0; 120],
+        };
+        cam.data[x + 6 * (y + 5 * z)] = 1.0;
+        let grid = resampled_grid(&report);
+        let heat = to_grid(&cam, &report, &grid).unwrap();
+        let at = |i: usize, j: usize, k: usize| heat.data[i + 10 * (j + 9 * k)];
+        assert_eq!(at(2 + x, y - 1, 3 + z), 1.0);
+        let total: f32 = heat.data.iter().sum();
+        assert_eq!(total, 1.0, "only that voxel is hot");
+        // Outside the kept slices and the crop box: nothing.
+        assert_eq!(at(2 + x, y - 1, 2), 0.0);
+        assert_eq!(at(1, y - 1, 3 + z), 0.0);
+    }
+
     #[test]
     fn supported_architectures() {
         assert!(supported(Arch::DenseNet201_3d));
