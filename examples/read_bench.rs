@@ -1,5 +1,6 @@
-//! Times `ctgrade::volume::read` on one file (release build), for comparison with
-//! `tools/bench_read.py` (SimpleITK.ReadImage) on the same file.
+//! Times `ctgrade::volume::read` on one file or DICOM series folder (release build), for
+//! comparison with `tools/bench_read.py` (SimpleITK.ReadImage) and `tools/bench_dicom_read.py`
+//! (SimpleITK's ImageSeriesReader) on the same input.
 //!
 //! `cargo run --release --example read_bench -- FILE [RUNS]` prints the time of every run and
 //! the median, in seconds. With `--write OUT` it instead reads FILE and writes it to OUT (any

@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-600}; shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(metaimage nifti metaimage_detached nifti_gz pipeline)
+[ ${#targets[@]} -eq 0 ] && targets=(metaimage nifti metaimage_detached nifti_gz pipeline dicom)
 mkdir -p fuzz/logs
 run() {
   mkdir -p "fuzz/corpus/$1" "fuzz/artifacts/$1"

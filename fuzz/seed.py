@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Seeds the fuzz corpora from the volume test fixtures (standard library only).
+"""Seeds the fuzz corpora from the volume and DICOM test fixtures (standard library only).
 
     python3 fuzz/seed.py        # writes fuzz/corpus/<target>/
 """
@@ -90,4 +90,18 @@ put("pipeline", "chest_raw.mha", chest_mha(half, 12, "28 28 28", compress=False)
 put("pipeline", "chest_flipped.mha", chest_mha(vals, 24, "14 14 14", "-1 0 0 0 1 0 0 0 -1"))
 cos, sin = 0.984807753012208, 0.17364817766693033
 put("pipeline", "chest_oblique.mha", chest_mha(vals, 24, "14 14 14", f"1 0 0 0 {cos} {sin} 0 {-sin} {cos}"))
+# DICOM: files of the DICOM fixtures, one or two per input, each after its 2-byte length.
+def framed(*files):
+    return b"".join(struct.pack("<H", len(f)) + f for f in files)
+
+
+dicom = fixtures.parent / "dicom"
+for folder in sorted(p for p in dicom.rglob("*") if p.is_dir()):
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    if files:
+        put("dicom", f"{folder.name}_1", framed(files[0].read_bytes()))
+    if len(files) > 1:
+        put("dicom", f"{folder.name}_2", framed(files[0].read_bytes(), files[1].read_bytes()))
+for f in sorted((dicom / "bad").glob("*.dcm")):
+    put("dicom", f.stem, framed(f.read_bytes()))
 print("seeded", {d.name: len(list(d.iterdir())) for d in sorted(corpus.iterdir())})

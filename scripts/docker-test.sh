@@ -11,7 +11,7 @@
 # (scripts/make-base-image.sh) from the binary built here (PREBUILT). On a normal machine:
 #   docker build -t ctgrade . && IMAGE=ctgrade SKIP_BUILD=1 scripts/docker-test.sh
 #
-#   scripts/docker-test.sh [algorithm|evaluation|simulate|all]     (default: all)
+#   scripts/docker-test.sh [algorithm|evaluation|simulate|shards|all]     (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -371,11 +371,79 @@ simulate() {
   echo "docker-test: simulate interrupted by SIGTERM: exit 1, containers and network removed"
 }
 
+# An archive in shards, as a Kubernetes Indexed Job runs it: three `--shard auto/3` containers at
+# once over a 9-case batch on one shared output folder, one killed mid-run and restarted with
+# --skip-done, `ctgrade merge`, and the merged summary equal to one process's, case by case.
+shards() {
+  local exec_image=${EXEC_IMAGE:-ctgrade:test-exec} bin=target/release/ctgrade
+  if [ -z "${SKIP_BUILD:-}" ]; then
+    docker build -q --build-arg API_METHOD=exec --build-arg PREBUILT=$bin \
+      --build-arg BUILD_IMAGE="$base" --build-arg RUNTIME_IMAGE="$base" -t "$exec_image" . >/dev/null
+  fi
+  local sh="$work/shards" i
+  mkdir -p "$sh/in" "$sh/shared" "$sh/single"; chmod 777 "$sh/shared" "$sh/single"
+  for i in $(seq 1 9); do
+    "$bin" synth --out "$sh/in/scan-$i.mha" --seed $((40 + i)) --co-rads $(( (i % 5) + 1 )) \
+      --size 320,320,160 --spacing 1,1,2 >/dev/null 2>&1 || fail "ctgrade synth failed"
+  done
+  local name
+  for i in 0 1 2; do
+    name="ctgrade-shard-$$-$i"
+    docker run -d --name "$name" --network none --memory 4g --memory-swap 4g "${flags[@]}" \
+      -e JOB_COMPLETION_INDEX=$i -v "$sh/in:/input:ro" -v "$sh/shared:/output" "$exec_image" \
+      --shard auto/3 >/dev/null
+    containers+=("$name")
+  done
+  # Kill the shard that owns the most cases once it has graded one: a pod lost mid-run.
+  local victim=0 most=0 owned
+  for i in 0 1 2; do
+    for _ in $(seq 100); do
+      owned=$(docker logs "ctgrade-shard-$$-$i" 2>&1 | sed -n "s/.*shard $i\/3 owns \([0-9]*\) of.*/\1/p")
+      [ -n "$owned" ] && break; sleep 0.1
+    done
+    [ -n "$owned" ] || fail "shard $i did not say how many cases it owns"
+    [ "$owned" -gt "$most" ] && { most=$owned; victim=$i; }
+  done
+  [ "$most" -ge 2 ] || fail "no shard owns two cases"
+  name="ctgrade-shard-$$-$victim"
+  until docker logs "$name" 2>&1 | grep -q "CO-RADS [1-5] ("; do
+    [ "$(docker inspect -f '{{.State.Running}}' "$name")" = true ] || break
+    sleep 0.05
+  done
+  docker kill "$name" >/dev/null 2>&1 || true
+  local graded; graded=$(docker logs "$name" 2>&1 | grep -c "CO-RADS [1-5] (" || true)
+  echo "docker-test: shards: killed shard $victim/3 after $graded of its $most cases"
+  for i in 0 1 2; do
+    [ "$i" = "$victim" ] && continue
+    [ "$(docker wait "ctgrade-shard-$$-$i")" = 0 ] || { docker logs "ctgrade-shard-$$-$i"; fail "shard $i/3 failed"; }
+  done
+  [ ! -e "$sh/shared/summary-shard-$victim-of-3.json" ] || [ "$graded" = "$most" ] \
+    || fail "the killed shard left a summary"
+  # The restarted pod: same index, --skip-done.
+  docker run --rm --network none --memory 4g --memory-swap 4g "${flags[@]}" \
+    -e JOB_COMPLETION_INDEX=$victim -v "$sh/in:/input:ro" -v "$sh/shared:/output" "$exec_image" \
+    --shard auto/3 --skip-done 2>"$sh/restart.log" || { cat "$sh/restart.log"; fail "the restarted shard failed"; }
+  local skipped; skipped=$(grep -c "already graded" "$sh/restart.log" || true)
+  [ "$skipped" -ge 1 ] && [ "$skipped" = "$graded" ] \
+    || { cat "$sh/restart.log"; fail "the restarted shard skipped $skipped cases, expected $graded"; }
+  # The merge Job, then one process over the whole batch.
+  docker run --rm --network none "${flags[@]}" -v "$sh/shared:/output" --entrypoint /opt/app/ctgrade \
+    "$exec_image" merge /output --output /output 2>"$sh/merge.log" || { cat "$sh/merge.log"; fail "merge failed"; }
+  docker run --rm --network none --memory 4g --memory-swap 4g "${flags[@]}" \
+    -v "$sh/in:/input:ro" -v "$sh/single:/output" "$exec_image" 2>/dev/null || fail "the single run failed"
+  local fields='^\s*"(case|probability|co_rads|error)":'
+  diff <(grep -E "$fields" "$sh/shared/summary.json") <(grep -E "$fields" "$sh/single/summary.json") \
+    || fail "the merged summary differs from the single run's"
+  [ "$(grep -c '"case":' "$sh/shared/summary.json")" = 9 ] || fail "the merged summary does not hold 9 cases"
+  echo "docker-test: shards: restarted shard skipped $skipped graded case(s); merged summary of 9 cases equals one process's ($(tail -n 1 "$sh/merge.log"))"
+}
+
 case "$what" in
   algorithm) algorithm ;;
   evaluation) evaluation ;;
   simulate) simulate ;;
-  all) algorithm; evaluation; simulate ;;
-  *) fail "unknown target $what (algorithm, evaluation, simulate or all)" ;;
+  shards) shards ;;
+  all) algorithm; evaluation; simulate; shards ;;
+  *) fail "unknown target $what (algorithm, evaluation, simulate, shards or all)" ;;
 esac
 echo "docker-test: OK"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates test_inputs/ with `ctgrade synth` (synthetic chest CT phantoms, src/synth/):
-#   test_inputs/images/ct/<uuid>.mha + test_inputs/inputs.json   one case, as grand-challenge gives it
+#   test_inputs/images/ct/<uuid>.mha + test_inputs/inputs.json   one case, as grand-challenge gives it today
+#                                                                (socket values keyed `socket`)
 #   test_inputs/batch/*.mha                                      four cases (CO-RADS 1, 2, 4, 5)
 # Phantoms are deterministic: rerunning gives byte-identical files.
 # Usage: scripts/make-test-inputs.sh [path/to/ctgrade]   (default: builds the release binary)
@@ -23,7 +24,7 @@ cat > test_inputs/inputs.json <<JSON
 [
   {
     "pk": 1,
-    "interface": {
+    "socket": {
       "title": "CT Image",
       "slug": "ct-image",
       "kind": "Image",

@@ -90,6 +90,20 @@ impl Server {
     fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
+
+    /// Waits until the collected log satisfies `ok` (stderr is read by another thread, so a line
+    /// written before a response may arrive after it).
+    fn wait_log(&self, what: &str, ok: impl Fn(&[String]) -> bool) {
+        let start = Instant::now();
+        while !ok(&self.log()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{what}: {:?}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Server {
@@ -161,14 +175,8 @@ fn serve_grades_jobs_like_run() {
             .iter()
             .map(|f| std::fs::read(output.join(f)).unwrap())
             .collect();
-        assert!(
-            server
-                .log()
-                .iter()
-                .any(|l| l.contains(&format!("(uploaded as upload-{file})"))),
-            "{key}: {:?}",
-            server.log()
-        );
+        let uploaded = format!("(uploaded as upload-{file})");
+        server.wait_log(key, |log| log.iter().any(|l| l.contains(&uploaded)));
 
         // `ctgrade run` on the same input writes the same bytes.
         let run_out = dir.path().join(format!("run{seed}"));
@@ -197,8 +205,9 @@ fn serve_grades_jobs_like_run() {
         assert_eq!(status, 500);
         assert!(body.contains("broken.mha"), "{body}");
         assert_eq!(std::fs::read_dir(&output).unwrap().count(), 0);
-        let last = server.log().last().cloned().unwrap_or_default();
-        assert_eq!(last, body.trim(), "the last stderr line is the reason");
+        server.wait_log("the last stderr line is the reason", |log| {
+            log.last().map(|l| l.as_str()) == Some(body.trim())
+        });
         assert_eq!(server.call("GET", "/health").0, 200);
     }
 

@@ -210,8 +210,8 @@ fn test_inputs_match_their_generator() {
     )
     .expect("inputs.json is JSON");
     let socket = &json[0];
-    assert_eq!(socket["interface"]["relative_path"], "images/ct");
-    assert_eq!(socket["interface"]["slug"], "ct-image");
+    assert_eq!(socket["socket"]["relative_path"], "images/ct");
+    assert_eq!(socket["socket"]["slug"], "ct-image");
     assert_eq!(
         socket["image"]["pk"],
         "3f1c2a9e-5b7d-4e21-9c4a-8d0f6e2b1a57"

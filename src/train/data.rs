@@ -27,9 +27,9 @@ pub struct CaseFile {
     pub lesion: Option<PathBuf>,
 }
 
-/// Matches label rows to the scans in `data` (`<case>.mha`, `.mhd`, `.nii`, `.nii.gz`, directly
-/// in it or in `images/ct/`). Every labelled case must have exactly one scan; scans without a
-/// label are ignored.
+/// Matches label rows to the scans in `data` (`<case>.mha`, `.mhd`, `.nii`, `.nii.gz`, or a
+/// folder `<case>/` of DICOM files, directly in it or in `images/ct/`). Every labelled case must
+/// have exactly one scan; scans without a label are ignored.
 pub fn find_cases(data: &Path, labels: &[LabelRow]) -> Result<Vec<CaseFile>, TrainError> {
     let ct_dir = if data.join("images/ct").is_dir() {
         data.join("images/ct")
@@ -45,6 +45,12 @@ pub fn find_cases(data: &Path, labels: &[LabelRow]) -> Result<Vec<CaseFile>, Tra
         let path = entry.path();
         if path.is_file() {
             if let Some(name) = case_name(&path) {
+                scans.entry(name).or_default().push(path);
+            }
+        } else if path.is_dir() && volume::dicom::folder_has_dicom(&path) {
+            // A DICOM series folder is the case named after the folder.
+            if let Some(name) = path.file_name() {
+                let name = name.to_string_lossy().into_owned();
                 scans.entry(name).or_default().push(path);
             }
         }
@@ -86,7 +92,7 @@ pub fn find_cases(data: &Path, labels: &[LabelRow]) -> Result<Vec<CaseFile>, Tra
         return Err(TrainError::Data {
             path: ct_dir,
             msg: format!(
-                "no scan (.mha, .mhd, .nii, .nii.gz) for {} labelled case(s): {}{}",
+                "no scan (.mha, .mhd, .nii, .nii.gz or DICOM folder) for {} labelled case(s): {}{}",
                 missing.len(),
                 shown.join(", "),
                 if missing.len() > 5 { ", ..." } else { "" }
@@ -174,7 +180,7 @@ pub fn batch_tensor(
 fn cache_key(spec: &InputSpec, case: &CaseFile) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_string(spec).unwrap_or_default());
-    for p in std::iter::once(&case.ct).chain(case.lesion.as_ref()) {
+    let identity = |h: &mut Sha256, p: &Path| {
         h.update(p.to_string_lossy().as_bytes());
         if let Ok(m) = std::fs::metadata(p) {
             h.update(m.len().to_le_bytes());
@@ -182,6 +188,18 @@ fn cache_key(spec: &InputSpec, case: &CaseFile) -> String {
                 if let Ok(d) = t.duration_since(std::time::UNIX_EPOCH) {
                     h.update(d.as_nanos().to_le_bytes());
                 }
+            }
+        }
+    };
+    for p in std::iter::once(&case.ct).chain(case.lesion.as_ref()) {
+        identity(&mut h, p);
+        // A DICOM folder: its files' identities too (the folder's own time changes only when
+        // files are added or removed, not rewritten).
+        if let Ok(entries) = std::fs::read_dir(p) {
+            let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            files.sort();
+            for f in &files {
+                identity(&mut h, f);
             }
         }
     }

@@ -31,7 +31,7 @@ pub enum VolumeError {
     },
     /// The file name has no supported extension.
     #[error(
-        "{}: unsupported file extension (expected .mha, .mhd, .nii or .nii.gz)",
+        "{}: unsupported file extension (expected .mha, .mhd, .nii or .nii.gz, or a folder of DICOM files)",
         path.display()
     )]
     UnknownExtension {
@@ -124,6 +124,28 @@ pub enum VolumeError {
         /// Bytes requested.
         bytes: usize,
     },
+    /// A DICOM file or series cannot be read as a CT volume (see `volume::dicom`).
+    #[error("{}: {reason}", path.display())]
+    Dicom {
+        /// The file, or the folder for a problem of the series.
+        path: PathBuf,
+        /// What is wrong, in one line.
+        reason: String,
+    },
+    /// A DICOM file's transfer syntax (pixel data encoding) is not one the reader decodes.
+    #[error(
+        "{}: unsupported DICOM transfer syntax {name} ({uid}); read are implicit and explicit VR \
+         little endian, deflated, RLE lossless and JPEG lossless",
+        path.display()
+    )]
+    TransferSyntax {
+        /// The file.
+        path: PathBuf,
+        /// The transfer syntax UID.
+        uid: String,
+        /// Its name ("unknown" when not a standard one).
+        name: String,
+    },
     /// A volume cannot be written as asked (bad geometry, size too large for the format).
     #[error("{}: cannot write volume: {reason}", path.display())]
     Unwritable {
@@ -144,6 +166,13 @@ impl VolumeError {
             path: path.into(),
             action,
             error,
+        }
+    }
+
+    pub(crate) fn dicom(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Self::Dicom {
+            path: path.into(),
+            reason: reason.into(),
         }
     }
 

@@ -76,7 +76,8 @@ fn format_of(path: &Path) -> Result<Format, VolumeError> {
     }
 }
 
-/// Reads a volume (`.mha`, `.mhd`, `.nii`, `.nii.gz`, chosen by extension) with default limits.
+/// Reads a volume (`.mha`, `.mhd`, `.nii`, `.nii.gz`, chosen by extension; a folder is read as a
+/// DICOM series, see [`super::dicom`]) with default limits.
 pub fn read(path: &Path) -> Result<Volume, VolumeError> {
     read_with_limits(path, &ReadLimits::default())
 }
@@ -97,6 +98,9 @@ pub fn read_with_type_and_limits(
     path: &Path,
     limits: &ReadLimits,
 ) -> Result<(Volume, ElementType), VolumeError> {
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return super::dicom::read(path, limits);
+    }
     let format = format_of(path)?;
     check_regular_file(path, path)?;
     match format {

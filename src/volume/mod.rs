@@ -1,4 +1,5 @@
-//! Volume I/O: the in-memory CT [`Volume`] and its file formats (MetaImage, NIfTI).
+//! Volume I/O: the in-memory CT [`Volume`] and its file formats (MetaImage, NIfTI; DICOM series
+//! folders for reading).
 //!
 //! Geometry follows ITK / SimpleITK in LPS physical space, the convention of MetaImage and of
 //! grand-challenge.org: the physical point of voxel index `i` is `origin + direction * (spacing ∘ i)`,
@@ -118,6 +119,7 @@ pub struct Stats {
     pub mean: f64,
 }
 
+pub mod dicom;
 mod element;
 mod error;
 pub mod info;

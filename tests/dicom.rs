@@ -1,0 +1,468 @@
+//! The DICOM series reader against SimpleITK's ImageSeriesReader: golden series written by
+//! tools/make_dicom_fixtures.py (each transfer syntax, shuffled names, feet first, oblique,
+//! localizers, jitter, pydicom's real-scanner CT files), and the bad inputs it must refuse with
+//! one line naming the file.
+
+use std::path::{Path, PathBuf};
+
+use ctgrade::volume::dicom::{self, folder_has_dicom, is_dicom_file};
+use ctgrade::volume::{self, ElementType, ReadLimits, Volume};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom")
+}
+
+fn expected() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// SimpleITK's pixel type name as an element type.
+fn sitk_type(name: &str) -> ElementType {
+    match name {
+        "16-bit signed integer" => ElementType::Short,
+        "32-bit signed integer" => ElementType::Int,
+        "64-bit float" => ElementType::Double,
+        other => panic!("pixel type {other} not expected in the fixtures"),
+    }
+}
+
+/// Geometry to 1e-4, values exactly, against the reference `.mha` and `expected.json`.
+fn assert_matches(name: &str, got: &Volume, ty: ElementType) {
+    let reference = volume::read(&fixtures().join(format!("{name}.mha"))).unwrap();
+    let exp = &expected()[name];
+    assert_eq!(got.size, reference.size, "{name}: size");
+    let sizes: Vec<usize> = floats(&exp["size"]).iter().map(|&x| x as usize).collect();
+    assert_eq!(got.size.to_vec(), sizes, "{name}: size");
+    for (what, a, b) in [
+        ("spacing", got.spacing.to_vec(), floats(&exp["spacing"])),
+        ("origin", got.origin.to_vec(), floats(&exp["origin"])),
+        (
+            "direction",
+            got.direction.to_vec(),
+            floats(&exp["direction"]),
+        ),
+    ] {
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-4, "{name}: {what} {a:?} vs SimpleITK {b:?}");
+    }
+    assert_eq!(
+        ty,
+        sitk_type(exp["pixel_type"].as_str().unwrap()),
+        "{name}: element type"
+    );
+    let mismatches = got
+        .data
+        .iter()
+        .zip(&reference.data)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(mismatches, 0, "{name}: voxels differing from SimpleITK's");
+}
+
+fn read_fixture(name: &str) -> (Volume, ElementType) {
+    volume::read_with_type(&fixtures().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn series_match_simpleitk() {
+    for name in [
+        "explicit",
+        "implicit",
+        "deflated",
+        "rle",
+        "jpeg_lossless",
+        "jpeg_lossless_sv1",
+        "bits12_high_bits_set",
+        "signed12_slope2",
+        "feet_first",
+        "oblique",
+        "jitter",
+        "pydicom_ct5n",
+        "pydicom_ct_small",
+    ] {
+        let (vol, ty) = read_fixture(name);
+        assert_matches(name, &vol, ty);
+    }
+}
+
+#[test]
+fn same_volume_as_the_metaimage_it_was_made_from() {
+    let (dcm, ty) = read_fixture("explicit");
+    let mha = volume::read(&fixtures().join("source.mha")).unwrap();
+    assert_eq!(ty, ElementType::Short);
+    assert_eq!(dcm.size, mha.size);
+    assert_eq!(dcm.data, mha.data);
+    for (a, b) in dcm
+        .spacing
+        .iter()
+        .chain(&dcm.origin)
+        .chain(&dcm.direction)
+        .zip(mha.spacing.iter().chain(&mha.origin).chain(&mha.direction))
+    {
+        assert!((a - b).abs() < 1e-4, "{dcm:?} vs {mha:?}");
+    }
+}
+
+#[test]
+fn localizers_are_left_out_with_warnings() {
+    let series = dicom::read_series(&fixtures().join("scout"), &ReadLimits::default()).unwrap();
+    assert_matches("scout", &series.volume, series.element_type);
+    assert_eq!(series.files.len(), 8);
+    let text = series.warnings.join("\n");
+    assert_eq!(series.warnings.len(), 2, "{text}");
+    assert!(text.contains("localizer series"), "{text}");
+    assert!(text.contains("scout_in_series.dcm (32 x 8)"), "{text}");
+}
+
+#[test]
+fn slices_are_ordered_by_position_not_name_or_instance_number() {
+    // The feet-first series is named IM1..IM8 from the head down, and its normal points to the
+    // feet: the first slice (the origin) is the highest one, IM1.
+    let series =
+        dicom::read_series(&fixtures().join("feet_first"), &ReadLimits::default()).unwrap();
+    let names: Vec<String> = series
+        .files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["IM1", "IM2", "IM3", "IM4", "IM5", "IM6", "IM7", "IM8"]
+    );
+    assert_eq!(series.volume.direction[8], -1.0);
+}
+
+/// The error of reading `dir`, checked to be one line naming `names`.
+fn error_of(dir: &Path, names: &str) -> String {
+    let err = volume::read(dir).unwrap_err().to_string();
+    assert!(!err.contains('\n'), "not one line: {err}");
+    assert!(err.contains(names), "{err} does not name {names}");
+    err
+}
+
+#[test]
+fn a_missing_slice_is_refused_with_the_gap() {
+    // SimpleITK reads it, with 7 slices spread over the 8 slices' extent (23.3 mm instead of 20).
+    assert_eq!(expected()["missing_slice"]["spacing"][2], 70.0 / 3.0);
+    let err = error_of(&fixtures().join("missing_slice"), "missing_slice");
+    assert!(
+        err.contains("not evenly spaced") && err.contains("40.0000 mm apart"),
+        "{err}"
+    );
+    // A real scanner's series with one slice far from the others.
+    let err = error_of(&fixtures().join("pydicom_ct2_gap"), "17106");
+    assert!(err.contains("not evenly spaced"), "{err}");
+}
+
+/// A copy of the explicit series in a temporary folder.
+fn explicit_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures().join("explicit")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn bad(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("bad").join(name)).unwrap()
+}
+
+#[test]
+fn bad_files_are_refused_naming_the_file() {
+    // Each bad slice alone in a folder (it is a series of its own).
+    for (file, reason) in [
+        ("no_pixel_data.dcm", "no pixel data"),
+        (
+            "short_pixel_data.dcm",
+            "pixel data has 1024 bytes but the header implies 2048",
+        ),
+        (
+            "too_small_for_its_size.dcm",
+            "bytes, too few for the 16777216 pixels of 16 bits",
+        ),
+        (
+            "huge_element.dcm",
+            "element (0008,0001) claims 4294967280 bytes but only",
+        ),
+        (
+            "unknown_syntax.dcm",
+            "unsupported DICOM transfer syntax unknown (1.2.3.4.5.6.7)",
+        ),
+        (
+            "jpeg_ls.dcm",
+            "unsupported DICOM transfer syntax JPEG-LS Lossless",
+        ),
+        (
+            "jpeg2000.dcm",
+            "unsupported DICOM transfer syntax JPEG 2000 Lossless",
+        ),
+        ("mr.dcm", "modality is MR, not CT"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(file), bad(file)).unwrap();
+        let err = error_of(dir.path(), file);
+        assert!(err.contains(reason), "{file}: {err}");
+    }
+    // A truncated file: half of a good slice.
+    let good = std::fs::read_dir(fixtures().join("explicit"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = std::fs::read(&good).unwrap();
+    for len in [200, 700, bytes.len() / 2, bytes.len() - 1] {
+        let dir = explicit_copy();
+        let name = good.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::write(dir.path().join(&name), &bytes[..len]).unwrap();
+        error_of(dir.path(), &name);
+    }
+}
+
+#[test]
+fn bad_folders_are_refused() {
+    let err = error_of(&fixtures().join("bad/two_series"), "two_series");
+    assert!(err.contains("holds 2 CT series"), "{err}");
+    assert_eq!(err.matches("(2 files)").count(), 2, "{err}");
+    let err = error_of(&fixtures().join("bad/mixed_sizes"), "mixed_sizes");
+    assert!(err.contains("no clear majority"), "{err}");
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("notes.txt"), "not DICOM").unwrap();
+    let err = error_of(empty.path(), "no DICOM file");
+    assert!(!folder_has_dicom(empty.path()), "{err}");
+}
+
+#[test]
+fn limits_are_checked_before_decoding() {
+    let limits = ReadLimits {
+        max_voxels: 32 * 32 * 7,
+        ..ReadLimits::default()
+    };
+    let err = volume::read_with_limits(&fixtures().join("explicit"), &limits)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("[32, 32, 8]") && err.contains("exceeds the limit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn files_are_recognised_by_content() {
+    let scout = fixtures().join("scout");
+    assert!(folder_has_dicom(&scout));
+    assert!(is_dicom_file(&scout.join("scout_in_series.dcm")));
+    // No extension: recognised all the same.
+    assert!(is_dicom_file(&fixtures().join("pydicom_ct5n/2062")));
+    assert!(!is_dicom_file(&fixtures().join("explicit.mha")));
+    assert!(!is_dicom_file(&fixtures().join("explicit")));
+    assert!(!folder_has_dicom(&fixtures()));
+}
+
+/// Writes `vol` (integer HU, axis-aligned) as a DICOM series of signed 16-bit explicit VR
+/// little endian slices into `dir`, with dicom-object, file names in reverse slice order.
+fn write_series(vol: &Volume, dir: &Path) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+    let [nx, ny, nz] = vol.size;
+    let ds = |x: f64| format!("{x:.10}");
+    for z in 0..nz {
+        let p = vol.index_to_physical([0.0, 0.0, z as f64]);
+        let uid = format!("1.2.826.0.1.3680043.10.1717.9.{z}");
+        let pixels: Vec<u16> = vol.data[z * nx * ny..(z + 1) * nx * ny]
+            .iter()
+            .map(|&v| v as i16 as u16)
+            .collect();
+        let mut obj = InMemDicomObject::new_empty();
+        let text = |tag, vr, value: String| DataElement::new(tag, vr, PrimitiveValue::from(value));
+        for e in [
+            text(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE.into()),
+            text(tags::SOP_INSTANCE_UID, VR::UI, uid.clone()),
+            text(tags::MODALITY, VR::CS, "CT".into()),
+            text(
+                tags::SERIES_INSTANCE_UID,
+                VR::UI,
+                "1.2.826.0.1.3680043.10.1717.9".into(),
+            ),
+            text(
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                format!("{}\\{}\\{}", ds(p[0]), ds(p[1]), ds(p[2])),
+            ),
+            text(
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                "1\\0\\0\\0\\1\\0".into(),
+            ),
+            text(
+                tags::PIXEL_SPACING,
+                VR::DS,
+                format!("{}\\{}", ds(vol.spacing[1]), ds(vol.spacing[0])),
+            ),
+            text(
+                tags::PHOTOMETRIC_INTERPRETATION,
+                VR::CS,
+                "MONOCHROME2".into(),
+            ),
+        ] {
+            obj.put(e);
+        }
+        for (tag, value) in [
+            (tags::ROWS, ny as u16),
+            (tags::COLUMNS, nx as u16),
+            (tags::SAMPLES_PER_PIXEL, 1),
+            (tags::BITS_ALLOCATED, 16),
+            (tags::BITS_STORED, 16),
+            (tags::HIGH_BIT, 15),
+            (tags::PIXEL_REPRESENTATION, 1),
+        ] {
+            obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
+        }
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(pixels.into()),
+        ));
+        let file = obj
+            .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+            .unwrap();
+        file.write_to_file(dir.join(format!("slice{:03}", nz - z)))
+            .unwrap();
+    }
+}
+
+/// The real chest CT as a DICOM series gives the same volume and the same network input as its
+/// `.mha` (so the same probability).
+#[test]
+fn real_ct_as_dicom_preprocesses_like_the_metaimage() {
+    let mha_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real_ct/lung1.mha");
+    let mha = volume::read(&mha_path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_series(&mha, dir.path());
+    let dcm = volume::read(dir.path()).unwrap();
+    assert_eq!(dcm.size, mha.size);
+    assert_eq!(dcm.data, mha.data);
+    for (a, b) in dcm
+        .spacing
+        .iter()
+        .chain(&dcm.origin)
+        .chain(&dcm.direction)
+        .zip(mha.spacing.iter().chain(&mha.origin).chain(&mha.direction))
+    {
+        assert!((a - b).abs() < 1e-9, "{dcm:?} vs {mha:?}");
+    }
+    let spec = ctgrade::preprocess::InputSpec::default();
+    let a = ctgrade::preprocess::preprocess(&dcm, None, &spec).unwrap();
+    let b = ctgrade::preprocess::preprocess(&mha, None, &spec).unwrap();
+    assert_eq!(a.shape, b.shape);
+    let diff = a
+        .input
+        .iter()
+        .zip(&b.input)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff <= 1e-6, "network inputs differ by {diff}");
+}
+
+/// `ctgrade train --data`: a sub-folder holding a DICOM series is the case named after it.
+#[test]
+fn a_series_folder_is_a_training_case() {
+    let data = tempfile::tempdir().unwrap();
+    let case = data.path().join("dcm-case");
+    std::fs::create_dir(&case).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("explicit")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, case.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(
+        fixtures().join("source.mha"),
+        data.path().join("mha-case.mha"),
+    )
+    .unwrap();
+    // A folder without DICOM files is no case.
+    std::fs::create_dir(data.path().join("notes")).unwrap();
+    let labels_path = data.path().join("labels.csv");
+    std::fs::write(&labels_path, "case,co_rads\ndcm-case,3\nmha-case,2\n").unwrap();
+    let labels = ctgrade::train::labels::read_labels(&labels_path).unwrap();
+    let cases = ctgrade::train::data::find_cases(data.path(), &labels).unwrap();
+    assert_eq!(cases.len(), 2);
+    assert_eq!(cases[0].ct, case);
+    assert_eq!(cases[1].ct, data.path().join("mha-case.mha"));
+    std::fs::write(&labels_path, "case,co_rads\nnotes,3\n").unwrap();
+    let labels = ctgrade::train::labels::read_labels(&labels_path).unwrap();
+    let err = ctgrade::train::data::find_cases(data.path(), &labels).unwrap_err();
+    assert!(err.to_string().contains("DICOM folder"), "{err}");
+}
+
+/// `ctgrade info DIR` reads the series.
+#[test]
+fn info_reads_a_series_folder() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctgrade"))
+        .arg("info")
+        .arg(fixtures().join("feet_first"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["size"], serde_json::json!([32, 32, 8]));
+    assert_eq!(info["origin"][2].as_f64(), Some(-597.5));
+}
+
+/// Inputs the `dicom` fuzz target found a problem with (one folder each): a clean error now
+/// (`rle_segment_too_short`: dicom-rs 0.10's RLE decoder panicked indexing past a short segment;
+/// `jpeg_frame_wider_than_image`: its JPEG adapter panicked copying a frame larger than the image).
+#[test]
+fn fuzz_regressions_give_clean_errors() {
+    let dir = fixtures().join("fuzz_regressions");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let case = entry.unwrap().path();
+        let err = volume::read(&case).unwrap_err().to_string();
+        assert!(
+            !err.contains('\n') && err.contains(&*case.to_string_lossy()),
+            "{err}"
+        );
+        n += 1;
+    }
+    assert!(n > 0);
+}
+
+#[test]
+fn sheared_stacks_and_duplicate_slices_are_refused() {
+    // SimpleITK reads the sheared stack with the slice normal as its z axis and a spacing of
+    // 20.6 mm, placing every slice 5 mm per slice away from its true position.
+    assert_eq!(expected()["sheared"]["direction"][8], 1.0);
+    let err = error_of(&fixtures().join("sheared"), "sheared");
+    assert!(err.contains("14.04 degrees off their normal"), "{err}");
+    let dir = explicit_copy();
+    let first = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(&first, dir.path().join("copy.dcm")).unwrap();
+    let err = error_of(dir.path(), "copy.dcm");
+    assert!(err.contains("at the same slice position"), "{err}");
+}
