@@ -52,6 +52,7 @@ fn convert_args(from: PathBuf, arch: Arch, config: Option<PathBuf>, out: PathBuf
         config,
         naming: NamingArg::Auto,
         key: None,
+        num_outputs: None,
         drop_unexpected: false,
         dtype: OutDType::F32,
         out,

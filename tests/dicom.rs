@@ -3,8 +3,12 @@
 //! localizers, jitter, pydicom's real-scanner CT files), and the bad inputs it must refuse with
 //! one line naming the file.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::{ctgrade, make_ensemble, run_args, write_series};
+use ctgrade::grading::Head;
 use ctgrade::volume::dicom::{self, folder_has_dicom, is_dicom_file};
 use ctgrade::volume::{self, ElementType, ReadLimits, Volume};
 use serde_json::Value;
@@ -274,80 +278,6 @@ fn files_are_recognised_by_content() {
     assert!(!folder_has_dicom(&fixtures()));
 }
 
-/// Writes `vol` (integer HU, axis-aligned) as a DICOM series of signed 16-bit explicit VR
-/// little endian slices into `dir`, with dicom-object, file names in reverse slice order.
-fn write_series(vol: &Volume, dir: &Path) {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::{tags, uids};
-    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
-
-    let [nx, ny, nz] = vol.size;
-    let ds = |x: f64| format!("{x:.10}");
-    for z in 0..nz {
-        let p = vol.index_to_physical([0.0, 0.0, z as f64]);
-        let uid = format!("1.2.826.0.1.3680043.10.1717.9.{z}");
-        let pixels: Vec<u16> = vol.data[z * nx * ny..(z + 1) * nx * ny]
-            .iter()
-            .map(|&v| v as i16 as u16)
-            .collect();
-        let mut obj = InMemDicomObject::new_empty();
-        let text = |tag, vr, value: String| DataElement::new(tag, vr, PrimitiveValue::from(value));
-        for e in [
-            text(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE.into()),
-            text(tags::SOP_INSTANCE_UID, VR::UI, uid.clone()),
-            text(tags::MODALITY, VR::CS, "CT".into()),
-            text(
-                tags::SERIES_INSTANCE_UID,
-                VR::UI,
-                "1.2.826.0.1.3680043.10.1717.9".into(),
-            ),
-            text(
-                tags::IMAGE_POSITION_PATIENT,
-                VR::DS,
-                format!("{}\\{}\\{}", ds(p[0]), ds(p[1]), ds(p[2])),
-            ),
-            text(
-                tags::IMAGE_ORIENTATION_PATIENT,
-                VR::DS,
-                "1\\0\\0\\0\\1\\0".into(),
-            ),
-            text(
-                tags::PIXEL_SPACING,
-                VR::DS,
-                format!("{}\\{}", ds(vol.spacing[1]), ds(vol.spacing[0])),
-            ),
-            text(
-                tags::PHOTOMETRIC_INTERPRETATION,
-                VR::CS,
-                "MONOCHROME2".into(),
-            ),
-        ] {
-            obj.put(e);
-        }
-        for (tag, value) in [
-            (tags::ROWS, ny as u16),
-            (tags::COLUMNS, nx as u16),
-            (tags::SAMPLES_PER_PIXEL, 1),
-            (tags::BITS_ALLOCATED, 16),
-            (tags::BITS_STORED, 16),
-            (tags::HIGH_BIT, 15),
-            (tags::PIXEL_REPRESENTATION, 1),
-        ] {
-            obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
-        }
-        obj.put(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::U16(pixels.into()),
-        ));
-        let file = obj
-            .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
-            .unwrap();
-        file.write_to_file(dir.join(format!("slice{:03}", nz - z)))
-            .unwrap();
-    }
-}
-
 /// The real chest CT as a DICOM series gives the same volume and the same network input as its
 /// `.mha` (so the same probability).
 #[test]
@@ -465,4 +395,100 @@ fn sheared_stacks_and_duplicate_slices_are_refused() {
     std::fs::copy(&first, dir.path().join("copy.dcm")).unwrap();
     let err = error_of(dir.path(), "copy.dcm");
     assert!(err.contains("at the same slice position"), "{err}");
+}
+
+/// `ctgrade run` on DICOM: the platform's DICOM image set socket (`images/ct/<SOP UID>.dcm` with
+/// an `inputs.json` of kind "DICOM Image Set"), the same folder without `inputs.json`, and a local
+/// batch with a series sub-folder beside a `.mha` all give the answer the `.mha` gives.
+#[test]
+fn run_grades_dicom_sockets_and_series_folders_like_the_mha() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let weights = make_ensemble(root, Head::Continuous, 2);
+    let (ct, _) = ctgrade::synth::phantom(&ctgrade::synth::PhantomConfig {
+        size: [96, 96, 48],
+        spacing: [3.5, 3.5, 6.0],
+        seed: 5,
+        co_rads: 4,
+    })
+    .unwrap();
+    let probability = |out: &Path| {
+        let file = out.join("probability-covid-19.json");
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+    };
+
+    let mha_in = root.join("mha");
+    std::fs::create_dir_all(mha_in.join("images/ct")).unwrap();
+    volume::write(&mha_in.join("images/ct/7e1d.mha"), &ct, ElementType::Short).unwrap();
+    let out = ctgrade(&run_args(&mha_in, &root.join("out-mha"), &weights), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = probability(&root.join("out-mha"));
+
+    let socket = root.join("socket");
+    std::fs::create_dir_all(socket.join("images/ct")).unwrap();
+    write_series(&ct, &socket.join("images/ct"));
+    for (i, inputs_json) in [
+        Some(
+            r#"[{"pk": "0c2a", "socket": {"slug": "ct-image", "kind": "DICOM Image Set",
+            "super_kind": "Image", "relative_path": "images/ct"}, "value": null, "file": null,
+            "image": {"pk": "5c1e9a70", "name": "chest-series"}}]"#,
+        ),
+        None,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let _ = std::fs::remove_file(socket.join("inputs.json"));
+        if let Some(json) = inputs_json {
+            std::fs::write(socket.join("inputs.json"), json).unwrap();
+        }
+        let output = root.join(format!("out-socket-{i}"));
+        let out = ctgrade(&run_args(&socket, &output, &weights), &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("grand-challenge socket layout"), "{stderr}");
+        let name = if i == 0 {
+            "5c1e9a70 (uploaded as chest-series)"
+        } else {
+            "ct"
+        };
+        assert!(stderr.contains(&format!("{name}: read")), "{stderr}");
+        assert_eq!(probability(&output), expected);
+    }
+
+    let batch = root.join("batch");
+    std::fs::create_dir_all(batch.join("patient-a")).unwrap();
+    write_series(&ct, &batch.join("patient-a"));
+    volume::write(&batch.join("b.mha"), &ct, ElementType::Short).unwrap();
+    std::fs::create_dir_all(batch.join("notes")).unwrap();
+    std::fs::write(batch.join("notes/readme.txt"), "not a series").unwrap();
+    let output = root.join("out-batch");
+    let out = ctgrade(&run_args(&batch, &output, &weights), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(probability(&output.join("patient-a")), expected);
+    assert_eq!(probability(&output.join("b")), expected);
+    assert!(!output.join("notes").exists());
+
+    // A series folder given as the input folder itself is one case named after it (the legacy
+    // layout: the answer is in results.json).
+    let output = root.join("out-folder");
+    let out = ctgrade(&run_args(&batch.join("patient-a"), &output, &weights), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("patient-a: read"), "{stderr}");
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        results[0]["outputs"][0]["value"].to_string(),
+        expected.trim()
+    );
 }

@@ -2,11 +2,15 @@
 """Golden fixtures for every architecture of the paper beyond the 3-D DenseNets (src/model/resnet.rs,
 inception.rs, slice2d.rs), with PyTorch as the oracle:
 
-  3-D ResNet-18/34/50   MONAI ResNet(spatial_dims=3)
+  3-D ResNet-18/34/50   MONAI ResNet(spatial_dims=3), with the hyper-parameters each case sets (MONAI's
+                        defaults otherwise)
   3-D Inception-v1      I3D, a reference written here from Carreira & Zisserman's description and the
                         PyTorch port's conventions (TensorFlow "SAME" padding computed from kernel and
                         stride, zero-padded ceil-mode max pools, `conv3d`/`batch3d` unit names); the head
-                        is global average pooling + a 1x1x1 convolution with bias (`conv3d_0c_1x1`)
+                        is the port's AvgPool3d((2, 7, 7), stride 1) and mean (the window shrunk to
+                        the map where the map is smaller: these cases' 2x1x1 maps get the global
+                        average) + a 1x1x1 convolution with bias (`conv3d_0c_1x1`). The STOIC
+                        baseline's `linear` head: tools/make_reference_fixtures.py
   2-D backbones         torchvision densenet121/169/201 (and MONAI DenseNet(spatial_dims=2) names),
                         googlenet (no aux heads, transform_input=False), resnet18/34/50; COVNet is
                         resnet50 (Li et al.)
@@ -110,7 +114,9 @@ class Head(nn.Module):
         self.conv3d = nn.Conv3d(cin, n, 1, bias=True)
 
     def forward(self, x):
-        return self.conv3d(x.mean((2, 3, 4), keepdim=True)).flatten(1)
+        window = [min(k, n) for k, n in zip((2, 7, 7), x.shape[2:])]
+        pooled = F.avg_pool3d(x, window, stride=1).mean((2, 3, 4), keepdim=True)
+        return self.conv3d(pooled).flatten(1)
 
 
 MIXED = [
@@ -257,13 +263,13 @@ def monai_resnet(cfg):
     bottleneck = cfg["arch"] == "resnet50-3d"
     layers = cfg.get("block_config", [3, 4, 6, 3] if cfg["arch"] != "resnet18-3d" else [2, 2, 2, 2])
     div = cfg.get("width_divisor", 1)
+    # Only what the case sets is passed: everything else is MONAI's own default, as for the engine.
+    kw = {k: cfg[k] for k in ("conv1_t_size", "conv1_t_stride", "no_max_pool", "shortcut_type",
+                              "bias_downsample") if k in cfg}
     return MonaiResNet(
         block="bottleneck" if bottleneck else "basic", layers=layers,
         block_inplanes=[64 // div, 128 // div, 256 // div, 512 // div], spatial_dims=3,
-        n_input_channels=cfg["in_channels"], conv1_t_size=cfg.get("conv1_t_size", 7),
-        conv1_t_stride=cfg.get("conv1_t_stride", 2), no_max_pool=cfg.get("no_max_pool", False),
-        shortcut_type=cfg.get("shortcut_type", "B"), bias_downsample=cfg.get("bias_downsample", True),
-        num_classes=cfg["num_outputs"])
+        n_input_channels=cfg["in_channels"], num_classes=cfg["num_outputs"], **kw)
 
 
 def calibrate(net, shape, g):
@@ -322,16 +328,22 @@ def make(cfg):
 
 # name: (config: NetworkConfig fields as the Rust engine reads them, naming, input shape)
 CASES = {
-    "resnet18-3d_a": ({"arch": "resnet18-3d", "in_channels": 3, "num_outputs": 1, "width_divisor": 32},
+    # The _a cases and resnet34-3d_b have the MedicalNet-style stem stride 2 (the engine's default
+    # until issue 19; MONAI's is 1, covered by tools/make_reference_fixtures.py).
+    "resnet18-3d_a": ({"arch": "resnet18-3d", "in_channels": 3, "num_outputs": 1, "width_divisor": 32,
+                       "conv1_t_stride": 2},
                       (1, 3, 6, 33, 31)),
     "resnet18-3d_b": ({"arch": "resnet18-3d", "in_channels": 2, "num_outputs": 5, "width_divisor": 32,
                        "shortcut_type": "A", "conv1_t_stride": 1, "conv1_t_size": 3}, (2, 2, 7, 12, 11)),
-    "resnet34-3d_a": ({"arch": "resnet34-3d", "in_channels": 3, "num_outputs": 5, "width_divisor": 64},
+    "resnet34-3d_a": ({"arch": "resnet34-3d", "in_channels": 3, "num_outputs": 5, "width_divisor": 64,
+                       "conv1_t_stride": 2},
                       (1, 3, 7, 32, 33)),
     "resnet34-3d_b": ({"arch": "resnet34-3d", "in_channels": 1, "num_outputs": 1, "width_divisor": 32,
-                       "block_config": [1, 2, 1, 1], "bias_downsample": False, "no_max_pool": True},
+                       "block_config": [1, 2, 1, 1], "bias_downsample": False, "no_max_pool": True,
+                       "conv1_t_stride": 2},
                       (2, 1, 8, 17, 16)),
-    "resnet50-3d_a": ({"arch": "resnet50-3d", "in_channels": 3, "num_outputs": 1, "width_divisor": 64},
+    "resnet50-3d_a": ({"arch": "resnet50-3d", "in_channels": 3, "num_outputs": 1, "width_divisor": 64,
+                       "conv1_t_stride": 2},
                       (1, 3, 7, 24, 25)),
     "resnet50-3d_b": ({"arch": "resnet50-3d", "in_channels": 3, "num_outputs": 5, "width_divisor": 64,
                        "block_config": [1, 1, 2, 1], "conv1_t_stride": 1}, (2, 3, 6, 13, 14)),

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::volume::dicom;
+
 /// Folder of the CT image socket, relative to the input folder.
 pub const CT_SOCKET_DIR: &str = "images/ct";
 /// Folder of the optional lesion-map socket, relative to the input folder.
@@ -37,7 +39,7 @@ pub enum GcError {
         source: std::io::Error,
     },
     /// No CT image in any known layout.
-    #[error("no CT image found in {0}: expected images/ct/<case>.mha (grand-challenge), or .mha/.mhd/.nii/.nii.gz files directly in it")]
+    #[error("no CT image found in {0}: expected images/ct/<case>.mha or a DICOM series in images/ct/ (grand-challenge), or .mha/.mhd/.nii/.nii.gz files or DICOM series folders directly in it")]
     NoCases(PathBuf),
     /// Two files would give the same case name.
     #[error("two input files share the case name {name:?}: {first} and {second}")]
@@ -98,7 +100,7 @@ pub fn case_name(path: &Path) -> Option<String> {
         .map(|ext| file[..file.len() - ext.len()].to_string())
 }
 
-/// Lists the images directly in `dir`, sorted, skipping hidden files.
+/// Lists the image files directly in `dir` with their case names, skipping hidden files.
 fn images_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, GcError> {
     let entries = std::fs::read_dir(dir).map_err(|source| GcError::ReadDir {
         path: dir.to_path_buf(),
@@ -115,6 +117,27 @@ fn images_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, GcError> {
             found.push((name, path));
         }
     }
+    Ok(found)
+}
+
+/// Lists the sub-folders of `dir` that hold a DICOM series (files recognised by content), each a
+/// case named after its folder, skipping hidden folders.
+fn series_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, GcError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| GcError::ReadDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && dicom::folder_has_dicom(p))
+        .filter_map(|p| Some((p.file_name()?.to_str()?.to_string(), p)))
+        .collect())
+}
+
+/// Sorts cases by name and refuses two with the same name.
+fn sorted_unique(mut found: Vec<(String, PathBuf)>) -> Result<Vec<(String, PathBuf)>, GcError> {
     found.sort();
     for pair in found.windows(2) {
         if pair[0].0 == pair[1].0 {
@@ -128,32 +151,75 @@ fn images_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, GcError> {
     Ok(found)
 }
 
-/// Finds the cases in an input folder: the socket layout when `images/ct/` exists, else the legacy
-/// layout. Lesion maps are matched to cases by name, or taken as is when there is one of each.
+/// Finds the cases in an input folder.
+/// - Socket layout, when `images/ct/` exists or `inputs.json` names a DICOM image set: the image
+///   files in `images/ct/`, or the DICOM series in a CT socket's folder (one case, named after the
+///   socket value's image `pk`, else the folder).
+/// - Otherwise (local batches, the legacy layout): the image files directly in the folder, each
+///   sub-folder holding a DICOM series (a case named after the folder), or the folder itself when
+///   it holds a DICOM series.
+///
+/// Lesion maps are matched to cases by name, or taken as is when there is one of each.
 pub fn discover(input: &Path) -> Result<Inputs, GcError> {
-    let ct_dir = input.join(CT_SOCKET_DIR);
-    let (layout, images) = if ct_dir.is_dir() {
-        (Layout::Sockets, images_in(&ct_dir)?)
-    } else {
-        (Layout::Legacy, images_in(input)?)
-    };
-    if images.is_empty() {
-        return Err(GcError::NoCases(input.to_path_buf()));
-    }
-    let lesion_dir = input.join(LESION_SOCKET_DIR);
-    let lesions = if lesion_dir.is_dir() {
-        images_in(&lesion_dir)?
-    } else {
-        Vec::new()
-    };
     let mut warnings = Vec::new();
-    let upload_names = read_inputs_json(&input.join("inputs.json")).unwrap_or_else(|reason| {
+    let sockets = read_inputs_json(&input.join("inputs.json")).unwrap_or_else(|reason| {
         warnings.push(format!(
             "ignoring {}: {reason}; the files on disk decide",
             input.join("inputs.json").display()
         ));
         Vec::new()
     });
+    let ct_dir = input.join(CT_SOCKET_DIR);
+    // The CT socket folders: images/ct, and any DICOM image set socket inputs.json names.
+    let mut socket_dirs: Vec<(PathBuf, Option<&SocketValue>)> = Vec::new();
+    for s in sockets.iter().filter(|s| s.is_dicom_set()) {
+        let dir = input.join(&s.relative_path);
+        if dir.is_dir() && !socket_dirs.iter().any(|(d, _)| *d == dir) {
+            socket_dirs.push((dir, Some(s)));
+        }
+    }
+    if ct_dir.is_dir() && !socket_dirs.iter().any(|(d, _)| *d == ct_dir) {
+        let value = sockets.iter().find(|s| s.relative_path == CT_SOCKET_DIR);
+        socket_dirs.push((ct_dir, value));
+    }
+    let (layout, images) = if socket_dirs.is_empty() {
+        let mut found = images_in(input)?;
+        found.extend(series_in(input)?);
+        if found.is_empty() && dicom::folder_has_dicom(input) {
+            let name = input
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "series".into());
+            found.push((name, input.to_path_buf()));
+        }
+        (Layout::Legacy, sorted_unique(found)?)
+    } else {
+        let mut found = Vec::new();
+        for (dir, value) in &socket_dirs {
+            let files = images_in(dir)?;
+            if files.is_empty() && dicom::folder_has_dicom(dir) {
+                let name = value
+                    .and_then(|v| v.image_pk.clone())
+                    .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "series".into());
+                found.push((name, dir.clone()));
+            } else {
+                found.extend(files);
+            }
+        }
+        (Layout::Sockets, sorted_unique(found)?)
+    };
+    if images.is_empty() {
+        return Err(GcError::NoCases(input.to_path_buf()));
+    }
+    let lesion_dir = input.join(LESION_SOCKET_DIR);
+    let lesions = if lesion_dir.is_dir() {
+        sorted_unique(images_in(&lesion_dir)?)?
+    } else {
+        Vec::new()
+    };
+    let ct_values: Vec<&SocketValue> = sockets.iter().filter(|s| s.is_ct()).collect();
     let single = images.len() == 1 && lesions.len() == 1;
     let cases = images
         .into_iter()
@@ -167,10 +233,10 @@ pub fn discover(input: &Path) -> Result<Inputs, GcError> {
                     .map(|(_, p)| p.clone())
             };
             let file = image.file_name().map(|f| f.to_string_lossy().into_owned());
-            let upload_name = upload_names
+            let upload_name = ct_values
                 .iter()
-                .find(|u| single_or_matching(u, file.as_deref(), upload_names.len()))
-                .map(|u| u.name.clone());
+                .find(|u| single_or_matching(u, file.as_deref(), ct_values.len()))
+                .and_then(|u| u.image_name.clone());
             Case {
                 name,
                 image,
@@ -186,27 +252,46 @@ pub fn discover(input: &Path) -> Result<Inputs, GcError> {
     })
 }
 
-/// An image socket value of `inputs.json`.
+/// The kind grand-challenge gives a socket holding a DICOM series.
+pub const DICOM_SET_KIND: &str = "DICOM Image Set";
+
+/// A socket value of `inputs.json`: what ctgrade needs of it.
 #[derive(Debug, Clone)]
-struct UploadName {
+struct SocketValue {
+    /// The socket's folder or file, relative to the input folder.
+    relative_path: String,
+    /// The socket's kind ("Image", "DICOM Image Set", ...).
+    kind: String,
     /// The stored file (`file` key), when given.
     file: Option<String>,
-    /// The name the uploader gave.
-    name: String,
+    /// The image's `pk`.
+    image_pk: Option<String>,
+    /// The name the uploader gave the image.
+    image_name: Option<String>,
 }
 
-fn single_or_matching(u: &UploadName, file: Option<&str>, count: usize) -> bool {
+impl SocketValue {
+    fn is_dicom_set(&self) -> bool {
+        self.kind == DICOM_SET_KIND && self.relative_path != LESION_SOCKET_DIR
+    }
+
+    fn is_ct(&self) -> bool {
+        self.relative_path == CT_SOCKET_DIR || self.is_dicom_set()
+    }
+}
+
+fn single_or_matching(u: &SocketValue, file: Option<&str>, count: usize) -> bool {
     match (&u.file, file) {
         (Some(f), Some(file)) => f.ends_with(file),
         _ => count == 1,
     }
 }
 
-/// Reads the CT socket's upload names from `inputs.json`: the socket values whose socket object
-/// (keyed `socket`, or `interface` in older jobs) has the CT socket's `relative_path`. A missing
-/// file is no names; a file that cannot be understood is an `Err` with the reason, which the
-/// caller logs as a warning: the files on disk are what is graded.
-fn read_inputs_json(path: &Path) -> Result<Vec<UploadName>, String> {
+/// Reads the socket values of `inputs.json`: each socket object keyed `socket`, or `interface` in
+/// older jobs; values without a socket object or relative path are skipped. A missing file is no
+/// values; a file that cannot be understood is an `Err` with the reason, which the caller logs as a
+/// warning: the files on disk are what is graded.
+fn read_inputs_json(path: &Path) -> Result<Vec<SocketValue>, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -216,19 +301,19 @@ fn read_inputs_json(path: &Path) -> Result<Vec<UploadName>, String> {
     let values = doc
         .as_array()
         .ok_or("not a list of socket values as the platform writes it")?;
+    let text_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
     Ok(values
         .iter()
-        .filter(|v| {
-            let socket = v.get("socket").or_else(|| v.get("interface"));
-            socket
-                .and_then(|s| s.get("relative_path"))
-                .and_then(Value::as_str)
-                == Some(CT_SOCKET_DIR)
-        })
         .filter_map(|v| {
-            let name = v.get("image")?.get("name")?.as_str()?.to_string();
-            let file = v.get("file").and_then(Value::as_str).map(str::to_string);
-            Some(UploadName { file, name })
+            let socket = v.get("socket").or_else(|| v.get("interface"))?;
+            let image = v.get("image");
+            Some(SocketValue {
+                relative_path: text_of(socket.get("relative_path"))?,
+                kind: text_of(socket.get("kind")).unwrap_or_default(),
+                file: text_of(v.get("file")),
+                image_pk: text_of(image.and_then(|i| i.get("pk"))),
+                image_name: text_of(image.and_then(|i| i.get("name"))),
+            })
         })
         .collect())
 }

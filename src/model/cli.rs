@@ -10,7 +10,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
 
-use super::{build, expected_tensors_named, Arch, Classifier, ModelError, Naming, NetworkConfig};
+use super::inception::I3dHead;
+use super::{
+    build, expected_tensors_named, with_detected_head, Arch, Classifier, ModelError, Naming,
+    NetworkConfig,
+};
 
 /// `ctgrade forward`: raw outputs of one network on one input tensor.
 #[derive(clap::Args, Debug)]
@@ -72,7 +76,9 @@ fn file_err(path: &Path, msg: impl ToString) -> ModelError {
     }
 }
 
-/// The configuration: the architecture's defaults, then the JSON file's fields on top.
+/// The configuration: the architecture's defaults, then the JSON file's fields on top, with
+/// every default a checkpoint cannot reveal written out ([`NetworkConfig::resolved`]), so that
+/// manifests made from it state them.
 pub fn resolve_config(
     arch: Arch,
     in_channels: usize,
@@ -80,6 +86,16 @@ pub fn resolve_config(
     overrides: Option<&Path>,
 ) -> Result<NetworkConfig, ModelError> {
     let base = NetworkConfig::new(arch, in_channels, num_outputs);
+    Ok(merge_config(base, overrides)?.resolved())
+}
+
+/// `base` with the JSON file's fields on top, unset fields left unset (for callers that first
+/// read some of them off a checkpoint).
+pub fn merge_config(
+    base: NetworkConfig,
+    overrides: Option<&Path>,
+) -> Result<NetworkConfig, ModelError> {
+    let arch = base.arch;
     let Some(path) = overrides else {
         return Ok(base);
     };
@@ -108,7 +124,10 @@ pub fn resolve_config(
 /// Reads `in_channels` and `num_outputs` off the stem and head weights, when present.
 fn infer_io(bytes: &[u8], path: &Path, arch: Arch) -> Result<(usize, usize), ModelError> {
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| file_err(path, e))?;
-    let probe = NetworkConfig::new(arch, 1, 1);
+    let mut probe = NetworkConfig::new(arch, 1, 1);
+    if arch == Arch::InceptionV1_3d {
+        probe.i3d_head = Some(I3dHead::detect(st.names().into_iter()));
+    }
     let mut io = (3, 1);
     for naming in [Naming::Monai, Naming::Torchvision] {
         let names = expected_tensors_named(&probe, naming)?;
@@ -135,9 +154,12 @@ pub fn forward(args: &ForwardArgs) -> Result<String, ModelError> {
     let dev = args.device.open()?;
     let bytes = std::fs::read(&args.weights).map_err(|e| file_err(&args.weights, e))?;
     let (c_in, n_out) = infer_io(&bytes, &args.weights, args.arch)?;
-    let cfg = resolve_config(args.arch, c_in, n_out, args.config.as_deref())?;
+    let base = NetworkConfig::new(args.arch, c_in, n_out);
+    let merged = merge_config(base, args.config.as_deref())?;
     let dtype = args.precision.dtype();
     let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, &dev)?;
+    // The head form comes from the weights unless the configuration names it.
+    let cfg = with_detected_head(&merged, &vb).resolved();
     let net = build(&cfg, vb)?;
     let inputs =
         candle_core::safetensors::load(&args.input, &dev).map_err(|e| file_err(&args.input, e))?;

@@ -18,8 +18,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
 
-use super::cli::resolve_config;
+use super::cli::{merge_config, resolve_config};
+use super::inception::I3dHead;
 use super::{build_with_naming, expected_tensors_named, Arch, ModelError, Naming, NetworkConfig};
+use crate::grading::Head;
 
 /// Entries of a training checkpoint that may hold the state dict, tried in this order after the
 /// top level.
@@ -86,8 +88,9 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub arch: Arch,
     /// JSON object overriding NetworkConfig fields (growth_rate, block_config, bn_size,
-    /// init_features, in_channels, num_outputs); in_channels and num_outputs default to the
-    /// checkpoint's.
+    /// init_features, width_divisor, conv1_t_stride, no_max_pool, i3d_head, in_channels,
+    /// num_outputs, ...); in_channels and num_outputs default to the checkpoint's, i3d_head to
+    /// the form its names show, the rest to the reference implementation's defaults.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Parameter names in the checkpoint.
@@ -97,6 +100,10 @@ pub struct ConvertArgs {
     /// model_state_dict, model, state_dict_ema, model_ema, net, network, module, weights).
     #[arg(long)]
     pub key: Option<String>,
+    /// Outputs the network must have (the grading head's: 1 continuous, 5 categorical). Without
+    /// it (or num_outputs in --config) the checkpoint's head decides, and must be one of those.
+    #[arg(long)]
+    pub num_outputs: Option<usize>,
     /// Leave out checkpoint tensors the network does not use (by default they are an error).
     #[arg(long)]
     pub drop_unexpected: bool,
@@ -165,6 +172,19 @@ pub enum ConvertError {
         /// One line per missing, misshapen or unexpected tensor.
         problems: Vec<String>,
     },
+    /// The checkpoint's head has another number of outputs than the network is to have.
+    #[error("{}", head_message(path, *found, *declared, *kinetics))]
+    HeadSize {
+        /// The file.
+        path: PathBuf,
+        /// Outputs of the checkpoint's head.
+        found: usize,
+        /// Outputs declared with --num-outputs or --config (`None`: none declared, and `found`
+        /// fits no grading head).
+        declared: Option<usize>,
+        /// Whether the head is an I3D's Kinetics-style `conv3d_0c_1x1`.
+        kinetics: bool,
+    },
     /// The network configuration is invalid, or the converted weights do not build.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -216,6 +236,31 @@ fn mismatch_message(
         );
     } else {
         s.push_str("\npass --drop-unexpected to leave these tensors out");
+    }
+    s
+}
+
+fn head_message(path: &Path, found: usize, declared: Option<usize>, kinetics: bool) -> String {
+    let mut s = match declared {
+        Some(d) => format!(
+            "{}: the checkpoint's head has {found} output(s), the network is declared with {d} \
+             (--num-outputs or num_outputs in --config); a head cannot be converted to another size",
+            path.display()
+        ),
+        None => format!(
+            "{}: the checkpoint's head has {found} output(s), which fits neither grading head \
+             (continuous: {}, categorical: {}); pass --num-outputs {found} to convert it anyway \
+             (for ctgrade forward; an ensemble refuses it)",
+            path.display(),
+            Head::Continuous.num_outputs(),
+            Head::Categorical.num_outputs()
+        ),
+    };
+    if kinetics {
+        s.push_str(
+            "\nthis I3D checkpoint's head is conv3d_0c_1x1, the Kinetics classifier; a STOIC 2021 \
+             baseline model keeps its own head in linear.weight and linear.bias",
+        );
     }
     s
 }
@@ -747,15 +792,100 @@ pub struct ConvertReport {
     pub dtype: &'static str,
     /// Tensors written.
     pub tensors: usize,
-    /// Checkpoint tensors left out with --drop-unexpected.
+    /// Checkpoint tensors left out: with --drop-unexpected, and a STOIC I3D's unused Kinetics
+    /// head.
     pub dropped: Vec<String>,
+    /// Hyper-parameters the checkpoint cannot reveal that took their default, one sentence each
+    /// ("assuming conv1_t_stride = 1, MONAI's default; pass --config to change it").
+    pub assumed: Vec<String>,
+    /// What was read off the checkpoint's names beyond the tensors (the I3D head form).
+    pub notes: Vec<String>,
+}
+
+/// The head form of an I3D checkpoint, unless `cfg` names it, with a note saying so.
+fn detect_i3d_head(cfg: &mut NetworkConfig, tensors: &[(String, Tensor)]) -> Option<String> {
+    if cfg.arch != Arch::InceptionV1_3d || cfg.i3d_head.is_some() {
+        return None;
+    }
+    let head = I3dHead::detect(tensors.iter().map(|(n, _)| n.as_str()));
+    cfg.i3d_head = Some(head);
+    Some(match head {
+        I3dHead::Stoic => "i3d_head = stoic: the checkpoint has linear.weight, the STOIC 2021 \
+             baseline's head (after AvgPool3d((2, 7, 7), stride 1) and a mean); its unused \
+             Kinetics head conv3d_0c_1x1 is left out"
+            .into(),
+        I3dHead::Kinetics => "i3d_head = kinetics: the checkpoint has no linear.weight; the head \
+             is conv3d_0c_1x1 (after AvgPool3d((2, 7, 7), stride 1) and a mean)"
+            .into(),
+    })
+}
+
+/// The output count the network is declared with: --num-outputs, or num_outputs in --config
+/// (0 there means unset).
+fn declared_outputs(flag: Option<usize>, config: usize) -> Result<Option<usize>, ModelError> {
+    match (flag, config) {
+        (Some(n), 0) => Ok(Some(n)),
+        (Some(n), m) if n == m => Ok(Some(n)),
+        (Some(n), m) => Err(ModelError::InvalidConfig(format!(
+            "--num-outputs {n} contradicts num_outputs {m} in --config"
+        ))),
+        (None, 0) => Ok(None),
+        (None, m) => Ok(Some(m)),
+    }
 }
 
 /// Runs `ctgrade convert`.
 pub fn convert(args: &ConvertArgs) -> Result<ConvertReport, ConvertError> {
     let ck = read_checkpoint(&args.from, args.key.as_deref())?;
-    let base = base_config(args.arch, args.config.as_deref(), (0, 0))?;
-    let matched = match_names(ck.tensors, &name_table(&probe_config(&base))?, args.naming);
+    let mut merged = merge_config(NetworkConfig::new(args.arch, 0, 0), args.config.as_deref())?;
+    let notes: Vec<String> = detect_i3d_head(&mut merged, &ck.tensors)
+        .into_iter()
+        .collect();
+    let declared = declared_outputs(args.num_outputs, merged.num_outputs)?;
+    let assumed = merged
+        .assumed_defaults()
+        .into_iter()
+        .map(|(name, value)| {
+            format!("assuming {name} = {value}, MONAI's default; pass --config to change it")
+        })
+        .collect();
+    let mut base = merged.resolved();
+    base.num_outputs = declared.unwrap_or(0);
+    let mut matched = match_names(ck.tensors, &name_table(&probe_config(&base))?, args.naming);
+    // Never a network with another head than declared, nor a silent 400-class one.
+    let probe = probe_config(&base);
+    let set = |c: &mut NetworkConfig, v| c.num_outputs = v;
+    if let Some(found) = infer_param(&probe, set, &matched.sources, |s| s.to_vec())? {
+        let fits = match declared {
+            Some(d) => d == found,
+            None => [Head::Continuous, Head::Categorical]
+                .iter()
+                .any(|h| h.num_outputs() == found),
+        };
+        if !fits {
+            return Err(ConvertError::HeadSize {
+                path: args.from.clone(),
+                found,
+                declared,
+                kinetics: base.i3d_head == Some(I3dHead::Kinetics),
+            });
+        }
+    }
+    // The STOIC baseline's module still holds the Kinetics head it never runs.
+    let mut dropped = Vec::new();
+    if base.i3d_head == Some(I3dHead::Stoic) {
+        let kinetics = format!("{}.", I3dHead::Kinetics.prefix());
+        let prefix = matched.prefix.clone();
+        matched.unexpected.retain(|(name, _)| {
+            let unused = name
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|n| n.starts_with(&kinetics));
+            if unused {
+                dropped.push(name.clone());
+            }
+            !unused
+        });
+    }
     let cfg = finish_config(&base, &matched, |s| s.to_vec())?;
     let expected = name_table(&cfg)?;
     let mut problems = Vec::new();
@@ -801,7 +931,12 @@ pub fn convert(args: &ConvertArgs) -> Result<ConvertReport, ConvertError> {
         out: args.out.clone(),
         dtype: args.dtype.name(),
         tensors: n,
-        dropped: matched.unexpected.into_iter().map(|(n, _)| n).collect(),
+        dropped: dropped
+            .into_iter()
+            .chain(matched.unexpected.into_iter().map(|(n, _)| n))
+            .collect(),
+        assumed,
+        notes,
     })
 }
 

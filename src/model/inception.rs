@@ -6,16 +6,20 @@
 //! 1x1 branches, concatenated) and the same pools between them. They differ in geometry:
 //! - I3D: cubic kernels with TensorFlow "SAME" padding as the port computes it from kernel and
 //!   stride (`max(k - s, 0)` split with the extra tap after: the 7x7x7 stride-2 stem pads (2, 3));
-//!   max pools with that padding and ceil mode; BatchNorm eps 1e-5; head a 1x1x1 convolution with
-//!   bias (`conv3d_0c_1x1.conv3d`) after global average pooling (the port's fixed (2, 7, 7) window
-//!   only fits its 64x224x224 input).
+//!   max pools with that padding and ceil mode; BatchNorm eps 1e-5. The port (hassony2's
+//!   `kinetics_i3d_pytorch`, which the STOIC 2021 baseline's `i3dpt.py` alters) pools the last
+//!   feature map with `AvgPool3d((2, 7, 7), stride 1)` and averages what is left; its head is
+//!   either the Kinetics one, a 1x1x1 convolution with bias (`conv3d_0c_1x1.conv3d`), or the
+//!   STOIC baseline's `linear` (whose checkpoints still carry the unused 400-class
+//!   `conv3d_0c_1x1`). See [`I3dHead`] and [`windowed_mean`].
 //! - GoogLeNet: (1, k, k) kernels with symmetric padding, unpadded ceil-mode max pools, BatchNorm
 //!   eps 1e-3, head `fc`.
 //!
 //! The three 1x1 convolutions that read a block's input run as one stacked convolution.
 
-use candle_core::{Module, Result as CResult, Tensor};
+use candle_core::{DType, Module, Result as CResult, Tensor};
 use candle_nn::{Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
 
 use super::layers::{Conv3dConfig, Pool3d, Pool3dConfig};
 use super::{
@@ -30,6 +34,89 @@ pub enum Style {
     I3d,
     /// 2-D torchvision GoogLeNet names (`inception4a.branch2.1.conv.weight`), on every slice.
     GoogLeNet,
+}
+
+/// The head of a 3-D Inception-v1 (I3D) checkpoint. Both forms pool the last feature map the
+/// port's way ([`windowed_mean`] with [`I3D_POOL`]) and then apply one affine map; they differ in
+/// its parameter names and shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum I3dHead {
+    /// The port's Kinetics head: `conv3d_0c_1x1.conv3d.{weight,bias}`, a 1x1x1 convolution
+    /// (weight `(n, 1024, 1, 1, 1)`).
+    #[default]
+    Kinetics,
+    /// The STOIC 2021 baseline's head: `linear.{weight,bias}`, a `Linear(1024, n)`. Its
+    /// checkpoints also hold the Kinetics head `conv3d_0c_1x1`, which its forward never uses.
+    Stoic,
+}
+
+impl I3dHead {
+    /// The name in configurations (`kinetics`, `stoic`).
+    pub fn name(self) -> &'static str {
+        match self {
+            I3dHead::Kinetics => "kinetics",
+            I3dHead::Stoic => "stoic",
+        }
+    }
+
+    /// The parameter-name prefix of the head.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            I3dHead::Kinetics => "conv3d_0c_1x1.conv3d",
+            I3dHead::Stoic => "linear",
+        }
+    }
+
+    /// The form a checkpoint has, from whether it holds the STOIC head's weight (`linear.weight`,
+    /// under any prefix such as DataParallel's `module.`).
+    pub fn detect<'a>(mut names: impl Iterator<Item = &'a str>) -> Self {
+        if names.any(|n| n == "linear.weight" || n.ends_with(".linear.weight")) {
+            I3dHead::Stoic
+        } else {
+            I3dHead::Kinetics
+        }
+    }
+}
+
+/// The port's average pool before the I3D head: window (2, 7, 7) over (D, H, W), stride 1.
+pub const I3D_POOL: [usize; 3] = [2, 7, 7];
+
+/// `AvgPool3d(window, stride 1)` without padding followed by the mean over every position left,
+/// as the I3D port computes its pooled features: `(N, C, D, H, W)` -> `(N, C)`.
+///
+/// Computed as one weighted sum (a voxel counts as often as windows cover it). Where the map is
+/// smaller than the window along an axis (PyTorch refuses such inputs) the window shrinks to the
+/// map there, i.e. a plain mean along that axis; a map no larger than the window anywhere gets
+/// the global average. Sums run in f32 (f64 for f64 inputs) and the result has `x`'s dtype.
+pub fn windowed_mean(x: &Tensor, window: [usize; 3]) -> CResult<Tensor> {
+    let (_, _, d, h, w) = x.dims5()?;
+    let acc = if x.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let axis = |len: usize, k: usize, shape: (usize, usize, usize)| -> CResult<Tensor> {
+        let k = k.clamp(1, len.max(1));
+        let starts = len + 1 - k;
+        let weights: Vec<f64> = (0..len)
+            .map(|i| {
+                // Windows starting at s cover i when s <= i <= s + k - 1.
+                let first = (i + 1).saturating_sub(k);
+                let last = i.min(len - k);
+                (last + 1 - first) as f64 / (k * starts) as f64
+            })
+            .collect();
+        Tensor::from_vec(weights, shape, x.device())?.to_dtype(acc)
+    };
+    let wd = axis(d, window[0], (d, 1, 1))?;
+    let wh = axis(h, window[1], (1, h, 1))?;
+    let ww = axis(w, window[2], (1, 1, w))?;
+    let weight = wd.broadcast_mul(&wh)?.broadcast_mul(&ww)?;
+    x.to_dtype(acc)?
+        .broadcast_mul(&weight)?
+        .sum((2, 3, 4))?
+        .to_dtype(x.dtype())
 }
 
 /// Mixed blocks: I3D name, GoogLeNet name, widths (1x1, 3x3 reduce, 3x3, second 3x3 reduce,
@@ -64,6 +151,8 @@ pub struct InceptionConfig {
     pub num_outputs: usize,
     /// Every channel count divided by this, rounded down but at least 1 (1 as published).
     pub width_divisor: usize,
+    /// The I3D head form (GoogLeNet: unused).
+    pub head: I3dHead,
 }
 
 /// One convolution + BatchNorm + ReLU unit: name prefix, output and input channels, kernel.
@@ -92,6 +181,7 @@ impl InceptionConfig {
             in_channels: cfg.in_channels,
             num_outputs: cfg.num_outputs,
             width_divisor,
+            head: cfg.i3d_head.unwrap_or_default(),
         })
     }
 
@@ -129,7 +219,7 @@ impl InceptionConfig {
 
     fn head_name(&self) -> &'static str {
         match self.style {
-            Style::I3d => "conv3d_0c_1x1.conv3d",
+            Style::I3d => self.head.prefix(),
             Style::GoogLeNet => "fc",
         }
     }
@@ -204,9 +294,9 @@ impl InceptionConfig {
 
     fn head_shape(&self) -> Vec<usize> {
         let f = self.feature_width();
-        match self.style {
-            Style::I3d => vec![self.num_outputs, f, 1, 1, 1],
-            Style::GoogLeNet => vec![self.num_outputs, f],
+        match (self.style, self.head) {
+            (Style::I3d, I3dHead::Kinetics) => vec![self.num_outputs, f, 1, 1, 1],
+            _ => vec![self.num_outputs, f],
         }
     }
 
@@ -326,6 +416,10 @@ enum Stage {
 #[derive(Clone, Debug)]
 pub struct Inception {
     spatial: Spatial,
+    /// Input channels the weights expect.
+    in_channels: usize,
+    /// I3D head form (GoogLeNet: unused).
+    form: I3dHead,
     stages: Vec<Stage>,
     head: Linear,
 }
@@ -369,6 +463,8 @@ impl Inception {
         )?;
         Ok(Self {
             spatial: cfg.spatial(),
+            in_channels: cfg.in_channels,
+            form: cfg.head,
             stages,
             head,
         })
@@ -390,7 +486,19 @@ impl Inception {
 
 impl Classifier for Inception {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let f = self.spatial.pooled_features(x, |s| self.feature_map(s))?;
+        let f = match self.spatial {
+            Spatial::D3 => {
+                // The STOIC baseline repeats a one-channel CT over its three input channels.
+                let x = if self.form == I3dHead::Stoic && self.in_channels == 3 && x.dim(1)? == 1 {
+                    let (n, _, d, h, w) = x.dims5()?;
+                    x.broadcast_as((n, 3, d, h, w))?.contiguous()?
+                } else {
+                    x.clone()
+                };
+                windowed_mean(&self.feature_map(&x)?, I3D_POOL)?
+            }
+            Spatial::D2 => self.spatial.pooled_features(x, |s| self.feature_map(s))?,
+        };
         self.head.forward(&f)
     }
 }
@@ -414,6 +522,79 @@ mod tests {
         assert_eq!(params(Arch::InceptionV1_2d, 1000), 6_624_904);
         // I3D: 400 Kinetics classes, no bias in the convolutions but the last.
         assert_eq!(params(Arch::InceptionV1_3d, 400), 12_697_264);
+    }
+
+    /// The port's pooling written out: every (2, 7, 7) window's mean, then their mean.
+    fn pool_then_mean(x: &Tensor, k: [usize; 3]) -> f64 {
+        let v = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let (_, _, d, h, w) = x.dims5().unwrap();
+        let k = [k[0].min(d), k[1].min(h), k[2].min(w)];
+        let mut sum = 0.0;
+        let mut windows = 0.0;
+        for a in 0..=d - k[0] {
+            for b in 0..=h - k[1] {
+                for c in 0..=w - k[2] {
+                    let mut s = 0.0;
+                    for i in a..a + k[0] {
+                        for j in b..b + k[1] {
+                            for l in c..c + k[2] {
+                                s += v[(i * h + j) * w + l];
+                            }
+                        }
+                    }
+                    sum += s / (k[0] * k[1] * k[2]) as f64;
+                    windows += 1.0;
+                }
+            }
+        }
+        sum / windows
+    }
+
+    #[test]
+    fn windowed_mean_is_the_ports_pool_then_mean() {
+        let dev = candle_core::Device::Cpu;
+        // Larger than the window along every axis, equal along one, smaller along others.
+        for shape in [(4, 9, 8), (2, 7, 7), (3, 7, 10), (1, 3, 2), (5, 1, 12)] {
+            let n = shape.0 * shape.1 * shape.2;
+            let x = Tensor::arange(0u32, n as u32, &dev)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .affine(0.37, 0.0)
+                .unwrap()
+                .sin()
+                .unwrap()
+                .reshape((1, 1, shape.0, shape.1, shape.2))
+                .unwrap();
+            let got = windowed_mean(&x, I3D_POOL)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()[0];
+            let want = pool_then_mean(&x, I3D_POOL);
+            assert!((got - want).abs() < 1e-12, "{shape:?}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn head_forms_name_their_parameters() {
+        let mut nc = NetworkConfig::new(Arch::InceptionV1_3d, 3, 2);
+        nc.i3d_head = Some(I3dHead::Stoic);
+        let cfg = InceptionConfig::from_network(&nc).unwrap();
+        let t = cfg.expected_tensors();
+        let n = t.len();
+        assert_eq!(t[n - 2], ("linear.weight".to_string(), vec![2, 1024]));
+        assert_eq!(t[n - 1], ("linear.bias".to_string(), vec![2]));
+        assert!(!t.iter().any(|(name, _)| name.starts_with("conv3d_0c_1x1")));
+        assert_eq!(
+            I3dHead::detect(["module.linear.weight", "x"].into_iter()),
+            I3dHead::Stoic
+        );
+        assert_eq!(
+            I3dHead::detect(["conv3d_0c_1x1.conv3d.weight", "mylinear.weight"].into_iter()),
+            I3dHead::Kinetics
+        );
     }
 
     #[test]

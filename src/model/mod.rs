@@ -208,8 +208,9 @@ pub struct NetworkConfig {
     /// 3-D ResNet stem kernel size (MONAI `conv1_t_size`, 7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conv1_t_size: Option<usize>,
-    /// 3-D ResNet stem stride (MONAI `conv1_t_stride`). Default 2, as MedicalNet and MONAI's
-    /// `ResNetFeatures` (MONAI's `ResNet` class defaults to 1, which costs about 8 times more).
+    /// 3-D ResNet stem stride along every axis (MONAI `conv1_t_stride`, 1: MONAI's `ResNet` and
+    /// `resnet18/34/50` default). A checkpoint cannot reveal it; MedicalNet-style networks trained
+    /// with 2 (8 times cheaper) need it set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conv1_t_stride: Option<usize>,
     /// 3-D ResNet shortcut on downsampling blocks (MONAI `shortcut_type`, "B").
@@ -221,6 +222,11 @@ pub struct NetworkConfig {
     /// 3-D ResNet: skip the stem's max pool (MONAI `no_max_pool`, false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_max_pool: Option<bool>,
+    /// 3-D Inception-v1 (I3D): which head the checkpoint has (the Kinetics-style
+    /// `conv3d_0c_1x1` unless set; `ctgrade convert` and [`build`] tell them apart by the
+    /// checkpoint's names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub i3d_head: Option<inception::I3dHead>,
 }
 
 impl NetworkConfig {
@@ -240,7 +246,49 @@ impl NetworkConfig {
             shortcut_type: None,
             bias_downsample: None,
             no_max_pool: None,
+            i3d_head: None,
         }
+    }
+
+    /// This configuration with every hyper-parameter that a checkpoint cannot reveal (or that
+    /// the reference implementation sets without storing it) filled in with the value the
+    /// network is built with, so that manifests and converted files state them: for the 3-D
+    /// ResNets MONAI's `ResNet` arguments (`conv1_t_size` 7, `conv1_t_stride` 1,
+    /// `shortcut_type` B, `bias_downsample` true, `no_max_pool` false), for the I3D its head
+    /// form. Values already set are kept.
+    pub fn resolved(&self) -> NetworkConfig {
+        let mut c = self.clone();
+        match self.arch {
+            Arch::ResNet18_3d | Arch::ResNet34_3d | Arch::ResNet50_3d => {
+                c.conv1_t_size.get_or_insert(resnet::DEFAULT_CONV1_T_SIZE);
+                c.conv1_t_stride
+                    .get_or_insert(resnet::DEFAULT_CONV1_T_STRIDE);
+                c.shortcut_type.get_or_insert(resnet::ShortcutType::B);
+                c.bias_downsample.get_or_insert(true);
+                c.no_max_pool.get_or_insert(false);
+            }
+            Arch::InceptionV1_3d => {
+                c.i3d_head.get_or_insert(inception::I3dHead::default());
+            }
+            _ => {}
+        }
+        c
+    }
+
+    /// The hyper-parameters that a checkpoint cannot reveal and this configuration leaves unset,
+    /// as (name, the value [`resolved`](Self::resolved) gives them): what `ctgrade convert`
+    /// reports it assumed. (Kernel sizes, shortcut kinds, biases and head forms show in the
+    /// checkpoint's names and shapes.)
+    pub fn assumed_defaults(&self) -> Vec<(&'static str, String)> {
+        let r = self.resolved();
+        let mut out = Vec::new();
+        if let (None, Some(v)) = (self.conv1_t_stride, r.conv1_t_stride) {
+            out.push(("conv1_t_stride", v.to_string()));
+        }
+        if let (None, Some(v)) = (self.no_max_pool, r.no_max_pool) {
+            out.push(("no_max_pool", v.to_string()));
+        }
+        out
     }
 
     /// Rejects overrides the architecture has no use for (they would be silently ignored), and
@@ -248,6 +296,12 @@ impl NetworkConfig {
     pub fn check_overrides(&self) -> Result<(), ModelError> {
         use Family::*;
         let family = self.arch.family();
+        if self.i3d_head.is_some() && self.arch != Arch::InceptionV1_3d {
+            return Err(ModelError::InvalidConfig(format!(
+                "i3d_head does not apply to {}",
+                self.arch
+            )));
+        }
         let fields: [(&str, bool, &[Family]); 10] = [
             (
                 "growth_rate",
@@ -386,6 +440,19 @@ pub fn build(cfg: &NetworkConfig, vb: VarBuilder) -> Result<Box<dyn Classifier>,
     build_with_naming(cfg, vb, naming)
 }
 
+/// `cfg` with the I3D head form read off `vb` where `cfg` leaves it unset (the STOIC head when
+/// `vb` holds `linear.weight`), so that unconverted STOIC checkpoints build with their own head.
+pub fn with_detected_head(cfg: &NetworkConfig, vb: &VarBuilder) -> NetworkConfig {
+    let mut c = cfg.clone();
+    if c.arch == Arch::InceptionV1_3d && c.i3d_head.is_none() {
+        let stoic = inception::I3dHead::Stoic;
+        if vb.contains_tensor(&format!("{}.weight", stoic.prefix())) {
+            c.i3d_head = Some(stoic);
+        }
+    }
+    c
+}
+
 /// [`build`] with the parameter names given.
 pub fn build_with_naming(
     cfg: &NetworkConfig,
@@ -393,6 +460,7 @@ pub fn build_with_naming(
     naming: Naming,
 ) -> Result<Box<dyn Classifier>, ModelError> {
     cfg.check_overrides()?;
+    let cfg = &with_detected_head(cfg, &vb);
     match cfg.arch.family() {
         Family::DenseNet3d => {
             let dc = densenet::DenseNetConfig::from_network(cfg)?;

@@ -18,6 +18,13 @@ use super::{
 /// PyTorch's BatchNorm eps, used by MONAI and torchvision ResNets.
 const BN_EPS: f64 = 1e-5;
 
+/// MONAI's `ResNet` default stem kernel (`conv1_t_size`), which `resnet18/34/50` keep.
+pub const DEFAULT_CONV1_T_SIZE: usize = 7;
+
+/// MONAI's `ResNet` default stem stride (`conv1_t_stride`), which `resnet18/34/50` keep: the
+/// stem does not subsample; only its max pool does.
+pub const DEFAULT_CONV1_T_STRIDE: usize = 1;
+
 /// How a downsampling block's shortcut matches the new shape (MONAI `shortcut_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShortcutType {
@@ -65,8 +72,9 @@ impl ResNetConfig {
         }
     }
 
-    /// The configuration of `cfg`: MONAI's defaults for the 3-D ResNets (stem stride 2 unless
-    /// overridden, type-B shortcuts with bias), torchvision's design for the 2-D ones.
+    /// The configuration of `cfg`: MONAI's defaults for the 3-D ResNets (those of
+    /// `resnet18/34/50(spatial_dims=3)`: stem kernel 7 and stride 1, max pool, type-B shortcuts
+    /// with bias), torchvision's design for the 2-D ones (stem stride 2, no shortcut bias).
     pub fn from_network(cfg: &NetworkConfig) -> Result<Self, ModelError> {
         let Some((bottleneck, blocks)) = Self::depth(cfg.arch) else {
             return Err(ModelError::InvalidConfig(format!(
@@ -97,8 +105,12 @@ impl ResNetConfig {
             bottleneck,
             layers,
             widths: [64, 128, 256, 512].map(|w| w / divisor).to_vec(),
-            stem_kernel: cfg.conv1_t_size.unwrap_or(7),
-            stem_stride: cfg.conv1_t_stride.unwrap_or(2),
+            stem_kernel: cfg.conv1_t_size.unwrap_or(DEFAULT_CONV1_T_SIZE),
+            // torchvision's 2-D stem always has stride 2 (conv1_t_stride applies to 3-D only).
+            stem_stride: match spatial {
+                Spatial::D3 => cfg.conv1_t_stride.unwrap_or(DEFAULT_CONV1_T_STRIDE),
+                Spatial::D2 => 2,
+            },
             max_pool: !cfg.no_max_pool.unwrap_or(false),
             shortcut: cfg.shortcut_type.unwrap_or(ShortcutType::B),
             downsample_bias: spatial == Spatial::D3 && cfg.bias_downsample.unwrap_or(true),

@@ -13,6 +13,7 @@ use ctgrade::ensemble::{self, Manifest};
 use ctgrade::grading::Head;
 use ctgrade::model::{self, Arch, NetworkConfig};
 use ctgrade::preprocess::{ChannelLayout, InputSpec};
+use ctgrade::volume::Volume;
 
 /// A tiny 3-D DenseNet: the pipeline is under test, not the network.
 pub fn tiny_network(head: Head) -> NetworkConfig {
@@ -109,4 +110,78 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Writes `vol` (integer HU, axis-aligned) as a DICOM series of signed 16-bit explicit VR
+/// little endian slices into `dir`, with dicom-object, file names in reverse slice order.
+pub fn write_series(vol: &Volume, dir: &Path) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+    let [nx, ny, nz] = vol.size;
+    let ds = |x: f64| format!("{x:.10}");
+    for z in 0..nz {
+        let p = vol.index_to_physical([0.0, 0.0, z as f64]);
+        let uid = format!("1.2.826.0.1.3680043.10.1717.9.{z}");
+        let pixels: Vec<u16> = vol.data[z * nx * ny..(z + 1) * nx * ny]
+            .iter()
+            .map(|&v| v as i16 as u16)
+            .collect();
+        let mut obj = InMemDicomObject::new_empty();
+        let text = |tag, vr, value: String| DataElement::new(tag, vr, PrimitiveValue::from(value));
+        for e in [
+            text(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE.into()),
+            text(tags::SOP_INSTANCE_UID, VR::UI, uid.clone()),
+            text(tags::MODALITY, VR::CS, "CT".into()),
+            text(
+                tags::SERIES_INSTANCE_UID,
+                VR::UI,
+                "1.2.826.0.1.3680043.10.1717.9".into(),
+            ),
+            text(
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                format!("{}\\{}\\{}", ds(p[0]), ds(p[1]), ds(p[2])),
+            ),
+            text(
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                "1\\0\\0\\0\\1\\0".into(),
+            ),
+            text(
+                tags::PIXEL_SPACING,
+                VR::DS,
+                format!("{}\\{}", ds(vol.spacing[1]), ds(vol.spacing[0])),
+            ),
+            text(
+                tags::PHOTOMETRIC_INTERPRETATION,
+                VR::CS,
+                "MONOCHROME2".into(),
+            ),
+        ] {
+            obj.put(e);
+        }
+        for (tag, value) in [
+            (tags::ROWS, ny as u16),
+            (tags::COLUMNS, nx as u16),
+            (tags::SAMPLES_PER_PIXEL, 1),
+            (tags::BITS_ALLOCATED, 16),
+            (tags::BITS_STORED, 16),
+            (tags::HIGH_BIT, 15),
+            (tags::PIXEL_REPRESENTATION, 1),
+        ] {
+            obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
+        }
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(pixels.into()),
+        ));
+        let file = obj
+            .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+            .unwrap();
+        file.write_to_file(dir.join(format!("slice{:03}", nz - z)))
+            .unwrap();
+    }
 }
