@@ -288,6 +288,48 @@ fn report_structure_images_and_heat_maps() {
     assert!(!output.join("images/covid-19-heat-map/b.mha").exists());
 }
 
+/// A DICOM series socket: the heat map is on the series' grid, named after the case, and the
+/// report shows the case.
+#[test]
+fn heat_map_of_a_dicom_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ct, _) = phantom(&PhantomConfig {
+        size: [96, 96, 48],
+        spacing: [3.5, 3.5, 6.0],
+        seed: 6,
+        co_rads: 5,
+    })
+    .unwrap();
+    let input = dir.path().join("input");
+    let series = input.join("images/ct");
+    std::fs::create_dir_all(&series).unwrap();
+    common::write_series(&ct, &series);
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/default");
+    let output = dir.path().join("output");
+    let log = run(&input, &output, &weights, &["--heat-map", "--report"]);
+    let maps: Vec<PathBuf> = std::fs::read_dir(output.join("images/covid-19-heat-map"))
+        .unwrap_or_else(|e| panic!("no heat maps ({e}): {log}"))
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(maps.len(), 1, "{maps:?}");
+    let heat = volume::read(&maps[0]).unwrap();
+    let read = volume::read(&series).unwrap();
+    assert_eq!(heat.size, read.size);
+    for k in 0..3 {
+        assert!((heat.spacing[k] - read.spacing[k]).abs() < 1e-9);
+        assert!((heat.origin[k] - read.origin[k]).abs() < 1e-9);
+    }
+    assert_eq!(heat.direction, read.direction);
+    assert!(heat.data.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(
+        heat.data.iter().any(|&v| v != heat.data[0]),
+        "constant heat map"
+    );
+    let html = std::fs::read_to_string(output.join("report.html")).unwrap();
+    assert_eq!(html.matches("<section class=\"case\"").count(), 1);
+    assert!(html.contains("with the heat map"));
+}
+
 /// `--heat-map` with networks it cannot explain is refused before any case is graded.
 #[test]
 fn heat_map_refused_for_2d_networks() {
