@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     let manifest = Manifest {
         name: format!("random-{arch}-x{members}"),
         description: "random weights, for benchmarks only".into(),
+        demonstration: false,
         network,
         head: Head::Continuous,
         input: InputSpec::default(),

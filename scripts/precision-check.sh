@@ -24,14 +24,14 @@ for p in f32 bf16 f16; do
   metric() { grep -o "\"$1\": *[-0-9.eE]*" "$work/$p-metrics.json" | head -1 | sed 's/.*: *//'; }
   echo "$p: AUC $(metric auc), QWK $(metric qwk), $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }') s for 100 cases"
 done
-# summary.csv: case,file,probability,co_rads,error,seconds (same case order in every run).
+# summary.csv: case,file,probability,co_rads,error,seconds,... (same case order in every run).
 for p in bf16 f16; do
   paste -d, "$work/f32/summary.csv" "$work/$p/summary.csv" | awk -F, -v p="$p" '
     NR > 1 {
-      d = $3 - $9; if (d < 0) d = -d
+      h = NF / 2; d = $3 - $(h + 3); if (d < 0) d = -d
       if (d > max) max = d
       sum += d; n++
-      if ($4 != $10) changed++
+      if ($4 != $(h + 4)) changed++
     }
     END { printf "%s vs f32: max |dp| %.2e, mean |dp| %.2e, CO-RADS changed in %d of %d cases\n", p, max, sum / n, changed, n }'
 done

@@ -67,7 +67,7 @@ stamp "training $members member(s), at most $steps batches each"
     --arch densenet121-3d --config "$work/net.json" --input-spec "$work/spec.json" \
     --out "$work/ensemble" --members "$members" --seed 1 --lr "$lr" --lr-final "$lr_final" \
     --max-steps "$steps" --patience 2000 --val-every 100 --log-every 100 \
-    --name ctgrade-demo-phantoms \
+    --name ctgrade-demo-phantoms --demonstration \
     --description "DEMONSTRATION ONLY: $members small 3-D DenseNets trained by ctgrade train on synthetic chest phantoms (no real CT); see weights/default/README.md"
 t2=$(date +%s)
 

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::device::Precision;
 use crate::grading::Head;
+use crate::heatmap;
 use crate::model::{self, ModelError, Naming, NetworkConfig};
 use crate::preprocess::InputSpec;
 
@@ -35,6 +36,10 @@ pub struct Manifest {
     pub name: String,
     /// What these weights are and where they come from.
     pub description: String,
+    /// True for demonstration weights (trained on synthetic phantoms): every run and report
+    /// says that its answers are not a diagnosis.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub demonstration: bool,
     /// The architecture and its hyper-parameters (shared by all members).
     pub network: NetworkConfig,
     /// The output head the members were trained with.
@@ -103,6 +108,9 @@ pub enum EnsembleError {
         /// The cause.
         source: ModelError,
     },
+    /// A heat map cannot be computed for these members.
+    #[error(transparent)]
+    Cam(heatmap::HeatMapError),
     /// A tensor operation failed while running a member.
     #[error("running ensemble member {path}: {source}")]
     Compute {
@@ -390,8 +398,54 @@ impl Ensemble {
         input: &Tensor,
         device: &Device,
         precision: Precision,
-        mut progress: impl FnMut(usize, f64),
+        progress: impl FnMut(usize, f64),
     ) -> Result<Vec<f64>, EnsembleError> {
+        let members = self.predict_members(input, device, precision, progress)?;
+        Ok(mean_output(&members))
+    }
+
+    /// As [`Ensemble::predict`], but each member's post-activation output, in manifest order
+    /// ([`mean_output`] gives the ensemble's).
+    pub fn predict_members(
+        &self,
+        input: &Tensor,
+        device: &Device,
+        precision: Precision,
+        progress: impl FnMut(usize, f64),
+    ) -> Result<Vec<Vec<f64>>, EnsembleError> {
+        Ok(self
+            .run_members(input, device, precision, false, progress)?
+            .0)
+    }
+
+    /// As [`Ensemble::predict_members`], with the Grad-CAM map of the members' COVID-19
+    /// probability on the network input (see [`crate::heatmap`]). Fails for architectures whose
+    /// output is not a linear head on globally pooled feature maps.
+    pub fn predict_members_with_cam(
+        &self,
+        input: &Tensor,
+        device: &Device,
+        precision: Precision,
+        progress: impl FnMut(usize, f64),
+    ) -> Result<(Vec<Vec<f64>>, heatmap::Cam), EnsembleError> {
+        let (outputs, cam) = self.run_members(input, device, precision, true, progress)?;
+        let cam = cam.ok_or_else(|| {
+            EnsembleError::Cam(heatmap::HeatMapError::Unsupported(
+                self.manifest.network.arch.to_string(),
+            ))
+        })?;
+        Ok((outputs, cam))
+    }
+
+    /// Runs the members one after another; with `cam`, also averages their Grad-CAM maps.
+    fn run_members(
+        &self,
+        input: &Tensor,
+        device: &Device,
+        precision: Precision,
+        cam: bool,
+        mut progress: impl FnMut(usize, f64),
+    ) -> Result<(Vec<Vec<f64>>, Option<heatmap::Cam>), EnsembleError> {
         let input = input
             .to_device(device)
             .and_then(|x| x.to_dtype(precision.dtype()))
@@ -403,24 +457,34 @@ impl Ensemble {
             .loaded
             .as_ref()
             .filter(|l| l.precision == precision && l.device.same_device(device));
-        let mut sum = vec![0f64; self.manifest.head.num_outputs()];
+        let mut outputs = Vec::with_capacity(self.len());
+        let mut cams = Vec::new();
         for (i, member) in self.manifest.members.iter().enumerate() {
             let start = std::time::Instant::now();
             let path = self.dir.join(&member.file);
-            let output = match loaded {
-                Some(l) => self.run_network(&path, &*l.networks[i], &input)?,
+            let built;
+            let network: &dyn model::Classifier = match loaded {
+                Some(l) => &*l.networks[i],
                 None => {
-                    let network = self.build_member(&path, device, precision)?;
-                    self.run_network(&path, &*network, &input)?
+                    built = self.build_member(&path, device, precision)?;
+                    &*built
                 }
             };
-            for (s, o) in sum.iter_mut().zip(output) {
-                *s += o;
+            if cam {
+                let (output, map) = self.run_network_cam(&path, network, &input)?;
+                outputs.push(output);
+                cams.push(map);
+            } else {
+                outputs.push(self.run_network(&path, network, &input)?);
             }
             progress(i, start.elapsed().as_secs_f64());
         }
-        let n = self.len() as f64;
-        Ok(sum.into_iter().map(|s| s / n).collect())
+        let cam = if cam {
+            Some(heatmap::Cam::mean(&cams).map_err(EnsembleError::Cam)?)
+        } else {
+            None
+        };
+        Ok((outputs, cam))
     }
 
     /// Reads one member's weights and builds its network.
@@ -450,14 +514,51 @@ impl Ensemble {
         network: &dyn model::Classifier,
         input: &Tensor,
     ) -> Result<Vec<f64>, EnsembleError> {
+        let logits = network
+            .forward(input)
+            .map_err(|source| EnsembleError::Compute {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        self.activate(path, &logits)
+    }
+
+    /// [`Ensemble::run_network`] through the network's feature maps, with the member's Grad-CAM
+    /// map (the same output: the head is applied to the same pooled features).
+    fn run_network_cam(
+        &self,
+        path: &Path,
+        network: &dyn model::Classifier,
+        input: &Tensor,
+    ) -> Result<(Vec<f64>, heatmap::Cam), EnsembleError> {
+        let parts = network
+            .cam_features(input)
+            .ok_or_else(|| {
+                EnsembleError::Cam(heatmap::HeatMapError::Unsupported(
+                    self.manifest.network.arch.to_string(),
+                ))
+            })?
+            .map_err(|source| EnsembleError::Compute {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let output = self.activate(path, &parts.logits)?;
+        let cam = heatmap::grad_cam(self.manifest.head, &parts, &output).map_err(|source| {
+            EnsembleError::Compute {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok((output, cam))
+    }
+
+    /// The head's activation of raw outputs, as f64.
+    fn activate(&self, path: &Path, logits: &Tensor) -> Result<Vec<f64>, EnsembleError> {
         let compute = |source| EnsembleError::Compute {
             path: path.to_path_buf(),
             source,
         };
-        let logits = network
-            .forward(input)
-            .and_then(|y| y.to_dtype(DType::F32))
-            .map_err(compute)?;
+        let logits = logits.to_dtype(DType::F32).map_err(compute)?;
         let activated = match self.manifest.head {
             Head::Continuous => candle_nn::ops::sigmoid(&logits),
             Head::Categorical => candle_nn::ops::softmax(&logits, D::Minus1),
@@ -469,6 +570,19 @@ impl Ensemble {
             .and_then(|t| t.to_vec1::<f64>())
             .map_err(compute)
     }
+}
+
+/// The mean of the members' outputs (element-wise), the ensemble's output.
+pub fn mean_output(members: &[Vec<f64>]) -> Vec<f64> {
+    let width = members.first().map_or(0, Vec::len);
+    let mut sum = vec![0f64; width];
+    for output in members {
+        for (s, o) in sum.iter_mut().zip(output) {
+            *s += o;
+        }
+    }
+    let n = members.len().max(1) as f64;
+    sum.into_iter().map(|s| s / n).collect()
 }
 
 /// Writes a manifest for `members` (copied into `out`), computing their hashes.

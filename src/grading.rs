@@ -80,6 +80,24 @@ pub fn grade(head: Head, mean_output: &[f64]) -> Result<Grade, GradingError> {
     })
 }
 
+/// Each member's COVID-19 probability (its own output graded as a one-member ensemble would be:
+/// the sigmoid for the continuous head, `sum_c P(c) (c - 1) / 4` for the categorical one) and
+/// their population standard deviation (0 for one member), the ensemble's spread.
+pub fn member_spread(head: Head, members: &[Vec<f64>]) -> Result<(Vec<f64>, f64), GradingError> {
+    let probabilities = members
+        .iter()
+        .map(|m| grade(head, m).map(|g| g.probability))
+        .collect::<Result<Vec<f64>, _>>()?;
+    let n = probabilities.len().max(1) as f64;
+    let mean = probabilities.iter().sum::<f64>() / n;
+    let var = probabilities
+        .iter()
+        .map(|p| (p - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    Ok((probabilities, var.sqrt()))
+}
+
 /// CO-RADS from a continuous probability: `round(4p) + 1`.
 fn grade_continuous(p: f64) -> Grade {
     let probability = p.clamp(0.0, 1.0);
@@ -115,6 +133,18 @@ fn grade_categorical(probs: &[f64]) -> Grade {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_spread_is_the_population_deviation() {
+        let (p, s) = member_spread(Head::Continuous, &[vec![0.2], vec![0.6]]).unwrap();
+        assert_eq!(p, vec![0.2, 0.6]);
+        assert!((s - 0.2).abs() < 1e-12);
+        let certain = |c: usize| (0..5).map(|i| f64::from(u8::from(i == c))).collect();
+        let (p, s) = member_spread(Head::Categorical, &[certain(0), certain(4)]).unwrap();
+        assert_eq!(p, vec![0.0, 1.0]);
+        assert!((s - 0.5).abs() < 1e-12);
+        assert!(member_spread(Head::Continuous, &[vec![f64::NAN]]).is_err());
+    }
 
     fn co_rads(p: f64) -> u8 {
         grade(Head::Continuous, &[p]).unwrap().co_rads

@@ -91,6 +91,17 @@ struct RunArgs {
     /// Also write each case's lung mask to images/lung-segmentation/<case>.mha.
     #[arg(long)]
     lung_mask: bool,
+    /// Also write the standard deviation of the members' probabilities to
+    /// probability-covid-19-spread.json.
+    #[arg(long)]
+    spread: bool,
+    /// Also write a Grad-CAM heat map of each case (float32 in [0, 1], on the CT's grid) to
+    /// images/covid-19-heat-map/<case>.mha.
+    #[arg(long)]
+    heat_map: bool,
+    /// Also write report.html: every case's answers, members, pictures and preprocessing facts.
+    #[arg(long)]
+    report: bool,
     /// Largest scan accepted, in voxels; a larger one fails before it is read. Default: 2000 Mi
     /// (e.g. 1024 x 1024 x 2000, which fits a 16 GiB machine), lowered to fit the memory budget:
     /// the smallest of GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB, RLIMIT_DATA, RLIMIT_AS and the
@@ -176,6 +187,11 @@ fn prepare(args: &RunArgs, keep_loaded: bool) -> Result<(Ensemble, Device, RunOp
     let dir = ensemble::resolve_weights(args.weights.as_deref())?;
     let mut ensemble = Ensemble::open(&dir)?;
     eprintln!("ctgrade: weights from {}", dir.display());
+    // Refused before any case: a heat map asked for cannot be made for these networks.
+    let arch = ensemble.manifest.network.arch;
+    if args.heat_map && !ctgrade::heatmap::supported(arch) {
+        return Err(ctgrade::heatmap::HeatMapError::Unsupported(arch.to_string()).into());
+    }
     let device = args.device.open()?;
     eprintln!(
         "ctgrade: running on {} in {}",
@@ -206,6 +222,9 @@ fn prepare(args: &RunArgs, keep_loaded: bool) -> Result<(Ensemble, Device, RunOp
             .map(|s| s.resolve(|name| std::env::var(name).ok()))
             .transpose()?,
         skip_done: args.skip_done,
+        spread: args.spread,
+        heat_map: args.heat_map,
+        report: args.report,
     };
     match &budget {
         Some(limit) => eprintln!(
@@ -295,6 +314,7 @@ fn ensemble_command(cmd: EnsembleCommand) -> Result<()> {
             let manifest = Manifest {
                 name,
                 description,
+                demonstration: false,
                 network,
                 head,
                 input,

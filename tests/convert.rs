@@ -204,6 +204,7 @@ fn safetensors_reconvert_to_f16_and_join_an_ensemble() {
     let manifest = Manifest {
         name: "converted".into(),
         description: "test".into(),
+        demonstration: false,
         network: report.network,
         head: Head::Categorical,
         input: InputSpec::default(),

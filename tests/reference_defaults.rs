@@ -404,6 +404,7 @@ fn manifests_state_the_resolved_configuration() {
         let manifest = Manifest {
             name: name.into(),
             description: "test".into(),
+            demonstration: false,
             network: report.network,
             head,
             input: InputSpec::default(),

@@ -562,9 +562,11 @@ fn content_problems_in_one_batch_and_determinism() {
                     .lines()
                     .map(|l| l.split("\"seconds\"").next().unwrap_or(l).to_string())
                     .map(|l| {
-                        // CSV: drop the last column (seconds).
-                        if name.ends_with(".csv") {
-                            l.rsplit_once(',').map_or(l.clone(), |x| x.0.to_string())
+                        // CSV: drop the seconds column (the third from the end, before
+                        // spread and member_probabilities, which hold no commas).
+                        let parts: Vec<&str> = l.rsplitn(4, ',').collect();
+                        if name.ends_with(".csv") && parts.len() == 4 {
+                            format!("{},{},{}", parts[3], parts[1], parts[0])
                         } else {
                             l
                         }

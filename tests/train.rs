@@ -225,6 +225,7 @@ fn options(data: &Path, out: &Path) -> TrainOptions {
         cache: true,
         name: "test".into(),
         description: String::new(),
+        demonstration: false,
         interrupt_after: None,
         device: Device::Cpu,
     }

@@ -197,6 +197,8 @@ mod tests {
             file: format!("{case}.mha"),
             probability: Some(p),
             co_rads: Some(grading_of(p)),
+            member_probabilities: vec![p],
+            spread: Some(0.0),
             error: None,
             warnings: Vec::new(),
             skipped: false,

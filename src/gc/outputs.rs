@@ -20,6 +20,12 @@ pub const SUMMARY_FILE: &str = "summary.json";
 pub const SUMMARY_CSV_FILE: &str = "summary.csv";
 /// Folder of the optional lung-segmentation image output.
 pub const LUNG_MASK_DIR: &str = "images/lung-segmentation";
+/// Output socket file of the ensemble's spread (`--spread`).
+pub const SPREAD_FILE: &str = "probability-covid-19-spread.json";
+/// Folder of the optional heat-map image output (`--heat-map`).
+pub const HEAT_MAP_DIR: &str = "images/covid-19-heat-map";
+/// The visual report (`--report`).
+pub const REPORT_FILE: &str = "report.html";
 
 /// A failed write, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +62,11 @@ pub fn write_sockets(dir: &Path, grade: &Grade) -> Result<(), WriteError> {
     write_json(&dir.join(CO_RADS_FILE), &grade.co_rads)
 }
 
+/// Writes the ensemble's spread (a bare number) into `dir`.
+pub fn write_spread(dir: &Path, spread: f64) -> Result<(), WriteError> {
+    write_json(&dir.join(SPREAD_FILE), &spread)
+}
+
 /// The outcome of one case, for the summary and `results.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaseResult {
@@ -67,6 +78,12 @@ pub struct CaseResult {
     pub probability: Option<f64>,
     /// CO-RADS score, when the case succeeded.
     pub co_rads: Option<u8>,
+    /// Each member's COVID-19 probability (as if it were a one-member ensemble), when graded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_probabilities: Vec<f64>,
+    /// Population standard deviation of `member_probabilities`, when graded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<f64>,
     /// Why the case failed, when it did.
     pub error: Option<String>,
     /// What looked wrong with the input without stopping it (NaN voxels, a non-HU range).
@@ -121,7 +138,9 @@ pub fn write_summary_named(
         &dir.join(format!("{stem}.json")),
         &serde_json::json!({ "cases": results }),
     )?;
-    let mut csv = String::from("case,file,probability,co_rads,error,seconds\n");
+    // New columns go last, so that readers of the first six keep working.
+    let mut csv =
+        String::from("case,file,probability,co_rads,error,seconds,spread,member_probabilities\n");
     for r in results {
         let field = |s: &str| {
             if s.contains([',', '"', '\n']) {
@@ -130,14 +149,22 @@ pub fn write_summary_named(
                 s.to_string()
             }
         };
+        let members: Vec<String> = r
+            .member_probabilities
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         csv.push_str(&format!(
-            "{},{},{},{},{},{:.3}\n",
+            "{},{},{},{},{},{:.3},{},{}\n",
             field(&r.case),
             field(&r.file),
             r.probability.map(|p| p.to_string()).unwrap_or_default(),
             r.co_rads.map(|c| c.to_string()).unwrap_or_default(),
             field(r.error.as_deref().unwrap_or("")),
-            r.seconds
+            r.seconds,
+            r.spread.map(|s| s.to_string()).unwrap_or_default(),
+            // One field: the members separated by semicolons.
+            members.join(";"),
         ));
     }
     write_atomic(&dir.join(format!("{stem}.csv")), csv.as_bytes())
@@ -172,6 +199,8 @@ mod tests {
                 file: "a.mha".into(),
                 probability: Some(0.9),
                 co_rads: Some(5),
+                member_probabilities: vec![0.8, 1.0],
+                spread: Some(0.1),
                 error: None,
                 warnings: Vec::new(),
                 skipped: false,
@@ -182,6 +211,8 @@ mod tests {
                 file: "b.mha".into(),
                 probability: None,
                 co_rads: None,
+                member_probabilities: Vec::new(),
+                spread: None,
                 error: Some("no lungs found, \"b\"".into()),
                 warnings: Vec::new(),
                 skipped: false,
@@ -198,9 +229,10 @@ mod tests {
         assert_eq!(v[1]["outputs"].as_array().unwrap().len(), 0);
         let csv = std::fs::read_to_string(dir.path().join(SUMMARY_CSV_FILE)).unwrap();
         assert!(
-            csv.contains("b,b.mha,,,\"no lungs found, \"\"b\"\"\",0.500"),
+            csv.contains("b,b.mha,,,\"no lungs found, \"\"b\"\"\",0.500,,\n"),
             "{csv}"
         );
+        assert!(csv.contains("a,a.mha,0.9,5,,1.000,0.1,0.8;1\n"), "{csv}");
     }
 
     #[test]

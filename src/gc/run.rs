@@ -13,10 +13,12 @@ use super::outputs::{self, CaseResult};
 use super::shard::{self, Shard};
 use super::{discover, Case, Layout};
 use crate::device::Precision;
-use crate::ensemble::Ensemble;
+use crate::ensemble::{self, Ensemble};
 use crate::grading::{self, Grade};
-use crate::preprocess::resample::Grid;
+use crate::heatmap;
+use crate::preprocess::resample::{self, Grid, Interpolation};
 use crate::preprocess::{self, checks, PreprocessError};
+use crate::report::{self, CaseFigures, CaseImages, Timings};
 use crate::volume::{self, ElementType, ReadLimits};
 
 /// Options of one run.
@@ -41,6 +43,12 @@ pub struct RunOptions {
     pub shard: Option<Shard>,
     /// Skip a case whose answers an earlier run left complete and valid (`--skip-done`).
     pub skip_done: bool,
+    /// Also write the members' spread to `probability-covid-19-spread.json` (`--spread`).
+    pub spread: bool,
+    /// Also write a Grad-CAM heat map of each case to `images/covid-19-heat-map/<case>.mha`.
+    pub heat_map: bool,
+    /// Also write `report.html` into the output folder (`--report`).
+    pub report: bool,
 }
 
 /// Why the run as a whole could not proceed (a failing case is not one: it is recorded).
@@ -54,11 +62,18 @@ pub enum RunError {
     Write(#[from] outputs::WriteError),
 }
 
+/// A one-line reason naming the case's file.
+fn reason(case: &Case, e: impl std::fmt::Display) -> String {
+    format!("{}: {e}", case.image.display())
+}
+
 /// What happened in a run.
 #[derive(Debug, Clone)]
 pub struct RunReport {
     /// One entry per case, in input order.
     pub results: Vec<CaseResult>,
+    /// The report's figures of each case (`--report`; `None` for failed and skipped cases).
+    pub figures: Vec<Option<CaseFigures>>,
 }
 
 impl RunReport {
@@ -142,7 +157,11 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
     for w in &inputs.warnings {
         log(&bar, format!("ctgrade: warning: {w}"));
     }
+    if ensemble.manifest.demonstration {
+        log(&bar, format!("ctgrade: {}", report::DEMONSTRATION_NOTICE));
+    }
     let mut results = Vec::with_capacity(inputs.cases.len());
+    let mut figures = Vec::with_capacity(inputs.cases.len());
     for case in &inputs.cases {
         let start = Instant::now();
         let case_dir = if batch {
@@ -159,11 +178,17 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
             .output
             .join(outputs::LUNG_MASK_DIR)
             .join(format!("{}.mha", case.name));
+        let heat_path = opts
+            .output
+            .join(outputs::HEAT_MAP_DIR)
+            .join(format!("{}.mha", case.name));
         if let Some((p, c)) = opts
             .skip_done
             .then(|| shard::finished(&case_dir))
             .flatten()
             .filter(|_| !opts.lung_mask || mask_path.is_file())
+            .filter(|_| !opts.heat_map || heat_path.is_file())
+            .filter(|_| !opts.spread || case_dir.join(outputs::SPREAD_FILE).is_file())
         {
             log(
                 &bar,
@@ -178,46 +203,66 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
                 file,
                 probability: Some(p),
                 co_rads: Some(c),
+                member_probabilities: Vec::new(),
+                spread: None,
                 error: None,
                 warnings: Vec::new(),
                 skipped: true,
                 seconds: 0.0,
             });
+            figures.push(None);
             continue;
         }
         let mut warnings = Vec::new();
-        let outcome = grade_case(case, opts, ensemble, device, &bar, &mut warnings).and_then(
-            |(grade, mask)| {
-                if let (true, Some(mask)) = (opts.lung_mask, mask) {
-                    let path = &mask_path;
+        let outcome =
+            grade_case(case, opts, ensemble, device, &bar, &mut warnings).and_then(|mut graded| {
+                let images = [
+                    (graded.mask.take(), &mask_path, ElementType::UChar),
+                    (graded.heat.take(), &heat_path, ElementType::Float),
+                ];
+                for (image, path, element) in images {
+                    let Some(image) = image else { continue };
                     if let Some(dir) = path.parent() {
                         std::fs::create_dir_all(dir)
                             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
                     }
-                    volume::write(path, &mask, ElementType::UChar).map_err(|e| e.to_string())?;
+                    volume::write(path, &image, element).map_err(|e| e.to_string())?;
                 }
                 // The answers last: a case whose other outputs failed leaves no answer behind.
                 if inputs.layout == Layout::Sockets || batch {
-                    outputs::write_sockets(&case_dir, &grade).map_err(|e| e.to_string())?;
+                    if opts.spread {
+                        outputs::write_spread(&case_dir, graded.spread)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    outputs::write_sockets(&case_dir, &graded.grade).map_err(|e| e.to_string())?;
                 }
-                Ok(grade)
-            },
-        );
+                Ok(graded)
+            });
         let seconds = start.elapsed().as_secs_f64();
         let result = match outcome {
-            Ok(grade) => {
+            Ok(graded) => {
+                let grade = graded.grade;
+                let members: Vec<String> =
+                    graded.members.iter().map(|p| format!("{p:.4}")).collect();
                 log(
                     &bar,
                     format!(
-                        "{}: probability {:.4}, CO-RADS {} ({seconds:.2} s)",
-                        case.name, grade.probability, grade.co_rads
+                        "{}: probability {:.4}, CO-RADS {} (members {}, spread {:.4}; {seconds:.2} s)",
+                        case.name,
+                        grade.probability,
+                        grade.co_rads,
+                        members.join(" "),
+                        graded.spread,
                     ),
                 );
+                figures.push(graded.figures);
                 CaseResult {
                     case: case.name.clone(),
                     file,
                     probability: Some(grade.probability),
                     co_rads: Some(grade.co_rads),
+                    member_probabilities: graded.members,
+                    spread: Some(graded.spread),
                     error: None,
                     warnings,
                     skipped: false,
@@ -226,11 +271,14 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
             }
             Err(error) => {
                 log(&bar, format!("{}: FAILED: {error}", case.name));
+                figures.push(None);
                 CaseResult {
                     case: case.name.clone(),
                     file,
                     probability: None,
                     co_rads: None,
+                    member_probabilities: Vec::new(),
+                    spread: None,
                     error: Some(error),
                     warnings,
                     skipped: false,
@@ -254,12 +302,36 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
             }
         }
     }
-    Ok(RunReport { results })
+    if opts.report {
+        let info = report::RunInfo::of(ensemble, &opts.input);
+        report::write(
+            &opts.output.join(outputs::REPORT_FILE),
+            &info,
+            &results,
+            &figures,
+        )?;
+    }
+    Ok(RunReport { results, figures })
+}
+
+/// What grading one case produced.
+struct Graded {
+    grade: Grade,
+    /// Each member's probability.
+    members: Vec<f64>,
+    /// Their population standard deviation.
+    spread: f64,
+    /// The lung mask on the CT's grid, when `--lung-mask` asks for it.
+    mask: Option<volume::Volume>,
+    /// The heat map on the CT's grid, when `--heat-map` asks for it.
+    heat: Option<volume::Volume>,
+    /// The report's figures, when `--report` asks for them.
+    figures: Option<CaseFigures>,
 }
 
 /// Reads, checks, preprocesses, runs and grades one case. Errors are one-line reasons naming
 /// the file; what looked wrong without stopping the case goes to `warnings` (and the log).
-/// The lung mask is returned only when `opts.lung_mask` asks for it.
+/// The lung mask, heat map and figures are made only when `opts` asks for them.
 fn grade_case(
     case: &Case,
     opts: &RunOptions,
@@ -267,7 +339,7 @@ fn grade_case(
     device: &Device,
     bar: &ProgressBar,
     warnings: &mut Vec<String>,
-) -> Result<(Grade, Option<volume::Volume>), String> {
+) -> Result<Graded, String> {
     let label = match &case.upload_name {
         Some(upload) => format!("{} (uploaded as {upload})", case.name),
         None => case.name.clone(),
@@ -312,6 +384,17 @@ fn grade_case(
             ct.spacing,
         ));
     }
+    let ct_grid = Grid::of(&ct);
+    // The report's pictures are drawn on a display grid; the CT is resampled onto it before
+    // preprocessing takes it.
+    let display = if opts.report {
+        let g = report::display_grid(&grid);
+        let v = resample::resample(&ct, &g, Interpolation::Linear, preprocess::PAD_HU)
+            .map_err(|e| in_context(e, warnings))?;
+        Some((g, v))
+    } else {
+        None
+    };
     let t = Instant::now();
     // By value: the CT's voxels are freed once resampled (see `preprocess_owned`).
     let prep = preprocess::preprocess_owned(ct, lesion.as_ref(), spec)
@@ -336,25 +419,99 @@ fn grade_case(
             ),
         );
     }
+    let lungs_display = match &display {
+        Some((g, _)) => Some(
+            resample::resample(&prep.lung_mask, g, Interpolation::Nearest, 0.0)
+                .map_err(|e| reason(case, e))?,
+        ),
+        None => None,
+    };
     let mask = opts.lung_mask.then_some(prep.lung_mask);
+    // The report shows the network input: keep it (it is small) before the tensor takes it.
+    let kept_input = opts.report.then(|| prep.input.clone());
     let shape: Vec<usize> = std::iter::once(1).chain(prep.shape).collect();
     let input = Tensor::from_vec(prep.input, shape, &Device::Cpu).map_err(|e| e.to_string())?;
     let t = Instant::now();
     let n = ensemble.len();
-    let mean = ensemble
-        .predict(&input, device, opts.precision, |i, s| {
-            bar.inc(1);
-            if bar.is_hidden() {
-                eprintln!("{}: member {}/{n} in {s:.2} s", case.name, i + 1);
-            }
-        })
-        .map_err(|e| e.to_string())?;
+    let progress = |i: usize, s: f64| {
+        bar.inc(1);
+        if bar.is_hidden() {
+            eprintln!("{}: member {}/{n} in {s:.2} s", case.name, i + 1);
+        }
+    };
+    let (outputs, cam) = if opts.heat_map {
+        let (outputs, cam) = ensemble
+            .predict_members_with_cam(&input, device, opts.precision, progress)
+            .map_err(|e| e.to_string())?;
+        (outputs, Some(cam))
+    } else {
+        let outputs = ensemble
+            .predict_members(&input, device, opts.precision, progress)
+            .map_err(|e| e.to_string())?;
+        (outputs, None)
+    };
     let infer_s = t.elapsed().as_secs_f64();
-    let grade = grading::grade(ensemble.manifest.head, &mean)
-        .map_err(|e| format!("{}: {e}", case.image.display()))?;
+    let head = ensemble.manifest.head;
+    let grade =
+        grading::grade(head, &ensemble::mean_output(&outputs)).map_err(|e| reason(case, e))?;
+    let (members, spread) = grading::member_spread(head, &outputs).map_err(|e| reason(case, e))?;
+    if cam
+        .as_ref()
+        .is_some_and(|c| c.data.iter().all(|&v| v == 0.0))
+    {
+        let w = "the heat map is zero everywhere: no region of the last block raises the score";
+        log(bar, format!("{}: warning: {w}", case.name));
+        warnings.push(w.to_string());
+    }
+    let t = Instant::now();
+    let (heat, heat_display) = match &cam {
+        Some(cam) => {
+            let heat =
+                heatmap::to_grid(cam, &prep.report, &ct_grid).map_err(|e| reason(case, e))?;
+            let shown = match &display {
+                Some((g, _)) => {
+                    Some(heatmap::to_grid(cam, &prep.report, g).map_err(|e| reason(case, e))?)
+                }
+                None => None,
+            };
+            (Some(heat), shown)
+        }
+        None => (None, None),
+    };
+    let heat_s = cam.is_some().then(|| t.elapsed().as_secs_f64());
     log(
         bar,
-        format!("{label}: read {read_s:.2} s, preprocess {prep_s:.2} s, ensemble {infer_s:.2} s"),
+        format!(
+            "{label}: read {read_s:.2} s, preprocess {prep_s:.2} s, ensemble {infer_s:.2} s{}",
+            heat_s.map_or(String::new(), |s| format!(", heat map {s:.2} s"))
+        ),
     );
-    Ok((grade, mask))
+    let figures = match (display, lungs_display, kept_input) {
+        (Some((_, ct_display)), Some(lungs), Some(input)) => Some(
+            report::render_case(&CaseImages {
+                ct: &ct_display,
+                lungs: &lungs,
+                heat: heat_display.as_ref(),
+                preprocess: &prep.report,
+                input: &input,
+                input_shape: prep.shape,
+                timings: Timings {
+                    read_s,
+                    preprocess_s: prep_s,
+                    ensemble_s: infer_s,
+                    heat_map_s: heat_s,
+                },
+            })
+            .map_err(|e| reason(case, e))?,
+        ),
+        _ => None,
+    };
+    Ok(Graded {
+        grade,
+        members,
+        spread,
+        mask,
+        heat,
+        figures,
+    })
 }

@@ -11,7 +11,7 @@ use candle_nn::{Init, Linear, VarBuilder};
 use super::layers::{
     global_avg_pool, BatchNorm3d, Conv3d, Conv3dConfig, Pool3d, Pool3dConfig, ScaleShiftRelu,
 };
-use super::{cpu, get_param, Arch, Classifier, ModelError, Naming, NetworkConfig};
+use super::{cpu, get_param, Arch, CamFeatures, Classifier, ModelError, Naming, NetworkConfig};
 
 /// Hyper-parameters of a 3-D DenseNet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -350,13 +350,13 @@ impl DenseNet3d {
     ///
     /// On the CPU, without gradients, the dense blocks run fused (`model::cpu`); elsewhere layer by layer.
     pub fn features(&self, x: &Tensor) -> CResult<Tensor> {
-        self.features_impl(x, true)
+        global_avg_pool(&self.features_impl(x, true)?)
     }
 
     /// [`DenseNet3d::features`] layer by layer, through each layer's own `forward` (the CPU kernels
     /// or the composed candle ops), never the fused blocks.
     pub fn features_layered(&self, x: &Tensor) -> CResult<Tensor> {
-        self.features_impl(x, false)
+        global_avg_pool(&self.features_impl(x, false)?)
     }
 
     /// Raw outputs via [`DenseNet3d::features_layered`].
@@ -364,6 +364,7 @@ impl DenseNet3d {
         self.head.forward(&self.features_layered(x)?)
     }
 
+    /// The activated feature maps of the last block (before the global pool).
     fn features_impl(&self, x: &Tensor, allow_fused: bool) -> CResult<Tensor> {
         let (_, c, ..) = x.dims5()?;
         if c != self.in_channels {
@@ -404,13 +405,27 @@ impl DenseNet3d {
                 h = t.conv.forward(&y)?;
             }
         }
-        global_avg_pool(&self.norm5.forward(&h)?)
+        self.norm5.forward(&h)
     }
 }
 
 impl Classifier for DenseNet3d {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         self.head.forward(&self.features(x)?)
+    }
+
+    fn cam_features(&self, x: &Tensor) -> Option<CResult<CamFeatures>> {
+        // The last dense block after norm5 and its ReLU: what the global pool averages.
+        let parts = || {
+            let maps = self.features_impl(x, true)?;
+            let logits = self.head.forward(&global_avg_pool(&maps)?)?;
+            Ok(CamFeatures {
+                maps,
+                weight: self.head.weight().clone(),
+                logits,
+            })
+        };
+        Some(parts())
     }
 }
 

@@ -356,6 +356,24 @@ pub trait Classifier: Send + Sync {
     /// Raw outputs (N, num_outputs), before sigmoid/softmax. Input NCDHW, in the dtype of the
     /// weights (f32 unless a reduced [`Precision`](crate::device::Precision) was asked for).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// For Grad-CAM ([`crate::heatmap`]): the last block's activated feature maps and the linear
+    /// head on their global average, for networks whose output is exactly that; `None` for the
+    /// others.
+    fn cam_features(&self, _x: &Tensor) -> Option<candle_core::Result<CamFeatures>> {
+        None
+    }
+}
+
+/// What Grad-CAM needs of a network whose output is `weight * mean(maps) + bias`.
+#[derive(Debug, Clone)]
+pub struct CamFeatures {
+    /// The last block's activated feature maps `(N, C, d, h, w)`.
+    pub maps: Tensor,
+    /// The head's weight `(num_outputs, C)`.
+    pub weight: Tensor,
+    /// Raw outputs `(N, num_outputs)`: the head on the maps' global average, as `forward` gives.
+    pub logits: Tensor,
 }
 
 /// Parameter-name conventions of checkpoints. They differ only for DenseNets (3-D and 2-D); every

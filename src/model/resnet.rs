@@ -9,9 +9,9 @@ use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{Pool3d, Pool3dConfig};
+use super::layers::{self, Pool3d, Pool3dConfig};
 use super::{
-    load_bn, load_conv, load_linear, push_bn, Arch, Classifier, ConvUnit, ModelError,
+    load_bn, load_conv, load_linear, push_bn, Arch, CamFeatures, Classifier, ConvUnit, ModelError,
     NetworkConfig, Spatial,
 };
 
@@ -355,6 +355,23 @@ impl Classifier for ResNet {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         let f = self.spatial.pooled_features(x, |s| self.feature_map(s))?;
         self.fc.forward(&f)
+    }
+
+    fn cam_features(&self, x: &Tensor) -> Option<CResult<CamFeatures>> {
+        // The 2-D ResNets reduce over slices with a maximum: not a linear head on a mean.
+        if self.spatial != Spatial::D3 {
+            return None;
+        }
+        let parts = || {
+            let maps = self.feature_map(x)?;
+            let logits = self.fc.forward(&layers::global_avg_pool(&maps)?)?;
+            Ok(CamFeatures {
+                maps,
+                weight: self.fc.weight().clone(),
+                logits,
+            })
+        };
+        Some(parts())
     }
 }
 

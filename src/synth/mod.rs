@@ -26,7 +26,9 @@
 //! -1024 HU, as scanners write it.
 //!
 //! The second volume returned is the true lung mask (1 inside the lungs, vessels and lesions
-//! included, trachea and main bronchi outside the lungs excluded), for testing segmentation.
+//! included, trachea and main bronchi outside the lungs excluded), for testing segmentation;
+//! [`phantom_with_lesions`] also returns the lesion mask (1 where a lesion sets at least half of
+//! a lung voxel's value), for testing where a heat map looks.
 //!
 //! Same seed, same configuration: the same voxels on every machine and thread count (per-voxel
 //! noise is a hash of the seed and the voxel index, not a shared random stream).
@@ -301,6 +303,23 @@ fn place_lesions(rng: &mut SplitMix64, anat: &Anatomy, co_rads: u8) -> Vec<Lesio
 
 /// Draws the phantom: the CT (HU) and the true lung mask (0/1), on the configured grid.
 pub fn phantom(cfg: &PhantomConfig) -> Result<(Volume, Volume), SynthError> {
+    let p = phantom_with_lesions(cfg)?;
+    Ok((p.ct, p.lungs))
+}
+
+/// A phantom with its true masks.
+#[derive(Debug, Clone)]
+pub struct Phantom {
+    /// The CT (HU).
+    pub ct: Volume,
+    /// The lung mask (0/1).
+    pub lungs: Volume,
+    /// The lesion mask (0/1): lung voxels at least half lesion.
+    pub lesions: Volume,
+}
+
+/// [`phantom`] with the lesion mask.
+pub fn phantom_with_lesions(cfg: &PhantomConfig) -> Result<Phantom, SynthError> {
     if !(1..=5).contains(&cfg.co_rads) {
         return Err(SynthError::CoRads(cfg.co_rads));
     }
@@ -314,18 +333,24 @@ pub fn phantom(cfg: &PhantomConfig) -> Result<(Volume, Volume), SynthError> {
     let origin = [0, 1, 2].map(|k| -((cfg.size[k] - 1) as f64) * cfg.spacing[k] / 2.0);
     let mut ct = Volume::filled(cfg.size, cfg.spacing, origin, 0.0);
     let mut mask = Volume::filled(cfg.size, cfg.spacing, origin, 0.0);
+    let mut lesions = Volume::filled(cfg.size, cfg.spacing, origin, 0.0);
     let hi = [0, 1, 2].map(|k| -origin[k]);
     let scene = Scene::new(cfg.seed, cfg.co_rads, origin, hi);
     let plane = nx * ny;
     ct.data
         .par_chunks_mut(plane)
         .zip(mask.data.par_chunks_mut(plane))
+        .zip(lesions.data.par_chunks_mut(plane))
         .enumerate()
-        .for_each(|(k, (ct_slice, mask_slice))| {
-            draw_slice(&scene, cfg, origin, k, ct_slice, mask_slice);
+        .for_each(|(k, ((ct_slice, mask_slice), lesion_slice))| {
+            draw_slice(&scene, cfg, origin, k, ct_slice, mask_slice, lesion_slice);
         });
     debug_assert_eq!(ct.data.len(), nx * ny * nz);
-    Ok((ct, mask))
+    Ok(Phantom {
+        ct,
+        lungs: mask,
+        lesions,
+    })
 }
 
 /// Voxel-index range [lo, hi] along axis `k` covering physical [a, b], clipped to the grid.
@@ -353,6 +378,7 @@ fn draw_slice(
     k: usize,
     ct: &mut [f32],
     mask: &mut [f32],
+    lesion_mask: &mut [f32],
 ) {
     let [nx, ny, _] = cfg.size;
     let sp = cfg.spacing;
@@ -433,6 +459,9 @@ fn draw_slice(
                 // An irregular outline: the normalised radius wobbles with a smooth field.
                 let q = lesion.shape.q(p) * (1.0 + 0.25 * scene.lesion_edge.sample(p) as f64);
                 let w = ((1.0 - q) / edge).clamp(0.0, 1.0) as f32;
+                if w >= 0.5 {
+                    lesion_mask[idx] = 1.0;
+                }
                 if w > 0.0 {
                     let target = lesion.hu + amp * scene.lesion_texture.sample(p);
                     ct[idx] += w * (target - ct[idx]);
@@ -466,6 +495,7 @@ fn draw_slice(
         if p[0] * p[0] + p[1] * p[1] > fov_r2 {
             *v = -1024.0;
             mask[n] = 0.0;
+            lesion_mask[n] = 0.0;
             continue;
         }
         let noise = 10.0 * normal_from_hash(hash2(scene.voxel_key, base + n as u64));
@@ -525,6 +555,9 @@ pub struct SynthArgs {
     /// Also write the true lung mask here (.mha, uint8 0/1).
     #[arg(long = "lung-mask")]
     pub lung_mask: Option<PathBuf>,
+    /// Also write the true lesion mask here (.mha, uint8 0/1: lung voxels at least half lesion).
+    #[arg(long = "lesion-mask")]
+    pub lesion_mask: Option<PathBuf>,
 }
 
 /// Runs `ctgrade synth`: draws the phantom and writes the CT (int16) and optionally the mask.
@@ -536,7 +569,7 @@ pub fn run(args: &SynthArgs) -> Result<(), SynthError> {
         seed: args.seed,
         co_rads: args.co_rads,
     };
-    let (ct, mask) = phantom(&cfg)?;
+    let p = phantom_with_lesions(&cfg)?;
     // Phantoms are small and get committed as test inputs: favour size over speed.
     let options = WriteOptions {
         compress: true,
@@ -545,9 +578,12 @@ pub fn run(args: &SynthArgs) -> Result<(), SynthError> {
     let save = |path: &PathBuf, vol: &Volume, ty| {
         write_with_options(path, vol, ty, &options).map_err(SynthError::Write)
     };
-    save(&args.out, &ct, ElementType::Short)?;
+    save(&args.out, &p.ct, ElementType::Short)?;
     if let Some(path) = &args.lung_mask {
-        save(path, &mask, ElementType::UChar)?;
+        save(path, &p.lungs, ElementType::UChar)?;
+    }
+    if let Some(path) = &args.lesion_mask {
+        save(path, &p.lesions, ElementType::UChar)?;
     }
     Ok(())
 }
@@ -555,6 +591,30 @@ pub fn run(args: &SynthArgs) -> Result<(), SynthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lesion_mask_lies_in_the_lungs_and_grows_with_co_rads() {
+        let fraction = |co_rads| {
+            let cfg = PhantomConfig {
+                size: [96, 96, 64],
+                spacing: [3.75, 3.75, 5.0],
+                seed: 3,
+                co_rads,
+            };
+            let p = phantom_with_lesions(&cfg).unwrap();
+            let (mut lesion, mut lung) = (0usize, 0usize);
+            for (l, m) in p.lesions.data.iter().zip(&p.lungs.data) {
+                assert!(*l == 0.0 || *m == 1.0, "lesion voxel outside the lungs");
+                lesion += usize::from(*l == 1.0);
+                lung += usize::from(*m == 1.0);
+            }
+            lesion as f64 / lung as f64
+        };
+        let f: Vec<f64> = (1..=5).map(fraction).collect();
+        assert_eq!(f[0], 0.0);
+        assert!(f.windows(2).all(|w| w[0] < w[1]), "{f:?}");
+        assert!(f[4] > 0.05 && f[4] < 0.5, "{f:?}");
+    }
 
     #[test]
     fn parses_triples() {

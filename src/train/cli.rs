@@ -106,6 +106,10 @@ pub struct TrainArgs {
     /// Ensemble description in the manifest (default: how it was trained).
     #[arg(long, default_value = "")]
     pub description: String,
+    /// Mark the ensemble as demonstration weights (runs then say their answers are not a
+    /// diagnosis).
+    #[arg(long)]
+    pub demonstration: bool,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, TrainError> {
@@ -172,6 +176,7 @@ impl TrainArgs {
             cache: !self.no_cache,
             name: self.name.clone(),
             description: self.description.clone(),
+            demonstration: self.demonstration,
             interrupt_after: None,
             device: self
                 .device

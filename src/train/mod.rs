@@ -191,6 +191,8 @@ pub struct TrainOptions {
     pub name: String,
     /// Manifest description (empty: one is written).
     pub description: String,
+    /// Mark the ensemble as demonstration weights in its manifest.
+    pub demonstration: bool,
     /// For tests: stop as if killed after this many updates in this process (no final
     /// checkpoint, no ensemble).
     pub interrupt_after: Option<usize>,
@@ -506,6 +508,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
     let manifest = Manifest {
         name: opts.name.clone(),
         description,
+        demonstration: opts.demonstration,
         network,
         head: r.head,
         input: r.input.clone(),

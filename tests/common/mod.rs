@@ -55,6 +55,7 @@ pub fn make_ensemble(dir: &Path, head: Head, members: usize) -> PathBuf {
     let manifest = Manifest {
         name: "test".into(),
         description: "random weights for pipeline tests".into(),
+        demonstration: false,
         network,
         head,
         input: tiny_spec(),
