@@ -4,6 +4,7 @@
 # fresh output folder. Uses the exec image that scripts/docker-test.sh builds.
 #
 #   scripts/bench-shards.sh [CASES] [N ...]          (defaults: 12 cases; 2 3)
+#   SIZE=X,Y,Z SPACING=SX,SY,SZ (defaults: a clinical 512 x 512 x 256 grid at 0.7 x 0.7 x 1.25 mm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cases=${1:-12}; shift || true
@@ -15,7 +16,7 @@ trap 'docker rm -f $(docker ps -aq --filter name=ctgrade-bench-) >/dev/null 2>&1
 mkdir -p "$work/in"
 for i in $(seq 1 "$cases"); do
   target/release/ctgrade synth --out "$work/in/scan-$i.mha" --seed $((100 + i)) --co-rads $(( (i % 5) + 1 )) \
-    --size 320,320,160 --spacing 1,1,2 >/dev/null 2>&1
+    --size "${SIZE:-512,512,256}" --spacing "${SPACING:-0.7,0.7,1.25}" >/dev/null 2>&1
 done
 flags=(--network none --cap-drop all --security-opt no-new-privileges --read-only --init
        --tmpfs /tmp:rw,exec,size=2g --memory 4g --memory-swap 4g)

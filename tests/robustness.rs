@@ -257,6 +257,17 @@ fn voxel_limits_from_flag_env_and_memory() {
     );
 }
 
+/// Writes `huge.mha`, 12^3 voxels of 300 mm (a 3.6 m cube: 600^3 = 216 M voxels at the tiny
+/// ensemble's 6 mm), and `chest.mha`, a real chest, into `input`.
+fn huge_and_chest(input: &Path) {
+    let mut huge = Volume::filled([12, 12, 12], [300.0; 3], [0.0; 3], -1000.0);
+    for v in huge.data.iter_mut().step_by(3) {
+        *v = 40.0;
+    }
+    volume::write(&input.join("huge.mha"), &huge, ElementType::Short).unwrap();
+    volume::write(&input.join("chest.mha"), &chest(3), ElementType::Short).unwrap();
+}
+
 /// A small scan with huge voxels asks for a resampled grid whose lung mask would not fit the
 /// container's memory: with grand-challenge's memory limit set it fails with the reason before
 /// preprocessing (this one would need about 3.9 GB), while a real chest passes the same limit.
@@ -266,22 +277,7 @@ fn grid_limit_from_container_memory() {
     let weights = make_ensemble(dir.path());
     let input = dir.path().join("input");
     std::fs::create_dir_all(&input).unwrap();
-    // 12^3 voxels of 300 mm: a 3.6 m cube, 600^3 = 216 M voxels at the ensemble's 6 mm.
-    let mut data = vec![-1000.0f32; 12 * 12 * 12];
-    for (i, v) in data.iter_mut().enumerate() {
-        if i % 3 == 0 {
-            *v = 40.0;
-        }
-    }
-    let huge = Volume {
-        data,
-        size: [12, 12, 12],
-        spacing: [300.0; 3],
-        origin: [0.0; 3],
-        direction: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-    };
-    volume::write(&input.join("huge.mha"), &huge, ElementType::Short).unwrap();
-    volume::write(&input.join("chest.mha"), &chest(3), ElementType::Short).unwrap();
+    huge_and_chest(&input);
     // 3 GiB: the scans pass the read limit (268 M voxels) but the grid limit is 149 M voxels.
     let mb = "3072";
     assert_eq!(
@@ -328,12 +324,7 @@ fn grid_limit_from_rlimits() {
     let weights = make_ensemble(dir.path());
     let input = dir.path().join("input");
     std::fs::create_dir_all(&input).unwrap();
-    let mut huge = Volume::filled([12, 12, 12], [300.0; 3], [0.0; 3], -1000.0);
-    for v in huge.data.iter_mut().step_by(3) {
-        *v = 40.0;
-    }
-    volume::write(&input.join("huge.mha"), &huge, ElementType::Short).unwrap();
-    volume::write(&input.join("chest.mha"), &chest(3), ElementType::Short).unwrap();
+    huge_and_chest(&input);
     for (resource, name) in [
         (libc::RLIMIT_DATA, "RLIMIT_DATA"),
         (libc::RLIMIT_AS, "RLIMIT_AS"),
