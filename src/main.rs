@@ -121,12 +121,8 @@ struct RunArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
-    host: String,
-    /// Port to listen on (grand-challenge calls 4743).
-    #[arg(long, default_value_t = gc_invoke::DEFAULT_PORT)]
-    port: u16,
+    #[command(flatten)]
+    listen: gc_invoke::Listen,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -254,7 +250,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode> {
-    let listener = gc_invoke::bind(&args.host, args.port)?;
+    let listener = args.listen.bind()?;
     let run_args = args.run;
     gc_invoke::serve(listener, "ctgrade serve", move || {
         let (ensemble, device, opts) = prepare(&run_args, true).map_err(|e| format!("{e:#}"))?;

@@ -88,12 +88,8 @@ struct SimulateArgs {
 /// Options of `serve`.
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Address to listen on (the platform connects from another container).
-    #[arg(long, default_value = "0.0.0.0")]
-    host: String,
-    /// Port to listen on.
-    #[arg(long, default_value_t = gc_invoke::DEFAULT_PORT)]
-    port: u16,
+    #[command(flatten)]
+    listen: gc_invoke::Listen,
     #[command(flatten)]
     eval: EvalArgs,
 }
@@ -318,7 +314,7 @@ fn check_options(cli: &EvalArgs) -> Result<()> {
 
 /// `serve`: the evaluation behind the platform's invoke API.
 fn serve(args: ServeArgs) -> Result<()> {
-    let listener = gc_invoke::bind(&args.host, args.port)?;
+    let listener = args.listen.bind()?;
     let eval = args.eval;
     gc_invoke::serve(listener, "ctgrade-eval", move || {
         check_options(&eval).map_err(|e| format!("{e:#}"))?;

@@ -53,6 +53,24 @@ pub enum ServeError {
     Setup(String),
 }
 
+/// Where a server listens: the `--host` and `--port` options of a `serve` command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Listen {
+    /// Address to listen on (the platform connects from another container).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on (the platform calls 4743).
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+}
+
+impl Listen {
+    /// Binds the address.
+    pub fn bind(&self) -> Result<TcpListener, ServeError> {
+        bind(&self.host, self.port)
+    }
+}
+
 /// Binds `host:port` (a host name, an IPv4 or an IPv6 address).
 pub fn bind(host: &str, port: u16) -> Result<TcpListener, ServeError> {
     let addr = if host.contains(':') && !host.starts_with('[') {
