@@ -289,10 +289,14 @@ fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
             };
             check_length(path, header.tag, u64::from(n), meta_end, dec.position())?;
             if header.tag == tags::TRANSFER_SYNTAX_UID {
-                let Ok(v) = dec.read_value(&header) else {
+                // As dicom-object reads it: the bytes as text, whatever VR the header says.
+                let mut bytes = Vec::new();
+                if dec.read_to_vec(n, &mut bytes).is_err() {
                     return Ok(());
-                };
-                uid = v.to_str().trim_end_matches('\0').trim().to_string();
+                }
+                uid = String::from_utf8_lossy(&bytes)
+                    .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                    .to_string();
             } else if dec.skip_bytes(n).is_err() {
                 return Ok(());
             }
