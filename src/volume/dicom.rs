@@ -264,13 +264,12 @@ fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
         if first.tag != Tag(0x0002, 0x0000) || first.len.get() != Some(4) {
             return Ok(());
         }
-        let Some(group_length) = dec
-            .read_value(&first)
-            .ok()
-            .and_then(|v| v.to_int::<u32>().ok())
-        else {
+        // As dicom-object reads it: 4 little-endian bytes, whatever VR the header says.
+        let mut bytes = Vec::new();
+        let (Ok(()), &[a, b, c, d]) = (dec.read_to_vec(4, &mut bytes), bytes.as_slice()) else {
             return Ok(());
         };
+        let group_length = u32::from_le_bytes([a, b, c, d]);
         let meta_end = dec.position().saturating_add(u64::from(group_length));
         check_length(
             path,
