@@ -254,7 +254,7 @@ fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
         return Ok(());
     };
     // The meta group: explicit VR little endian, its length given by its first element.
-    let (meta_end, uid) = {
+    let (data_start, uid) = {
         let Ok(mut dec) = StatefulDecoder::new_with_ts(&mut reader, explicit, 132) else {
             return Ok(());
         };
@@ -300,7 +300,9 @@ fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
                 return Ok(());
             }
         }
-        (meta_end, uid)
+        // The data set starts where the meta group's last element ends, which may be past the
+        // group length (as for dicom-object, which reads elements while short of it).
+        (dec.position(), uid)
     };
     let Some(ts) = TransferSyntaxRegistry.get(&uid) else {
         return Ok(());
@@ -308,7 +310,7 @@ fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
     if uid == "1.2.840.10008.1.2.1.99" {
         // A deflated data set: its elements are bounded by what the rest can inflate to.
         let bound = file_len
-            .saturating_sub(meta_end)
+            .saturating_sub(data_start)
             .saturating_mul(DEFLATE_MAX_RATIO);
         let inflated = flate2::read::DeflateDecoder::new(reader);
         walk_data_set(path, inflated, explicit, 0, bound, |dec, _, n| {
@@ -316,7 +318,7 @@ fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
         })
     } else {
         // Seeking past values (pixel data above all) instead of reading them.
-        walk_data_set(path, reader, ts, meta_end, file_len, |dec, at, n| {
+        walk_data_set(path, reader, ts, data_start, file_len, |dec, at, n| {
             dec.seek(at + u64::from(n)).ok().map(|()| u64::from(n))
         })
     }
