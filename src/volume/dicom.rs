@@ -340,6 +340,7 @@ fn walk_data_set<S: Read>(
         return Ok(());
     };
     let item = Tag(0xFFFE, 0xE000);
+    let item_end = Tag(0xFFFE, 0xE00D);
     let sequence_end = Tag(0xFFFE, 0xE0DD);
     let mut in_fragments = false;
     let mut lag = 0u64;
@@ -360,8 +361,9 @@ fn walk_data_set<S: Read>(
                 in_fragments = true;
                 None
             }
-            // Items, delimiters, sequences and undefined lengths: their content follows.
-            (t, _) if t.group() == 0xFFFE => None,
+            // Items, delimiters, sequences and undefined lengths: their content follows. Other
+            // (FFFE,xxxx) tags are plain elements with a value, as dicom-parser reads them.
+            (t, _) if t == item || t == item_end => None,
             (_, None) => None,
             _ if header.vr == VR::SQ => None,
             (_, Some(n)) => Some(n),
