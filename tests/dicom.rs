@@ -361,7 +361,12 @@ fn info_reads_a_series_folder() {
 
 /// Inputs the `dicom` fuzz target found a problem with (one folder each): a clean error now
 /// (`rle_segment_too_short`: dicom-rs 0.10's RLE decoder panicked indexing past a short segment;
-/// `jpeg_frame_wider_than_image`: its JPEG adapter panicked copying a frame larger than the image).
+/// `jpeg_frame_wider_than_image`: its JPEG adapter panicked copying a frame larger than the image;
+/// `transfer_syntax_with_vr_us`: a transfer syntax UID labelled US escaped the element length
+/// walk, and a 1.3 GB element was reserved; `group_length_with_vr_ui`: the same with the meta
+/// group's length, 4 GB; `meta_element_past_group_length`: a meta element running past the group
+/// length put the walk 10 bytes behind dicom-object, 4 GB; `unknown_item_tag_with_value`: a
+/// (FFFE,200D) element, whose value dicom-parser skips, walked as a delimiter, 4 GB).
 #[test]
 fn fuzz_regressions_give_clean_errors() {
     let dir = fixtures().join("fuzz_regressions");

@@ -254,7 +254,7 @@ fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
         return Ok(());
     };
     // The meta group: explicit VR little endian, its length given by its first element.
-    let (meta_end, uid) = {
+    let (data_start, uid) = {
         let Ok(mut dec) = StatefulDecoder::new_with_ts(&mut reader, explicit, 132) else {
             return Ok(());
         };
@@ -264,13 +264,12 @@ fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
         if first.tag != Tag(0x0002, 0x0000) || first.len.get() != Some(4) {
             return Ok(());
         }
-        let Some(group_length) = dec
-            .read_value(&first)
-            .ok()
-            .and_then(|v| v.to_int::<u32>().ok())
-        else {
+        // As dicom-object reads it: 4 little-endian bytes, whatever VR the header says.
+        let mut bytes = Vec::new();
+        let (Ok(()), &[a, b, c, d]) = (dec.read_to_vec(4, &mut bytes), bytes.as_slice()) else {
             return Ok(());
         };
+        let group_length = u32::from_le_bytes([a, b, c, d]);
         let meta_end = dec.position().saturating_add(u64::from(group_length));
         check_length(
             path,
@@ -289,15 +288,21 @@ fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
             };
             check_length(path, header.tag, u64::from(n), meta_end, dec.position())?;
             if header.tag == tags::TRANSFER_SYNTAX_UID {
-                let Ok(v) = dec.read_value(&header) else {
+                // As dicom-object reads it: the bytes as text, whatever VR the header says.
+                let mut bytes = Vec::new();
+                if dec.read_to_vec(n, &mut bytes).is_err() {
                     return Ok(());
-                };
-                uid = v.to_str().trim_end_matches('\0').trim().to_string();
+                }
+                uid = String::from_utf8_lossy(&bytes)
+                    .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                    .to_string();
             } else if dec.skip_bytes(n).is_err() {
                 return Ok(());
             }
         }
-        (meta_end, uid)
+        // The data set starts where the meta group's last element ends, which may be past the
+        // group length (as for dicom-object, which reads elements while short of it).
+        (dec.position(), uid)
     };
     let Some(ts) = TransferSyntaxRegistry.get(&uid) else {
         return Ok(());
@@ -305,7 +310,7 @@ fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
     if uid == "1.2.840.10008.1.2.1.99" {
         // A deflated data set: its elements are bounded by what the rest can inflate to.
         let bound = file_len
-            .saturating_sub(meta_end)
+            .saturating_sub(data_start)
             .saturating_mul(DEFLATE_MAX_RATIO);
         let inflated = flate2::read::DeflateDecoder::new(reader);
         walk_data_set(path, inflated, explicit, 0, bound, |dec, _, n| {
@@ -313,7 +318,7 @@ fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
         })
     } else {
         // Seeking past values (pixel data above all) instead of reading them.
-        walk_data_set(path, reader, ts, meta_end, file_len, |dec, at, n| {
+        walk_data_set(path, reader, ts, data_start, file_len, |dec, at, n| {
             dec.seek(at + u64::from(n)).ok().map(|()| u64::from(n))
         })
     }
@@ -335,6 +340,7 @@ fn walk_data_set<S: Read>(
         return Ok(());
     };
     let item = Tag(0xFFFE, 0xE000);
+    let item_end = Tag(0xFFFE, 0xE00D);
     let sequence_end = Tag(0xFFFE, 0xE0DD);
     let mut in_fragments = false;
     let mut lag = 0u64;
@@ -355,8 +361,9 @@ fn walk_data_set<S: Read>(
                 in_fragments = true;
                 None
             }
-            // Items, delimiters, sequences and undefined lengths: their content follows.
-            (t, _) if t.group() == 0xFFFE => None,
+            // Items, delimiters, sequences and undefined lengths: their content follows. Other
+            // (FFFE,xxxx) tags are plain elements with a value, as dicom-parser reads them.
+            (t, _) if t == item || t == item_end => None,
             (_, None) => None,
             _ if header.vr == VR::SQ => None,
             (_, Some(n)) => Some(n),
