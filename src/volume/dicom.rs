@@ -40,7 +40,7 @@ use rayon::prelude::*;
 
 use super::element::ElementType;
 use super::error::VolumeError;
-use super::io::{alloc_voxels, check_voxels, ReadLimits};
+use super::limits::{alloc_voxels, check_voxels, ReadLimits};
 use super::Volume;
 
 /// Largest accepted deviation of one slice gap from the series' spacing, relative to it.

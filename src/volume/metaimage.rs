@@ -12,9 +12,8 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 
 use super::element::{decode, decode_serial, encode, ElementType};
 use super::error::VolumeError;
-use super::io::{
-    alloc_voxels, check_regular_file, check_voxels, write_atomic, ReadLimits, WriteOptions,
-};
+use super::limits::{alloc_voxels, check_regular_file, check_voxels, ReadLimits};
+use super::output::{write_atomic, WriteOptions};
 use super::Volume;
 
 /// Where the pixel data of a MetaImage lives.

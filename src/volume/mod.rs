@@ -124,12 +124,15 @@ mod element;
 mod error;
 pub mod info;
 mod io;
+mod limits;
 mod metaimage;
 mod nifti;
+mod output;
 
 pub use element::ElementType;
 pub use error::VolumeError;
 pub use io::{
     read, read_with_limits, read_with_type, read_with_type_and_limits, write, write_with_options,
-    ReadLimits, WriteOptions,
 };
+pub use limits::ReadLimits;
+pub use output::WriteOptions;

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::element::{decode, ElementType};
 use super::error::VolumeError;
-use super::io::{alloc_voxels, check_voxels, ReadLimits};
+use super::limits::{alloc_voxels, check_voxels, ReadLimits};
 use super::Volume;
 
 /// gzip, like zlib, inflates to at most about 1032 times its size.
@@ -670,7 +670,7 @@ pub(crate) fn write(
         }};
     }
     let suffix = if gz { ".nii.gz" } else { ".nii" };
-    super::io::write_atomic_with(path, suffix, |tmp| {
+    super::output::write_atomic_with(path, suffix, |tmp| {
         let r = match ty {
             ElementType::UChar => emit!(typed!(data, u8), tmp),
             ElementType::Char => emit!(typed!(data, i8), tmp),
