@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Result, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::layers::{avg_divisors, Conv3d, Conv3dConfig, Pool3dConfig, PoolKind};
+use super::geometry::{avg_divisors, Conv3dConfig, Pool3dConfig, PoolKind};
 use super::prof::{self, Kind};
 
 #[cfg(target_arch = "x86_64")]
@@ -874,14 +874,25 @@ enum LayerWeights {
     },
 }
 
+/// A convolution's parameters as the kernels take them (the layer types stay above the kernels).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvParams<'a> {
+    /// Weight, `[c_out, c_in, kd, kh, kw]`.
+    pub weight: &'a Tensor,
+    /// Bias, `[c_out]`.
+    pub bias: Option<&'a Tensor>,
+    /// Stride and padding.
+    pub cfg: &'a Conv3dConfig,
+}
+
 impl DenseLayerCpu {
     /// Copies the layer's parameters for this CPU's engine; `None` unless they all suit the CPU
     /// kernels.
     pub(crate) fn new(
         scale1: &Tensor,
         shift1: &Tensor,
-        conv1: &Conv3d,
-        conv2: &Conv3d,
+        conv1: ConvParams<'_>,
+        conv2: ConvParams<'_>,
     ) -> Result<Option<Self>> {
         Self::with_engine(Engine::detect(), scale1, shift1, conv1, conv2)
     }
@@ -891,26 +902,26 @@ impl DenseLayerCpu {
         engine: Engine,
         scale1: &Tensor,
         shift1: &Tensor,
-        conv1: &Conv3d,
-        conv2: &Conv3d,
+        conv1: ConvParams<'_>,
+        conv2: ConvParams<'_>,
     ) -> Result<Option<Self>> {
-        let b1 = match conv1.bias() {
+        let b1 = match conv1.bias {
             Some(b) => b,
             None => return Ok(None),
         };
-        if !eligible(&[scale1, shift1, conv1.weight(), b1, conv2.weight()])
-            || conv2.bias().is_some()
-            || *conv2.config() != Conv3dConfig::symmetric(1, 1)
-            || *conv1.config() != Conv3dConfig::default()
+        if !eligible(&[scale1, shift1, conv1.weight, b1, conv2.weight])
+            || conv2.bias.is_some()
+            || *conv2.cfg != Conv3dConfig::symmetric(1, 1)
+            || *conv1.cfg != Conv3dConfig::default()
         {
             return Ok(None);
         }
-        let (inner, c_in, k1d, k1h, k1w) = conv1.weight().dims5()?;
-        let (growth, inner2, k2d, k2h, k2w) = conv2.weight().dims5()?;
+        let (inner, c_in, k1d, k1h, k1w) = conv1.weight.dims5()?;
+        let (growth, inner2, k2d, k2h, k2w) = conv2.weight.dims5()?;
         if (k1d, k1h, k1w) != (1, 1, 1) || (k2d, k2h, k2w) != (3, 3, 3) || inner2 != inner {
             return Ok(None);
         }
-        let (w1, w2) = (vec_f32(conv1.weight())?, vec_f32(conv2.weight())?);
+        let (w1, w2) = (vec_f32(conv1.weight)?, vec_f32(conv2.weight)?);
         let weights = match engine {
             Engine::Gemm => LayerWeights::Gemm { w1, w2 },
             #[cfg(target_arch = "x86_64")]
@@ -1367,28 +1378,21 @@ mod tests {
             let scale = Tensor::rand(0.5f32, 1.5, c, &Device::Cpu).unwrap();
             let shift = (randn(&[c]) * 0.1).unwrap();
             // He-scaled weights keep the activations near 1, as in a trained network.
-            let conv1 = Conv3d::new(
-                (randn(&[inner, c, 1, 1, 1]) * (2.0 / c as f64).sqrt()).unwrap(),
-                Some(randn(&[inner])),
-                Conv3dConfig::default(),
-            )
-            .unwrap();
-            let conv2 = Conv3d::new(
-                (randn(&[growth, inner, 3, 3, 3]) * (2.0 / (27 * inner) as f64).sqrt()).unwrap(),
-                None,
-                Conv3dConfig::symmetric(1, 1),
-            )
-            .unwrap();
-            params.push((scale, shift, conv1, conv2));
+            let w1 = (randn(&[inner, c, 1, 1, 1]) * (2.0 / c as f64).sqrt()).unwrap();
+            let b1 = randn(&[inner]);
+            let w2 =
+                (randn(&[growth, inner, 3, 3, 3]) * (2.0 / (27 * inner) as f64).sqrt()).unwrap();
+            params.push((scale, shift, w1, b1, w2));
         }
         // Reference: the same layers through the naive convolution and a concatenation.
         let mut h = x.clone();
-        for (scale, shift, conv1, conv2) in &params {
+        let (cfg1, cfg2) = (Conv3dConfig::default(), Conv3dConfig::symmetric(1, 1));
+        for (scale, shift, w1, b1, w2) in &params {
             let a = scale_shift_relu(&h, scale, shift).unwrap();
-            let mid = naive_conv(&a, conv1.weight(), conv1.bias(), conv1.config(), true);
+            let mid = naive_conv(&a, w1, Some(b1), &cfg1, true);
             let mid =
                 Tensor::from_vec(mid, (n, inner, dims[0], dims[1], dims[2]), &Device::Cpu).unwrap();
-            let new = naive_conv(&mid, conv2.weight(), None, conv2.config(), false);
+            let new = naive_conv(&mid, w2, None, &cfg2, false);
             let new = Tensor::from_vec(new, (n, growth, dims[0], dims[1], dims[2]), &Device::Cpu)
                 .unwrap();
             h = Tensor::cat(&[&h, &new], 1).unwrap();
@@ -1397,7 +1401,17 @@ mod tests {
         for e in engines() {
             let layers: Vec<DenseLayerCpu> = params
                 .iter()
-                .map(|(s, t, c1, c2)| {
+                .map(|(s, t, w1, b1, w2)| {
+                    let c1 = ConvParams {
+                        weight: w1,
+                        bias: Some(b1),
+                        cfg: &cfg1,
+                    };
+                    let c2 = ConvParams {
+                        weight: w2,
+                        bias: None,
+                        cfg: &cfg2,
+                    };
                     DenseLayerCpu::with_engine(e, s, t, c1, c2)
                         .unwrap()
                         .unwrap()

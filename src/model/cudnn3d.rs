@@ -24,7 +24,7 @@ use candle_core::{
 };
 use half::{bf16, f16};
 
-use super::layers::Conv3dConfig;
+use super::geometry::Conv3dConfig;
 
 /// Whether the native op is switched on (`CTGRADE_CUDNN_CONV3D=1`), read once.
 fn enabled() -> bool {

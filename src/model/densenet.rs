@@ -327,8 +327,8 @@ impl DenseNet3d {
                         cpu::DenseLayerCpu::new(
                             l.norm1.scale(),
                             l.norm1.shift(),
-                            &l.conv1,
-                            &l.conv2,
+                            l.conv1.params(),
+                            l.conv2.params(),
                         )
                     })
                     .collect::<CResult<Option<Vec<_>>>>()

@@ -11,6 +11,7 @@ pub(crate) mod cpu_avx512;
 #[cfg(feature = "cudnn")]
 pub(crate) mod cudnn3d;
 pub mod densenet;
+pub mod geometry;
 pub mod inception;
 pub mod inflate;
 pub mod layers;
