@@ -257,15 +257,21 @@ fn voxel_limits_from_flag_env_and_memory() {
     );
 }
 
-/// Writes `huge.mha`, 12^3 voxels of 300 mm (a 3.6 m cube: 600^3 = 216 M voxels at the tiny
-/// ensemble's 6 mm), and `chest.mha`, a real chest, into `input`.
-fn huge_and_chest(input: &Path) {
+/// A batch of two scans and a tiny ensemble: `huge.mha`, 12^3 voxels of 300 mm (a 3.6 m cube:
+/// 600^3 = 216 M voxels at the ensemble's 6 mm), and `chest.mha`, a real chest. Returns the
+/// temporary folder, the ensemble and the input folder.
+fn huge_and_chest() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = make_ensemble(dir.path());
+    let input = dir.path().join("input");
+    std::fs::create_dir_all(&input).unwrap();
     let mut huge = Volume::filled([12, 12, 12], [300.0; 3], [0.0; 3], -1000.0);
     for v in huge.data.iter_mut().step_by(3) {
         *v = 40.0;
     }
     volume::write(&input.join("huge.mha"), &huge, ElementType::Short).unwrap();
     volume::write(&input.join("chest.mha"), &chest(3), ElementType::Short).unwrap();
+    (dir, weights, input)
 }
 
 /// A small scan with huge voxels asks for a resampled grid whose lung mask would not fit the
@@ -273,12 +279,8 @@ fn huge_and_chest(input: &Path) {
 /// preprocessing (this one would need about 3.9 GB), while a real chest passes the same limit.
 #[test]
 fn grid_limit_from_container_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let weights = make_ensemble(dir.path());
-    let input = dir.path().join("input");
-    std::fs::create_dir_all(&input).unwrap();
-    huge_and_chest(&input);
-    // 3 GiB: the scans pass the read limit (268 M voxels) but the grid limit is 149 M voxels.
+    let (dir, weights, input) = huge_and_chest();
+    // 3 GiB: the scans pass the read limit (522 M voxels) but the grid limit is 149 M voxels.
     let mb = "3072";
     assert_eq!(
         memory::grid_voxels_for_memory(3072 << 20),
@@ -320,11 +322,7 @@ fn grid_limit_from_container_memory() {
 /// applied, and the real chest in the same batch is graded.
 #[test]
 fn grid_limit_from_rlimits() {
-    let dir = tempfile::tempdir().unwrap();
-    let weights = make_ensemble(dir.path());
-    let input = dir.path().join("input");
-    std::fs::create_dir_all(&input).unwrap();
-    huge_and_chest(&input);
+    let (dir, weights, input) = huge_and_chest();
     for (resource, name) in [
         (libc::RLIMIT_DATA, "RLIMIT_DATA"),
         (libc::RLIMIT_AS, "RLIMIT_AS"),
