@@ -450,7 +450,14 @@ shards() {
   diff <(grep -E "$fields" "$sh/shared/summary.json") <(grep -E "$fields" "$sh/single/summary.json") \
     || fail "the merged summary differs from the single run's"
   [ "$(grep -c '"case":' "$sh/shared/summary.json")" = 9 ] || fail "the merged summary does not hold 9 cases"
-  echo "docker-test: shards: restarted shard skipped $skipped graded case(s); merged summary of 9 cases equals one process's ($(tail -n 1 "$sh/merge.log"))"
+  # The evaluator reads the merged folder as any batch run (truth: CO-RADS 3 and above positive).
+  { echo "case,label,co_rads"
+    for i in $(seq 1 9); do c=$(( (i % 5) + 1 )); echo "scan-$i,$(( c >= 3 ? 1 : 0 )),$c"; done
+  } > "$sh/truth.csv"
+  target/release/ctgrade-eval -p "$sh/shared" -g "$sh/truth.csv" -o "$sh/metrics.json" >"$sh/eval.log" 2>&1 \
+    || { cat "$sh/eval.log"; fail "ctgrade-eval could not read the merged folder"; }
+  grep -q "^9 cases (" "$sh/eval.log" || { cat "$sh/eval.log"; fail "ctgrade-eval did not read 9 cases"; }
+  echo "docker-test: shards: restarted shard skipped $skipped graded case(s); merged summary of 9 cases equals one process's and is read by ctgrade-eval ($(tail -n 1 "$sh/merge.log"))"
 }
 
 case "$what" in
