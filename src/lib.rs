@@ -8,7 +8,6 @@
 
 pub mod device;
 pub mod ensemble;
-pub mod fs;
 pub mod gc;
 pub mod grading;
 pub mod heatmap;

@@ -738,7 +738,7 @@ pub(crate) fn write_checked(
     };
     let bytes =
         safetensors::serialize(raws, Some(metadata)).map_err(|e| write_err(e.to_string()))?;
-    crate::fs::write_atomic(out, &bytes).map_err(|e| write_err(e.to_string()))
+    ctgrade_fsio::write_atomic(out, &bytes).map_err(|e| write_err(e.to_string()))
 }
 
 /// Metadata written into the safetensors header of converted files.

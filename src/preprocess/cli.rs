@@ -166,9 +166,11 @@ pub fn run(args: &PreprocessArgs) -> Result<PreprocessReport, CommandError> {
         path: json_path.clone(),
         error: std::io::Error::other(e),
     })?;
-    std::fs::write(&json_path, json + "\n").map_err(|error| CommandError::Io {
-        path: json_path.clone(),
-        error,
+    ctgrade_fsio::write_atomic(&json_path, (json + "\n").as_bytes()).map_err(|error| {
+        CommandError::Io {
+            path: json_path.clone(),
+            error,
+        }
     })?;
     Ok(p.report)
 }
