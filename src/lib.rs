@@ -14,6 +14,7 @@ pub mod heatmap;
 pub mod model;
 pub mod preprocess;
 pub mod report;
+pub mod rng;
 pub mod synth;
 pub mod train;
 pub mod volume;

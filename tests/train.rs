@@ -26,7 +26,7 @@ fn tiny_network() -> NetworkConfig {
 
 /// A toy volume: background noise, plus a bright blob for the positive class.
 fn toy(seed: u64, bright: bool) -> Vec<f32> {
-    let mut r = ctgrade::train::rng::Rng::new(seed);
+    let mut r = ctgrade::rng::Rng::new(seed);
     let (d, h, w) = (8usize, 16usize, 16usize);
     let mut v = vec![0f32; d * h * w];
     for (i, x) in v.iter_mut().enumerate() {

@@ -34,16 +34,15 @@
 //! noise is a hash of the seed and the voxel index, not a shared random stream).
 
 mod anatomy;
-mod rng;
 
 use std::path::PathBuf;
 
 use rayon::prelude::*;
 use thiserror::Error;
 
+use crate::rng::{fast_normal, hash2, Rng};
 use crate::volume::Volume;
 use anatomy::{normalize, sub, Anatomy, Ellipsoid, Lung, Tube};
-use rng::{hash2, normal_from_hash, SplitMix64};
 
 /// What to draw.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,9 +111,7 @@ impl NoiseField {
     fn new(key: u64, lo: [f64; 3], hi: [f64; 3], step: f64) -> Self {
         let dims = [0, 1, 2].map(|k| ((hi[k] - lo[k]) / step).ceil().max(0.0) as usize + 2);
         let n = dims[0] * dims[1] * dims[2];
-        let values = (0..n as u64)
-            .map(|i| normal_from_hash(hash2(key, i)))
-            .collect();
+        let values = (0..n as u64).map(|i| fast_normal(hash2(key, i))).collect();
         Self {
             origin: lo,
             step,
@@ -170,7 +167,7 @@ fn burden(co_rads: u8) -> (f64, f64) {
 
 impl Scene {
     fn new(seed: u64, co_rads: u8, lo: [f64; 3], hi: [f64; 3]) -> Self {
-        let mut rng = SplitMix64::new(seed);
+        let mut rng = Rng::new(seed);
         let anatomy = Anatomy::new(&mut rng);
         let mut vessels = Vec::new();
         for lung in &anatomy.lungs {
@@ -190,7 +187,7 @@ impl Scene {
 }
 
 /// Pulmonary vessels: binary trees from each hilum, thinning towards the periphery.
-fn vessel_tree(rng: &mut SplitMix64, anat: &Anatomy, lung: &Lung, out: &mut Vec<Tube>) {
+fn vessel_tree(rng: &mut Rng, anat: &Anatomy, lung: &Lung, out: &mut Vec<Tube>) {
     let s = lung.side;
     let hilum = [
         lung.c[0] - s * 0.7 * lung.r[0],
@@ -221,7 +218,7 @@ fn vessel_tree(rng: &mut SplitMix64, anat: &Anatomy, lung: &Lung, out: &mut Vec<
 
 #[allow(clippy::too_many_arguments)]
 fn grow_vessel(
-    rng: &mut SplitMix64,
+    rng: &mut Rng,
     anat: &Anatomy,
     hilum: [f64; 3],
     p: [f64; 3],
@@ -253,7 +250,7 @@ fn grow_vessel(
 }
 
 /// Lesions up to the nominal burden, bilateral, preferring the periphery and the posterior lung.
-fn place_lesions(rng: &mut SplitMix64, anat: &Anatomy, co_rads: u8) -> Vec<Lesion> {
+fn place_lesions(rng: &mut Rng, anat: &Anatomy, co_rads: u8) -> Vec<Lesion> {
     let (ggo, cons) = burden(co_rads);
     if ggo + cons <= 0.0 {
         return Vec::new();
@@ -498,7 +495,7 @@ fn draw_slice(
             lesion_mask[n] = 0.0;
             continue;
         }
-        let noise = 10.0 * normal_from_hash(hash2(scene.voxel_key, base + n as u64));
+        let noise = 10.0 * fast_normal(hash2(scene.voxel_key, base + n as u64));
         *v = (*v + noise).round().clamp(-1024.0, 3071.0);
     }
 }

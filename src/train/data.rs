@@ -10,10 +10,10 @@ use candle_core::Tensor;
 use sha2::{Digest, Sha256};
 
 use super::labels::LabelRow;
-use super::rng::Rng;
 use super::TrainError;
 use crate::gc::case_name;
 use crate::preprocess::{self, ChannelLayout, InputSpec, PAD_HU};
+use crate::rng::Rng;
 use crate::volume;
 
 /// A labelled scan on disk.

@@ -41,7 +41,6 @@ pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod report;
-pub mod rng;
 pub mod synthdata;
 
 use std::collections::HashMap;
@@ -56,12 +55,12 @@ use crate::ensemble::{self, Manifest};
 use crate::grading::{self, Head};
 use crate::model::{ModelError, NetworkConfig};
 use crate::preprocess::InputSpec;
+use crate::rng::{hash2, Rng};
 use augment::{AugmentConfig, Transform};
 use data::Sample;
 use net::TrainNet;
 use optim::{Adam, AdamConfig};
 use report::LogRow;
-use rng::{hash2, Rng};
 
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]
