@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use ctgrade::device::{self, DeviceChoice, Precision};
@@ -139,8 +140,13 @@ enum EnsembleCommand {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Output head the members were trained with.
-        #[arg(long, value_enum, default_value = "continuous")]
-        head: HeadArg,
+        #[arg(
+            long,
+            value_parser = PossibleValuesParser::new(Head::ALL.map(Head::name))
+                .try_map(|s| s.parse::<Head>()),
+            default_value = "continuous"
+        )]
+        head: Head,
         /// Input specification JSON (default: the paper's 1.5 mm, 240x240, 128 slices).
         #[arg(long)]
         input_spec: Option<PathBuf>,
@@ -162,12 +168,6 @@ enum EnsembleCommand {
         /// The folder holding ensemble.json.
         dir: PathBuf,
     },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum HeadArg {
-    Continuous,
-    Categorical,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T> {
@@ -293,10 +293,6 @@ fn ensemble_command(cmd: EnsembleCommand) -> Result<()> {
             description,
             out,
         } => {
-            let head = match head {
-                HeadArg::Continuous => Head::Continuous,
-                HeadArg::Categorical => Head::Categorical,
-            };
             let network = ctgrade::model::cli::resolve_config(
                 arch,
                 3,

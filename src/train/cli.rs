@@ -10,14 +10,6 @@ use crate::grading::Head;
 use crate::model::{Arch, NetworkConfig};
 use crate::preprocess::InputSpec;
 
-fn parse_head(s: &str) -> Result<Head, String> {
-    match s {
-        "continuous" => Ok(Head::Continuous),
-        "categorical" => Ok(Head::Categorical),
-        _ => Err(format!("expected continuous or categorical, got {s:?}")),
-    }
-}
-
 /// `ctgrade train`: train an ensemble with the paper's recipe.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
@@ -46,7 +38,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub members: usize,
     /// Output head.
-    #[arg(long, value_parser = parse_head, default_value = "continuous")]
+    #[arg(long, value_parser = |s: &str| s.parse::<Head>(), default_value = "continuous")]
     pub head: Head,
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-4)]
