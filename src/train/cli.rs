@@ -7,7 +7,8 @@ use super::optim::AdamConfig;
 use super::{Recipe, TrainError, TrainOptions, TrainReport};
 use crate::device::DeviceChoice;
 use crate::grading::Head;
-use crate::model::{Arch, NetworkConfig};
+use crate::model::cli::resolve_config;
+use crate::model::Arch;
 use crate::preprocess::InputSpec;
 
 /// `ctgrade train`: train an ensemble with the paper's recipe.
@@ -22,7 +23,8 @@ pub struct TrainArgs {
     /// Architecture (densenet121-3d, densenet169-3d, densenet201-3d).
     #[arg(long)]
     pub arch: Arch,
-    /// Network configuration JSON overriding the architecture's hyper-parameters.
+    /// Network configuration JSON: fields overriding the architecture's hyper-parameters (as in
+    /// `ctgrade forward --config`).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Input specification JSON (default: the paper's 1.5 mm, 240x240, 128 slices).
@@ -114,21 +116,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, TrainE
 impl TrainArgs {
     /// The library options these arguments describe.
     pub fn options(&self) -> Result<TrainOptions, TrainError> {
-        let network = match &self.config {
-            Some(path) => {
-                let cfg: NetworkConfig = read_json(path)?;
-                if cfg.arch != self.arch {
-                    return Err(TrainError::Options(format!(
-                        "{} describes {}, not --arch {}",
-                        path.display(),
-                        cfg.arch,
-                        self.arch
-                    )));
-                }
-                cfg
-            }
-            None => NetworkConfig::new(self.arch, 3, self.head.num_outputs()),
-        };
+        let network = resolve_config(
+            self.arch,
+            3,
+            self.head.num_outputs(),
+            self.config.as_deref(),
+        )
+        .map_err(|e| TrainError::Options(e.to_string()))?;
         let input: InputSpec = match &self.input_spec {
             Some(path) => read_json(path)?,
             None => InputSpec::default(),
