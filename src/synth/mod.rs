@@ -506,59 +506,27 @@ pub(crate) fn test_hash(seed: u64, i: u64) -> u64 {
     hash2(seed, i)
 }
 
-/// Parses `A,B,C` into three numbers.
-fn parse_triple<T: std::str::FromStr>(s: &str) -> Result<[T; 3], String> {
-    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-    if parts.len() != 3 {
-        return Err(format!("expected three comma-separated numbers, got '{s}'"));
-    }
-    let mut out = Vec::with_capacity(3);
-    for p in parts {
-        out.push(
-            p.parse::<T>()
-                .map_err(|_| format!("'{p}' is not a valid number in '{s}'"))?,
-        );
-    }
-    out.try_into()
-        .map_err(|_| format!("expected three numbers, got '{s}'"))
-}
-
-fn parse_size(s: &str) -> Result<[usize; 3], String> {
-    parse_triple(s)
-}
-
-fn parse_spacing(s: &str) -> Result<[f64; 3], String> {
-    parse_triple(s)
-}
-
-/// Arguments of `ctgrade synth`.
-#[derive(Debug, clap::Args)]
-pub struct SynthArgs {
+/// What [`run`] draws and where it writes it.
+#[derive(Debug, Clone)]
+pub struct SynthOptions {
     /// Output CT (.mha, int16 HU).
-    #[arg(long)]
     pub out: PathBuf,
     /// Random seed: the same seed gives a byte-identical file.
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// CO-RADS category 1-5 (lesion burden).
-    #[arg(long = "co-rads")]
     pub co_rads: u8,
     /// Grid size X,Y,Z in voxels.
-    #[arg(long, value_parser = parse_size, default_value = "256,256,160")]
     pub size: [usize; 3],
     /// Voxel spacing SX,SY,SZ in mm.
-    #[arg(long, value_parser = parse_spacing, default_value = "1.4,1.4,2.0")]
     pub spacing: [f64; 3],
     /// Also write the true lung mask here (.mha, uint8 0/1).
-    #[arg(long = "lung-mask")]
     pub lung_mask: Option<PathBuf>,
     /// Also write the true lesion mask here (.mha, uint8 0/1: lung voxels at least half lesion).
-    #[arg(long = "lesion-mask")]
     pub lesion_mask: Option<PathBuf>,
 }
 
 /// Runs `ctgrade synth`: draws the phantom and writes the CT (int16) and optionally the mask.
-pub fn run(args: &SynthArgs) -> Result<(), SynthError> {
+pub fn run(args: &SynthOptions) -> Result<(), SynthError> {
     use crate::volume::{write_with_options, ElementType, WriteOptions};
     let cfg = PhantomConfig {
         size: args.size,
@@ -611,13 +579,5 @@ mod tests {
         assert_eq!(f[0], 0.0);
         assert!(f.windows(2).all(|w| w[0] < w[1]), "{f:?}");
         assert!(f[4] > 0.05 && f[4] < 0.5, "{f:?}");
-    }
-
-    #[test]
-    fn parses_triples() {
-        assert_eq!(parse_size("1,2,3"), Ok([1, 2, 3]));
-        assert_eq!(parse_spacing("0.5, 1,2.5"), Ok([0.5, 1.0, 2.5]));
-        assert!(parse_size("1,2").is_err());
-        assert!(parse_size("1,x,3").is_err());
     }
 }

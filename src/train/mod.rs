@@ -31,7 +31,6 @@
 //! Gradient checkpointing (`--grad-checkpoint`) trades compute for memory (see [`net`]).
 
 pub mod augment;
-pub mod cli;
 pub mod conv;
 pub mod data;
 pub mod labels;

@@ -1,15 +1,15 @@
-//! Arguments of `ctgrade train`.
+//! `ctgrade train`: train an ensemble with the paper's recipe.
 
 use std::path::PathBuf;
 
-use super::augment::AugmentConfig;
-use super::optim::AdamConfig;
-use super::{Recipe, TrainError, TrainOptions, TrainReport};
-use crate::device::DeviceChoice;
-use crate::grading::Head;
-use crate::model::cli::resolve_config;
-use crate::model::Arch;
-use crate::preprocess::InputSpec;
+use ctgrade::device::DeviceChoice;
+use ctgrade::grading::Head;
+use ctgrade::model::probe::resolve_config;
+use ctgrade::model::Arch;
+use ctgrade::preprocess::InputSpec;
+use ctgrade::train::augment::AugmentConfig;
+use ctgrade::train::optim::AdamConfig;
+use ctgrade::train::{Recipe, TrainError, TrainOptions, TrainReport};
 
 /// `ctgrade train`: train an ensemble with the paper's recipe.
 #[derive(Debug, Clone, clap::Args)]
@@ -173,6 +173,6 @@ impl TrainArgs {
 }
 
 /// Runs `ctgrade train`.
-pub fn run(args: &TrainArgs) -> Result<TrainReport, TrainError> {
-    super::train(&args.options()?)
+pub fn train(args: &TrainArgs) -> Result<TrainReport, TrainError> {
+    ctgrade::train::train(&args.options()?)
 }
