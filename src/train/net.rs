@@ -27,11 +27,11 @@ use candle_nn::VarBuilder;
 use super::conv::conv3d;
 use super::norm::{batch_stats, bn_relu};
 use super::pool::pool3d;
-use super::rng::Rng;
 use super::TrainError;
 use crate::model::densenet::DenseNetConfig;
 use crate::model::layers::{Conv3dConfig, Pool3d, Pool3dConfig};
 use crate::model::{self, Classifier, Naming, NetworkConfig};
+use crate::rng::Rng;
 
 /// PyTorch's BatchNorm momentum (weight of the new batch statistic).
 pub const BN_MOMENTUM: f64 = 0.1;
