@@ -8,10 +8,11 @@
 use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
+use super::layers::fused;
 use super::layers::{
     global_avg_pool, BatchNorm3d, Conv3d, Conv3dConfig, Pool3d, Pool3dConfig, ScaleShiftRelu,
 };
-use super::{cpu, get_param, Arch, CamFeatures, Classifier, ModelError, Naming, NetworkConfig};
+use super::{get_param, Arch, CamFeatures, Classifier, ModelError, Naming, NetworkConfig};
 
 /// Hyper-parameters of a 3-D DenseNet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,8 +241,8 @@ impl DenseLayer {
     fn new_features(&self, x: &Tensor) -> CResult<Tensor> {
         let h = self.norm1.forward(x)?;
         let c1 = &self.conv1;
-        let h = if cpu::eligible(&[&h, c1.weight()]) && c1.bias().is_none_or(|b| !b.track_op()) {
-            cpu::conv3d_act(&h, c1.weight(), c1.bias(), c1.config(), true)?
+        let h = if fused::eligible(&[&h, c1.weight()]) && c1.bias().is_none_or(|b| !b.track_op()) {
+            fused::conv3d_act(&h, c1.weight(), c1.bias(), c1.config(), true)?
         } else {
             c1.forward(&h)?.relu()?
         };
@@ -268,7 +269,7 @@ pub struct DenseNet3d {
     head: Linear,
     in_channels: usize,
     /// The dense blocks in the fused CPU form, when every weight suits the CPU kernels.
-    fused: Option<Vec<Vec<cpu::DenseLayerCpu>>>,
+    fused: Option<Vec<Vec<fused::DenseLayerCpu>>>,
 }
 
 impl DenseNet3d {
@@ -324,7 +325,7 @@ impl DenseNet3d {
                 block
                     .iter()
                     .map(|l| {
-                        cpu::DenseLayerCpu::new(
+                        fused::DenseLayerCpu::new(
                             l.norm1.scale(),
                             l.norm1.shift(),
                             l.conv1.params(),
@@ -348,7 +349,7 @@ impl DenseNet3d {
 
     /// The feature extractor up to the global pool: `(N, C, D, H, W) -> (N, features)`.
     ///
-    /// On the CPU, without gradients, the dense blocks run fused (`model::cpu`); elsewhere layer by layer.
+    /// On the CPU, without gradients, the dense blocks run fused (`model::kernels::dense`); elsewhere layer by layer.
     pub fn features(&self, x: &Tensor) -> CResult<Tensor> {
         global_avg_pool(&self.features_impl(x, true)?)
     }
@@ -376,18 +377,18 @@ impl DenseNet3d {
         let fused = self
             .fused
             .as_ref()
-            .filter(|_| allow_fused && cpu::eligible(&[x]));
+            .filter(|_| allow_fused && fused::eligible(&[x]));
         let c0 = &self.conv0;
         let mut h = match (fused, c0.bias()) {
-            (Some(_), Some(b)) if cpu::eligible(&[c0.weight(), b]) => {
+            (Some(_), Some(b)) if fused::eligible(&[c0.weight(), b]) => {
                 let p = &self.pool0;
-                cpu::conv3d_relu_pool(x, c0.weight(), Some(b), c0.config(), &p.cfg, p.kind)?
+                fused::conv3d_relu_pool(x, c0.weight(), Some(b), c0.config(), &p.cfg, p.kind)?
             }
             _ => self.pool0.forward(&c0.forward(x)?.relu()?)?,
         };
         for (i, block) in self.blocks.iter().enumerate() {
             match fused.and_then(|f| f.get(i)) {
-                Some(layers) => h = cpu::dense_block(&h, layers)?,
+                Some(layers) => h = fused::dense_block(&h, layers)?,
                 None => {
                     for layer in block {
                         let new = layer.new_features(&h)?;
@@ -397,8 +398,8 @@ impl DenseNet3d {
             }
             if let Some(t) = self.transitions.get(i) {
                 let (sc, sh) = (t.norm.scale(), t.norm.shift());
-                let y = if fused.is_some() && cpu::eligible(&[&h, sc, sh]) {
-                    cpu::pool3d_pre(&h, &t.pool.cfg, t.pool.kind, Some((sc, sh)))?
+                let y = if fused.is_some() && fused::eligible(&[&h, sc, sh]) {
+                    fused::pool3d_pre(&h, &t.pool.cfg, t.pool.kind, Some((sc, sh)))?
                 } else {
                     t.pool.forward(&t.norm.forward(&h)?)?
                 };

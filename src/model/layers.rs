@@ -4,16 +4,26 @@
 //! 1x1x1 convolutions as matrix products, separable pooling from strided views), so gradients flow
 //! through it and the CUDA backend runs it unchanged. On the CPU, when nothing asks for gradients,
 //! [`Conv3d`], the pools and [`ScaleShiftRelu`] switch to the hand-written kernels in
-//! `model::cpu`, which are several times faster than candle's CPU `conv2d`; both forms are tested
+//! `model::kernels`, which are several times faster than candle's CPU `conv2d`; both forms are tested
 //! against PyTorch.
 //!
 //! Tensors are NCDHW throughout.
 
 use candle_core::{DType, Module, Result, Tensor};
 
-use super::cpu;
-pub(crate) use super::geometry::{avg_divisors, pool_len};
-pub use super::geometry::{Conv3dConfig, Padding3d, Pool3dConfig, PoolKind};
+pub(crate) use super::kernels::geometry::{avg_divisors, pool_len};
+pub use super::kernels::geometry::{Conv3dConfig, Padding3d, Pool3dConfig, PoolKind};
+use super::kernels::{cpu, grad_conv, grad_pool};
+
+/// The fused CPU forms a network may run in place of its layers when nothing tracks gradients
+/// ([`fused::eligible`]): the DenseNet's stem (convolution + ReLU + pool), its dense blocks, and
+/// a pool reading `relu(x * scale + shift)`.
+pub(crate) mod fused {
+    pub(crate) use crate::model::kernels::cpu::{
+        conv3d_act, conv3d_relu_pool, eligible, pool3d_pre,
+    };
+    pub(crate) use crate::model::kernels::dense::{dense_block, DenseLayerCpu};
+}
 
 /// A 3-D convolution (no dilation, no groups) with an optional bias.
 #[derive(Clone, Debug)]
@@ -95,7 +105,7 @@ impl Conv3d {
     pub fn forward_act(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         #[cfg(feature = "cudnn")]
         if let Some(y) =
-            super::cudnn3d::conv3d(x, &self.weight, self.bias.as_ref(), &self.cfg, relu)
+            super::kernels::cudnn3d::conv3d(x, &self.weight, self.bias.as_ref(), &self.cfg, relu)
         {
             return y;
         }
@@ -145,6 +155,17 @@ pub(crate) fn take_strided(
     shape[dim] = count;
     shape.insert(dim + 1, step);
     v.reshape(shape)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+}
+
+/// `conv3d(x, w)` without bias for training: on the CPU in f32, the inference kernel with
+/// hand-written gradients (`kernels::grad_conv`); elsewhere the composed form ([`conv3d`]),
+/// whose gradients candle derives.
+pub fn conv3d_train(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        grad_conv::conv3d(x, w, cfg)
+    } else {
+        conv3d(x, w, None, cfg)
+    }
 }
 
 /// Composed 3-D convolution: `y[:, :, d] = sum_k conv2d(x[:, :, s*d + k], W[:, :, k])` with depth
@@ -270,6 +291,19 @@ impl Pool3d {
             )?;
         }
         Ok(y)
+    }
+}
+
+impl Pool3d {
+    /// The pooling for training: on the CPU in f32, the direct loops with their hand-written
+    /// gradient (`kernels::grad_pool`); elsewhere the composed form, whose gradient candle
+    /// derives.
+    pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            grad_pool::pool3d(x, self.cfg, self.kind)
+        } else {
+            self.forward_composed(x)
+        }
     }
 }
 
@@ -457,6 +491,48 @@ impl Module for ScaleShiftRelu {
             cpu::scale_shift_relu(x, &self.scale, &self.shift)
         } else {
             self.forward_composed(x)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The trainable pooling's values and gradients equal the composed pooling's (distinct
+    /// values: no ties).
+    #[test]
+    fn trainable_pooling_matches_the_composed_pooling() {
+        let shape = (2, 3, 5, 6, 7);
+        let n = 2 * 3 * 5 * 6 * 7;
+        let mut r = crate::rng::Rng::new(5);
+        let v: Vec<f32> = (0..n)
+            .map(|i| i as f32 * 0.01 + r.uniform() as f32)
+            .collect();
+        let x = Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap();
+        for pool in [
+            Pool3d::max(Pool3dConfig::cubic(3, 2, 1)),
+            Pool3d::avg(Pool3dConfig::cubic(2, 2, 0), true),
+        ] {
+            let a = pool.forward_train(x.as_tensor()).unwrap();
+            let b = pool.forward_composed(x.as_tensor()).unwrap();
+            let d = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "{pool:?} forward");
+            let wts = Tensor::from_vec(
+                (0..a.elem_count())
+                    .map(|i| (i % 7) as f32 - 3.0)
+                    .collect::<Vec<_>>(),
+                a.shape(),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let ga = (&a * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (&b * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+            let ga = ga.get(x.as_tensor()).unwrap();
+            let gb = gb.get(x.as_tensor()).unwrap();
+            let d = (ga - gb).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "{pool:?} backward");
         }
     }
 }

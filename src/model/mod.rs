@@ -1,21 +1,15 @@
-//! 3-D CNNs on candle: the layers candle lacks ([`layers`]), fast CPU kernels for them (`cpu`),
+//! 3-D CNNs on candle: the layers candle lacks ([`layers`]) over their [`kernels`],
 //! the paper's networks ([`densenet`], [`resnet`], [`inception`], and the 2-D variants with the
 //! slice reduction in [`slice2d`]) and a registry that builds them by name from safetensors
 //! weights with MONAI, torchvision or I3D-port parameter names.
 
 pub mod convert;
-pub(crate) mod cpu;
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod cpu_avx512;
-#[cfg(feature = "cudnn")]
-pub(crate) mod cudnn3d;
 pub mod densenet;
-pub mod geometry;
 pub mod inception;
 pub mod inflate;
+pub mod kernels;
 pub mod layers;
 pub mod probe;
-pub(crate) mod prof;
 pub mod resnet;
 pub mod slice2d;
 

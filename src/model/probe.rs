@@ -268,21 +268,21 @@ pub fn bench(args: &BenchOptions) -> Result<BenchReport, ModelError> {
     let mut cpu_times = Vec::with_capacity(args.repeat);
     for i in 0..=args.repeat {
         let t = Instant::now();
-        let c = super::prof::process_cpu_s();
+        let c = super::kernels::prof::process_cpu_s();
         let y = net.forward(&x)?;
         // Forces completion on asynchronous devices.
         y.to_device(&Device::Cpu)?;
         if i == 0 {
-            super::prof::reset();
+            super::kernels::prof::reset();
         } else {
             times.push(t.elapsed().as_secs_f64());
-            if let (Some(c0), Some(c1)) = (c, super::prof::process_cpu_s()) {
+            if let (Some(c0), Some(c1)) = (c, super::kernels::prof::process_cpu_s()) {
                 cpu_times.push(c1 - c0);
             }
         }
     }
-    if super::prof::enabled() {
-        eprint!("{}", super::prof::report(times.len()));
+    if super::kernels::prof::enabled() {
+        eprint!("{}", super::kernels::prof::report(times.len()));
     }
     let median_s = median(&times);
     let median_cpu_s =

@@ -27,18 +27,17 @@
 //!
 //! The networks train through [`net::TrainNet`], a DenseNet built from differentiable ops with
 //! BatchNorm in training mode (the engine folds BatchNorm for inference); on the CPU its
-//! convolutions and pools are custom ops with hand-written gradients ([`conv`], [`pool`]).
+//! convolutions and pools are custom ops with hand-written gradients (`model::kernels`), chosen by
+//! the layers (`conv3d_train`, `Pool3d::forward_train`).
 //! Gradient checkpointing (`--grad-checkpoint`) trades compute for memory (see [`net`]).
 
 pub mod augment;
-pub mod conv;
 pub mod data;
 pub mod labels;
 pub mod metrics;
 pub mod net;
 pub mod norm;
 pub mod optim;
-pub mod pool;
 pub mod report;
 pub mod synthdata;
 

@@ -24,12 +24,10 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
-use super::conv::conv3d;
 use super::norm::{batch_stats, bn_relu};
-use super::pool::pool3d;
 use super::TrainError;
 use crate::model::densenet::DenseNetConfig;
-use crate::model::layers::{Conv3dConfig, Pool3d, Pool3dConfig};
+use crate::model::layers::{conv3d_train, Conv3dConfig, Pool3d, Pool3dConfig};
 use crate::model::{self, Classifier, Naming, NetworkConfig};
 use crate::rng::Rng;
 
@@ -444,20 +442,20 @@ impl TrainNet {
                         self.dc.in_channels
                     );
                 };
-                let h = conv3d(h, &w0, &Conv3dConfig::symmetric(2, 3))?;
+                let h = conv3d_train(h, &w0, &Conv3dConfig::symmetric(2, 3))?;
                 let h = self.bn_relu(&h, "features.norm0", updates)?;
-                pool3d(&h, Pool3d::max(Pool3dConfig::cubic(3, 2, 1)))
+                Pool3d::max(Pool3dConfig::cubic(3, 2, 1)).forward_train(&h)
             }
             Segment::DenseLayer(i, l) => {
                 let p = format!("features.denseblock{}.denselayer{}.layers", i + 1, l + 1);
                 let y = self.bn_relu(h, &format!("{p}.norm1"), updates)?;
-                let y = conv3d(
+                let y = conv3d_train(
                     &y,
                     &self.param(&format!("{p}.conv1.weight"))?,
                     &Conv3dConfig::default(),
                 )?;
                 let y = self.bn_relu(&y, &format!("{p}.norm2"), updates)?;
-                let y = conv3d(
+                let y = conv3d_train(
                     &y,
                     &self.param(&format!("{p}.conv2.weight"))?,
                     &Conv3dConfig::symmetric(1, 1),
@@ -467,8 +465,8 @@ impl TrainNet {
             Segment::Transition(i) => {
                 let p = format!("features.transition{}", i + 1);
                 let y = self.bn_relu(h, &format!("{p}.norm"), updates)?;
-                let y = pool3d(&y, Pool3d::avg(Pool3dConfig::cubic(2, 2, 0), true))?;
-                conv3d(
+                let y = Pool3d::avg(Pool3dConfig::cubic(2, 2, 0), true).forward_train(&y)?;
+                conv3d_train(
                     &y,
                     &self.param(&format!("{p}.conv.weight"))?,
                     &Conv3dConfig::default(),

@@ -1,33 +1,30 @@
 //! A trainable 3-D convolution for the CPU: the engine's fast forward kernel with hand-written
 //! gradients, as a candle custom op.
 //!
-//! The composed convolution of [`crate::model::layers`] has gradients through candle's `conv2d`,
+//! The composed convolution of the layers has gradients through candle's `conv2d`,
 //! whose CPU backward (a naive transposed convolution) made one training step of a small DenseNet
 //! take seconds. Here the forward pass is the inference kernel, the input gradient is a
 //! convolution of the output gradient with the flipped, transposed kernel (zeros inserted for
 //! strides), and the weight gradient is `sum_n dY_n * im2col(X_n)^T` through the `gemm` crate.
 //! The weight gradient is summed over a fixed partition of the work, in a fixed order, so results
 //! do not depend on thread scheduling (resumed runs repeat uninterrupted ones bit for bit).
-//! Other devices use the composed convolution.
+//! The layers use it on the CPU in f32 (their `conv3d_train`); other devices
+//! use the composed convolution.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::model::cpu;
-use crate::model::layers::{self, Conv3dConfig};
+use super::cpu;
+use super::geometry::Conv3dConfig;
 
 /// Weight-gradient partial sums: this many, whatever the thread count (determinism).
 const GRAD_CHUNKS: usize = 8;
 
-/// `conv3d(x, w)` without bias, differentiable in both arguments.
-pub fn conv3d(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
-        x.contiguous()?
-            .apply_op2(&w.contiguous()?, Conv3dOp { cfg: *cfg })
-    } else {
-        layers::conv3d(x, w, None, cfg)
-    }
+/// `conv3d(x, w)` without bias, differentiable in both arguments; f32 CPU tensors.
+pub(crate) fn conv3d(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, Conv3dOp { cfg: *cfg })
 }
 
 struct Conv3dOp {
@@ -163,13 +160,16 @@ fn grad_weight(x: &Tensor, grad: &Tensor, w_dims: &[usize], cfg: &Conv3dConfig) 
     let k = c_in * kernel.iter().product::<usize>();
     let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let gs = grad.flatten_all()?.to_vec1::<f32>()?;
-    let g = Geom {
+    let g = cpu::ConvGeom {
+        n,
         c_in,
+        c_out,
         input: [d, h, wd],
         kernel,
         out: [od, oh, ow],
         cfg: *cfg,
     };
+    let x_bs = c_in * d * h * wd;
     let tiles = n * od;
     let chunks = GRAD_CHUNKS.min(tiles).max(1);
     let plane = oh * ow;
@@ -182,7 +182,7 @@ fn grad_weight(x: &Tensor, grad: &Tensor, w_dims: &[usize], cfg: &Conv3dConfig) 
             for t in (c * tiles / chunks)..((c + 1) * tiles / chunks) {
                 let (b, z) = (t / od, t % od);
                 col.iter_mut().for_each(|v| *v = 0.0);
-                im2col_slice(&g, &xs, b, z, &mut col);
+                cpu::im2col_tile(&g, &xs, b * x_bs, z, 0, oh, &mut col);
                 // SAFETY: acc is c_out x k (row stride k); the gradient slice is c_out x plane
                 // with row stride vol_out inside gs; col is k x plane, read transposed.
                 unsafe {
@@ -219,61 +219,6 @@ fn grad_weight(x: &Tensor, grad: &Tensor, w_dims: &[usize], cfg: &Conv3dConfig) 
         }
     }
     Tensor::from_vec(total, w_dims, x.device())
-}
-
-struct Geom {
-    c_in: usize,
-    input: [usize; 3],
-    kernel: [usize; 3],
-    out: [usize; 3],
-    cfg: Conv3dConfig,
-}
-
-/// `col[(ci, a, b, c), (y, x)]` = the padded input under tap (a, b, c) of output voxel (z, y, x).
-fn im2col_slice(g: &Geom, xs: &[f32], b: usize, z: usize, col: &mut [f32]) {
-    let [d, h, wd] = g.input;
-    let [kd, kh, kw] = g.kernel;
-    let [sd, sh, sw] = g.cfg.stride;
-    let [[pd, _], [ph, _], [pw, _]] = g.cfg.padding;
-    let [_, oh, ow] = g.out;
-    let plane = oh * ow;
-    let mut rows = col.chunks_exact_mut(plane.max(1));
-    for ci in 0..g.c_in {
-        let chan = (b * g.c_in + ci) * d;
-        for a in 0..kd {
-            let id = (z * sd + a).checked_sub(pd).filter(|&v| v < d);
-            for bb in 0..kh {
-                for c in 0..kw {
-                    let Some(row) = rows.next() else { return };
-                    let Some(id) = id else { continue };
-                    // Output columns whose input column lies inside the input: [lo, hi).
-                    let lo = pw.saturating_sub(c).div_ceil(sw).min(ow);
-                    let hi = (wd + pw)
-                        .checked_sub(c)
-                        .map_or(0, |l| l.div_ceil(sw))
-                        .min(ow);
-                    if lo >= hi {
-                        continue;
-                    }
-                    let first = lo * sw + c - pw;
-                    for y in 0..oh {
-                        let Some(ih) = (y * sh + bb).checked_sub(ph).filter(|&v| v < h) else {
-                            continue;
-                        };
-                        let src = &xs[((chan + id) * h + ih) * wd..][..wd];
-                        let seg = &mut row[y * ow..][lo..hi];
-                        if sw == 1 {
-                            seg.copy_from_slice(&src[first..first + (hi - lo)]);
-                        } else {
-                            for (j, v) in seg.iter_mut().enumerate() {
-                                *v = src[first + j * sw];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

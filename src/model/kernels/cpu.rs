@@ -16,7 +16,7 @@ use super::geometry::{avg_divisors, Conv3dConfig, Pool3dConfig, PoolKind};
 use super::prof::{self, Kind};
 
 #[cfg(target_arch = "x86_64")]
-use super::cpu_avx512 as avx;
+use super::avx512 as avx;
 
 /// Which convolution kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub(crate) fn eligible(ts: &[&Tensor]) -> bool {
 }
 
 /// Runs `f` on the f32 data of a contiguous CPU tensor without copying it.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Some((start, end)) = layout.contiguous_offsets() else {
         candle_core::bail!("cpu kernel: tensor is not contiguous");
@@ -62,14 +62,14 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
 
 /// A pointer to the output buffer shared by tiles that write disjoint parts of it.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: every parallel task writes a region no other task touches (see the callers).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// The pointer (a method, so closures capture the whole `Send` wrapper, not the raw field).
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -98,20 +98,20 @@ fn threads() -> usize {
 }
 
 /// Target size of one im2col tile, in f32 elements: about half of a 1 MiB L2 cache.
-const COL_TILE_ELEMS: usize = 128 * 1024;
+pub(super) const COL_TILE_ELEMS: usize = 128 * 1024;
 /// Output voxels per tile of a pointwise convolution.
-const POINTWISE_TILE: usize = 4096;
+pub(super) const POINTWISE_TILE: usize = 4096;
 
 /// Geometry of one convolution call.
 #[derive(Clone, Copy)]
-struct ConvGeom {
-    n: usize,
-    c_in: usize,
-    c_out: usize,
-    input: [usize; 3],
-    kernel: [usize; 3],
-    out: [usize; 3],
-    cfg: Conv3dConfig,
+pub(super) struct ConvGeom {
+    pub(super) n: usize,
+    pub(super) c_in: usize,
+    pub(super) c_out: usize,
+    pub(super) input: [usize; 3],
+    pub(super) kernel: [usize; 3],
+    pub(super) out: [usize; 3],
+    pub(super) cfg: Conv3dConfig,
 }
 
 /// 3-D convolution, optionally followed by a ReLU, on f32 CPU tensors.
@@ -271,7 +271,7 @@ fn epilogue(dst: &mut [f32], c_out: usize, vol: usize, bias: Option<&[f32]>, rel
 /// The pointers must address `m x k`, `k x n` and `m x n` matrices with the given row strides
 /// (column stride 1), and no one else may access the `dst` region meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn sgemm(
+pub(super) unsafe fn sgemm(
     m: usize,
     n: usize,
     k: usize,
@@ -307,7 +307,7 @@ unsafe fn sgemm(
 }
 
 /// Parallel over tiles when there are enough of them; otherwise inside the GEMM.
-fn split(tiles: usize) -> (bool, Parallelism) {
+pub(super) fn split(tiles: usize) -> (bool, Parallelism) {
     let t = threads();
     if t == 1 {
         (false, Parallelism::None)
@@ -376,7 +376,7 @@ fn conv_im2col(g: &ConvGeom, xs: &[f32], ws: &[f32], dst: &mut [f32]) {
 /// # Safety
 /// `dst + b * dst_bs + co * vol_out + p` must be writable for every batch item, output channel and
 /// voxel, and not otherwise accessed during the call.
-unsafe fn conv_im2col_into(
+pub(super) unsafe fn conv_im2col_into(
     g: &ConvGeom,
     xs: &[f32],
     x_bs: usize,
@@ -428,7 +428,7 @@ unsafe fn conv_im2col_into(
 
 /// Fills `col` (zeroed, `k x np`) with the input patches of output rows `r0..r1` of depth slice `z`,
 /// for the batch item whose channels start at `xs[base..]`.
-fn im2col_tile(
+pub(super) fn im2col_tile(
     g: &ConvGeom,
     xs: &[f32],
     base: usize,
@@ -540,17 +540,20 @@ pub(crate) fn pool3d_pre(
     Tensor::from_vec(dst, (n, c, od, oh, ow), &Device::Cpu)
 }
 
-/// A pooling's windows per axis (clipped to the input) and average divisors.
-struct PoolPlan {
-    kind: PoolKind,
-    input: [usize; 3],
-    out: [usize; 3],
-    windows: [Vec<(usize, usize)>; 3],
-    divisors: Option<[Vec<usize>; 3]>,
+/// A pooling's windows per axis (clipped to the input) and average divisors: the one plan of
+/// the inference kernels and the trainable pooling.
+pub(super) struct PoolPlan {
+    pub(super) kind: PoolKind,
+    pub(super) input: [usize; 3],
+    pub(super) out: [usize; 3],
+    /// Per axis, each output position's input window `[lo, hi)`.
+    pub(super) windows: [Vec<(usize, usize)>; 3],
+    /// Per axis, each output position's divisor (average pooling).
+    pub(super) divisors: Option<[Vec<usize>; 3]>,
 }
 
 impl PoolPlan {
-    fn new(cfg: &Pool3dConfig, kind: PoolKind, input: [usize; 3]) -> Result<Self> {
+    pub(super) fn new(cfg: &Pool3dConfig, kind: PoolKind, input: [usize; 3]) -> Result<Self> {
         let out = cfg.output_size(input)?;
         let windows = std::array::from_fn(|a| {
             (0..out[a])
@@ -844,34 +847,8 @@ pub(crate) fn scale_shift_relu(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Re
 }
 
 /// Copies a small parameter tensor to a `Vec<f32>`.
-fn vec_f32(t: &Tensor) -> Result<Vec<f32>> {
+pub(super) fn vec_f32(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
-}
-
-/// One DenseNet layer in the form the fused CPU block runs: norm1 as scale + shift, conv1 with
-/// norm2 folded in (bias), conv2.
-#[derive(Clone, Debug)]
-pub(crate) struct DenseLayerCpu {
-    c_in: usize,
-    inner: usize,
-    growth: usize,
-    scale1: Vec<f32>,
-    shift1: Vec<f32>,
-    b1: Vec<f32>,
-    weights: LayerWeights,
-}
-
-/// conv1 and conv2 weights in the form their engine reads.
-#[derive(Clone, Debug)]
-enum LayerWeights {
-    /// Row-major `(C_out, C_in * taps)`.
-    Gemm { w1: Vec<f32>, w2: Vec<f32> },
-    /// Packed into micro-kernel panels.
-    #[cfg(target_arch = "x86_64")]
-    Avx512 {
-        w1: avx::PackedWeights,
-        w2: avx::PackedWeights,
-    },
 }
 
 /// A convolution's parameters as the kernels take them (the layer types stay above the kernels).
@@ -885,266 +862,12 @@ pub(crate) struct ConvParams<'a> {
     pub cfg: &'a Conv3dConfig,
 }
 
-impl DenseLayerCpu {
-    /// Copies the layer's parameters for this CPU's engine; `None` unless they all suit the CPU
-    /// kernels.
-    pub(crate) fn new(
-        scale1: &Tensor,
-        shift1: &Tensor,
-        conv1: ConvParams<'_>,
-        conv2: ConvParams<'_>,
-    ) -> Result<Option<Self>> {
-        Self::with_engine(Engine::detect(), scale1, shift1, conv1, conv2)
-    }
-
-    /// [`DenseLayerCpu::new`] for the given engine.
-    pub(crate) fn with_engine(
-        engine: Engine,
-        scale1: &Tensor,
-        shift1: &Tensor,
-        conv1: ConvParams<'_>,
-        conv2: ConvParams<'_>,
-    ) -> Result<Option<Self>> {
-        let b1 = match conv1.bias {
-            Some(b) => b,
-            None => return Ok(None),
-        };
-        if !eligible(&[scale1, shift1, conv1.weight, b1, conv2.weight])
-            || conv2.bias.is_some()
-            || *conv2.cfg != Conv3dConfig::symmetric(1, 1)
-            || *conv1.cfg != Conv3dConfig::default()
-        {
-            return Ok(None);
-        }
-        let (inner, c_in, k1d, k1h, k1w) = conv1.weight.dims5()?;
-        let (growth, inner2, k2d, k2h, k2w) = conv2.weight.dims5()?;
-        if (k1d, k1h, k1w) != (1, 1, 1) || (k2d, k2h, k2w) != (3, 3, 3) || inner2 != inner {
-            return Ok(None);
-        }
-        let (w1, w2) = (vec_f32(conv1.weight)?, vec_f32(conv2.weight)?);
-        let weights = match engine {
-            Engine::Gemm => LayerWeights::Gemm { w1, w2 },
-            #[cfg(target_arch = "x86_64")]
-            Engine::Avx512 => LayerWeights::Avx512 {
-                w1: avx::PackedWeights::new(&w1, inner, c_in),
-                w2: avx::PackedWeights::new(&w2, growth, inner * 27),
-            },
-        };
-        let layer = Self {
-            c_in,
-            inner,
-            growth,
-            scale1: vec_f32(scale1)?,
-            shift1: vec_f32(shift1)?,
-            b1: vec_f32(b1)?,
-            weights,
-        };
-        if layer.scale1.len() != c_in || layer.shift1.len() != c_in || layer.b1.len() != inner {
-            candle_core::bail!(
-                "dense layer: norm1 has {} channels and conv1 {c_in} inputs",
-                layer.scale1.len()
-            );
-        }
-        Ok(Some(layer))
-    }
-}
-
-/// A whole dense block on the CPU: every layer reads a channel prefix of one preallocated buffer
-/// and writes its new features right after it, so nothing is concatenated; norm1 + ReLU are
-/// applied while packing conv1's input tiles instead of in a separate pass.
-pub(crate) fn dense_block(x: &Tensor, layers: &[DenseLayerCpu]) -> Result<Tensor> {
-    let (n, c0, d, h, w) = x.dims5()?;
-    let vol = d * h * w;
-    let mut c_total = c0;
-    for l in layers {
-        if l.c_in != c_total {
-            candle_core::bail!(
-                "dense block: layer expects {} channels, has {c_total}",
-                l.c_in
-            );
-        }
-        c_total += l.growth;
-    }
-    let bs = c_total * vol;
-    let t_copy = prof::span(Kind::Concat);
-    let mut buf = zeroed(n * bs);
-    let x = x.contiguous()?;
-    with_f32(&x, |xs| {
-        for (b, item) in xs.chunks_exact(c0 * vol).enumerate() {
-            buf[b * bs..b * bs + c0 * vol].copy_from_slice(item);
-        }
-        Ok(())
-    })?;
-    drop(t_copy);
-    drop(x);
-    #[cfg(target_arch = "x86_64")]
-    if layers
-        .iter()
-        .all(|l| matches!(l.weights, LayerWeights::Avx512 { .. }))
-    {
-        dense_block_avx512(&mut buf, bs, [d, h, w], layers)?;
-        return Tensor::from_vec(buf, (n, c_total, d, h, w), &Device::Cpu);
-    }
-    let inner_max = layers.iter().map(|l| l.inner).max().unwrap_or(0);
-    let mut mid = zeroed(n * inner_max * vol);
-    for l in layers {
-        #[allow(irrefutable_let_patterns)]
-        let LayerWeights::Gemm { w1, w2 } = &l.weights
-        else {
-            candle_core::bail!("dense block: layers packed for different engines");
-        };
-        let t1 = prof::span(Kind::Bottleneck);
-        bottleneck(&buf, bs, n, vol, l, w1, &mut mid);
-        drop(t1);
-        let _t3 = prof::span(Kind::Conv3x3);
-        let g = ConvGeom {
-            n,
-            c_in: l.inner,
-            c_out: l.growth,
-            input: [d, h, w],
-            kernel: [3, 3, 3],
-            out: [d, h, w],
-            cfg: Conv3dConfig::symmetric(1, 1),
-        };
-        // SAFETY: channels c_in..c_in+growth of every batch item lie inside buf, and only this call
-        // touches buf meanwhile (it reads mid).
-        unsafe {
-            conv_im2col_into(
-                &g,
-                &mid,
-                l.inner * vol,
-                w2,
-                OutPtr(buf.as_mut_ptr().add(l.c_in * vol)),
-                bs,
-            );
-        }
-    }
-    Tensor::from_vec(buf, (n, c_total, d, h, w), &Device::Cpu)
-}
-
-/// [`dense_block`] on the AVX-512 kernels: `buf` holds `bs` floats per batch item, the block's
-/// input in its first channels. The bottleneck writes straight into the zero-padded input of the
-/// 3x3x3 convolution, whose borders stay zero for all layers.
-#[cfg(target_arch = "x86_64")]
-fn dense_block_avx512(
-    buf: &mut [f32],
-    bs: usize,
-    dims: [usize; 3],
-    layers: &[DenseLayerCpu],
-) -> Result<()> {
-    let vol = dims.iter().product::<usize>();
-    let inner_max = layers.iter().map(|l| l.inner).max().unwrap_or(0);
-    let geom = |inner| avx::DirectGeom::new(inner, dims, [3; 3], [1; 3], [1; 3], dims);
-    let mut mid = zeroed(geom(inner_max).prepared_len());
-    for b in 0..buf.len() / bs.max(1) {
-        for l in layers {
-            #[allow(irrefutable_let_patterns)]
-            let LayerWeights::Avx512 { w1, w2 } = &l.weights
-            else {
-                continue;
-            };
-            let g = geom(l.inner);
-            {
-                let _t = prof::span(Kind::Bottleneck);
-                let to = avx::PointwiseDst::Padded {
-                    ptr: avx::Dst(mid.as_mut_ptr()),
-                    geom: &g,
-                    dims,
-                };
-                let epi = avx::Epilogue {
-                    bias: Some(&l.b1),
-                    relu: true,
-                };
-                let pre = Some((l.scale1.as_slice(), l.shift1.as_slice()));
-                // SAFETY: AVX-512 is available (the weights were packed for it); `mid` holds the
-                // padded planes of l.inner <= inner_max channels; item b's first c_in channels
-                // are read.
-                unsafe {
-                    avx::conv_pointwise(&buf[b * bs..(b + 1) * bs], vol, vol, pre, w1, epi, to)?
-                };
-            }
-            let _t = prof::span(Kind::Conv3x3);
-            let epi = avx::Epilogue {
-                bias: None,
-                relu: false,
-            };
-            // SAFETY: channels c_in..c_in + growth of item b lie inside buf (checked by the caller)
-            // and nothing else accesses buf meanwhile.
-            unsafe {
-                let out = avx::Dst(buf.as_mut_ptr().add(b * bs + l.c_in * vol));
-                avx::conv_direct(&g, &mid, w2, epi, out, vol)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `mid = relu(W1 * relu(x * scale1 + shift1) + b1)` over the first `l.c_in` channels of `buf`.
-fn bottleneck(
-    buf: &[f32],
-    bs: usize,
-    n: usize,
-    vol: usize,
-    l: &DenseLayerCpu,
-    w1: &[f32],
-    mid: &mut [f32],
-) {
-    let tile = (COL_TILE_ELEMS / l.c_in.max(1)).clamp(256, POINTWISE_TILE);
-    let per_item = vol.div_ceil(tile);
-    let tiles = n * per_item;
-    let (outer, par) = split(tiles);
-    let out = OutPtr(mid.as_mut_ptr());
-    let run = |pack: &mut Vec<f32>, t: usize| {
-        let (b, i) = (t / per_item, t % per_item);
-        let p0 = i * tile;
-        let np = tile.min(vol - p0);
-        pack.clear();
-        pack.resize(l.c_in * np, 0.0);
-        for (ci, row) in pack.chunks_exact_mut(np).enumerate() {
-            let src = &buf[b * bs + ci * vol + p0..][..np];
-            let (a, s) = (l.scale1[ci], l.shift1[ci]);
-            row.iter_mut()
-                .zip(src)
-                .for_each(|(o, &v)| *o = (v * a + s).max(0.0));
-        }
-        let dst = out.get();
-        // SAFETY: tile t writes columns p0..p0+np of every bottleneck channel of item b only.
-        unsafe {
-            let base = dst.add(b * l.inner * vol + p0);
-            sgemm(
-                l.inner,
-                np,
-                l.c_in,
-                base,
-                vol,
-                w1.as_ptr(),
-                l.c_in,
-                pack.as_ptr(),
-                np,
-                par,
-            );
-            for (co, &bias) in l.b1.iter().enumerate() {
-                let row = std::slice::from_raw_parts_mut(base.add(co * vol), np);
-                row.iter_mut().for_each(|v| *v = (*v + bias).max(0.0));
-            }
-        }
-    };
-    if outer {
-        (0..tiles)
-            .into_par_iter()
-            .for_each_init(Vec::new, |p, t| run(p, t));
-    } else {
-        let mut p = Vec::new();
-        (0..tiles).for_each(|t| run(&mut p, t));
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Every engine this CPU runs.
-    fn engines() -> Vec<Engine> {
+    pub(in crate::model::kernels) fn engines() -> Vec<Engine> {
         let mut e = vec![Engine::Gemm];
         if Engine::detect() != Engine::Gemm {
             e.push(Engine::detect());
@@ -1152,12 +875,12 @@ mod tests {
         e
     }
 
-    fn randn(shape: &[usize]) -> Tensor {
+    pub(in crate::model::kernels) fn randn(shape: &[usize]) -> Tensor {
         Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
     }
 
     /// Direct 3-D convolution in f64, PyTorch's semantics.
-    fn naive_conv(
+    pub(in crate::model::kernels) fn naive_conv(
         x: &Tensor,
         w: &Tensor,
         b: Option<&Tensor>,
@@ -1209,7 +932,7 @@ mod tests {
         out
     }
 
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    pub(in crate::model::kernels) fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
         a.iter()
             .zip(b)
@@ -1364,64 +1087,6 @@ mod tests {
                 );
                 assert!(d < 1e-4, "{kind:?}, {e:?}: differs by {d}");
             }
-        }
-    }
-
-    #[test]
-    fn dense_block_engines_match_layer_by_layer() {
-        // Two layers, growth 3, bottleneck 10 (neither a multiple of the micro-tile), batch 2.
-        let (n, c0, growth, inner, dims) = (2, 5, 3, 10, [3, 4, 19]);
-        let x = randn(&[n, c0, dims[0], dims[1], dims[2]]);
-        let mut params = Vec::new();
-        for l in 0..2 {
-            let c = c0 + l * growth;
-            let scale = Tensor::rand(0.5f32, 1.5, c, &Device::Cpu).unwrap();
-            let shift = (randn(&[c]) * 0.1).unwrap();
-            // He-scaled weights keep the activations near 1, as in a trained network.
-            let w1 = (randn(&[inner, c, 1, 1, 1]) * (2.0 / c as f64).sqrt()).unwrap();
-            let b1 = randn(&[inner]);
-            let w2 =
-                (randn(&[growth, inner, 3, 3, 3]) * (2.0 / (27 * inner) as f64).sqrt()).unwrap();
-            params.push((scale, shift, w1, b1, w2));
-        }
-        // Reference: the same layers through the naive convolution and a concatenation.
-        let mut h = x.clone();
-        let (cfg1, cfg2) = (Conv3dConfig::default(), Conv3dConfig::symmetric(1, 1));
-        for (scale, shift, w1, b1, w2) in &params {
-            let a = scale_shift_relu(&h, scale, shift).unwrap();
-            let mid = naive_conv(&a, w1, Some(b1), &cfg1, true);
-            let mid =
-                Tensor::from_vec(mid, (n, inner, dims[0], dims[1], dims[2]), &Device::Cpu).unwrap();
-            let new = naive_conv(&mid, w2, None, &cfg2, false);
-            let new = Tensor::from_vec(new, (n, growth, dims[0], dims[1], dims[2]), &Device::Cpu)
-                .unwrap();
-            h = Tensor::cat(&[&h, &new], 1).unwrap();
-        }
-        let want = h.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for e in engines() {
-            let layers: Vec<DenseLayerCpu> = params
-                .iter()
-                .map(|(s, t, w1, b1, w2)| {
-                    let c1 = ConvParams {
-                        weight: w1,
-                        bias: Some(b1),
-                        cfg: &cfg1,
-                    };
-                    let c2 = ConvParams {
-                        weight: w2,
-                        bias: None,
-                        cfg: &cfg2,
-                    };
-                    DenseLayerCpu::with_engine(e, s, t, c1, c2)
-                        .unwrap()
-                        .unwrap()
-                })
-                .collect();
-            let got = dense_block(&x, &layers).unwrap();
-            assert_eq!(got.dims(), h.dims());
-            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let d = max_diff(&got, &want);
-            assert!(d < 1e-4, "{e:?}: differs by {d}");
         }
     }
 }

@@ -1,0 +1,24 @@
+//! Kernels: the compute under the layers, importing no layer or network.
+//!
+//! - [`geometry`]: convolution and pooling configurations (stride, padding, output sizes,
+//!   average divisors), shared by every form of a layer;
+//! - `cpu`: the CPU inference kernels (tiled im2col + `gemm`, or the AVX-512 micro-kernel in
+//!   `avx512`), one pooling plan, the fused stem (convolution + ReLU + pool) and BatchNorm + ReLU;
+//! - `dense`: the DenseNet's dense blocks fused on the CPU;
+//! - `grad_conv`, `grad_pool`: the same convolution and pooling as candle custom ops with
+//!   hand-written gradients, for training on the CPU;
+//! - `cudnn3d`: cuDNN's native 3-D convolution (feature `cudnn`);
+//! - `prof`: per-kind timing of the CPU kernels (`CTGRADE_PROFILE`).
+//!
+//! The layers ([`super::layers`]) choose among these and the composed candle forms.
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
+pub(crate) mod cpu;
+#[cfg(feature = "cudnn")]
+pub(crate) mod cudnn3d;
+pub(crate) mod dense;
+pub mod geometry;
+pub(crate) mod grad_conv;
+pub(crate) mod grad_pool;
+pub(crate) mod prof;
