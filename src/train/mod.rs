@@ -25,15 +25,18 @@
 //! - Progress lines (it/s, loss, validation QWK/AUC, time left), `train-log.csv`,
 //!   `train-log.json` and `loss.svg` in the output folder.
 //!
-//! The networks train through [`net::TrainNet`], a DenseNet built from differentiable ops with
-//! BatchNorm in training mode (the engine folds BatchNorm for inference); on the CPU its
-//! convolutions and pools are custom ops with hand-written gradients ([`conv`], [`pool`]).
-//! Gradient checkpointing (`--grad-checkpoint`) trades compute for memory (see [`net`]).
+//! The networks train through [`net::TrainNet`]: the architecture's layers built from
+//! differentiable ops with BatchNorm in training mode (the engine folds BatchNorm for inference),
+//! for every architecture [`net::trainable`] accepts (the 3-D DenseNets and ResNets); on the CPU
+//! its convolutions, pools and BatchNorms are custom ops with hand-written gradients ([`conv`],
+//! [`pool`], [`norm`]). Gradient checkpointing (`--grad-checkpoint`) trades compute for memory
+//! (see [`net`]).
 
 pub mod augment;
 pub mod cli;
 pub mod conv;
 pub mod data;
+mod densenet;
 pub mod labels;
 pub mod metrics;
 pub mod net;
@@ -41,6 +44,7 @@ pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod report;
+mod resnet;
 pub mod rng;
 pub mod synthdata;
 
@@ -575,6 +579,14 @@ fn check_options(opts: &TrainOptions) -> Result<(), TrainError> {
             return bad(format!("learning rate {lr} must be positive"));
         }
     }
+    if !net::trainable(r.network.arch) {
+        return bad(format!(
+            "{} cannot be trained (trainable: {})",
+            r.network.arch,
+            net::trainable_names()
+        ));
+    }
+    r.network.check_overrides()?;
     if r.network.num_outputs != r.head.num_outputs() {
         return bad(format!(
             "the {:?} head needs {} output(s), the network configuration has {}",
