@@ -1,0 +1,250 @@
+//! One training step against PyTorch/MONAI (fixtures from tools/make_train_fixtures.py): from the
+//! same weights and batch, ctgrade's trainable networks and Adam give PyTorch's outputs, loss,
+//! gradients, updated weights and running statistics.
+//!
+//! After one Adam step from zero moments every update is close to `lr * sign(gradient)`, so the
+//! updated weights alone would hide a gradient of the wrong size; the gradients are compared on
+//! their own, relative to each tensor's largest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use ctgrade::grading::Head;
+use ctgrade::model::NetworkConfig;
+use ctgrade::train::net::TrainNet;
+use ctgrade::train::optim::{loss, Adam, AdamConfig};
+
+#[derive(serde::Deserialize)]
+struct Case {
+    name: String,
+    network: NetworkConfig,
+    lr: f64,
+    betas: [f64; 2],
+    eps: f64,
+    file: String,
+}
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train")
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Largest |a - b| and largest |b| of two tensors of the same shape.
+fn diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
+    assert_eq!(a.dims(), b.dims());
+    let (a, b) = (values(a), values(b));
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    (d, scale)
+}
+
+fn with_prefix(tensors: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+    tensors
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
+        .collect()
+}
+
+/// The largest differences of one case: (logits, gradients relative to their scale, updated
+/// tensors).
+struct Report {
+    logits: f32,
+    loss: f32,
+    grad_rel: f32,
+    after: f32,
+}
+
+fn run_case(case: &Case) -> Report {
+    let dev = Device::Cpu;
+    let t = candle_core::safetensors::load(dir().join(&case.file), &dev).unwrap();
+    let mut net = TrainNet::new(&case.network, 0, &dev).unwrap();
+    let init = with_prefix(&t, "init.");
+    let state = net.state().unwrap();
+    let mut names: Vec<&String> = state.keys().collect();
+    names.sort();
+    let mut fixture_names: Vec<&String> = init.keys().collect();
+    fixture_names.sort();
+    assert_eq!(
+        names, fixture_names,
+        "{}: MONAI's state dict names",
+        case.name
+    );
+    net.set_state(&init, "fixture").unwrap();
+
+    let x = &t["input"];
+    let co_rads: Vec<u8> = t["co_rads"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap()
+        .into_iter()
+        .map(|c| c as u8)
+        .collect();
+    let logits = net.forward_train(x).unwrap();
+    let l = loss(Head::Continuous, &logits, &co_rads).unwrap();
+    let grads = l.backward().unwrap();
+    let mut adam = Adam::new(
+        net.params(),
+        AdamConfig {
+            lr: case.lr,
+            beta1: case.betas[0],
+            beta2: case.betas[1],
+            eps: case.eps,
+            lr_final: None,
+        },
+    )
+    .unwrap();
+
+    // A gradient that is zero in exact arithmetic (a bias just before a BatchNorm, which
+    // removes any constant) is rounding noise in both: compared against this floor, and its
+    // parameter only checked to have moved by at most the learning rate.
+    let largest = net
+        .params()
+        .iter()
+        .map(|(name, _)| diff(&t[&format!("grad.{name}")], &t[&format!("grad.{name}")]).1)
+        .fold(0f32, f32::max);
+    let noise = 1e-6 * largest;
+    let mut noisy = Vec::new();
+    let mut grad_rel = 0f32;
+    for (name, p) in net.params() {
+        let g = grads
+            .get(p.as_tensor())
+            .unwrap_or_else(|| panic!("{}: {name} has no gradient", case.name));
+        let (d, scale) = diff(g, &t[&format!("grad.{name}")]);
+        if scale <= noise {
+            assert!(
+                d <= 2.0 * noise,
+                "{}: gradient of {name} is not noise: {d}",
+                case.name
+            );
+            noisy.push(name.clone());
+            continue;
+        }
+        let rel = d / scale;
+        // Relative to the tensor's largest, with a floor far below the network's largest for
+        // tensors of small gradients (long BatchNorm sums that cancel, in float32).
+        assert!(
+            d <= 1e-3 * scale + 1e-7 * largest,
+            "{}: gradient of {name} differs by {d} (largest {scale})",
+            case.name
+        );
+        grad_rel = grad_rel.max(rel);
+    }
+    assert!(
+        noisy.len() * 10 < net.params().len(),
+        "{}: most gradients are noise: {noisy:?}",
+        case.name
+    );
+    adam.step(net.params(), &grads, case.lr).unwrap();
+
+    let after = with_prefix(&t, "after.");
+    let is_param: HashMap<&str, ()> = net.params().iter().map(|(n, _)| (n.as_str(), ())).collect();
+    let mut after_max = 0f32;
+    for (name, v) in net.state().unwrap() {
+        let (d, scale) = diff(&v, &after[&name]);
+        if noisy.contains(&name) {
+            let (moved, _) = diff(&v, &init[&name]);
+            assert!(
+                moved <= 1.01 * case.lr as f32,
+                "{}: {name} moved by {moved}",
+                case.name
+            );
+            continue;
+        }
+        if is_param.contains_key(name.as_str()) {
+            // Adam's first update is lr * g / (|g| + eps): exact where the gradient is clear of
+            // zero, but any step up to lr where PyTorch's gradient is (nearly) zero.
+            let g = values(&t[&format!("grad.{name}")]);
+            let g_scale = g.iter().map(|x| x.abs()).fold(0f32, f32::max);
+            let (ours, theirs) = (values(&v), values(&after[&name]));
+            for (i, ((a, b), gi)) in ours.iter().zip(&theirs).zip(&g).enumerate() {
+                let tol = if gi.abs() < 1e-3 * g_scale {
+                    2.01 * case.lr as f32
+                } else {
+                    1e-6 * b.abs().max(1.0)
+                };
+                let d = (a - b).abs();
+                assert!(
+                    d <= tol,
+                    "{}: {name}[{i}] after the step is {a}, PyTorch's {b} (gradient {gi})",
+                    case.name
+                );
+                if tol < case.lr as f32 {
+                    after_max = after_max.max(d / b.abs().max(1.0));
+                }
+            }
+            continue;
+        }
+        // Running statistics: absolute, or relative for large values.
+        let tol = 1e-5 * scale.max(1.0);
+        assert!(
+            d <= tol,
+            "{}: {name} after the step differs by {d} (largest {scale})",
+            case.name
+        );
+        after_max = after_max.max(d / scale.max(1.0));
+    }
+    let (logits_d, _) = diff(&logits, &t["logits"]);
+    let (loss_d, _) = diff(&l.reshape(1).unwrap(), &t["loss"]);
+    Report {
+        logits: logits_d,
+        loss: loss_d,
+        grad_rel,
+        after: after_max,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let text = std::fs::read_to_string(dir().join("cases.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Every fixture: forward pass, loss, gradients, updated weights and running statistics.
+#[test]
+fn one_adam_step_matches_pytorch() {
+    let cases = cases();
+    assert!(cases.len() >= 3);
+    for case in &cases {
+        let r = run_case(case);
+        eprintln!(
+            "{}: logits {:.2e}, loss {:.2e}, gradients (relative) {:.2e}, after the step {:.2e}",
+            case.name, r.logits, r.loss, r.grad_rel, r.after
+        );
+        assert!(
+            r.logits <= 1e-4,
+            "{}: logits differ by {}",
+            case.name,
+            r.logits
+        );
+        assert!(r.loss <= 1e-5, "{}: loss differs by {}", case.name, r.loss);
+    }
+}
+
+/// The comparison can fail: the same step with another label (a loss PyTorch did not
+/// differentiate) is caught by the gradients.
+#[test]
+fn a_wrong_loss_is_caught() {
+    let mut case = cases().remove(0);
+    let dev = Device::Cpu;
+    let mut t = candle_core::safetensors::load(dir().join(&case.file), &dev).unwrap();
+    let labels = Tensor::new(&[3u8, 5], &dev).unwrap();
+    t.insert("co_rads".to_string(), labels);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("changed.safetensors");
+    candle_core::safetensors::save(&t, &path).unwrap();
+    case.file = path.to_string_lossy().into_owned();
+    let caught = std::panic::catch_unwind(|| run_case(&case));
+    let msg = caught
+        .err()
+        .and_then(|e| e.downcast_ref::<String>().cloned())
+        .expect("a changed label went unnoticed");
+    assert!(msg.contains("gradient of"), "{msg}");
+}
