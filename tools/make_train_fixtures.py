@@ -11,10 +11,14 @@ step in double precision from float32 weights and batch; the results are stored 
 
 Cases (the names are ctgrade's architectures; `network` is the NetworkConfig that builds the same
 network in ctgrade):
-  resnet18-3d   MONAI ResNet("basic", [1, 1, 1, 1], widths / 16): stem kernel 7, stride 1, max pool,
+  resnet18-3d   MONAI ResNet("basic", [1, 1, 1, 1], widths / 32): stem kernel 7, stride 1, max pool,
                 type-B shortcuts with bias (MONAI's defaults)
   resnet50-3d   MONAI ResNet("bottleneck", [1, 1, 1, 1], widths / 32), the same defaults
   densenet-3d   MONAI DenseNet(init_features 4, growth_rate 4, block_config (2, 2), bn_size 2)
+  resnet18-2d   torchvision's ResNet (BasicBlock, [1, 1, 1, 1], widths / 32) on every axial slice,
+                its globally pooled features max-pooled over slices, then its `fc` (the paper's
+                2-D networks, Li et al.'s reduction)
+  covnet        the same with torchvision's Bottleneck (widths / 32): COVNet
 
 The weights are random, with BatchNorm affine parameters, running statistics and biases drawn
 away from their initial values so that every term of the step shows. Writes tests/fixtures/train/:
@@ -28,7 +32,7 @@ away from their initial values so that every term of the step shows. Writes test
                          after.<t>  every tensor of the state dict after the step
 
 Run:  python tools/make_train_fixtures.py   (in a venv with the versions below)
-requirements: torch==2.15.0 monai==1.6.1 safetensors==0.8.0 numpy==2.4.6
+requirements: torch==2.15.0 torchvision==0.29.2 monai==1.6.1 safetensors==0.8.0 numpy==2.4.6
 """
 
 import json
@@ -38,13 +42,17 @@ import monai
 import numpy as np
 import safetensors
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 from monai.networks.nets import DenseNet as MonaiDenseNet
 from monai.networks.nets import ResNet as MonaiResNet
 from safetensors.torch import save_file
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 # The fixtures were generated with exactly these versions; other versions may differ in the last bits.
 assert torch.__version__.split("+")[0] == "2.15.0", torch.__version__
+assert torchvision.__version__.split("+")[0] == "0.29.2", torchvision.__version__
 assert monai.__version__ == "1.6.1", monai.__version__
 assert safetensors.__version__ == "0.8.0", safetensors.__version__
 assert np.__version__ == "2.4.6", np.__version__
@@ -52,6 +60,35 @@ assert np.__version__ == "2.4.6", np.__version__
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "train")
 
 LR, BETAS, EPS = 1e-4, (0.9, 0.999), 1e-8
+
+
+class TinyResNet(ResNet):
+    """torchvision's ResNet with every width divided by `div`."""
+
+    def __init__(self, block, layers, div, in_channels, num_outputs):
+        self._div = div
+        self._first = True
+        super().__init__(block, layers, num_classes=num_outputs)
+        w = 64 // div
+        self.conv1 = nn.Conv2d(in_channels, w, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.fc = nn.Linear(512 // div * block.expansion, num_outputs)
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+        if self._first:
+            self.inplanes = 64 // self._div
+            self._first = False
+        return super()._make_layer(block, planes // self._div, blocks, stride, dilate)
+
+    def forward(self, x):
+        """(N, C, D, H, W): the backbone on every slice, each slice's features averaged, their
+        maximum over slices, the linear layer."""
+        n, c, d, h, w = x.shape
+        s = x.permute(0, 2, 1, 3, 4).reshape(n * d, c, h, w)
+        s = self.maxpool(self.relu(self.bn1(self.conv1(s))))
+        f = self.layer4(self.layer3(self.layer2(self.layer1(s))))
+        f = f.mean((2, 3)).reshape(n, d, -1).amax(1)
+        return self.fc(f)
 
 
 def perturb(model, gen):
@@ -108,8 +145,8 @@ def cases():
     base = {"in_channels": 3, "num_outputs": 1}
     yield (
         "resnet18-3d",
-        {"arch": "resnet18-3d", **base, "width_divisor": 16, "block_config": [1, 1, 1, 1]},
-        lambda: MonaiResNet("basic", [1, 1, 1, 1], [4, 8, 16, 32], spatial_dims=3, n_input_channels=3, num_classes=1),
+        {"arch": "resnet18-3d", **base, "width_divisor": 32, "block_config": [1, 1, 1, 1]},
+        lambda: MonaiResNet("basic", [1, 1, 1, 1], [2, 4, 8, 16], spatial_dims=3, n_input_channels=3, num_classes=1),
         (2, 3, 16, 20, 20),
     )
     yield (
@@ -138,6 +175,18 @@ def cases():
             bn_size=2,
         ),
         (2, 3, 16, 20, 20),
+    )
+    yield (
+        "resnet18-2d",
+        {"arch": "resnet18-2d", **base, "width_divisor": 32, "block_config": [1, 1, 1, 1]},
+        lambda: TinyResNet(BasicBlock, [1, 1, 1, 1], 32, 3, 1),
+        (2, 3, 6, 32, 32),
+    )
+    yield (
+        "covnet",
+        {"arch": "covnet", **base, "width_divisor": 32, "block_config": [1, 1, 1, 1]},
+        lambda: TinyResNet(Bottleneck, [1, 1, 1, 1], 32, 3, 1),
+        (2, 3, 6, 32, 32),
     )
 
 

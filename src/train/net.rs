@@ -65,7 +65,10 @@ pub(crate) trait TrainBody: Send + Sync {
 
 /// The architectures [`TrainNet`] can train.
 pub fn trainable(arch: Arch) -> bool {
-    matches!(arch.family(), Family::DenseNet3d | Family::ResNet3d)
+    matches!(
+        arch.family(),
+        Family::DenseNet3d | Family::ResNet3d | Family::ResNet2d
+    )
 }
 
 /// The names of the [`trainable`] architectures, comma-separated (for messages and help).
@@ -84,7 +87,9 @@ fn body_for(cfg: &NetworkConfig) -> Result<Box<dyn TrainBody>, TrainError> {
         Family::DenseNet3d => Ok(Box::new(DenseNetBody::new(DenseNetConfig::from_network(
             cfg,
         )?))),
-        Family::ResNet3d => Ok(Box::new(ResNetBody::new(ResNetConfig::from_network(cfg)?))),
+        Family::ResNet3d | Family::ResNet2d => {
+            Ok(Box::new(ResNetBody::new(ResNetConfig::from_network(cfg)?)))
+        }
         _ => Err(TrainError::Options(format!(
             "{} cannot be trained (trainable: {})",
             cfg.arch,
@@ -646,9 +651,9 @@ mod tests {
         );
     }
 
-    /// Small ResNets: basic blocks with type-B shortcuts (MONAI's defaults), and bottlenecks
-    /// with type-A shortcuts, a short stem and no max pool.
-    fn tiny_resnets() -> [NetworkConfig; 2] {
+    /// Small ResNets: basic blocks with type-B shortcuts (MONAI's defaults), bottlenecks with
+    /// type-A shortcuts, a short stem and no max pool, and a 2-D ResNet-50 (COVNet) on slices.
+    fn tiny_resnets() -> [NetworkConfig; 3] {
         [
             NetworkConfig {
                 width_divisor: Some(16),
@@ -663,6 +668,11 @@ mod tests {
                 no_max_pool: Some(true),
                 ..NetworkConfig::new(Arch::ResNet50_3d, 3, 5)
             },
+            NetworkConfig {
+                width_divisor: Some(32),
+                block_config: Some(vec![1, 1, 2, 1]),
+                ..NetworkConfig::new(Arch::CovNet, 3, 1)
+            },
         ]
     }
 
@@ -671,8 +681,8 @@ mod tests {
     #[test]
     fn tensor_names_are_the_inference_constructors() {
         let dev = Device::Cpu;
-        let [r18, r50] = tiny_resnets();
-        for cfg in [tiny(1), tiny(5), r18, r50] {
+        let [r18, r50, covnet] = tiny_resnets();
+        for cfg in [tiny(1), tiny(5), r18, r50, covnet] {
             let vm = candle_nn::VarMap::new();
             let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
             model::build(&cfg, vb).unwrap();
@@ -715,8 +725,8 @@ mod tests {
             block_config: Some(vec![2, 2]),
             ..tiny(1)
         };
-        let [r18, r50] = tiny_resnets();
-        for (cfg, channels) in [(&dense, 3), (&dense, 1), (&r18, 1), (&r50, 3)] {
+        let [r18, r50, covnet] = tiny_resnets();
+        for (cfg, channels) in [(&dense, 3), (&dense, 1), (&r18, 1), (&r50, 3), (&covnet, 1)] {
             let head = if cfg.num_outputs == 1 {
                 Head::Continuous
             } else {
