@@ -19,6 +19,7 @@ network in ctgrade):
                 its globally pooled features max-pooled over slices, then its `fc` (the paper's
                 2-D networks, Li et al.'s reduction)
   covnet        the same with torchvision's Bottleneck (widths / 32): COVNet
+  densenet-2d   MONAI DenseNet(spatial_dims=2), the sizes of densenet-3d, with the same reduction
 
 The weights are random, with BatchNorm affine parameters, running statistics and biases drawn
 away from their initial values so that every term of the step shows. Writes tests/fixtures/train/:
@@ -89,6 +90,16 @@ class TinyResNet(ResNet):
         f = self.layer4(self.layer3(self.layer2(self.layer1(s))))
         f = f.mean((2, 3)).reshape(n, d, -1).amax(1)
         return self.fc(f)
+
+
+class SliceDenseNet(MonaiDenseNet):
+    """MONAI's 2-D DenseNet on every slice of (N, C, D, H, W), with the reduction of TinyResNet."""
+
+    def forward(self, x):
+        n, c, d, h, w = x.shape
+        f = self.features(x.permute(0, 2, 1, 3, 4).reshape(n * d, c, h, w))
+        f = F.relu(f).mean((2, 3)).reshape(n, d, -1).amax(1)
+        return self.class_layers.out(f)
 
 
 def perturb(model, gen):
@@ -186,6 +197,27 @@ def cases():
         "covnet",
         {"arch": "covnet", **base, "width_divisor": 32, "block_config": [1, 1, 1, 1]},
         lambda: TinyResNet(Bottleneck, [1, 1, 1, 1], 32, 3, 1),
+        (2, 3, 6, 32, 32),
+    )
+    yield (
+        "densenet-2d",
+        {
+            "arch": "densenet121-2d",
+            **base,
+            "growth_rate": 4,
+            "block_config": [2, 2],
+            "bn_size": 2,
+            "init_features": 4,
+        },
+        lambda: SliceDenseNet(
+            spatial_dims=2,
+            in_channels=3,
+            out_channels=1,
+            init_features=4,
+            growth_rate=4,
+            block_config=(2, 2),
+            bn_size=2,
+        ),
         (2, 3, 6, 32, 32),
     )
 

@@ -1,7 +1,8 @@
-//! The 3-D DenseNet in training form (MONAI's layout and parameter names; see
-//! [`crate::model::densenet`] for the inference form).
+//! The DenseNets in training form, with MONAI's layout and parameter names: 3-D, and 2-D on every
+//! axial slice with the paper's slice reduction (see [`crate::model::densenet`] and
+//! [`crate::model::slice2d`] for the inference forms).
 //!
-//! As in the engine, a transition's average pool runs before its 1x1x1 convolution (both are
+//! As in the engine, a transition's average pool runs before its 1x1 convolution (both are
 //! linear: same result, a quarter of the cost). Segments: the stem, each dense layer, each
 //! transition, the head.
 
@@ -12,6 +13,7 @@ use super::net::{stem_weight, BatchStats, TrainBody, TrainNet};
 use super::pool::pool3d;
 use crate::model::densenet::DenseNetConfig;
 use crate::model::layers::{Conv3dConfig, Pool3d, Pool3dConfig};
+use crate::model::Spatial;
 
 /// A piece of the forward pass between two kept activations.
 #[derive(Clone, Copy, Debug)]
@@ -26,15 +28,16 @@ enum Segment {
     Head,
 }
 
-/// The forward pass of a 3-D DenseNet.
+/// The forward pass of a DenseNet.
 pub(crate) struct DenseNetBody {
     dc: DenseNetConfig,
+    spatial: Spatial,
     segments: Vec<Segment>,
 }
 
 impl DenseNetBody {
-    /// The body of the DenseNet `dc` describes.
-    pub(crate) fn new(dc: DenseNetConfig) -> Self {
+    /// The body of the DenseNet `dc` describes, with 3-D kernels or 2-D ones on every slice.
+    pub(crate) fn new(dc: DenseNetConfig, spatial: Spatial) -> Self {
         let blocks = dc.block_config.len();
         let mut segments = vec![Segment::Stem];
         for (i, &layers) in dc.block_config.iter().enumerate() {
@@ -44,7 +47,20 @@ impl DenseNetBody {
             }
         }
         segments.push(Segment::Head);
-        Self { dc, segments }
+        Self {
+            dc,
+            spatial,
+            segments,
+        }
+    }
+
+    /// A convolution weight as a 3-D kernel (2-D checkpoints store `(C_out, C_in, k, k)`).
+    fn weight(&self, net: &TrainNet, name: &str) -> candle_core::Result<Tensor> {
+        let w = net.param(name)?;
+        match self.spatial {
+            Spatial::D3 => Ok(w),
+            Spatial::D2 => w.unsqueeze(2),
+        }
     }
 }
 
@@ -63,49 +79,65 @@ impl TrainBody for DenseNetBody {
         let Some(&seg) = self.segments.get(k) else {
             candle_core::bail!("densenet: no segment {k}");
         };
+        let sp = self.spatial;
         match seg {
             Segment::Stem => {
                 let w0 = stem_weight(
-                    net.param("features.conv0.weight")?,
+                    self.weight(net, "features.conv0.weight")?,
                     h.dim(1)?,
                     self.dc.in_channels,
                     "densenet",
                 )?;
-                let h = conv3d(h, &w0, &Conv3dConfig::symmetric(2, 3))?;
+                let h = conv3d(h, &w0, &sp.conv(2, 3))?;
                 let h = net.bn_relu(&h, "features.norm0", updates)?;
-                pool3d(&h, Pool3d::max(Pool3dConfig::cubic(3, 2, 1)))
+                let pool = Pool3dConfig {
+                    kernel: sp.cube(3),
+                    stride: sp.cube(2),
+                    padding: sp.pad([1, 1]),
+                    ceil_mode: false,
+                };
+                pool3d(&h, Pool3d::max(pool))
             }
             Segment::DenseLayer(i, l) => {
                 let p = format!("features.denseblock{}.denselayer{}.layers", i + 1, l + 1);
                 let y = net.bn_relu(h, &format!("{p}.norm1"), updates)?;
                 let y = conv3d(
                     &y,
-                    &net.param(&format!("{p}.conv1.weight"))?,
+                    &self.weight(net, &format!("{p}.conv1.weight"))?,
                     &Conv3dConfig::default(),
                 )?;
                 let y = net.bn_relu(&y, &format!("{p}.norm2"), updates)?;
                 let y = conv3d(
                     &y,
-                    &net.param(&format!("{p}.conv2.weight"))?,
-                    &Conv3dConfig::symmetric(1, 1),
+                    &self.weight(net, &format!("{p}.conv2.weight"))?,
+                    &sp.conv(1, 1),
                 )?;
                 Tensor::cat(&[h, &y], 1)
             }
             Segment::Transition(i) => {
                 let p = format!("features.transition{}", i + 1);
                 let y = net.bn_relu(h, &format!("{p}.norm"), updates)?;
-                let y = pool3d(&y, Pool3d::avg(Pool3dConfig::cubic(2, 2, 0), true))?;
+                let pool = Pool3dConfig {
+                    kernel: sp.cube(2),
+                    stride: sp.cube(2),
+                    padding: sp.pad([0, 0]),
+                    ceil_mode: false,
+                };
+                let y = pool3d(&y, Pool3d::avg(pool, true))?;
                 conv3d(
                     &y,
-                    &net.param(&format!("{p}.conv.weight"))?,
+                    &self.weight(net, &format!("{p}.conv.weight"))?,
                     &Conv3dConfig::default(),
                 )
             }
             Segment::Head => {
-                let n = h.dim(0)?;
                 let h = net.bn_relu(h, "features.norm5", updates)?;
-                let (_, cf, ..) = h.dims5()?;
-                let pooled = h.reshape((n, cf, ()))?.mean(2)?;
+                let (n, cf, d, ..) = h.dims5()?;
+                let pooled = match sp {
+                    Spatial::D3 => h.reshape((n, cf, ()))?.mean(2)?,
+                    // Each slice's average, then the maximum over slices.
+                    Spatial::D2 => h.reshape((n, cf, d, ()))?.mean(3)?.max(2)?,
+                };
                 let w = net.param("class_layers.out.weight")?;
                 let b = net.param("class_layers.out.bias")?;
                 pooled.matmul(&w.t()?)?.broadcast_add(&b)

@@ -27,8 +27,8 @@
 //!
 //! The networks train through [`net::TrainNet`]: the architecture's layers built from
 //! differentiable ops with BatchNorm in training mode (the engine folds BatchNorm for inference),
-//! for every architecture [`net::trainable`] accepts (the 3-D DenseNets, the 3-D and 2-D ResNets
-//! and COVNet); on the CPU
+//! for every architecture [`net::trainable`] accepts (the 3-D and 2-D DenseNets and ResNets, and
+//! COVNet); on the CPU
 //! its convolutions, pools and BatchNorms are custom ops with hand-written gradients ([`conv`],
 //! [`pool`], [`norm`]). Gradient checkpointing (`--grad-checkpoint`) trades compute for memory
 //! (see [`net`]).

@@ -34,7 +34,7 @@ use super::rng::Rng;
 use super::TrainError;
 use crate::model::densenet::DenseNetConfig;
 use crate::model::resnet::ResNetConfig;
-use crate::model::{self, Arch, Classifier, Family, Naming, NetworkConfig};
+use crate::model::{self, Arch, Classifier, Family, Naming, NetworkConfig, Spatial};
 
 /// PyTorch's BatchNorm momentum (weight of the new batch statistic).
 pub const BN_MOMENTUM: f64 = 0.1;
@@ -67,7 +67,7 @@ pub(crate) trait TrainBody: Send + Sync {
 pub fn trainable(arch: Arch) -> bool {
     matches!(
         arch.family(),
-        Family::DenseNet3d | Family::ResNet3d | Family::ResNet2d
+        Family::DenseNet3d | Family::DenseNet2d | Family::ResNet3d | Family::ResNet2d
     )
 }
 
@@ -84,9 +84,14 @@ pub fn trainable_names() -> String {
 fn body_for(cfg: &NetworkConfig) -> Result<Box<dyn TrainBody>, TrainError> {
     cfg.check_overrides()?;
     match cfg.arch.family() {
-        Family::DenseNet3d => Ok(Box::new(DenseNetBody::new(DenseNetConfig::from_network(
-            cfg,
-        )?))),
+        Family::DenseNet3d | Family::DenseNet2d => {
+            let spatial = match cfg.arch.family() {
+                Family::DenseNet3d => Spatial::D3,
+                _ => Spatial::D2,
+            };
+            let dc = DenseNetConfig::from_network(cfg)?;
+            Ok(Box::new(DenseNetBody::new(dc, spatial)))
+        }
         Family::ResNet3d | Family::ResNet2d => {
             Ok(Box::new(ResNetBody::new(ResNetConfig::from_network(cfg)?)))
         }
@@ -682,7 +687,11 @@ mod tests {
     fn tensor_names_are_the_inference_constructors() {
         let dev = Device::Cpu;
         let [r18, r50, covnet] = tiny_resnets();
-        for cfg in [tiny(1), tiny(5), r18, r50, covnet] {
+        let dense2d = NetworkConfig {
+            arch: Arch::DenseNet169_2d,
+            ..tiny(1)
+        };
+        for cfg in [tiny(1), tiny(5), dense2d, r18, r50, covnet] {
             let vm = candle_nn::VarMap::new();
             let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
             model::build(&cfg, vb).unwrap();
@@ -716,8 +725,8 @@ mod tests {
 
     /// Gradient checkpointing gives the plain backward pass's loss, parameter gradients and
     /// running statistics (up to the order of floating-point sums), on a network with two dense
-    /// layers per block, a transition and a one-channel input (the stem's summed weight), and on
-    /// the small ResNets; every parameter gets a gradient.
+    /// layers per block, a transition and a one-channel input (the stem's summed weight), on its
+    /// 2-D form, and on the small ResNets; every parameter gets a gradient.
     #[test]
     fn checkpointed_gradients_match_the_plain_backward_pass() {
         let dev = Device::Cpu;
@@ -725,8 +734,20 @@ mod tests {
             block_config: Some(vec![2, 2]),
             ..tiny(1)
         };
+        let dense2d = NetworkConfig {
+            arch: Arch::DenseNet121_2d,
+            ..dense.clone()
+        };
         let [r18, r50, covnet] = tiny_resnets();
-        for (cfg, channels) in [(&dense, 3), (&dense, 1), (&r18, 1), (&r50, 3), (&covnet, 1)] {
+        let cases = [
+            (&dense, 3),
+            (&dense, 1),
+            (&dense2d, 1),
+            (&r18, 1),
+            (&r50, 3),
+            (&covnet, 1),
+        ];
+        for (cfg, channels) in cases {
             let head = if cfg.num_outputs == 1 {
                 Head::Continuous
             } else {
