@@ -20,6 +20,8 @@ network in ctgrade):
                 2-D networks, Li et al.'s reduction)
   covnet        the same with torchvision's Bottleneck (widths / 32): COVNet
   densenet-2d   MONAI DenseNet(spatial_dims=2), the sizes of densenet-3d, with the same reduction
+  inception-v1-3d   the I3D reference of tools/make_arch_fixtures.py (widths / 32, Kinetics head)
+  inception-v1-2d   torchvision's GoogLeNet (widths / 32, no dropout) with the same reduction
 
 The weights are random, with BatchNorm affine parameters, running statistics and biases drawn
 away from their initial values so that every term of the step shows. Writes tests/fixtures/train/:
@@ -38,6 +40,8 @@ requirements: torch==2.15.0 torchvision==0.29.2 monai==1.6.1 safetensors==0.8.0 
 
 import json
 import os
+import sys
+import types
 
 import monai
 import numpy as np
@@ -50,6 +54,10 @@ from monai.networks.nets import DenseNet as MonaiDenseNet
 from monai.networks.nets import ResNet as MonaiResNet
 from safetensors.torch import save_file
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+# The I3D and small GoogLeNet of the inference fixtures, so that both test the same references.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_arch_fixtures import I3D, tiny_googlenet  # noqa: E402
 
 # The fixtures were generated with exactly these versions; other versions may differ in the last bits.
 assert torch.__version__.split("+")[0] == "2.15.0", torch.__version__
@@ -100,6 +108,25 @@ class SliceDenseNet(MonaiDenseNet):
         f = self.features(x.permute(0, 2, 1, 3, 4).reshape(n * d, c, h, w))
         f = F.relu(f).mean((2, 3)).reshape(n, d, -1).amax(1)
         return self.class_layers.out(f)
+
+
+def slice_googlenet(div, in_channels, num_outputs):
+    """torchvision's GoogLeNet on every slice with the reduction of TinyResNet; no dropout
+    (ctgrade trains without it)."""
+    m = tiny_googlenet(div, in_channels, num_outputs)
+
+    def forward(self, x):
+        n, c, d, h, w = x.shape
+        s = x.permute(0, 2, 1, 3, 4).reshape(n * d, c, h, w)
+        for name in ["conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b",
+                     "maxpool3", "inception4a", "inception4b", "inception4c", "inception4d", "inception4e",
+                     "maxpool4", "inception5a", "inception5b"]:
+            s = getattr(self, name)(s)
+        f = s.mean((2, 3)).reshape(n, d, -1).amax(1)
+        return self.fc(f)
+
+    m.forward = types.MethodType(forward, m)
+    return m
 
 
 def perturb(model, gen):
@@ -219,6 +246,18 @@ def cases():
             bn_size=2,
         ),
         (2, 3, 6, 32, 32),
+    )
+    yield (
+        "inception-v1-3d",
+        {"arch": "inception-v1-3d", **base, "width_divisor": 32},
+        lambda: I3D(3, 1, 32),
+        (2, 3, 8, 24, 24),
+    )
+    yield (
+        "inception-v1-2d",
+        {"arch": "inception-v1-2d", **base, "width_divisor": 32},
+        lambda: slice_googlenet(32, 3, 1),
+        (2, 3, 4, 32, 32),
     )
 
 

@@ -9,7 +9,7 @@
 use candle_core::Tensor;
 
 use super::conv::conv3d;
-use super::net::{stem_weight, BatchStats, TrainBody, TrainNet};
+use super::net::{slice_max, stem_weight, BatchStats, TrainBody, TrainNet};
 use super::pool::pool3d;
 use crate::model::densenet::DenseNetConfig;
 use crate::model::layers::{Conv3dConfig, Pool3d, Pool3dConfig};
@@ -132,11 +132,10 @@ impl TrainBody for DenseNetBody {
             }
             Segment::Head => {
                 let h = net.bn_relu(h, "features.norm5", updates)?;
-                let (n, cf, d, ..) = h.dims5()?;
+                let (n, cf, ..) = h.dims5()?;
                 let pooled = match sp {
                     Spatial::D3 => h.reshape((n, cf, ()))?.mean(2)?,
-                    // Each slice's average, then the maximum over slices.
-                    Spatial::D2 => h.reshape((n, cf, d, ()))?.mean(3)?.max(2)?,
+                    Spatial::D2 => slice_max(&h)?,
                 };
                 let w = net.param("class_layers.out.weight")?;
                 let b = net.param("class_layers.out.bias")?;

@@ -27,8 +27,7 @@
 //!
 //! The networks train through [`net::TrainNet`]: the architecture's layers built from
 //! differentiable ops with BatchNorm in training mode (the engine folds BatchNorm for inference),
-//! for every architecture [`net::trainable`] accepts (the 3-D and 2-D DenseNets and ResNets, and
-//! COVNet); on the CPU
+//! for every architecture (3-D and 2-D DenseNets, ResNets and Inception-v1, and COVNet); on the CPU
 //! its convolutions, pools and BatchNorms are custom ops with hand-written gradients ([`conv`],
 //! [`pool`], [`norm`]). Gradient checkpointing (`--grad-checkpoint`) trades compute for memory
 //! (see [`net`]).
@@ -38,6 +37,7 @@ pub mod cli;
 pub mod conv;
 pub mod data;
 mod densenet;
+mod inception;
 pub mod labels;
 pub mod metrics;
 pub mod net;
@@ -579,13 +579,6 @@ fn check_options(opts: &TrainOptions) -> Result<(), TrainError> {
         if !(lr > 0.0 && lr.is_finite()) {
             return bad(format!("learning rate {lr} must be positive"));
         }
-    }
-    if !net::trainable(r.network.arch) {
-        return bad(format!(
-            "{} cannot be trained (trainable: {})",
-            r.network.arch,
-            net::trainable_names()
-        ));
     }
     r.network.check_overrides()?;
     if r.network.num_outputs != r.head.num_outputs() {

@@ -11,9 +11,9 @@
 //! exactly what is shipped.
 //!
 //! What differs between architectures is a [`TrainBody`]: the forward pass as segments
-//! ([`super::densenet`], [`super::resnet`]). Everything else (parameters, initialisation, running
-//! statistics, initial weights, checkpointing) is shared here. [`trainable`] says which
-//! architectures have one.
+//! ([`super::densenet`], [`super::resnet`], [`super::inception`]; every family has one).
+//! Everything else (parameters, initialisation, running statistics, initial weights,
+//! checkpointing) is shared here.
 //!
 //! Gradient checkpointing ([`TrainNet::forward_backward_checkpointed`]): only the segments'
 //! inputs are kept, and the backward pass recomputes one segment at a time and back-propagates
@@ -28,13 +28,15 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
 use super::densenet::DenseNetBody;
+use super::inception::InceptionBody;
 use super::norm::{batch_norm, batch_stats};
 use super::resnet::ResNetBody;
 use super::rng::Rng;
 use super::TrainError;
 use crate::model::densenet::DenseNetConfig;
+use crate::model::inception::InceptionConfig;
 use crate::model::resnet::ResNetConfig;
-use crate::model::{self, Arch, Classifier, Family, Naming, NetworkConfig, Spatial};
+use crate::model::{self, Classifier, Family, Naming, NetworkConfig, Spatial};
 
 /// PyTorch's BatchNorm momentum (weight of the new batch statistic).
 pub const BN_MOMENTUM: f64 = 0.1;
@@ -53,6 +55,11 @@ pub(crate) trait TrainBody: Send + Sync {
     /// The number of segments.
     fn segments(&self) -> usize;
 
+    /// BatchNorm's eps in the reference implementation.
+    fn bn_eps(&self) -> f64 {
+        BN_EPS
+    }
+
     /// Segment `k` on its input `h`.
     fn run_segment(
         &self,
@@ -61,24 +68,6 @@ pub(crate) trait TrainBody: Send + Sync {
         h: &Tensor,
         stats: &mut Vec<BatchStats>,
     ) -> candle_core::Result<Tensor>;
-}
-
-/// The architectures [`TrainNet`] can train.
-pub fn trainable(arch: Arch) -> bool {
-    matches!(
-        arch.family(),
-        Family::DenseNet3d | Family::DenseNet2d | Family::ResNet3d | Family::ResNet2d
-    )
-}
-
-/// The names of the [`trainable`] architectures, comma-separated (for messages and help).
-pub fn trainable_names() -> String {
-    Arch::ALL
-        .into_iter()
-        .filter(|&a| trainable(a))
-        .map(Arch::name)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn body_for(cfg: &NetworkConfig) -> Result<Box<dyn TrainBody>, TrainError> {
@@ -95,11 +84,9 @@ fn body_for(cfg: &NetworkConfig) -> Result<Box<dyn TrainBody>, TrainError> {
         Family::ResNet3d | Family::ResNet2d => {
             Ok(Box::new(ResNetBody::new(ResNetConfig::from_network(cfg)?)))
         }
-        _ => Err(TrainError::Options(format!(
-            "{} cannot be trained (trainable: {})",
-            cfg.arch,
-            trainable_names()
-        ))),
+        Family::Inception => Ok(Box::new(InceptionBody::new(InceptionConfig::from_network(
+            cfg,
+        )?))),
     }
 }
 
@@ -119,7 +106,7 @@ pub struct TrainNet {
 impl TrainNet {
     /// A freshly initialised network: convolutions He-normal (fan in), BatchNorm as identity,
     /// biases zero, the linear head uniform in `±1/sqrt(fan_in)` (MONAI's initialisation).
-    /// Deterministic for a seed. An architecture that is not [`trainable`] is an error.
+    /// Deterministic for a seed.
     pub fn new(cfg: &NetworkConfig, seed: u64, device: &Device) -> Result<Self, TrainError> {
         let body = body_for(cfg)?;
         let expected = model::expected_tensors_named(cfg, Naming::Monai)?;
@@ -477,7 +464,7 @@ impl TrainNet {
         let (mean, var) = batch_stats(x)?;
         let gamma = self.param(&format!("{name}.weight"))?;
         let beta = self.param(&format!("{name}.bias"))?;
-        let y = batch_norm(x, &gamma, &beta, &mean, &var, BN_EPS, relu)?;
+        let y = batch_norm(x, &gamma, &beta, &mean, &var, self.body.bn_eps(), relu)?;
         let dims = x.dims();
         stats.push(BatchStats {
             name: name.to_string(),
@@ -514,6 +501,20 @@ impl TrainNet {
     ) -> candle_core::Result<Tensor> {
         self.body.run_segment(self, k, h, updates)
     }
+}
+
+/// The paper's 2-D reduction of per-slice feature maps `(N, C, D, h, w)` to `(N, C)`: each
+/// slice's average, then the maximum over slices. The gradient of tied maxima is shared evenly
+/// among them, as PyTorch's `amax` shares it (ties do happen: slices whose features a narrow
+/// layer zeroed end up equal).
+pub(crate) fn slice_max(h: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, d, ..) = h.dims5()?;
+    let means = h.reshape((n, c, d, ()))?.mean(3)?;
+    let fixed = means.detach();
+    let top = fixed.max_keepdim(2)?;
+    let tied = fixed.broadcast_eq(&top)?.to_dtype(means.dtype())?;
+    let share = tied.broadcast_div(&tied.sum_keepdim(2)?)?;
+    (means * share)?.sum(2)
 }
 
 /// The stem convolution's weight for an input of `c` channels: the weight itself, or, for one
@@ -681,6 +682,26 @@ mod tests {
         ]
     }
 
+    /// Small Inception-v1s: I3D with either head, GoogLeNet on slices.
+    fn tiny_inceptions() -> [NetworkConfig; 3] {
+        let i3d = NetworkConfig {
+            width_divisor: Some(32),
+            ..NetworkConfig::new(Arch::InceptionV1_3d, 3, 1)
+        };
+        [
+            i3d.clone(),
+            NetworkConfig {
+                i3d_head: Some(crate::model::inception::I3dHead::Stoic),
+                num_outputs: 5,
+                ..i3d
+            },
+            NetworkConfig {
+                width_divisor: Some(32),
+                ..NetworkConfig::new(Arch::InceptionV1_2d, 3, 1)
+            },
+        ]
+    }
+
     /// The tensors a trainable network saves are exactly those the inference constructor asks
     /// for (what it creates in an empty `VarMap`), and its inference form builds from them.
     #[test]
@@ -691,7 +712,18 @@ mod tests {
             arch: Arch::DenseNet169_2d,
             ..tiny(1)
         };
-        for cfg in [tiny(1), tiny(5), dense2d, r18, r50, covnet] {
+        let [i3d, stoic, googlenet] = tiny_inceptions();
+        for cfg in [
+            tiny(1),
+            tiny(5),
+            dense2d,
+            r18,
+            r50,
+            covnet,
+            i3d,
+            stoic,
+            googlenet,
+        ] {
             let vm = candle_nn::VarMap::new();
             let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
             model::build(&cfg, vb).unwrap();
@@ -709,24 +741,10 @@ mod tests {
         }
     }
 
-    /// Architectures without a training form are refused with the list of those that have one.
-    #[test]
-    fn untrainable_architectures_are_refused() {
-        let cfg = NetworkConfig::new(Arch::InceptionV1_3d, 3, 1);
-        let err = TrainNet::new(&cfg, 1, &Device::Cpu)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("inception-v1-3d") && err.contains("resnet18-3d"),
-            "{err}"
-        );
-    }
-
     /// Gradient checkpointing gives the plain backward pass's loss, parameter gradients and
     /// running statistics (up to the order of floating-point sums), on a network with two dense
     /// layers per block, a transition and a one-channel input (the stem's summed weight), on its
-    /// 2-D form, and on the small ResNets; every parameter gets a gradient.
+    /// 2-D form, and on small ResNets and Inceptions; every parameter gets a gradient.
     #[test]
     fn checkpointed_gradients_match_the_plain_backward_pass() {
         let dev = Device::Cpu;
@@ -739,21 +757,27 @@ mod tests {
             ..dense.clone()
         };
         let [r18, r50, covnet] = tiny_resnets();
+        let [i3d, stoic, googlenet] = tiny_inceptions();
+        // The Inceptions' four pools need a larger input.
+        let (small, wide) = ((12, 16, 16), (8, 32, 32));
         let cases = [
-            (&dense, 3),
-            (&dense, 1),
-            (&dense2d, 1),
-            (&r18, 1),
-            (&r50, 3),
-            (&covnet, 1),
+            (&dense, 3, small),
+            (&dense, 1, small),
+            (&dense2d, 1, small),
+            (&r18, 1, small),
+            (&r50, 3, small),
+            (&covnet, 1, small),
+            (&i3d, 1, wide),
+            (&stoic, 3, wide),
+            (&googlenet, 3, wide),
         ];
-        for (cfg, channels) in cases {
+        for (cfg, channels, (d, h, w)) in cases {
             let head = if cfg.num_outputs == 1 {
                 Head::Continuous
             } else {
                 Head::Categorical
             };
-            let x = Tensor::randn(0f32, 1.0, (2, channels, 12, 16, 16), &dev).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, channels, d, h, w), &dev).unwrap();
             let labels = [2u8, 5];
             let mut plain = TrainNet::new(cfg, 9, &dev).unwrap();
             let mut ckpt = TrainNet::new(cfg, 9, &dev).unwrap();

@@ -9,7 +9,7 @@
 use candle_core::Tensor;
 
 use super::conv::conv3d;
-use super::net::{stem_weight, BatchStats, TrainBody, TrainNet};
+use super::net::{slice_max, stem_weight, BatchStats, TrainBody, TrainNet};
 use super::pool::pool3d;
 use crate::model::layers::{take_strided, Pool3d, Pool3dConfig};
 use crate::model::resnet::{ResNetConfig, ShortcutType};
@@ -123,11 +123,10 @@ impl ResNetBody {
     }
 
     fn head(&self, net: &TrainNet, h: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, c, d, ..) = h.dims5()?;
+        let (n, c, ..) = h.dims5()?;
         let pooled = match self.rc.spatial {
             Spatial::D3 => h.reshape((n, c, ()))?.mean(2)?,
-            // Each slice's average, then the maximum over slices (the paper's 2-D reduction).
-            Spatial::D2 => h.reshape((n, c, d, ()))?.mean(3)?.max(2)?,
+            Spatial::D2 => slice_max(h)?,
         };
         let w = net.param("fc.weight")?;
         let b = net.param("fc.bias")?;
