@@ -27,7 +27,7 @@ The weights are random, with BatchNorm affine parameters, running statistics and
 away from their initial values so that every term of the step shows. Writes tests/fixtures/train/:
   cases.json             per case: name, network, lr, betas, eps, file
   <name>.safetensors     init.<t>   every tensor of the state dict before the step
-                         input      the batch (N, C, D, H, W)
+                         input      the batch (N, C, D, H, W), float16 values
                          co_rads    the labels (uint8)
                          logits     the outputs of the training-mode forward pass
                          loss       the loss (one value)
@@ -172,7 +172,7 @@ def step(model, x, co_rads):
     opt.step()
     out.update(grads)
     out.update({"after." + k: v for k, v in state(model).items()})
-    out["input"] = x.to(torch.float32).contiguous()
+    out["input"] = x.to(torch.float16).contiguous()
     out["co_rads"] = co_rads.to(torch.uint8)
     out["logits"] = logits.detach().to(torch.float32).contiguous()
     out["loss"] = loss.detach().to(torch.float32).reshape(1)
@@ -269,7 +269,8 @@ def main():
         model = make()
         gen = torch.Generator().manual_seed(2000 + i)
         perturb(model, gen)
-        x = torch.randn(shape, generator=gen)
+        # Half-precision values (stored as such, a third of the fixtures' size otherwise).
+        x = torch.randn(shape, generator=gen).half().float()
         co_rads = torch.tensor([2, 5])
         tensors = step(model, x, co_rads)
         file = f"{name}.safetensors"
