@@ -8,8 +8,8 @@
 
 use candle_core::Tensor;
 
+use super::body::{slice_max, stem_weight, BatchStats, Layers, TrainBody};
 use super::conv::conv3d;
-use super::net::{slice_max, stem_weight, BatchStats, TrainBody, TrainNet};
 use super::pool::pool3d;
 use crate::model::densenet::DenseNetConfig;
 use crate::model::layers::{Conv3dConfig, Pool3d, Pool3dConfig};
@@ -55,7 +55,7 @@ impl DenseNetBody {
     }
 
     /// A convolution weight as a 3-D kernel (2-D checkpoints store `(C_out, C_in, k, k)`).
-    fn weight(&self, net: &TrainNet, name: &str) -> candle_core::Result<Tensor> {
+    fn weight(&self, net: &dyn Layers, name: &str) -> candle_core::Result<Tensor> {
         let w = net.param(name)?;
         match self.spatial {
             Spatial::D3 => Ok(w),
@@ -71,7 +71,7 @@ impl TrainBody for DenseNetBody {
 
     fn run_segment(
         &self,
-        net: &TrainNet,
+        net: &dyn Layers,
         k: usize,
         h: &Tensor,
         updates: &mut Vec<BatchStats>,

@@ -7,8 +7,8 @@
 
 use candle_core::Tensor;
 
+use super::body::{slice_max, stem_weight, BatchStats, Layers, TrainBody};
 use super::conv::conv3d;
-use super::net::{slice_max, stem_weight, BatchStats, TrainBody, TrainNet};
 use super::pool::pool3d;
 use crate::model::inception::{windowed_mean, InceptionConfig, LayoutStep, UnitSpec, I3D_POOL};
 use crate::model::Spatial;
@@ -30,7 +30,7 @@ impl InceptionBody {
     /// network input.
     fn unit(
         &self,
-        net: &TrainNet,
+        net: &dyn Layers,
         (name, _, _, k): &UnitSpec,
         (stride, input): (usize, bool),
         x: &Tensor,
@@ -50,7 +50,7 @@ impl InceptionBody {
         net.bn_relu(&h, &self.ic.bn_name(name), updates)
     }
 
-    fn head(&self, net: &TrainNet, h: &Tensor) -> candle_core::Result<Tensor> {
+    fn head(&self, net: &dyn Layers, h: &Tensor) -> candle_core::Result<Tensor> {
         let pooled = match self.ic.spatial() {
             Spatial::D3 => windowed_mean(h, I3D_POOL)?,
             Spatial::D2 => slice_max(h)?,
@@ -75,7 +75,7 @@ impl TrainBody for InceptionBody {
 
     fn run_segment(
         &self,
-        net: &TrainNet,
+        net: &dyn Layers,
         k: usize,
         h: &Tensor,
         updates: &mut Vec<BatchStats>,

@@ -33,6 +33,7 @@
 //! (see [`net`]).
 
 pub mod augment;
+mod body;
 pub mod cli;
 pub mod conv;
 pub mod data;

@@ -27,6 +27,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
+use super::body::{BatchStats, Layers, TrainBody};
 use super::densenet::DenseNetBody;
 use super::inception::InceptionBody;
 use super::norm::{batch_norm, batch_stats};
@@ -40,34 +41,9 @@ use crate::model::{self, Classifier, Family, Naming, NetworkConfig, Spatial};
 
 /// PyTorch's BatchNorm momentum (weight of the new batch statistic).
 pub const BN_MOMENTUM: f64 = 0.1;
-const BN_EPS: f64 = crate::model::layers::BatchNorm3d::EPS;
 
 fn is_buffer(name: &str) -> bool {
     name.ends_with(".running_mean") || name.ends_with(".running_var")
-}
-
-/// The architecture-specific part of a [`TrainNet`]: its forward pass as a chain of segments,
-/// each a function of the previous one's output (the network input for the first, the raw
-/// outputs `(N, num_outputs)` from the last). Parameters are looked up on the network by their
-/// checkpoint names; BatchNorm goes through [`TrainNet::bn_relu`] and [`TrainNet::bn`], which
-/// record the batch statistics.
-pub(crate) trait TrainBody: Send + Sync {
-    /// The number of segments.
-    fn segments(&self) -> usize;
-
-    /// BatchNorm's eps in the reference implementation.
-    fn bn_eps(&self) -> f64 {
-        BN_EPS
-    }
-
-    /// Segment `k` on its input `h`.
-    fn run_segment(
-        &self,
-        net: &TrainNet,
-        k: usize,
-        h: &Tensor,
-        stats: &mut Vec<BatchStats>,
-    ) -> candle_core::Result<Tensor>;
 }
 
 fn body_for(cfg: &NetworkConfig) -> Result<Box<dyn TrainBody>, TrainError> {
@@ -277,8 +253,7 @@ impl TrainNet {
         Ok(report)
     }
 
-    /// The parameter `name` (a checkpoint name), as a tensor that tracks gradients.
-    pub(crate) fn param(&self, name: &str) -> candle_core::Result<Tensor> {
+    fn param(&self, name: &str) -> candle_core::Result<Tensor> {
         match self.param_index.get(name) {
             Some(&i) => Ok(self.params[i].1.as_tensor().clone()),
             None => candle_core::bail!("training network: no parameter {name}"),
@@ -434,26 +409,6 @@ impl TrainNet {
         Ok(model::build_with_naming(&self.cfg, vb, Naming::Monai)?)
     }
 
-    /// BatchNorm `name` with batch statistics, then ReLU; records the statistics.
-    pub(crate) fn bn_relu(
-        &self,
-        x: &Tensor,
-        name: &str,
-        stats: &mut Vec<BatchStats>,
-    ) -> candle_core::Result<Tensor> {
-        self.batch_norm(x, name, stats, true)
-    }
-
-    /// BatchNorm `name` with batch statistics, no activation; records the statistics.
-    pub(crate) fn bn(
-        &self,
-        x: &Tensor,
-        name: &str,
-        stats: &mut Vec<BatchStats>,
-    ) -> candle_core::Result<Tensor> {
-        self.batch_norm(x, name, stats, false)
-    }
-
     fn batch_norm(
         &self,
         x: &Tensor,
@@ -503,48 +458,6 @@ impl TrainNet {
     }
 }
 
-/// The paper's 2-D reduction of per-slice feature maps `(N, C, D, h, w)` to `(N, C)`: each
-/// slice's average, then the maximum over slices. The gradient of tied maxima is shared evenly
-/// among them, as PyTorch's `amax` shares it (ties do happen: slices whose features a narrow
-/// layer zeroed end up equal).
-pub(crate) fn slice_max(h: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, c, d, ..) = h.dims5()?;
-    let means = h.reshape((n, c, d, ()))?.mean(3)?;
-    let fixed = means.detach();
-    let top = fixed.max_keepdim(2)?;
-    let tied = fixed.broadcast_eq(&top)?.to_dtype(means.dtype())?;
-    let share = tied.broadcast_div(&tied.sum_keepdim(2)?)?;
-    (means * share)?.sum(2)
-}
-
-/// The stem convolution's weight for an input of `c` channels: the weight itself, or, for one
-/// channel standing for the CT repeated in all `in_channels` (`ct_x3`), the weight summed over
-/// its input channels (the same function at a fraction of the cost).
-pub(crate) fn stem_weight(
-    w: Tensor,
-    c: usize,
-    in_channels: usize,
-    what: &str,
-) -> candle_core::Result<Tensor> {
-    if c == 1 && in_channels == 3 {
-        w.sum_keepdim(1)
-    } else if c == in_channels {
-        Ok(w)
-    } else {
-        candle_core::bail!("{what}: input has {c} channels, the network takes {in_channels}")
-    }
-}
-
-/// Batch statistics of one BatchNorm in one forward pass.
-pub(crate) struct BatchStats {
-    name: String,
-    mean: Vec<f64>,
-    /// Biased variance.
-    var: Vec<f64>,
-    /// Values per channel.
-    count: usize,
-}
-
 enum Slot {
     Param(usize),
     Buffer(usize),
@@ -559,6 +472,30 @@ pub struct InitReport {
     pub kept: Vec<String>,
     /// Head tensors of another shape, initialised as usual.
     pub skipped: Vec<String>,
+}
+
+impl Layers for TrainNet {
+    fn param(&self, name: &str) -> candle_core::Result<Tensor> {
+        TrainNet::param(self, name)
+    }
+
+    fn bn_relu(
+        &self,
+        x: &Tensor,
+        name: &str,
+        stats: &mut Vec<BatchStats>,
+    ) -> candle_core::Result<Tensor> {
+        self.batch_norm(x, name, stats, true)
+    }
+
+    fn bn(
+        &self,
+        x: &Tensor,
+        name: &str,
+        stats: &mut Vec<BatchStats>,
+    ) -> candle_core::Result<Tensor> {
+        self.batch_norm(x, name, stats, false)
+    }
 }
 
 fn fetch(

@@ -8,8 +8,8 @@
 
 use candle_core::Tensor;
 
+use super::body::{slice_max, stem_weight, BatchStats, Layers, TrainBody};
 use super::conv::conv3d;
-use super::net::{slice_max, stem_weight, BatchStats, TrainBody, TrainNet};
 use super::pool::pool3d;
 use crate::model::layers::{take_strided, Pool3d, Pool3dConfig};
 use crate::model::resnet::{ResNetConfig, ShortcutType};
@@ -30,7 +30,7 @@ impl ResNetBody {
     }
 
     /// A convolution weight as a 3-D kernel (2-D checkpoints store `(C_out, C_in, k, k)`).
-    fn weight(&self, net: &TrainNet, name: &str) -> candle_core::Result<Tensor> {
+    fn weight(&self, net: &dyn Layers, name: &str) -> candle_core::Result<Tensor> {
         let w = net.param(name)?;
         match self.rc.spatial {
             Spatial::D3 => Ok(w),
@@ -40,7 +40,7 @@ impl ResNetBody {
 
     fn stem(
         &self,
-        net: &TrainNet,
+        net: &dyn Layers,
         x: &Tensor,
         updates: &mut Vec<BatchStats>,
     ) -> candle_core::Result<Tensor> {
@@ -68,7 +68,7 @@ impl ResNetBody {
 
     fn block(
         &self,
-        net: &TrainNet,
+        net: &dyn Layers,
         j: usize,
         x: &Tensor,
         updates: &mut Vec<BatchStats>,
@@ -122,7 +122,7 @@ impl ResNetBody {
         (h + shortcut)?.relu()
     }
 
-    fn head(&self, net: &TrainNet, h: &Tensor) -> candle_core::Result<Tensor> {
+    fn head(&self, net: &dyn Layers, h: &Tensor) -> candle_core::Result<Tensor> {
         let (n, c, ..) = h.dims5()?;
         let pooled = match self.rc.spatial {
             Spatial::D3 => h.reshape((n, c, ()))?.mean(2)?,
@@ -141,7 +141,7 @@ impl TrainBody for ResNetBody {
 
     fn run_segment(
         &self,
-        net: &TrainNet,
+        net: &dyn Layers,
         k: usize,
         h: &Tensor,
         updates: &mut Vec<BatchStats>,
