@@ -15,6 +15,11 @@
 //! Everything else (parameters, initialisation, running statistics, initial weights,
 //! checkpointing) is shared here.
 //!
+//! A new architecture becomes trainable with a body over its inference form's configuration
+//! (the same parameter names, which the test `tensor_names_are_the_inference_constructors`
+//! holds to the inference constructor), its arm in `body_for` (a match over every family) and a
+//! case in `tools/make_train_fixtures.py` for `tests/train_parity.rs`.
+//!
 //! Gradient checkpointing ([`TrainNet::forward_backward_checkpointed`]): only the segments'
 //! inputs are kept, and the backward pass recomputes one segment at a time and back-propagates
 //! through it alone. candle has no hook to recompute activations inside one backward pass, so the
@@ -86,6 +91,9 @@ impl TrainNet {
     pub fn new(cfg: &NetworkConfig, seed: u64, device: &Device) -> Result<Self, TrainError> {
         let body = body_for(cfg)?;
         let expected = model::expected_tensors_named(cfg, Naming::Monai)?;
+        // The head's weight and bias close the list; the weight may be stored as a 1x1x1
+        // convolution (the I3D's Kinetics head) but is initialised as the linear layer it is.
+        let head = expected.len().saturating_sub(2);
         let mut params = Vec::new();
         let mut buffers = Vec::new();
         for (i, (name, shape)) in expected.into_iter().enumerate() {
@@ -95,14 +103,15 @@ impl TrainNet {
                 vec![1.0; n]
             } else if name.ends_with("running_mean") || name.ends_with(".bias") {
                 vec![0.0; n]
+            } else if i == head {
+                let fan_in: usize = shape[1..].iter().product();
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                (0..n).map(|_| rng.range(-bound, bound) as f32).collect()
             } else if shape.len() >= 3 {
                 // A convolution (2-D weights too).
                 let fan_in: usize = shape[1..].iter().product();
                 let std = (2.0 / fan_in as f64).sqrt();
                 (0..n).map(|_| (rng.normal() * std) as f32).collect()
-            } else if shape.len() == 2 {
-                let bound = 1.0 / (shape[1] as f64).sqrt();
-                (0..n).map(|_| rng.range(-bound, bound) as f32).collect()
             } else {
                 // BatchNorm weight.
                 vec![1.0; n]
