@@ -1,6 +1,6 @@
 //! One training step against PyTorch/MONAI (fixtures from tools/make_train_fixtures.py): from the
-//! same weights and batch, ctgrade's trainable networks and Adam give PyTorch's outputs, loss,
-//! gradients, updated weights and running statistics.
+//! same weights and batch, ctgrade's trainable networks, losses (both heads) and Adam give
+//! PyTorch's outputs, loss, gradients, updated weights and running statistics.
 //!
 //! After one Adam step from zero moments every update is close to `lr * sign(gradient)`, so the
 //! updated weights alone would hide a gradient of the wrong size; the gradients are compared on
@@ -19,6 +19,7 @@ use ctgrade::train::optim::{loss, Adam, AdamConfig};
 struct Case {
     name: String,
     network: NetworkConfig,
+    head: Head,
     lr: f64,
     betas: [f64; 2],
     eps: f64,
@@ -91,7 +92,7 @@ fn run_case(case: &Case) -> Report {
         .map(|c| c as u8)
         .collect();
     let logits = net.forward_train(x).unwrap();
-    let l = loss(Head::Continuous, &logits, &co_rads).unwrap();
+    let l = loss(case.head, &logits, &co_rads).unwrap();
     let grads = l.backward().unwrap();
     let mut adam = Adam::new(
         net.params(),
@@ -204,7 +205,7 @@ fn cases() -> Vec<Case> {
 #[test]
 fn one_adam_step_matches_pytorch() {
     let cases = cases();
-    assert!(cases.len() >= 3);
+    assert!(cases.len() >= 9);
     for case in &cases {
         let r = run_case(case);
         eprintln!(

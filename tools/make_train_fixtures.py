@@ -6,8 +6,9 @@ for ctgrade's trainable networks (src/train/net.rs and its bodies) and its optim
 The step is ctgrade's recipe: train mode (BatchNorm normalises with the batch statistics and
 updates its running mean and unbiased variance with momentum 0.1), the continuous head's loss
 (binary cross-entropy on the sigmoid of the single output, target (CO-RADS - 1) / 4, mean over
-the batch), one torch.optim.Adam step (lr 1e-4, betas 0.9/0.999, eps 1e-8). PyTorch computes the
-step in double precision from float32 weights and batch; the results are stored as float32.
+the batch; the last case has the categorical head: cross-entropy over five outputs), one
+torch.optim.Adam step (lr 1e-4, betas 0.9/0.999, eps 1e-8). PyTorch computes the step in double
+precision from float32 weights and batch; the results are stored as float32.
 
 Cases (the names are ctgrade's architectures; `network` is the NetworkConfig that builds the same
 network in ctgrade):
@@ -22,10 +23,11 @@ network in ctgrade):
   densenet-2d   MONAI DenseNet(spatial_dims=2), the sizes of densenet-3d, with the same reduction
   inception-v1-3d   the I3D reference of tools/make_arch_fixtures.py (widths / 32, Kinetics head)
   inception-v1-2d   torchvision's GoogLeNet (widths / 32, no dropout) with the same reduction
+  densenet-2d-categorical   densenet-2d with five outputs and the categorical head
 
 The weights are random, with BatchNorm affine parameters, running statistics and biases drawn
 away from their initial values so that every term of the step shows. Writes tests/fixtures/train/:
-  cases.json             per case: name, network, lr, betas, eps, file
+  cases.json             per case: name, network, head, lr, betas, eps, file
   <name>.safetensors     init.<t>   every tensor of the state dict before the step
                          input      the batch (N, C, D, H, W), float16 values
                          co_rads    the labels (uint8)
@@ -153,7 +155,7 @@ def state(model):
     }
 
 
-def step(model, x, co_rads):
+def step(model, x, co_rads, head):
     """ctgrade's training step; returns the tensors of the fixture."""
     out = {"init." + k: v for k, v in state(model).items()}
     # The step runs in double precision from these float32 values: the reference then carries
@@ -165,8 +167,11 @@ def step(model, x, co_rads):
     opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS)
     opt.zero_grad()
     logits = model(x)
-    target = (co_rads.to(torch.float32) - 1.0) / 4.0
-    loss = F.binary_cross_entropy_with_logits(logits.reshape(-1), target)
+    if head == "continuous":
+        target = (co_rads.to(torch.float32) - 1.0) / 4.0
+        loss = F.binary_cross_entropy_with_logits(logits.reshape(-1), target)
+    else:
+        loss = F.cross_entropy(logits, co_rads - 1)
     loss.backward()
     grads = {"grad." + k: p.grad.detach().to(torch.float32).contiguous() for k, p in model.named_parameters()}
     opt.step()
@@ -259,6 +264,28 @@ def cases():
         lambda: slice_googlenet(32, 3, 1),
         (2, 3, 4, 32, 32),
     )
+    yield (
+        "densenet-2d-categorical",
+        {
+            "arch": "densenet121-2d",
+            "in_channels": 3,
+            "num_outputs": 5,
+            "growth_rate": 4,
+            "block_config": [2, 2],
+            "bn_size": 2,
+            "init_features": 4,
+        },
+        lambda: SliceDenseNet(
+            spatial_dims=2,
+            in_channels=3,
+            out_channels=5,
+            init_features=4,
+            growth_rate=4,
+            block_config=(2, 2),
+            bn_size=2,
+        ),
+        (2, 3, 4, 32, 32),
+    )
 
 
 def main():
@@ -272,10 +299,11 @@ def main():
         # Half-precision values (stored as such, a third of the fixtures' size otherwise).
         x = torch.randn(shape, generator=gen).half().float()
         co_rads = torch.tensor([2, 5])
-        tensors = step(model, x, co_rads)
+        head = "continuous" if network["num_outputs"] == 1 else "categorical"
+        tensors = step(model, x, co_rads, head)
         file = f"{name}.safetensors"
         save_file(tensors, os.path.join(OUT, file))
-        index.append({"name": name, "network": network, "lr": LR, "betas": list(BETAS), "eps": EPS, "file": file})
+        index.append({"name": name, "network": network, "head": head, "lr": LR, "betas": list(BETAS), "eps": EPS, "file": file})
         print(f"{name}: loss {tensors['loss'].item():.6f}, {len(tensors)} tensors")
     with open(os.path.join(OUT, "cases.json"), "w") as f:
         json.dump(index, f, indent=1)
