@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use ctgrade::grading::Head;
-use ctgrade::model::cli::peak_rss_mib;
+use ctgrade::model::probe::peak_rss_mib;
 use ctgrade::model::{Arch, NetworkConfig};
 use ctgrade::train::net::TrainNet;
 use ctgrade::train::optim;

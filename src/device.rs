@@ -14,7 +14,7 @@ use candle_core::{DType, Device};
 /// accumulates f16 in f16. On the CPU the 16-bit formats are slower than f32 (DenseNet-201: about
 /// 3x) and serve to measure the accuracy of a GPU run in that format
 /// (`scripts/precision-check.sh`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// 32-bit IEEE floats (the reference).
     #[default]

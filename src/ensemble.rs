@@ -603,7 +603,7 @@ pub fn create(
         if src.canonicalize().ok() != dst.canonicalize().ok() {
             // Through the atomic writer: whole files only, readable by the container's user.
             let bytes = std::fs::read(src).map_err(io(src))?;
-            crate::fs::write_atomic(&dst, &bytes).map_err(io(&dst))?;
+            ctgrade_fsio::write_atomic(&dst, &bytes).map_err(io(&dst))?;
         }
         manifest.members.push(MemberFile {
             sha256: sha256_file(&dst)?,
@@ -615,12 +615,12 @@ pub fn create(
         path: ensemble_json.clone(),
         reason: e.to_string(),
     })?;
-    crate::fs::write_atomic(&ensemble_json, format!("{text}\n").as_bytes()).map_err(|source| {
-        EnsembleError::Io {
+    ctgrade_fsio::write_atomic(&ensemble_json, format!("{text}\n").as_bytes()).map_err(
+        |source| EnsembleError::Io {
             path: ensemble_json.clone(),
             source,
-        }
-    })?;
+        },
+    )?;
     // Check what was written the way a run will.
     Ensemble::open(out)?;
     Ok(manifest)

@@ -33,6 +33,42 @@ impl Head {
     }
 }
 
+/// A head name other than `continuous` or `categorical`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected continuous or categorical, got {0:?}")]
+pub struct ParseHeadError(pub String);
+
+impl Head {
+    /// Every head, in the order the command line lists them.
+    pub const ALL: [Head; 2] = [Head::Continuous, Head::Categorical];
+
+    /// The head's name, as written in manifests and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Head::Continuous => "continuous",
+            Head::Categorical => "categorical",
+        }
+    }
+}
+
+impl std::str::FromStr for Head {
+    type Err = ParseHeadError;
+
+    /// Parses `continuous` or `categorical`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Head::ALL
+            .into_iter()
+            .find(|h| h.name() == s)
+            .ok_or_else(|| ParseHeadError(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The grade of one case.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Grade {
@@ -133,6 +169,18 @@ fn grade_categorical(probs: &[f64]) -> Grade {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heads_parse_from_their_names() {
+        for head in Head::ALL {
+            assert_eq!(head.name().parse::<Head>(), Ok(head));
+            assert_eq!(head.to_string(), head.name());
+        }
+        assert_eq!(
+            "linear".parse::<Head>().unwrap_err().to_string(),
+            "expected continuous or categorical, got \"linear\""
+        );
+    }
 
     #[test]
     fn member_spread_is_the_population_deviation() {

@@ -8,13 +8,13 @@
 
 pub mod device;
 pub mod ensemble;
-pub mod fs;
 pub mod gc;
 pub mod grading;
 pub mod heatmap;
 pub mod model;
 pub mod preprocess;
 pub mod report;
+pub mod rng;
 pub mod synth;
 pub mod train;
 pub mod volume;

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::max_abs_diff;
 use ctgrade::device::Precision;
-use ctgrade::model::cli::{bench, forward, BenchArgs, ForwardArgs};
+use ctgrade::model::probe::{bench, forward, BenchOptions, ForwardOptions};
 use ctgrade::model::{
     build, build_with_naming, detect_naming, expected_tensors, expected_tensors_named, Arch,
     ModelError, Naming, NetworkConfig,
@@ -170,7 +170,7 @@ fn ctgrade_forward_runs_every_fixture() {
         let (_, _, want) = case.load();
         let config = overrides_file(&case.config);
         let path = std::path::PathBuf::from(format!("{FIX}/{}", case.file));
-        let out = forward(&ForwardArgs {
+        let out = forward(&ForwardOptions {
             arch: case.config.arch,
             config: Some(config.path().to_path_buf()),
             weights: path.clone(),
@@ -203,7 +203,7 @@ fn ctgrade_bench_runs_every_arch() {
         let config = overrides_file(&cfg);
         // Every architecture also runs in the reduced precisions (their ops exist in 16 bits).
         for precision in [Precision::F32, Precision::Bf16, Precision::F16] {
-            let r = bench(&BenchArgs {
+            let r = bench(&BenchOptions {
                 arch,
                 config: Some(config.path().to_path_buf()),
                 input: "2,3,6,32,32".into(),

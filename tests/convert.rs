@@ -10,8 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use ctgrade::ensemble::{self, Manifest};
 use ctgrade::grading::Head;
-use ctgrade::model::convert::{convert, ConvertArgs, ConvertError, NamingArg, OutDType};
-use ctgrade::model::inflate::{inflate, DepthMode, InflateArgs};
+use ctgrade::model::convert::{convert, ConvertError, ConvertOptions, NamingArg, OutDType};
+use ctgrade::model::inflate::{inflate, DepthMode, InflateOptions};
 use ctgrade::model::{build, expected_tensors, Arch, NetworkConfig};
 use ctgrade::preprocess::InputSpec;
 use serde_json::Value;
@@ -45,8 +45,13 @@ fn hyper_config(dir: &Path, key: &str) -> PathBuf {
     path
 }
 
-fn convert_args(from: PathBuf, arch: Arch, config: Option<PathBuf>, out: PathBuf) -> ConvertArgs {
-    ConvertArgs {
+fn convert_args(
+    from: PathBuf,
+    arch: Arch,
+    config: Option<PathBuf>,
+    out: PathBuf,
+) -> ConvertOptions {
+    ConvertOptions {
         from,
         arch,
         config,
@@ -59,8 +64,8 @@ fn convert_args(from: PathBuf, arch: Arch, config: Option<PathBuf>, out: PathBuf
     }
 }
 
-fn inflate_args(dir: &Path, mode: DepthMode, num_outputs: usize, out: &str) -> InflateArgs {
-    InflateArgs {
+fn inflate_args(dir: &Path, mode: DepthMode, num_outputs: usize, out: &str) -> InflateOptions {
+    InflateOptions {
         from: fixture("densenet2d.safetensors"),
         arch: Arch::DenseNet121_3d,
         config: Some(hyper_config(dir, "net2d")),

@@ -354,28 +354,190 @@ fn info_reads_a_series_folder() {
     assert_eq!(info["origin"][2].as_f64(), Some(-597.5));
 }
 
-/// Inputs the `dicom` fuzz target found a problem with (one folder each): a clean error now
-/// (`rle_segment_too_short`: dicom-rs 0.10's RLE decoder panicked indexing past a short segment;
-/// `jpeg_frame_wider_than_image`: its JPEG adapter panicked copying a frame larger than the image;
-/// `transfer_syntax_with_vr_us`: a transfer syntax UID labelled US escaped the element length
-/// walk, and a 1.3 GB element was reserved; `group_length_with_vr_ui`: the same with the meta
-/// group's length, 4 GB; `meta_element_past_group_length`: a meta element running past the group
-/// length put the walk 10 bytes behind dicom-object, 4 GB; `unknown_item_tag_with_value`: a
-/// (FFFE,200D) element, whose value dicom-parser skips, walked as a delimiter, 4 GB).
+/// Inputs the `dicom` fuzz target found a problem with (one folder each), with the error each
+/// gives now. `rle_segment_too_short`: dicom-rs 0.10's RLE decoder panicked indexing past a short
+/// segment; `jpeg_frame_wider_than_image`: its JPEG adapter panicked copying a frame larger than
+/// the image; the others made dicom-rs reserve and zero gigabytes for one element (a transfer
+/// syntax UID labelled US, a meta group length labelled UI, a meta element running past the
+/// group length, a (FFFE,200D) element with a value): the length check must refuse them before
+/// dicom-object reads them.
 #[test]
 fn fuzz_regressions_give_clean_errors() {
     let dir = fixtures().join("fuzz_regressions");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let case = entry.unwrap().path();
+    let expected = [
+        (
+            "group_length_with_vr_ui",
+            "element (0002,0012) claims 4294967040 bytes",
+        ),
+        (
+            "jpeg_frame_wider_than_image",
+            "corrupt JPEG pixel data: a 65312 x 32 L16 frame",
+        ),
+        (
+            "meta_element_past_group_length",
+            "element (0000,0000) claims 4144244228 bytes",
+        ),
+        (
+            "rle_segment_too_short",
+            "corrupt RLE pixel data: segment 0 unpacks to 1022 bytes",
+        ),
+        (
+            "transfer_syntax_with_vr_us",
+            "element (4952,414D) claims 1279347032 bytes",
+        ),
+        (
+            "unknown_item_tag_with_value",
+            "element (FA03,4B02) claims 4278232320 bytes",
+        ),
+    ];
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let listed: Vec<&str> = expected.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        names, listed,
+        "every regression folder has its expected error here"
+    );
+    for (name, reason) in expected {
+        let case = dir.join(name);
         let err = volume::read(&case).unwrap_err().to_string();
         assert!(
-            !err.contains('\n') && err.contains(&*case.to_string_lossy()),
-            "{err}"
+            !err.contains('\n') && err.contains(&*case.to_string_lossy()) && err.contains(reason),
+            "{name}: {err}"
         );
-        n += 1;
     }
-    assert!(n > 0);
+}
+
+/// One explicit VR little endian element (short or long length form by VR).
+fn element(group: u16, elem: u16, vr: &[u8; 2], value_len: u32, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(group.to_le_bytes());
+    out.extend(elem.to_le_bytes());
+    out.extend(vr);
+    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
+        out.extend([0, 0]);
+        out.extend(value_len.to_le_bytes());
+    } else {
+        out.extend((value_len as u16).to_le_bytes());
+    }
+    out.extend(value);
+    out
+}
+
+/// An item or delimiter header: (FFFE,xxxx) and a 4-byte length, no VR.
+fn item(elem: u16, len: u32) -> Vec<u8> {
+    let mut out = vec![0xFE, 0xFF];
+    out.extend(elem.to_le_bytes());
+    out.extend(len.to_le_bytes());
+    out
+}
+
+/// A Part 10 file: preamble, `DICM`, a meta group naming `syntax`, then `data_set`.
+fn part10(syntax: &str, data_set: &[u8]) -> Vec<u8> {
+    let mut uid = syntax.as_bytes().to_vec();
+    if uid.len() % 2 == 1 {
+        uid.push(0);
+    }
+    let meta = element(0x0002, 0x0010, b"UI", uid.len() as u32, &uid);
+    let mut out = vec![0u8; 128];
+    out.extend(b"DICM");
+    out.extend(element(
+        0x0002,
+        0x0000,
+        b"UL",
+        4,
+        &(meta.len() as u32).to_le_bytes(),
+    ));
+    out.extend(meta);
+    out.extend(data_set);
+    out
+}
+
+/// A declared length beyond the end of the file is refused before dicom-object reserves it,
+/// wherever the structure puts it: in a sequence item, in an item of defined length, as an
+/// encapsulated pixel data fragment, as the basic offset table, or as an item's own length.
+#[test]
+fn lengths_beyond_the_file_are_refused_wherever_they_sit() {
+    const HUGE: u32 = 0xF000_0000;
+    let modality = element(0x0008, 0x0060, b"CS", 2, b"CT");
+    let small = element(0x0010, 0x0010, b"PN", 4, b"A^B ");
+    let huge = element(0x0009, 0x1001, b"OB", HUGE, &[1, 2, 3, 4]);
+    let sequence = |items: &[u8]| {
+        let mut seq = element(0x0008, 0x1140, b"SQ", 0xFFFF_FFFF, &[]);
+        seq.extend(items);
+        seq.extend(item(0xE0DD, 0));
+        seq
+    };
+    let undefined_item = |content: &[u8]| {
+        let mut it = item(0xE000, 0xFFFF_FFFF);
+        it.extend(content);
+        it.extend(item(0xE00D, 0));
+        it
+    };
+    let defined_item = |content: &[u8]| {
+        let mut it = item(0xE000, content.len() as u32);
+        it.extend(content);
+        it
+    };
+    let encapsulated = |fragments: &[u8]| {
+        let mut px = element(0x7FE0, 0x0010, b"OB", 0xFFFF_FFFF, &[]);
+        px.extend(fragments);
+        px.extend(item(0xE0DD, 0));
+        px
+    };
+    let nested = [small.clone(), huge.clone()].concat();
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "in_undefined_item",
+            "1.2.840.10008.1.2.1",
+            [modality.clone(), sequence(&undefined_item(&nested))].concat(),
+        ),
+        (
+            "in_defined_item",
+            "1.2.840.10008.1.2.1",
+            [modality.clone(), sequence(&defined_item(&nested))].concat(),
+        ),
+        (
+            "item_length",
+            "1.2.840.10008.1.2.1",
+            [
+                modality.clone(),
+                sequence(&item(0xE000, HUGE)),
+                small.clone(),
+            ]
+            .concat(),
+        ),
+        (
+            "fragment",
+            "1.2.840.10008.1.2.4.70",
+            [
+                modality.clone(),
+                encapsulated(&[item(0xE000, 0), item(0xE000, HUGE), vec![0; 16]].concat()),
+            ]
+            .concat(),
+        ),
+        (
+            "offset_table",
+            "1.2.840.10008.1.2.4.70",
+            [
+                modality.clone(),
+                encapsulated(&[item(0xE000, HUGE), vec![0; 16]].concat()),
+            ]
+            .concat(),
+        ),
+    ];
+    for (name, syntax, data_set) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(format!("{name}.dcm"));
+        std::fs::write(&file, part10(syntax, &data_set)).unwrap();
+        let err = volume::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(&*file.to_string_lossy()) && err.contains(&format!("claims {HUGE} bytes")),
+            "{name}: {err}"
+        );
+    }
 }
 
 #[test]

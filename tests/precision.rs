@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use ctgrade::device::Precision;
-use ctgrade::model::{self, cli::random_weights, Arch, NetworkConfig};
+use ctgrade::model::{self, probe::random_weights, Arch, NetworkConfig};
 
 /// Sigmoid outputs of `arch` (random weights and input, shared by the three) in each precision.
 fn outputs(arch: Arch, shape: &[usize]) -> Vec<(Precision, Vec<f32>)> {

@@ -18,12 +18,12 @@ use common::max_abs_diff;
 use ctgrade::device::{DeviceChoice, Precision};
 use ctgrade::ensemble::{self, Manifest};
 use ctgrade::grading::Head;
-use ctgrade::model::cli::{forward, resolve_config, ForwardArgs};
 use ctgrade::model::convert::{
-    convert, read_checkpoint, ConvertArgs, ConvertError, ConvertReport, NamingArg, OutDType,
+    convert, read_checkpoint, ConvertError, ConvertOptions, ConvertReport, NamingArg, OutDType,
 };
 use ctgrade::model::inception::{windowed_mean, I3dHead, Inception, InceptionConfig, I3D_POOL};
 use ctgrade::model::layers::global_avg_pool;
+use ctgrade::model::probe::{forward, resolve_config, ForwardOptions};
 use ctgrade::model::resnet::ShortcutType;
 use ctgrade::model::{
     build, expected_tensors, expected_tensors_named, Arch, Naming, NetworkConfig,
@@ -108,15 +108,15 @@ impl Case {
     }
 
     /// `convert` arguments for the case's checkpoint, with its overrides as `--config`.
-    fn convert_args(&self, config: &tempfile::NamedTempFile, out: PathBuf) -> ConvertArgs {
+    fn convert_args(&self, config: &tempfile::NamedTempFile, out: PathBuf) -> ConvertOptions {
         let mut args = convert_args(self.checkpoint(), self.arch, out);
         args.config = Some(config.path().to_path_buf());
         args
     }
 }
 
-fn convert_args(from: PathBuf, arch: Arch, out: PathBuf) -> ConvertArgs {
-    ConvertArgs {
+fn convert_args(from: PathBuf, arch: Arch, out: PathBuf) -> ConvertOptions {
+    ConvertOptions {
         from,
         arch,
         config: None,
@@ -135,7 +135,7 @@ fn forward_file(arch: Arch, weights: &Path, x: &Tensor, config: &Path) -> Tensor
     let input = dir.path().join("x.safetensors");
     candle_core::safetensors::save(&HashMap::from([("input".to_string(), x.clone())]), &input)
         .unwrap();
-    let out = forward(&ForwardArgs {
+    let out = forward(&ForwardOptions {
         arch,
         config: Some(config.to_path_buf()),
         weights: weights.to_path_buf(),

@@ -26,7 +26,7 @@ fn tiny_network() -> NetworkConfig {
 
 /// A toy volume: background noise, plus a bright blob for the positive class.
 fn toy(seed: u64, bright: bool) -> Vec<f32> {
-    let mut r = ctgrade::train::rng::Rng::new(seed);
+    let mut r = ctgrade::rng::Rng::new(seed);
     let (d, h, w) = (8usize, 16usize, 16usize);
     let mut v = vec![0f32; d * h * w];
     for (i, x) in v.iter_mut().enumerate() {
@@ -166,6 +166,42 @@ fn label_errors_are_clear() {
             .unwrap_or("")
             .contains("CO-RADS must be an integer"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn config_overrides_the_architectures_defaults() {
+    // --config holds only the fields to change, as for `forward` and `ensemble new`: the run
+    // gets past it to the labels (which are wrong here, so nothing is trained).
+    let dir = tempfile::tempdir().unwrap();
+    let labels = write(&dir.path().join("labels.csv"), "case,co_rads\na,6\n");
+    let train = |config: &str| {
+        let path = write(&dir.path().join("config.json"), config);
+        let out = Command::new(env!("CARGO_BIN_EXE_ctgrade"))
+            .args(["train", "--arch", "densenet121-3d", "--data"])
+            .arg(dir.path())
+            .arg("--labels")
+            .arg(&labels)
+            .arg("--config")
+            .arg(&path)
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).trim_end().to_string()
+    };
+    let partial = train(r#"{"growth_rate": 4, "block_config": [1, 1]}"#);
+    assert!(partial.contains("CO-RADS must be an integer"), "{partial}");
+    let other_arch = train(r#"{"arch": "densenet169-3d"}"#);
+    assert!(
+        other_arch.contains("densenet169-3d") && other_arch.contains("config.json"),
+        "{other_arch}"
+    );
+    let not_an_object = train("[1]");
+    assert!(
+        not_an_object.contains("expected a JSON object"),
+        "{not_an_object}"
     );
 }
 

@@ -560,10 +560,7 @@ pub fn write_plot(path: &Path, title: &str, series: &[RocSeries]) -> Result<()> 
             )))
         }
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
-    }
-    std::fs::write(path, bytes).map_err(|e| EvalError::io(path, e))
+    crate::atomic::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

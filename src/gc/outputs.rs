@@ -37,9 +37,9 @@ pub struct WriteError {
     pub source: std::io::Error,
 }
 
-/// Writes `bytes` to `path` atomically (see [`crate::fs::write_atomic`]).
+/// Writes `bytes` to `path` atomically and durably (see [`ctgrade_fsio`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
-    crate::fs::write_atomic(path, bytes).map_err(|source| WriteError {
+    ctgrade_fsio::write_atomic(path, bytes).map_err(|source| WriteError {
         path: path.to_path_buf(),
         source,
     })

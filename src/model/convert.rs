@@ -18,8 +18,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
 
-use super::cli::{merge_config, resolve_config};
 use super::inception::I3dHead;
+use super::probe::{merge_config, resolve_config};
 use super::{build_with_naming, expected_tensors_named, Arch, ModelError, Naming, NetworkConfig};
 use crate::grading::Head;
 
@@ -38,7 +38,7 @@ pub const STATE_DICT_KEYS: [&str; 9] = [
 ];
 
 /// Which parameter names a checkpoint uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NamingArg {
     /// Whichever convention matches more of the checkpoint's names.
     Auto,
@@ -49,7 +49,7 @@ pub enum NamingArg {
 }
 
 /// Element type of the written file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutDType {
     /// 32-bit float (exact).
     F32,
@@ -78,40 +78,32 @@ impl OutDType {
     }
 }
 
-/// `ctgrade convert`: a checkpoint to a safetensors file that the engine and ensembles load.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ConvertArgs {
+/// What [`convert`] converts: a checkpoint to a safetensors file that the engine and ensembles
+/// load.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
     /// The checkpoint: a torch.save zip file (.pth, .pt, .bin) or a safetensors file.
-    #[arg(long)]
     pub from: PathBuf,
     /// Architecture, e.g. densenet201-3d.
-    #[arg(long)]
     pub arch: Arch,
     /// JSON object overriding NetworkConfig fields (growth_rate, block_config, bn_size,
     /// init_features, width_divisor, conv1_t_stride, no_max_pool, i3d_head, in_channels,
     /// num_outputs, ...); in_channels and num_outputs default to the checkpoint's, i3d_head to
     /// the form its names show, the rest to the reference implementation's defaults.
-    #[arg(long)]
     pub config: Option<PathBuf>,
     /// Parameter names in the checkpoint.
-    #[arg(long, value_enum, default_value = "auto")]
     pub naming: NamingArg,
     /// Entry of the checkpoint holding the state dict (default: the top level, then state_dict,
     /// model_state_dict, model, state_dict_ema, model_ema, net, network, module, weights).
-    #[arg(long)]
     pub key: Option<String>,
     /// Outputs the network must have (the grading head's: 1 continuous, 5 categorical). Without
     /// it (or num_outputs in --config) the checkpoint's head decides, and must be one of those.
-    #[arg(long)]
     pub num_outputs: Option<usize>,
     /// Leave out checkpoint tensors the network does not use (by default they are an error).
-    #[arg(long)]
     pub drop_unexpected: bool,
     /// Element type of the written file.
-    #[arg(long, value_enum, default_value = "f32")]
     pub dtype: OutDType,
     /// The safetensors file to write.
-    #[arg(long)]
     pub out: PathBuf,
 }
 
@@ -738,7 +730,7 @@ pub(crate) fn write_checked(
     };
     let bytes =
         safetensors::serialize(raws, Some(metadata)).map_err(|e| write_err(e.to_string()))?;
-    crate::fs::write_atomic(out, &bytes).map_err(|e| write_err(e.to_string()))
+    ctgrade_fsio::write_atomic(out, &bytes).map_err(|e| write_err(e.to_string()))
 }
 
 /// Metadata written into the safetensors header of converted files.
@@ -835,7 +827,7 @@ fn declared_outputs(flag: Option<usize>, config: usize) -> Result<Option<usize>,
 }
 
 /// Runs `ctgrade convert`.
-pub fn convert(args: &ConvertArgs) -> Result<ConvertReport, ConvertError> {
+pub fn convert(args: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     let ck = read_checkpoint(&args.from, args.key.as_deref())?;
     let mut merged = merge_config(NetworkConfig::new(args.arch, 0, 0), args.config.as_deref())?;
     let notes: Vec<String> = detect_i3d_head(&mut merged, &ck.tensors)

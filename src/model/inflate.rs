@@ -31,7 +31,7 @@ use super::convert::{
 use super::{Arch, ModelError, Naming, NetworkConfig};
 
 /// How a 2-D kernel is spread over the depth taps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DepthMode {
     /// `w2d / kd` at every depth tap (I3D).
@@ -40,40 +40,30 @@ pub enum DepthMode {
     Center,
 }
 
-/// `ctgrade inflate`: 2-D weights to the 3-D network.
-#[derive(clap::Args, Debug, Clone)]
-pub struct InflateArgs {
+/// What [`inflate`] inflates: 2-D weights to the 3-D network.
+#[derive(Debug, Clone)]
+pub struct InflateOptions {
     /// 2-D weights: safetensors or a torch.save checkpoint, e.g. torchvision's densenet121.
-    #[arg(long)]
     pub from: PathBuf,
     /// The 3-D architecture, e.g. densenet121-3d for a 2-D DenseNet-121.
-    #[arg(long)]
     pub arch: Arch,
     /// JSON object overriding NetworkConfig fields (growth_rate, block_config, bn_size,
     /// init_features, in_channels); in_channels defaults to the 2-D stem's.
-    #[arg(long)]
     pub config: Option<PathBuf>,
     /// How 2-D kernels are spread over depth.
-    #[arg(long, value_enum, default_value = "repeat")]
     pub depth_mode: DepthMode,
     /// Outputs of the 3-D network's head (1: continuous, 5: categorical). The 2-D head is kept if it
     /// has this many outputs, else the head starts at zero.
-    #[arg(long)]
     pub num_outputs: usize,
     /// Parameter names in the 2-D weights.
-    #[arg(long, value_enum, default_value = "auto")]
     pub naming: NamingArg,
     /// Entry of a PyTorch checkpoint holding the state dict (default: found automatically).
-    #[arg(long)]
     pub key: Option<String>,
     /// Leave out 2-D tensors the network does not use (by default they are an error).
-    #[arg(long)]
     pub drop_unexpected: bool,
     /// Element type of the written file.
-    #[arg(long, value_enum, default_value = "f32")]
     pub dtype: OutDType,
     /// The safetensors file to write (MONAI names).
-    #[arg(long)]
     pub out: PathBuf,
 }
 
@@ -151,7 +141,7 @@ pub struct InflateReport {
 }
 
 /// Runs `ctgrade inflate`.
-pub fn inflate(args: &InflateArgs) -> Result<InflateReport, ConvertError> {
+pub fn inflate(args: &InflateOptions) -> Result<InflateReport, ConvertError> {
     if args.num_outputs == 0 {
         return Err(ModelError::InvalidConfig("--num-outputs must be positive".into()).into());
     }

@@ -3,7 +3,6 @@
 //! slice reduction in [`slice2d`]) and a registry that builds them by name from safetensors
 //! weights with MONAI, torchvision or I3D-port parameter names.
 
-pub mod cli;
 pub mod convert;
 pub(crate) mod cpu;
 #[cfg(target_arch = "x86_64")]
@@ -15,6 +14,7 @@ pub mod geometry;
 pub mod inception;
 pub mod inflate;
 pub mod layers;
+pub mod probe;
 pub(crate) mod prof;
 pub mod resnet;
 pub mod slice2d;

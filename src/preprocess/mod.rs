@@ -28,7 +28,7 @@
 //! axis 3 (W) from the patient's right to left: the LPS axes after orientation.
 
 pub mod checks;
-pub mod cli;
+pub mod files;
 pub mod lung_mask;
 mod morph;
 pub mod orient;

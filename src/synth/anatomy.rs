@@ -3,7 +3,7 @@
 //! Sizes are those of an adult chest: body 330 x 240 mm, lungs about 230 mm tall and 3-4 L
 //! together. Every seed jitters the scale a little so that phantoms differ.
 
-use super::rng::SplitMix64;
+use crate::rng::Rng;
 
 /// An ellipse in the axial plane.
 #[derive(Debug, Clone, Copy)]
@@ -232,7 +232,7 @@ const PLEURA_MM: f64 = 2.0;
 
 impl Anatomy {
     /// A randomly jittered adult chest.
-    pub fn new(rng: &mut SplitMix64) -> Self {
+    pub fn new(rng: &mut Rng) -> Self {
         let s = rng.range(0.93, 1.07); // axial scale
         let sz = rng.range(0.92, 1.08); // craniocaudal scale
         let e = |cx: f64, cy: f64, a: f64, b: f64| Ellipse {

@@ -34,16 +34,15 @@
 //! noise is a hash of the seed and the voxel index, not a shared random stream).
 
 mod anatomy;
-mod rng;
 
 use std::path::PathBuf;
 
 use rayon::prelude::*;
 use thiserror::Error;
 
+use crate::rng::{fast_normal, hash2, Rng};
 use crate::volume::Volume;
 use anatomy::{normalize, sub, Anatomy, Ellipsoid, Lung, Tube};
-use rng::{hash2, normal_from_hash, SplitMix64};
 
 /// What to draw.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,9 +111,7 @@ impl NoiseField {
     fn new(key: u64, lo: [f64; 3], hi: [f64; 3], step: f64) -> Self {
         let dims = [0, 1, 2].map(|k| ((hi[k] - lo[k]) / step).ceil().max(0.0) as usize + 2);
         let n = dims[0] * dims[1] * dims[2];
-        let values = (0..n as u64)
-            .map(|i| normal_from_hash(hash2(key, i)))
-            .collect();
+        let values = (0..n as u64).map(|i| fast_normal(hash2(key, i))).collect();
         Self {
             origin: lo,
             step,
@@ -170,7 +167,7 @@ fn burden(co_rads: u8) -> (f64, f64) {
 
 impl Scene {
     fn new(seed: u64, co_rads: u8, lo: [f64; 3], hi: [f64; 3]) -> Self {
-        let mut rng = SplitMix64::new(seed);
+        let mut rng = Rng::new(seed);
         let anatomy = Anatomy::new(&mut rng);
         let mut vessels = Vec::new();
         for lung in &anatomy.lungs {
@@ -190,7 +187,7 @@ impl Scene {
 }
 
 /// Pulmonary vessels: binary trees from each hilum, thinning towards the periphery.
-fn vessel_tree(rng: &mut SplitMix64, anat: &Anatomy, lung: &Lung, out: &mut Vec<Tube>) {
+fn vessel_tree(rng: &mut Rng, anat: &Anatomy, lung: &Lung, out: &mut Vec<Tube>) {
     let s = lung.side;
     let hilum = [
         lung.c[0] - s * 0.7 * lung.r[0],
@@ -221,7 +218,7 @@ fn vessel_tree(rng: &mut SplitMix64, anat: &Anatomy, lung: &Lung, out: &mut Vec<
 
 #[allow(clippy::too_many_arguments)]
 fn grow_vessel(
-    rng: &mut SplitMix64,
+    rng: &mut Rng,
     anat: &Anatomy,
     hilum: [f64; 3],
     p: [f64; 3],
@@ -253,7 +250,7 @@ fn grow_vessel(
 }
 
 /// Lesions up to the nominal burden, bilateral, preferring the periphery and the posterior lung.
-fn place_lesions(rng: &mut SplitMix64, anat: &Anatomy, co_rads: u8) -> Vec<Lesion> {
+fn place_lesions(rng: &mut Rng, anat: &Anatomy, co_rads: u8) -> Vec<Lesion> {
     let (ggo, cons) = burden(co_rads);
     if ggo + cons <= 0.0 {
         return Vec::new();
@@ -498,7 +495,7 @@ fn draw_slice(
             lesion_mask[n] = 0.0;
             continue;
         }
-        let noise = 10.0 * normal_from_hash(hash2(scene.voxel_key, base + n as u64));
+        let noise = 10.0 * fast_normal(hash2(scene.voxel_key, base + n as u64));
         *v = (*v + noise).round().clamp(-1024.0, 3071.0);
     }
 }
@@ -509,59 +506,27 @@ pub(crate) fn test_hash(seed: u64, i: u64) -> u64 {
     hash2(seed, i)
 }
 
-/// Parses `A,B,C` into three numbers.
-fn parse_triple<T: std::str::FromStr>(s: &str) -> Result<[T; 3], String> {
-    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-    if parts.len() != 3 {
-        return Err(format!("expected three comma-separated numbers, got '{s}'"));
-    }
-    let mut out = Vec::with_capacity(3);
-    for p in parts {
-        out.push(
-            p.parse::<T>()
-                .map_err(|_| format!("'{p}' is not a valid number in '{s}'"))?,
-        );
-    }
-    out.try_into()
-        .map_err(|_| format!("expected three numbers, got '{s}'"))
-}
-
-fn parse_size(s: &str) -> Result<[usize; 3], String> {
-    parse_triple(s)
-}
-
-fn parse_spacing(s: &str) -> Result<[f64; 3], String> {
-    parse_triple(s)
-}
-
-/// Arguments of `ctgrade synth`.
-#[derive(Debug, clap::Args)]
-pub struct SynthArgs {
+/// What [`run`] draws and where it writes it.
+#[derive(Debug, Clone)]
+pub struct SynthOptions {
     /// Output CT (.mha, int16 HU).
-    #[arg(long)]
     pub out: PathBuf,
     /// Random seed: the same seed gives a byte-identical file.
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// CO-RADS category 1-5 (lesion burden).
-    #[arg(long = "co-rads")]
     pub co_rads: u8,
     /// Grid size X,Y,Z in voxels.
-    #[arg(long, value_parser = parse_size, default_value = "256,256,160")]
     pub size: [usize; 3],
     /// Voxel spacing SX,SY,SZ in mm.
-    #[arg(long, value_parser = parse_spacing, default_value = "1.4,1.4,2.0")]
     pub spacing: [f64; 3],
     /// Also write the true lung mask here (.mha, uint8 0/1).
-    #[arg(long = "lung-mask")]
     pub lung_mask: Option<PathBuf>,
     /// Also write the true lesion mask here (.mha, uint8 0/1: lung voxels at least half lesion).
-    #[arg(long = "lesion-mask")]
     pub lesion_mask: Option<PathBuf>,
 }
 
 /// Runs `ctgrade synth`: draws the phantom and writes the CT (int16) and optionally the mask.
-pub fn run(args: &SynthArgs) -> Result<(), SynthError> {
+pub fn run(args: &SynthOptions) -> Result<(), SynthError> {
     use crate::volume::{write_with_options, ElementType, WriteOptions};
     let cfg = PhantomConfig {
         size: args.size,
@@ -614,13 +579,5 @@ mod tests {
         assert_eq!(f[0], 0.0);
         assert!(f.windows(2).all(|w| w[0] < w[1]), "{f:?}");
         assert!(f[4] > 0.05 && f[4] < 0.5, "{f:?}");
-    }
-
-    #[test]
-    fn parses_triples() {
-        assert_eq!(parse_size("1,2,3"), Ok([1, 2, 3]));
-        assert_eq!(parse_spacing("0.5, 1,2.5"), Ok([0.5, 1.0, 2.5]));
-        assert!(parse_size("1,2").is_err());
-        assert!(parse_size("1,x,3").is_err());
     }
 }

@@ -20,7 +20,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::rng::{fast_normal, hash2, Rng};
+use crate::rng::{fast_normal, hash2, Rng};
 
 /// The paper's input size (D, H, W), to which the distances of [`AugmentConfig`] refer.
 pub const REFERENCE_SIZE: [usize; 3] = [128, 240, 240];

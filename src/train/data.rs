@@ -10,10 +10,10 @@ use candle_core::Tensor;
 use sha2::{Digest, Sha256};
 
 use super::labels::LabelRow;
-use super::rng::Rng;
 use super::TrainError;
 use crate::gc::case_name;
 use crate::preprocess::{self, ChannelLayout, InputSpec, PAD_HU};
+use crate::rng::Rng;
 use crate::volume;
 
 /// A labelled scan on disk.
@@ -275,9 +275,13 @@ pub fn load_samples(
                 if let Some(p) = &path {
                     let t =
                         Tensor::from_slice(&data, (stored, d, h, w), &candle_core::Device::Cpu)?;
-                    let tmp = p.with_extension("tmp");
-                    candle_core::safetensors::save(&HashMap::from([("input", t)]), &tmp)?;
-                    std::fs::rename(&tmp, p).map_err(|e| data_err(p, e.to_string()))?;
+                    ctgrade_fsio::write_atomic_by_path(p, "", |tmp| {
+                        candle_core::safetensors::save(&HashMap::from([("input", t)]), tmp)
+                    })
+                    .map_err(|e| match e {
+                        ctgrade_fsio::ByPathError::Fill(e) => TrainError::from(e),
+                        ctgrade_fsio::ByPathError::Io(e) => data_err(p, e.to_string()),
+                    })?;
                 }
                 data
             }

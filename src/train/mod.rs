@@ -34,7 +34,6 @@
 
 pub mod augment;
 mod body;
-pub mod cli;
 pub mod conv;
 pub mod data;
 mod densenet;
@@ -47,7 +46,6 @@ pub mod optim;
 pub mod pool;
 pub mod report;
 mod resnet;
-pub mod rng;
 pub mod synthdata;
 
 use std::collections::HashMap;
@@ -62,12 +60,12 @@ use crate::ensemble::{self, Manifest};
 use crate::grading::{self, Head};
 use crate::model::{ModelError, NetworkConfig};
 use crate::preprocess::InputSpec;
+use crate::rng::{hash2, Rng};
 use augment::{AugmentConfig, Transform};
 use data::Sample;
 use net::TrainNet;
 use optim::{Adam, AdamConfig};
 use report::LogRow;
-use rng::{hash2, Rng};
 
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +131,18 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
         path: e.path,
         source: e.source,
     })
+}
+
+/// Writes tensors as safetensors atomically and durably.
+fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+    ctgrade_fsio::write_atomic_by_path(path, "", |tmp| candle_core::safetensors::save(tensors, tmp))
+        .map_err(|e| match e {
+            ctgrade_fsio::ByPathError::Fill(e) => TrainError::Candle(e),
+            ctgrade_fsio::ByPathError::Io(source) => TrainError::Write {
+                path: path.to_path_buf(),
+                source,
+            },
+        })
 }
 
 /// Everything that determines the trained weights (a resumed run must use the same).
@@ -630,12 +640,7 @@ fn save_checkpoint(
     }
     let name = format!("state-{:07}.safetensors", state.step);
     let path = dir.join(&name);
-    let tmp = dir.join(format!("{name}.tmp"));
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &path).map_err(|source| TrainError::Write {
-        path: path.clone(),
-        source,
-    })?;
+    save_tensors(&path, &tensors)?;
     let previous = std::mem::replace(&mut state.tensors, name.clone());
     state.adam_t = adam.t;
     let json =
@@ -928,12 +933,7 @@ fn train_member(
         }
     };
     let member_path = opts.out.join(member_file(m));
-    let tmp = opts.out.join(format!("{}.tmp", member_file(m)));
-    candle_core::safetensors::save(&weights, &tmp)?;
-    std::fs::rename(&tmp, &member_path).map_err(|source| TrainError::Write {
-        path: member_path.clone(),
-        source,
-    })?;
+    save_tensors(&member_path, &weights)?;
     state.done = true;
     state.stop_reason = Some(stop_reason.clone());
     state.seconds = seconds_before + t0.elapsed().as_secs_f64();

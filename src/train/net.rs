@@ -37,12 +37,12 @@ use super::densenet::DenseNetBody;
 use super::inception::InceptionBody;
 use super::norm::{batch_norm, batch_stats};
 use super::resnet::ResNetBody;
-use super::rng::Rng;
 use super::TrainError;
 use crate::model::densenet::DenseNetConfig;
 use crate::model::inception::InceptionConfig;
 use crate::model::resnet::ResNetConfig;
 use crate::model::{self, Classifier, Family, Naming, NetworkConfig, Spatial};
+use crate::rng::Rng;
 
 /// PyTorch's BatchNorm momentum (weight of the new batch statistic).
 pub const BN_MOMENTUM: f64 = 0.1;

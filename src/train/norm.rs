@@ -246,7 +246,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64, scale: f64, shift: f64) -> Tensor {
-        let mut r = crate::train::rng::Rng::new(seed);
+        let mut r = crate::rng::Rng::new(seed);
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n)
             .map(|_| (r.normal() * scale + shift) as f32)

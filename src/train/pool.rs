@@ -211,7 +211,7 @@ mod tests {
     fn matches_the_composed_pooling() {
         let shape = (2, 3, 5, 6, 7);
         let n = 2 * 3 * 5 * 6 * 7;
-        let mut r = crate::train::rng::Rng::new(5);
+        let mut r = crate::rng::Rng::new(5);
         let v: Vec<f32> = (0..n)
             .map(|i| i as f32 * 0.01 + r.uniform() as f32)
             .collect();

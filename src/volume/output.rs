@@ -2,9 +2,8 @@
 //! half a file).
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::BufWriter;
+use std::path::Path;
 
 use super::error::VolumeError;
 
@@ -28,48 +27,25 @@ impl Default for WriteOptions {
     }
 }
 
-/// A temporary path in the directory of `path`, ending in `suffix`.
-fn temp_path(path: &Path, suffix: &str) -> PathBuf {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    // Unique per process and call, so concurrent writers never collide.
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(".tmp-{}-{n}{suffix}", std::process::id()))
-}
-
-/// Writes a file atomically: `fill` writes a temporary file in the same directory (given its
-/// path), which is then renamed over `path`. On any error the temporary file is removed and
-/// `path` is untouched. (Atomic for readers and on errors; no fsync, so not across power loss.)
+/// Writes a volume file atomically and durably through a writer that needs a path (see
+/// [`ctgrade_fsio::write_atomic_by_path`]); `suffix` ends the temporary file's name.
 pub(crate) fn write_atomic_with(
     path: &Path,
     suffix: &str,
     fill: impl FnOnce(&Path) -> Result<(), VolumeError>,
 ) -> Result<(), VolumeError> {
-    let tmp = temp_path(path, suffix);
-    let result = fill(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, path).map_err(|e| VolumeError::io(path, "cannot write", e))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    ctgrade_fsio::write_atomic_by_path(path, suffix, fill).map_err(|e| match e {
+        ctgrade_fsio::ByPathError::Io(e) => VolumeError::io(path, "cannot write", e),
+        ctgrade_fsio::ByPathError::Fill(e) => e,
+    })
 }
 
-/// [`write_atomic_with`] for content produced through a buffered writer.
+/// Writes a volume file atomically and durably with content produced through a buffered writer
+/// (see [`ctgrade_fsio::write_atomic_with`]).
 pub(crate) fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> Result<(), VolumeError> {
-    write_atomic_with(path, ".tmp", |tmp| {
-        (|| {
-            let file = File::options().write(true).create_new(true).open(tmp)?;
-            let mut w = BufWriter::with_capacity(1 << 20, file);
-            fill(&mut w)?;
-            w.flush()
-        })()
+    ctgrade_fsio::write_atomic_with(path, fill)
         .map_err(|e| VolumeError::io(path, "cannot write", e))
-    })
 }

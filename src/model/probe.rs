@@ -1,5 +1,7 @@
-//! Bodies of `ctgrade forward` (run one network on a tensor, for checking converted weights against
-//! PyTorch) and `ctgrade bench` (time per forward and peak memory, with random weights).
+//! One network on its own, outside an ensemble: [`forward`] (its raw outputs on a tensor, for
+//! checking converted weights against PyTorch), [`bench`] (time per forward and peak memory, with
+//! random weights), and the meaning of `--config` everywhere: JSON overrides merged onto the
+//! architecture's defaults ([`resolve_config`], [`merge_config`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,56 +18,42 @@ use super::{
     NetworkConfig,
 };
 
-/// `ctgrade forward`: raw outputs of one network on one input tensor.
-#[derive(clap::Args, Debug)]
-pub struct ForwardArgs {
+/// What [`forward`] runs: raw outputs of one network on one input tensor.
+#[derive(Debug, Clone)]
+pub struct ForwardOptions {
     /// Architecture, e.g. densenet201-3d.
-    #[arg(long)]
     pub arch: Arch,
     /// JSON object overriding NetworkConfig fields (in_channels, num_outputs, growth_rate,
     /// block_config, bn_size, init_features). in_channels and num_outputs default to the weights'.
-    #[arg(long)]
     pub config: Option<PathBuf>,
     /// Weights (safetensors, MONAI or torchvision-style names).
-    #[arg(long)]
     pub weights: PathBuf,
     /// Input (safetensors with an NCDHW tensor named `input`).
-    #[arg(long)]
     pub input: PathBuf,
     /// Device: cpu, auto, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
-    #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// Compute precision (weights and activations); the outputs are printed as f32.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
 }
 
-/// `ctgrade bench`: median time per forward and peak resident memory, random weights.
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {
+/// What [`bench`] measures: median time per forward and peak resident memory, random weights.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
     /// Architecture, e.g. densenet201-3d.
-    #[arg(long)]
     pub arch: Arch,
     /// JSON object overriding NetworkConfig fields.
-    #[arg(long)]
     pub config: Option<PathBuf>,
     /// Input size C,D,H,W (batch 1) or N,C,D,H,W.
-    #[arg(long, default_value = "3,128,240,240")]
     pub input: String,
     /// Timed forwards (after one untimed warm-up).
-    #[arg(long, default_value_t = 3)]
     pub repeat: usize,
     /// Worker threads (default: RAYON_NUM_THREADS or all cores).
-    #[arg(long)]
     pub threads: Option<usize>,
     /// Outputs of the head.
-    #[arg(long, default_value_t = 1)]
     pub num_outputs: usize,
     /// Device: cpu, auto, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
-    #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// Compute precision (weights and activations).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
 }
 
@@ -150,7 +138,7 @@ fn infer_io(bytes: &[u8], path: &Path, arch: Arch) -> Result<(usize, usize), Mod
 }
 
 /// Runs `ctgrade forward` and returns its JSON line `{"output": [[...]]}`.
-pub fn forward(args: &ForwardArgs) -> Result<String, ModelError> {
+pub fn forward(args: &ForwardOptions) -> Result<String, ModelError> {
     let dev = args.device.open()?;
     let bytes = std::fs::read(&args.weights).map_err(|e| file_err(&args.weights, e))?;
     let (c_in, n_out) = infer_io(&bytes, &args.weights, args.arch)?;
@@ -243,7 +231,7 @@ pub fn random_weights(
 }
 
 /// Runs `ctgrade bench`.
-pub fn bench(args: &BenchArgs) -> Result<BenchReport, ModelError> {
+pub fn bench(args: &BenchOptions) -> Result<BenchReport, ModelError> {
     if let Some(t) = args.threads {
         // candle reads RAYON_NUM_THREADS on every call; rayon's pool is not built yet.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
@@ -345,7 +333,7 @@ mod tests {
             let file = config_file(&cfg);
             // The fixture holds the weights, `input` and MONAI's `output` in one file.
             let path = PathBuf::from(format!("{FIX}/densenet_{key}_{naming}.safetensors"));
-            let args = ForwardArgs {
+            let args = ForwardOptions {
                 arch: cfg["arch"].as_str().unwrap().parse().unwrap(),
                 config: Some(file.path().to_path_buf()),
                 weights: path.clone(),
@@ -371,7 +359,7 @@ mod tests {
         let file = config_file(&serde_json::json!({
             "block_config": [1, 1], "init_features": 4, "growth_rate": 2, "bn_size": 1
         }));
-        let args = BenchArgs {
+        let args = BenchOptions {
             arch: Arch::DenseNet121_3d,
             config: Some(file.path().to_path_buf()),
             input: "2,1,12,16,16".into(),

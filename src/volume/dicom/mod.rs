@@ -26,17 +26,17 @@
 //!   SimpleITK.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use dicom_core::header::HasLength;
-use dicom_core::{DicomValue, PrimitiveValue, Tag, VR};
+use dicom_core::{DicomValue, PrimitiveValue, Tag};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
-use dicom_parser::{DynStatefulDecoder, StatefulDecode, StatefulDecoder};
 use dicom_pixeldata::PixelDecoder;
-use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 use rayon::prelude::*;
+
+mod lengths;
 
 use super::element::ElementType;
 use super::error::VolumeError;
@@ -227,176 +227,11 @@ fn scan_folder(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<Slice>, Vol
 
 /// Opens `path` up to (not including) its pixel data, once its element lengths are checked.
 fn open_header(path: &Path) -> Result<DefaultDicomObject, VolumeError> {
-    check_element_lengths(path)?;
+    lengths::check_element_lengths(path)?;
     OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
         .map_err(|e| open_error(path, &e))
-}
-
-/// Deflate's best ratio: an inflated data set is at most this many times its compressed size.
-const DEFLATE_MAX_RATIO: u64 = 1032;
-
-/// Refuses a file any of whose elements (file meta group, data set, pixel data fragments) claims
-/// more bytes than the file can hold. dicom-rs reserves and zero-fills an element's declared
-/// length before reading it, so that one 3 KB file claiming a 4 GB element would take 4 GB and
-/// many seconds; this walk reads the element headers only (dicom-parser) and skips the values.
-/// Other malformations are left to dicom-object, which reports them when it opens the file.
-fn check_element_lengths(path: &Path) -> Result<(), VolumeError> {
-    let io = |e| VolumeError::io(path, "cannot read", e);
-    let file_len = std::fs::metadata(path).map_err(io)?.len();
-    let mut reader = BufReader::new(File::open(path).map_err(io)?);
-    let mut preamble = [0u8; 132];
-    if reader.read_exact(&mut preamble).is_err() || &preamble[128..] != b"DICM" {
-        return Ok(());
-    }
-    let Some(explicit) = TransferSyntaxRegistry.get("1.2.840.10008.1.2.1") else {
-        return Ok(());
-    };
-    // The meta group: explicit VR little endian, its length given by its first element.
-    let (data_start, uid) = {
-        let Ok(mut dec) = StatefulDecoder::new_with_ts(&mut reader, explicit, 132) else {
-            return Ok(());
-        };
-        let Ok(first) = dec.decode_header() else {
-            return Ok(());
-        };
-        if first.tag != Tag(0x0002, 0x0000) || first.len.get() != Some(4) {
-            return Ok(());
-        }
-        // As dicom-object reads it: 4 little-endian bytes, whatever VR the header says.
-        let mut bytes = Vec::new();
-        let (Ok(()), &[a, b, c, d]) = (dec.read_to_vec(4, &mut bytes), bytes.as_slice()) else {
-            return Ok(());
-        };
-        let group_length = u32::from_le_bytes([a, b, c, d]);
-        let meta_end = dec.position().saturating_add(u64::from(group_length));
-        check_length(
-            path,
-            first.tag,
-            u64::from(group_length),
-            file_len,
-            dec.position(),
-        )?;
-        let mut uid = String::new();
-        while dec.position() < meta_end {
-            let Ok(header) = dec.decode_header() else {
-                return Ok(());
-            };
-            let Some(n) = header.len.get() else {
-                return Ok(());
-            };
-            check_length(path, header.tag, u64::from(n), meta_end, dec.position())?;
-            if header.tag == tags::TRANSFER_SYNTAX_UID {
-                // As dicom-object reads it: the bytes as text, whatever VR the header says.
-                let mut bytes = Vec::new();
-                if dec.read_to_vec(n, &mut bytes).is_err() {
-                    return Ok(());
-                }
-                uid = String::from_utf8_lossy(&bytes)
-                    .trim_matches(|c: char| c == '\0' || c.is_whitespace())
-                    .to_string();
-            } else if dec.skip_bytes(n).is_err() {
-                return Ok(());
-            }
-        }
-        // The data set starts where the meta group's last element ends, which may be past the
-        // group length (as for dicom-object, which reads elements while short of it).
-        (dec.position(), uid)
-    };
-    let Some(ts) = TransferSyntaxRegistry.get(&uid) else {
-        return Ok(());
-    };
-    if uid == "1.2.840.10008.1.2.1.99" {
-        // A deflated data set: its elements are bounded by what the rest can inflate to.
-        let bound = file_len
-            .saturating_sub(data_start)
-            .saturating_mul(DEFLATE_MAX_RATIO);
-        let inflated = flate2::read::DeflateDecoder::new(reader);
-        walk_data_set(path, inflated, explicit, 0, bound, |dec, _, n| {
-            dec.skip_bytes(n).ok().map(|()| 0)
-        })
-    } else {
-        // Seeking past values (pixel data above all) instead of reading them.
-        walk_data_set(path, reader, ts, data_start, file_len, |dec, at, n| {
-            dec.seek(at + u64::from(n)).ok().map(|()| u64::from(n))
-        })
-    }
-}
-
-/// Checks every element header of a data set read from `source` (at `position`) against
-/// `bound`, the end of the data: values are skipped, sequences and items entered, encapsulated
-/// pixel data fragments skipped. `skip(decoder, at, n)` passes over the `n` bytes of a value at
-/// `at`, returning how far the decoder's own position lags behind (a seek does not move it).
-fn walk_data_set<S: Read>(
-    path: &Path,
-    source: S,
-    ts: &dicom_transfer_syntax_registry::TransferSyntax,
-    position: u64,
-    bound: u64,
-    mut skip: impl FnMut(&mut DynStatefulDecoder<S>, u64, u32) -> Option<u64>,
-) -> Result<(), VolumeError> {
-    let Ok(mut dec) = StatefulDecoder::new_with_ts(source, ts, position) else {
-        return Ok(());
-    };
-    let item = Tag(0xFFFE, 0xE000);
-    let item_end = Tag(0xFFFE, 0xE00D);
-    let sequence_end = Tag(0xFFFE, 0xE0DD);
-    let mut in_fragments = false;
-    let mut lag = 0u64;
-    // Ends at the end of the data, or at what dicom-object will report as malformed.
-    while let Ok(header) = dec.decode_header() {
-        let at = dec.position() + lag;
-        let defined = header.len.get();
-        if let Some(n) = defined {
-            check_length(path, header.tag, u64::from(n), bound, at)?;
-        }
-        let value = match (header.tag, defined) {
-            (t, _) if t == sequence_end => {
-                in_fragments = false;
-                None
-            }
-            (t, Some(n)) if t == item && in_fragments => Some(n),
-            (t, None) if t == tags::PIXEL_DATA => {
-                in_fragments = true;
-                None
-            }
-            // Items, delimiters, sequences and undefined lengths: their content follows. Other
-            // (FFFE,xxxx) tags are plain elements with a value, as dicom-parser reads them.
-            (t, _) if t == item || t == item_end => None,
-            (_, None) => None,
-            _ if header.vr == VR::SQ => None,
-            (_, Some(n)) => Some(n),
-        };
-        if let Some(n) = value {
-            match skip(&mut dec, at, n) {
-                Some(l) => lag += l,
-                None => break,
-            }
-        }
-    }
-    Ok(())
-}
-
-/// An element of `n` bytes at `position` must end by `bound`.
-fn check_length(
-    path: &Path,
-    tag: Tag,
-    n: u64,
-    bound: u64,
-    position: u64,
-) -> Result<(), VolumeError> {
-    let remaining = bound.saturating_sub(position);
-    if n > remaining {
-        return Err(VolumeError::dicom(
-            path,
-            format!(
-                "element {tag} claims {n} bytes but only {remaining} remain: the file is cut \
-                 short or corrupt"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// A file that dicom-object cannot open: an unknown transfer syntax as such, else the reason.

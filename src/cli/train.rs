@@ -1,22 +1,15 @@
-//! Arguments of `ctgrade train`.
+//! `ctgrade train`: train an ensemble with the paper's recipe.
 
 use std::path::PathBuf;
 
-use super::augment::AugmentConfig;
-use super::optim::AdamConfig;
-use super::{Recipe, TrainError, TrainOptions, TrainReport};
-use crate::device::DeviceChoice;
-use crate::grading::Head;
-use crate::model::{Arch, NetworkConfig};
-use crate::preprocess::InputSpec;
-
-fn parse_head(s: &str) -> Result<Head, String> {
-    match s {
-        "continuous" => Ok(Head::Continuous),
-        "categorical" => Ok(Head::Categorical),
-        _ => Err(format!("expected continuous or categorical, got {s:?}")),
-    }
-}
+use ctgrade::device::DeviceChoice;
+use ctgrade::grading::Head;
+use ctgrade::model::probe::resolve_config;
+use ctgrade::model::Arch;
+use ctgrade::preprocess::InputSpec;
+use ctgrade::train::augment::AugmentConfig;
+use ctgrade::train::optim::AdamConfig;
+use ctgrade::train::{Recipe, TrainError, TrainOptions, TrainReport};
 
 /// `ctgrade train`: train an ensemble with the paper's recipe.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,7 +23,8 @@ pub struct TrainArgs {
     /// Architecture (densenet121-3d, densenet169-3d, densenet201-3d).
     #[arg(long)]
     pub arch: Arch,
-    /// Network configuration JSON overriding the architecture's hyper-parameters.
+    /// Network configuration JSON: fields overriding the architecture's hyper-parameters (as in
+    /// `ctgrade forward --config`).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Input specification JSON (default: the paper's 1.5 mm, 240x240, 128 slices).
@@ -46,7 +40,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub members: usize,
     /// Output head.
-    #[arg(long, value_parser = parse_head, default_value = "continuous")]
+    #[arg(long, value_parser = |s: &str| s.parse::<Head>(), default_value = "continuous")]
     pub head: Head,
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-4)]
@@ -122,21 +116,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, TrainE
 impl TrainArgs {
     /// The library options these arguments describe.
     pub fn options(&self) -> Result<TrainOptions, TrainError> {
-        let network = match &self.config {
-            Some(path) => {
-                let cfg: NetworkConfig = read_json(path)?;
-                if cfg.arch != self.arch {
-                    return Err(TrainError::Options(format!(
-                        "{} describes {}, not --arch {}",
-                        path.display(),
-                        cfg.arch,
-                        self.arch
-                    )));
-                }
-                cfg
-            }
-            None => NetworkConfig::new(self.arch, 3, self.head.num_outputs()),
-        };
+        let network = resolve_config(
+            self.arch,
+            3,
+            self.head.num_outputs(),
+            self.config.as_deref(),
+        )
+        .map_err(|e| TrainError::Options(e.to_string()))?;
         let input: InputSpec = match &self.input_spec {
             Some(path) => read_json(path)?,
             None => InputSpec::default(),
@@ -187,6 +173,6 @@ impl TrainArgs {
 }
 
 /// Runs `ctgrade train`.
-pub fn run(args: &TrainArgs) -> Result<TrainReport, TrainError> {
-    super::train(&args.options()?)
+pub fn train(args: &TrainArgs) -> Result<TrainReport, TrainError> {
+    ctgrade::train::train(&args.options()?)
 }

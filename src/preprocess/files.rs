@@ -1,5 +1,5 @@
-//! `ctgrade preprocess FILE --out DIR [--lesion FILE] [--spec FILE]`: runs [`preprocess`] on a
-//! CT file and writes `DIR/input.mha` (the CT channel of the network input, float32,
+//! The preprocessing of one CT file, written to files (`ctgrade preprocess`): runs
+//! [`preprocess`](super::preprocess) and writes `DIR/input.mha` (the CT channel of the network input, float32,
 //! `crop_x x crop_y x slices`), `DIR/lung_mask.mha` (uint8, on the input's grid),
 //! `DIR/lesion.mha` (the lesion channel, when a lesion map is given) and `DIR/preprocess.json`
 //! (the [`PreprocessReport`]).
@@ -14,20 +14,17 @@ use super::{
 };
 use crate::volume::{read, write, ElementType, Volume, VolumeError};
 
-/// Arguments of `ctgrade preprocess`.
-#[derive(Debug, clap::Args)]
-pub struct PreprocessArgs {
+/// What [`run`] preprocesses and where it writes the results.
+#[derive(Debug, Clone)]
+pub struct PreprocessOptions {
     /// Input CT in Hounsfield units (.mha, .mhd, .nii, .nii.gz).
     pub input: PathBuf,
     /// Output folder (created if needed).
-    #[arg(long)]
     pub out: PathBuf,
     /// Lesion map on the CT's grid; selects the CT / lesion / zeros channel layout.
-    #[arg(long)]
     pub lesion: Option<PathBuf>,
     /// Model input specification (JSON with fields of `InputSpec`; missing fields take the
     /// paper's values).
-    #[arg(long)]
     pub spec: Option<PathBuf>,
 }
 
@@ -119,8 +116,8 @@ pub fn channel_volume(p: &Preprocessed, channel: usize) -> Volume {
     }
 }
 
-/// Runs `ctgrade preprocess`; returns the report it wrote.
-pub fn run(args: &PreprocessArgs) -> Result<PreprocessReport, CommandError> {
+/// Preprocesses the CT and writes the files; returns the report it wrote.
+pub fn run(args: &PreprocessOptions) -> Result<PreprocessReport, CommandError> {
     let mut spec = match &args.spec {
         Some(path) => read_spec(path)?,
         None => InputSpec::default(),
@@ -166,9 +163,11 @@ pub fn run(args: &PreprocessArgs) -> Result<PreprocessReport, CommandError> {
         path: json_path.clone(),
         error: std::io::Error::other(e),
     })?;
-    std::fs::write(&json_path, json + "\n").map_err(|error| CommandError::Io {
-        path: json_path.clone(),
-        error,
+    ctgrade_fsio::write_atomic(&json_path, (json + "\n").as_bytes()).map_err(|error| {
+        CommandError::Io {
+            path: json_path.clone(),
+            error,
+        }
     })?;
     Ok(p.report)
 }

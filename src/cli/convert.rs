@@ -1,0 +1,103 @@
+//! `ctgrade convert`: a PyTorch checkpoint or safetensors file to the engine's names.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use ctgrade::model::convert::{self, ConvertOptions, NamingArg, OutDType};
+use ctgrade::model::Arch;
+
+/// Arguments of `ctgrade convert`.
+#[derive(clap::Args, Debug)]
+pub struct ConvertArgs {
+    /// The checkpoint: a torch.save zip file (.pth, .pt, .bin) or a safetensors file.
+    #[arg(long)]
+    from: PathBuf,
+    /// Architecture, e.g. densenet201-3d.
+    #[arg(long)]
+    arch: Arch,
+    /// JSON object overriding NetworkConfig fields (growth_rate, block_config, bn_size,
+    /// init_features, width_divisor, conv1_t_stride, no_max_pool, i3d_head, in_channels,
+    /// num_outputs, ...); in_channels and num_outputs default to the checkpoint's, i3d_head to
+    /// the form its names show, the rest to the reference implementation's defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Parameter names in the checkpoint.
+    #[arg(long, value_enum, default_value = "auto")]
+    naming: NamingChoice,
+    /// Entry of the checkpoint holding the state dict (default: the top level, then state_dict,
+    /// model_state_dict, model, state_dict_ema, model_ema, net, network, module, weights).
+    #[arg(long)]
+    key: Option<String>,
+    /// Outputs the network must have (the grading head's: 1 continuous, 5 categorical). Without
+    /// it (or num_outputs in --config) the checkpoint's head decides, and must be one of those.
+    #[arg(long)]
+    num_outputs: Option<usize>,
+    /// Leave out checkpoint tensors the network does not use (by default they are an error).
+    #[arg(long)]
+    drop_unexpected: bool,
+    /// Element type of the written file.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DTypeChoice,
+    /// The safetensors file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Converts the checkpoint and prints the report as JSON.
+pub fn convert(args: ConvertArgs) -> Result<()> {
+    let report = convert::convert(&ConvertOptions {
+        from: args.from,
+        arch: args.arch,
+        config: args.config,
+        naming: args.naming.into(),
+        key: args.key,
+        num_outputs: args.num_outputs,
+        drop_unexpected: args.drop_unexpected,
+        dtype: args.dtype.into(),
+        out: args.out,
+    })?;
+    super::emit(&serde_json::to_string_pretty(&report)?)
+}
+
+/// `--naming`: which parameter names a checkpoint uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum NamingChoice {
+    /// Whichever convention matches more of the checkpoint's names.
+    Auto,
+    /// MONAI (`...denselayer1.layers.norm1.weight`, `class_layers.out.weight`).
+    Monai,
+    /// torchvision (`...denselayer1.norm1.weight`, `classifier.weight`; also the old `norm.1`).
+    Torchvision,
+}
+
+impl From<NamingChoice> for NamingArg {
+    fn from(n: NamingChoice) -> Self {
+        match n {
+            NamingChoice::Auto => NamingArg::Auto,
+            NamingChoice::Monai => NamingArg::Monai,
+            NamingChoice::Torchvision => NamingArg::Torchvision,
+        }
+    }
+}
+
+/// `--dtype`: element type of the written file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum DTypeChoice {
+    /// 32-bit float (exact).
+    F32,
+    /// IEEE half precision (half the size; the engine computes in f32 after loading).
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl From<DTypeChoice> for OutDType {
+    fn from(d: DTypeChoice) -> Self {
+        match d {
+            DTypeChoice::F32 => OutDType::F32,
+            DTypeChoice::F16 => OutDType::F16,
+            DTypeChoice::Bf16 => OutDType::Bf16,
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! `ctgrade preprocess`: the paper's preprocessing of one CT, written to files.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use ctgrade::preprocess::files::{self, PreprocessOptions};
+
+/// Arguments of `ctgrade preprocess`.
+#[derive(Debug, clap::Args)]
+pub struct PreprocessArgs {
+    /// Input CT in Hounsfield units (.mha, .mhd, .nii, .nii.gz).
+    input: PathBuf,
+    /// Output folder (created if needed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Lesion map on the CT's grid; selects the CT / lesion / zeros channel layout.
+    #[arg(long)]
+    lesion: Option<PathBuf>,
+    /// Model input specification (JSON with fields of `InputSpec`; missing fields take the
+    /// paper's values).
+    #[arg(long)]
+    spec: Option<PathBuf>,
+}
+
+/// Preprocesses the CT, writes the files and prints the report as one JSON line.
+pub fn preprocess(args: PreprocessArgs) -> Result<()> {
+    let report = files::run(&PreprocessOptions {
+        input: args.input,
+        out: args.out,
+        lesion: args.lesion,
+        spec: args.spec,
+    })?;
+    super::emit(&serde_json::to_string(&report)?)
+}
