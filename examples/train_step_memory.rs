@@ -1,4 +1,4 @@
-//! Peak memory and time of one training step (forward, loss, backward) of a 3-D DenseNet, with
+//! Peak memory and time of one training step (forward, loss, backward) of a network, with
 //! and without gradient checkpointing; one mode per process, so that peak RSS is its own.
 //!
 //! cargo run --release --example train_step_memory -- ARCH D,H,W [--grad-checkpoint]

@@ -358,3 +358,97 @@ fn gradient_checkpointing_trains_the_same_members() {
         assert!(d <= 1e-4, "{name}: differs by {d}");
     }
 }
+
+/// `ctgrade train --arch A` from the command line for a narrow network of three families (a
+/// ResNet-18 with MONAI's defaults otherwise, a 2-D DenseNet on slices, an I3D), then
+/// `ctgrade run` with the trained ensemble: the member loads into the inference engine and
+/// grades every case.
+#[test]
+fn other_families_train_and_run_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = phantom_data(dir.path(), 500);
+    let small = options(&data, dir.path()).recipe.input;
+    // The I3D's four pools need a larger input.
+    let large = InputSpec {
+        spacing_mm: 5.0,
+        crop_xy: [32, 32],
+        slices: 16,
+        ..small.clone()
+    };
+    let networks = [
+        (
+            "resnet18-3d",
+            r#""width_divisor": 16, "block_config": [1, 1, 1, 1]"#,
+        ),
+        (
+            "densenet121-2d",
+            r#""growth_rate": 4, "block_config": [1, 1], "bn_size": 2, "init_features": 4"#,
+        ),
+        ("inception-v1-3d", r#""width_divisor": 32"#),
+    ];
+    for (arch, overrides) in networks {
+        let input = if arch.starts_with("inception") {
+            &large
+        } else {
+            &small
+        };
+        let spec = write(
+            &dir.path().join(format!("{arch}-spec.json")),
+            &serde_json::to_string(input).unwrap(),
+        );
+        let config = write(
+            &dir.path().join(format!("{arch}.json")),
+            &format!(r#"{{"arch": "{arch}", "in_channels": 3, "num_outputs": 1, {overrides}}}"#),
+        );
+        let out = dir.path().join(format!("out-{arch}"));
+        let train = Command::new(env!("CARGO_BIN_EXE_ctgrade"))
+            .args(["train", "--arch", arch, "--device", "cpu", "--data"])
+            .arg(&data)
+            .arg("--labels")
+            .arg(data.join("labels.csv"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--input-spec")
+            .arg(&spec)
+            .arg("--out")
+            .arg(&out)
+            .args([
+                "--max-steps",
+                "4",
+                "--val-every",
+                "2",
+                "--checkpoint-every",
+                "2",
+            ])
+            .args(["--log-every", "0", "--lr", "1e-3"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&train.stderr);
+        assert!(train.status.success(), "{arch}: {stderr}");
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("ensemble.json")).unwrap())
+                .unwrap();
+        assert!(manifest.to_string().contains(arch), "{manifest}");
+        let graded = dir.path().join(format!("graded-{arch}"));
+        let run = Command::new(env!("CARGO_BIN_EXE_ctgrade"))
+            .args(["run", "--device", "cpu", "--input"])
+            .arg(&data)
+            .arg("--output")
+            .arg(&graded)
+            .arg("--weights")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{arch}: {stderr}");
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(graded.join("summary.json")).unwrap())
+                .unwrap();
+        let cases = summary["cases"].as_array().expect("summary.json has cases");
+        assert_eq!(cases.len(), 10, "{arch}: {summary}");
+        for c in cases {
+            let p = c["probability"].as_f64().expect("a probability");
+            assert!((0.0..=1.0).contains(&p), "{arch}: {c}");
+        }
+    }
+}

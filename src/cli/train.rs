@@ -20,7 +20,8 @@ pub struct TrainArgs {
     /// Label CSV with a header: case,co_rads[,patient][,lesion].
     #[arg(long)]
     pub labels: PathBuf,
-    /// Architecture (densenet121-3d, densenet169-3d, densenet201-3d).
+    /// Architecture: any of the registry's (3-D and 2-D DenseNets, ResNets and Inception-v1,
+    /// covnet).
     #[arg(long)]
     pub arch: Arch,
     /// Network configuration JSON: fields overriding the architecture's hyper-parameters (as in
@@ -73,8 +74,9 @@ pub struct TrainArgs {
     /// Turn augmentation off.
     #[arg(long)]
     pub no_augment: bool,
-    /// Gradient checkpointing: recompute each dense layer's activations in the backward pass
-    /// instead of keeping them (less memory, about one more forward pass of compute).
+    /// Gradient checkpointing: recompute each segment's activations (a dense layer, a residual
+    /// or mixed block) in the backward pass instead of keeping them (less memory, about one more
+    /// forward pass of compute).
     #[arg(long)]
     pub grad_checkpoint: bool,
     /// Wall-clock budget in minutes for the whole run (members share what is left); a member

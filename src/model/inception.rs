@@ -156,7 +156,19 @@ pub struct InceptionConfig {
 }
 
 /// One convolution + BatchNorm + ReLU unit: name prefix, output and input channels, kernel.
-type UnitSpec = (String, usize, usize, usize);
+pub(crate) type UnitSpec = (String, usize, usize, usize);
+
+/// One step of the network body, in order ([`InceptionConfig::layout`]).
+#[derive(Clone, Debug)]
+pub(crate) enum LayoutStep {
+    /// A unit with its stride.
+    Unit(UnitSpec, usize),
+    /// A max pool.
+    Pool(Pool3d),
+    /// A mixed block: its units (1x1, 3x3 reduce, 3x3, reduce, 3x3, pool projection) and the
+    /// pool of its fourth branch.
+    Mixed(Box<[UnitSpec; 6]>, Pool3d),
+}
 
 impl InceptionConfig {
     /// The configuration of `cfg` (`inception-v1-3d` or `inception-v1-2d`).
@@ -185,7 +197,8 @@ impl InceptionConfig {
         })
     }
 
-    fn spatial(&self) -> Spatial {
+    /// 3-D (I3D) or 2-D on every slice (GoogLeNet).
+    pub(crate) fn spatial(&self) -> Spatial {
         match self.style {
             Style::I3d => Spatial::D3,
             Style::GoogLeNet => Spatial::D2,
@@ -196,28 +209,32 @@ impl InceptionConfig {
         (c / self.width_divisor).max(1)
     }
 
-    fn bn_eps(&self) -> f64 {
+    /// BatchNorm eps of the reference implementation.
+    pub(crate) fn bn_eps(&self) -> f64 {
         match self.style {
             Style::I3d => 1e-5,
             Style::GoogLeNet => 1e-3,
         }
     }
 
-    fn conv_name(&self, unit: &str) -> String {
+    /// The convolution of a unit.
+    pub(crate) fn conv_name(&self, unit: &str) -> String {
         match self.style {
             Style::I3d => format!("{unit}.conv3d"),
             Style::GoogLeNet => format!("{unit}.conv"),
         }
     }
 
-    fn bn_name(&self, unit: &str) -> String {
+    /// The BatchNorm of a unit.
+    pub(crate) fn bn_name(&self, unit: &str) -> String {
         match self.style {
             Style::I3d => format!("{unit}.batch3d"),
             Style::GoogLeNet => format!("{unit}.bn"),
         }
     }
 
-    fn head_name(&self) -> &'static str {
+    /// The head's parameter prefix.
+    pub(crate) fn head_name(&self) -> &'static str {
         match self.style {
             Style::I3d => self.head.prefix(),
             Style::GoogLeNet => "fc",
@@ -292,7 +309,8 @@ impl InceptionConfig {
         self.mixed().last().map_or(0, |m| m.1)
     }
 
-    fn head_shape(&self) -> Vec<usize> {
+    /// The head weight's shape as checkpoints store it.
+    pub(crate) fn head_shape(&self) -> Vec<usize> {
         let f = self.feature_width();
         match (self.style, self.head) {
             (Style::I3d, I3dHead::Kinetics) => vec![self.num_outputs, f, 1, 1, 1],
@@ -334,7 +352,8 @@ impl InceptionConfig {
         }
     }
 
-    fn conv_cfg(&self, k: usize, s: usize) -> Conv3dConfig {
+    /// Stride and padding of a convolution of kernel `k` and stride `s`.
+    pub(crate) fn conv_cfg(&self, k: usize, s: usize) -> Conv3dConfig {
         let sp = self.spatial();
         Conv3dConfig {
             stride: sp.cube(s),
@@ -358,6 +377,31 @@ impl InceptionConfig {
             padding: [0, 1, 2].map(|a| self.pad(k[a], s[a], true)),
             ceil_mode: true,
         })
+    }
+
+    /// The body in order: the stem units with the pools after the first and the last, then the
+    /// mixed blocks with the pools after mixed_3c / inception3b and mixed_4f / inception4e.
+    pub(crate) fn layout(&self) -> Vec<LayoutStep> {
+        let mut steps = Vec::new();
+        let stem_pool = self.pool([1, 3, 3], [1, 2, 2]);
+        for (i, unit) in self.stem().into_iter().enumerate() {
+            steps.push(LayoutStep::Unit(unit, STEM[i].4));
+            if i == 0 || i + 1 == STEM.len() {
+                steps.push(LayoutStep::Pool(stem_pool));
+            }
+        }
+        for (i, (units, _)) in self.mixed().into_iter().enumerate() {
+            steps.push(LayoutStep::Mixed(
+                Box::new(units),
+                self.pool([3; 3], [1; 3]),
+            ));
+            if i == 1 {
+                steps.push(LayoutStep::Pool(self.pool([3; 3], [2; 3])));
+            } else if i == 6 {
+                steps.push(LayoutStep::Pool(self.pool([2; 3], [2; 3])));
+            }
+        }
+        steps
     }
 
     fn load_unit(
@@ -428,32 +472,24 @@ impl Inception {
     /// Loads the network from `vb`.
     pub fn new(cfg: &InceptionConfig, vb: VarBuilder) -> Result<Self, ModelError> {
         let mut stages = Vec::new();
-        let stem_pool = cfg.pool([1, 3, 3], [1, 2, 2]);
-        for (i, unit) in cfg.stem().iter().enumerate() {
-            stages.push(Stage::Unit(cfg.load_unit(&vb, unit, STEM[i].4)?));
-            // Pools after the first and the last stem convolution.
-            if i == 0 || i + 1 == STEM.len() {
-                stages.push(Stage::Pool(stem_pool));
-            }
-        }
-        for (i, (units, _)) in cfg.mixed().iter().enumerate() {
-            let [u0, u1, u2, u3, u4, u5] = units;
-            let l = |u: &UnitSpec| cfg.load_unit(&vb, u, 1);
-            let (a, b, c) = (l(u0)?, l(u1)?, l(u3)?);
-            stages.push(Stage::Mixed(Box::new(Mixed {
-                pointwise: ConvUnit::stack(&[&a, &b, &c])?,
-                split: [a.c_out()?, b.c_out()?, c.c_out()?],
-                conv_b: l(u2)?,
-                conv_c: l(u4)?,
-                pool: cfg.pool([3; 3], [1; 3]),
-                pool_proj: l(u5)?,
-            })));
-            // After mixed_3c / inception3b, and after mixed_4f / inception4e.
-            if i == 1 {
-                stages.push(Stage::Pool(cfg.pool([3; 3], [2; 3])));
-            } else if i == 6 {
-                stages.push(Stage::Pool(cfg.pool([2; 3], [2; 3])));
-            }
+        for step in cfg.layout() {
+            stages.push(match step {
+                LayoutStep::Unit(unit, stride) => Stage::Unit(cfg.load_unit(&vb, &unit, stride)?),
+                LayoutStep::Pool(pool) => Stage::Pool(pool),
+                LayoutStep::Mixed(units, pool) => {
+                    let [u0, u1, u2, u3, u4, u5] = &*units;
+                    let l = |u: &UnitSpec| cfg.load_unit(&vb, u, 1);
+                    let (a, b, c) = (l(u0)?, l(u1)?, l(u3)?);
+                    Stage::Mixed(Box::new(Mixed {
+                        pointwise: ConvUnit::stack(&[&a, &b, &c])?,
+                        split: [a.c_out()?, b.c_out()?, c.c_out()?],
+                        conv_b: l(u2)?,
+                        conv_c: l(u4)?,
+                        pool,
+                        pool_proj: l(u5)?,
+                    }))
+                }
+            });
         }
         let head = load_linear(
             &vb.pp(cfg.head_name()),

@@ -123,7 +123,8 @@ impl ResNetConfig {
         Ok(c)
     }
 
-    fn expansion(&self) -> usize {
+    /// How many times wider a block's output is than its width (4 for bottlenecks).
+    pub(crate) fn expansion(&self) -> usize {
         if self.bottleneck {
             4
         } else {
@@ -137,7 +138,7 @@ impl ResNetConfig {
     }
 
     /// The blocks in order: (stage, index, input width, stride).
-    fn blocks(&self) -> Vec<(usize, usize, usize, usize)> {
+    pub(crate) fn blocks(&self) -> Vec<(usize, usize, usize, usize)> {
         let mut out = Vec::new();
         let mut c = self.widths.first().copied().unwrap_or(0);
         for (s, (&n, &w)) in self.layers.iter().zip(&self.widths).enumerate() {
@@ -150,8 +151,24 @@ impl ResNetConfig {
         out
     }
 
+    /// A block's convolutions in order: (input width, output width, kernel, stride); each is
+    /// followed by BatchNorm `bn<i>` and, except the last, a ReLU.
+    pub(crate) fn block_convs(
+        &self,
+        stage: usize,
+        c_in: usize,
+        stride: usize,
+    ) -> Vec<(usize, usize, usize, usize)> {
+        let w = self.widths[stage];
+        if self.bottleneck {
+            vec![(c_in, w, 1, 1), (w, w, 3, stride), (w, 4 * w, 1, 1)]
+        } else {
+            vec![(c_in, w, 3, stride), (w, w, 3, 1)]
+        }
+    }
+
     /// Whether a block gets a shortcut projection (PyTorch's rule).
-    fn projects(&self, c_in: usize, stage: usize, stride: usize) -> bool {
+    pub(crate) fn projects(&self, c_in: usize, stage: usize, stride: usize) -> bool {
         stride != 1 || c_in != self.widths[stage] * self.expansion()
     }
 
@@ -167,12 +184,7 @@ impl ResNetConfig {
         for (s, b, c_in, stride) in self.blocks() {
             let p = format!("layer{}.{b}", s + 1);
             let w = self.widths[s];
-            let convs = if self.bottleneck {
-                vec![(c_in, w, 1), (w, w, 3), (w, 4 * w, 1)]
-            } else {
-                vec![(c_in, w, 3), (w, w, 3)]
-            };
-            for (i, (ci, co, k)) in convs.into_iter().enumerate() {
+            for (i, (ci, co, k, _)) in self.block_convs(s, c_in, stride).into_iter().enumerate() {
                 out.push((
                     format!("{p}.conv{}.weight", i + 1),
                     sp.weight_shape(co, ci, k),
@@ -286,12 +298,7 @@ impl ResNet {
         let mut blocks = Vec::new();
         for (s, b, c_in, stride) in cfg.blocks() {
             let vb = vb.pp(format!("layer{}.{b}", s + 1));
-            let w = cfg.widths[s];
-            let geometry = if cfg.bottleneck {
-                vec![(c_in, w, 1, 1), (w, w, 3, stride), (w, 4 * w, 1, 1)]
-            } else {
-                vec![(c_in, w, 3, stride), (w, w, 3, 1)]
-            };
+            let geometry = cfg.block_convs(s, c_in, stride);
             let last = geometry.len() - 1;
             let mut convs = Vec::with_capacity(geometry.len());
             for (i, (ci, co, k, st)) in geometry.into_iter().enumerate() {
@@ -306,7 +313,7 @@ impl ResNet {
                 // The last convolution's ReLU comes after the residual sum.
                 convs.push(ConvUnit::new(&conv, Some(&bn), i != last)?);
             }
-            let c_out = w * cfg.expansion();
+            let c_out = cfg.widths[s] * cfg.expansion();
             let shortcut = if !cfg.projects(c_in, s, stride) {
                 Shortcut::Identity
             } else if cfg.shortcut == ShortcutType::A {

@@ -25,20 +25,26 @@
 //! - Progress lines (it/s, loss, validation QWK/AUC, time left), `train-log.csv`,
 //!   `train-log.json` and `loss.svg` in the output folder.
 //!
-//! The networks train through [`net::TrainNet`], a DenseNet built from differentiable ops with
-//! BatchNorm in training mode (the engine folds BatchNorm for inference); on the CPU its
-//! convolutions and pools are custom ops with hand-written gradients (`model::kernels`), chosen by
-//! the layers (`conv3d_train`, `Pool3d::forward_train`).
-//! Gradient checkpointing (`--grad-checkpoint`) trades compute for memory (see [`net`]).
+//! The networks train through [`net::TrainNet`]: the architecture's layers built from
+//! differentiable ops with BatchNorm in training mode (the engine folds BatchNorm for inference),
+//! for every architecture (3-D and 2-D DenseNets, ResNets and Inception-v1, and COVNet); on the CPU
+//! its convolutions, pools and BatchNorms are custom ops with hand-written gradients (the
+//! convolution and pooling in `model::kernels`, chosen by the layers' `conv3d_train` and
+//! `Pool3d::forward_train`; BatchNorm in [`norm`]). Gradient checkpointing (`--grad-checkpoint`)
+//! trades compute for memory (see [`net`]).
 
 pub mod augment;
+mod body;
 pub mod data;
+mod densenet;
+mod inception;
 pub mod labels;
 pub mod metrics;
 pub mod net;
 pub mod norm;
 pub mod optim;
 pub mod report;
+mod resnet;
 pub mod synthdata;
 
 use std::collections::HashMap;
@@ -584,6 +590,7 @@ fn check_options(opts: &TrainOptions) -> Result<(), TrainError> {
             return bad(format!("learning rate {lr} must be positive"));
         }
     }
+    r.network.check_overrides()?;
     if r.network.num_outputs != r.head.num_outputs() {
         return bad(format!(
             "the {:?} head needs {} output(s), the network configuration has {}",

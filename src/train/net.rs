@@ -1,18 +1,26 @@
-//! The 3-D DenseNet in training form.
+//! Trainable networks: parameters as [`Var`]s, BatchNorm in training mode, and the forward pass
+//! of each architecture as a chain of segments.
 //!
-//! The inference engine ([`crate::model::densenet`]) folds BatchNorm into convolutions using the
-//! running statistics, so it cannot learn them. This is the same network (MONAI's layout and
-//! parameter names, so a saved member loads into [`crate::model::build`] unchanged) built only
-//! from candle ops that have gradients, with BatchNorm in training mode: it normalises with the
-//! batch statistics and updates the running mean and (unbiased) variance with momentum 0.1, as
-//! PyTorch does. Validation and the written members use the running statistics through the
-//! inference engine, so what is validated is exactly what is shipped.
+//! The inference engine ([`crate::model`]) folds BatchNorm into convolutions using the running
+//! statistics, so it cannot learn them. A [`TrainNet`] is the same network (the checkpoint names
+//! of [`crate::model::expected_tensors_named`], so a saved member loads into
+//! [`crate::model::build`] unchanged) built only from candle ops that have gradients, with
+//! BatchNorm in training mode: it normalises with the batch statistics and updates the running
+//! mean and (unbiased) variance with momentum 0.1, as PyTorch does. Validation and the written
+//! members use the running statistics through the inference engine, so what is validated is
+//! exactly what is shipped.
 //!
-//! As in the engine, a transition's average pool runs before its 1x1x1 convolution (both are
-//! linear: same result, a quarter of the cost).
+//! What differs between architectures is a [`TrainBody`]: the forward pass as segments
+//! ([`super::densenet`], [`super::resnet`], [`super::inception`]; every family has one).
+//! Everything else (parameters, initialisation, running statistics, initial weights,
+//! checkpointing) is shared here.
 //!
-//! Gradient checkpointing ([`TrainNet::forward_backward_checkpointed`]): the forward pass is cut
-//! into segments (the stem, each dense layer, each transition, the head); only the segments'
+//! A new architecture becomes trainable with a body over its inference form's configuration
+//! (the same parameter names, which the test `tensor_names_are_the_inference_constructors`
+//! holds to the inference constructor), its arm in `body_for` (a match over every family) and a
+//! case in `tools/make_train_fixtures.py` for `tests/train_parity.rs`.
+//!
+//! Gradient checkpointing ([`TrainNet::forward_backward_checkpointed`]): only the segments'
 //! inputs are kept, and the backward pass recomputes one segment at a time and back-propagates
 //! through it alone. candle has no hook to recompute activations inside one backward pass, so the
 //! chain rule between segments is applied here, segment by segment.
@@ -24,25 +32,49 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
-use super::norm::{batch_stats, bn_relu};
+use super::body::{BatchStats, Layers, TrainBody};
+use super::densenet::DenseNetBody;
+use super::inception::InceptionBody;
+use super::norm::{batch_norm, batch_stats};
+use super::resnet::ResNetBody;
 use super::TrainError;
 use crate::model::densenet::DenseNetConfig;
-use crate::model::layers::{conv3d_train, Conv3dConfig, Pool3d, Pool3dConfig};
-use crate::model::{self, Classifier, Naming, NetworkConfig};
+use crate::model::inception::InceptionConfig;
+use crate::model::resnet::ResNetConfig;
+use crate::model::{self, Classifier, Family, Naming, NetworkConfig, Spatial};
 use crate::rng::Rng;
 
 /// PyTorch's BatchNorm momentum (weight of the new batch statistic).
 pub const BN_MOMENTUM: f64 = 0.1;
-const BN_EPS: f64 = crate::model::layers::BatchNorm3d::EPS;
 
 fn is_buffer(name: &str) -> bool {
     name.ends_with(".running_mean") || name.ends_with(".running_var")
 }
 
-/// A trainable 3-D DenseNet: parameters as [`Var`]s, BatchNorm running statistics as buffers.
+fn body_for(cfg: &NetworkConfig) -> Result<Box<dyn TrainBody>, TrainError> {
+    cfg.check_overrides()?;
+    match cfg.arch.family() {
+        Family::DenseNet3d | Family::DenseNet2d => {
+            let spatial = match cfg.arch.family() {
+                Family::DenseNet3d => Spatial::D3,
+                _ => Spatial::D2,
+            };
+            let dc = DenseNetConfig::from_network(cfg)?;
+            Ok(Box::new(DenseNetBody::new(dc, spatial)))
+        }
+        Family::ResNet3d | Family::ResNet2d => {
+            Ok(Box::new(ResNetBody::new(ResNetConfig::from_network(cfg)?)))
+        }
+        Family::Inception => Ok(Box::new(InceptionBody::new(InceptionConfig::from_network(
+            cfg,
+        )?))),
+    }
+}
+
+/// A trainable network: parameters as [`Var`]s, BatchNorm running statistics as buffers.
 pub struct TrainNet {
     cfg: NetworkConfig,
-    dc: DenseNetConfig,
+    body: Box<dyn TrainBody>,
     /// Trainable parameters in PyTorch's state-dict order.
     params: Vec<(String, Var)>,
     /// Running statistics in state-dict order.
@@ -54,11 +86,14 @@ pub struct TrainNet {
 
 impl TrainNet {
     /// A freshly initialised network: convolutions He-normal (fan in), BatchNorm as identity,
-    /// the linear head uniform in `±1/sqrt(fan_in)` with zero bias (MONAI's initialisation).
+    /// biases zero, the linear head uniform in `±1/sqrt(fan_in)` (MONAI's initialisation).
     /// Deterministic for a seed.
     pub fn new(cfg: &NetworkConfig, seed: u64, device: &Device) -> Result<Self, TrainError> {
-        let dc = DenseNetConfig::from_network(cfg)?;
-        let expected = dc.expected_tensors(Naming::Monai);
+        let body = body_for(cfg)?;
+        let expected = model::expected_tensors_named(cfg, Naming::Monai)?;
+        // The head's weight and bias close the list; the weight may be stored as a 1x1x1
+        // convolution (the I3D's Kinetics head) but is initialised as the linear layer it is.
+        let head = expected.len().saturating_sub(2);
         let mut params = Vec::new();
         let mut buffers = Vec::new();
         for (i, (name, shape)) in expected.into_iter().enumerate() {
@@ -68,13 +103,15 @@ impl TrainNet {
                 vec![1.0; n]
             } else if name.ends_with("running_mean") || name.ends_with(".bias") {
                 vec![0.0; n]
-            } else if shape.len() == 5 {
+            } else if i == head {
+                let fan_in: usize = shape[1..].iter().product();
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                (0..n).map(|_| rng.range(-bound, bound) as f32).collect()
+            } else if shape.len() >= 3 {
+                // A convolution (2-D weights too).
                 let fan_in: usize = shape[1..].iter().product();
                 let std = (2.0 / fan_in as f64).sqrt();
                 (0..n).map(|_| (rng.normal() * std) as f32).collect()
-            } else if shape.len() == 2 {
-                let bound = 1.0 / (shape[1] as f64).sqrt();
-                (0..n).map(|_| rng.range(-bound, bound) as f32).collect()
             } else {
                 // BatchNorm weight.
                 vec![1.0; n]
@@ -98,7 +135,7 @@ impl TrainNet {
             .collect();
         Ok(Self {
             cfg: cfg.clone(),
-            dc,
+            body,
             params,
             buffers,
             param_index,
@@ -166,15 +203,22 @@ impl TrainNet {
         };
         let tensors = candle_core::safetensors::load(path, &self.device)
             .map_err(|e| file_err(e.to_string()))?;
-        // Map torchvision names onto MONAI's: both lists are in the same order.
-        let monai = self.dc.expected_tensors(Naming::Monai);
-        let tv = self.dc.expected_tensors(Naming::Torchvision);
+        // Map torchvision names onto MONAI's: both lists are in the same order (and the same
+        // where an architecture has one convention).
+        let monai = model::expected_tensors_named(&self.cfg, Naming::Monai)?;
+        let tv = model::expected_tensors_named(&self.cfg, Naming::Torchvision)?;
         let rename: HashMap<&str, &str> = tv
             .iter()
             .zip(&monai)
             .map(|((t, _), (m, _))| (t.as_str(), m.as_str()))
             .collect();
-        let head = ["class_layers.out.weight", "class_layers.out.bias"];
+        // The head's weight and bias close every list.
+        let head: Vec<&str> = monai
+            .iter()
+            .rev()
+            .take(2)
+            .map(|(n, _)| n.as_str())
+            .collect();
         let mut report = InitReport::default();
         let mut seen = std::collections::HashSet::new();
         let mut names: Vec<&String> = tensors.keys().collect();
@@ -228,7 +272,7 @@ impl TrainNet {
     /// Training-mode forward: raw outputs `(N, num_outputs)`; the running statistics are updated
     /// with momentum [`BN_MOMENTUM`]. A one-channel input stands for the CT repeated in all three
     /// channels (`ct_x3`): the stem then convolves it with the weight summed over its input
-    /// channels, the same function at a third of the cost.
+    /// channels, the same function at a third of the cost ([`stem_weight`]).
     pub fn forward_train(&mut self, x: &Tensor) -> Result<Tensor, TrainError> {
         let mut stats = Vec::new();
         let y = self.forward_inner(x, &mut stats)?;
@@ -237,8 +281,8 @@ impl TrainNet {
     }
 
     /// [`forward_train`](Self::forward_train), `loss` and its backward pass with gradient
-    /// checkpointing: the activations inside a segment (a dense layer, a transition, the stem or
-    /// the head) are recomputed during the backward pass instead of being kept, so memory holds
+    /// checkpointing: the activations inside a segment (e.g. a dense layer or a residual block)
+    /// are recomputed during the backward pass instead of being kept, so memory holds
     /// the segments' inputs and one segment's graph at a time. Returns the loss and the
     /// parameters' gradients, equal to `loss.backward()` on the plain forward pass up to the
     /// order of floating-point sums; the running statistics are updated once, as by
@@ -248,7 +292,7 @@ impl TrainNet {
         x: &Tensor,
         loss: impl FnOnce(&Tensor) -> Result<Tensor, TrainError>,
     ) -> Result<(Tensor, GradStore), TrainError> {
-        let segments = self.segments();
+        let segments: Vec<usize> = self.segments().collect();
         let mut stats = Vec::new();
         // Forward without graphs: each segment's input is kept, detached.
         let mut inputs = Vec::with_capacity(segments.len());
@@ -374,17 +418,17 @@ impl TrainNet {
         Ok(model::build_with_naming(&self.cfg, vb, Naming::Monai)?)
     }
 
-    /// BatchNorm with batch statistics, then ReLU; records the statistics.
-    fn bn_relu(
+    fn batch_norm(
         &self,
         x: &Tensor,
         name: &str,
         stats: &mut Vec<BatchStats>,
+        relu: bool,
     ) -> candle_core::Result<Tensor> {
         let (mean, var) = batch_stats(x)?;
         let gamma = self.param(&format!("{name}.weight"))?;
         let beta = self.param(&format!("{name}.bias"))?;
-        let y = bn_relu(x, &gamma, &beta, &mean, &var, BN_EPS)?;
+        let y = batch_norm(x, &gamma, &beta, &mean, &var, self.body.bn_eps(), relu)?;
         let dims = x.dims();
         stats.push(BatchStats {
             name: name.to_string(),
@@ -401,112 +445,26 @@ impl TrainNet {
         updates: &mut Vec<BatchStats>,
     ) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
-        for seg in self.segments() {
-            h = self.run_segment(seg, &h, updates)?;
+        for k in self.segments() {
+            h = self.run_segment(k, &h, updates)?;
         }
         Ok(h)
     }
 
-    /// The forward pass as a chain of segments.
-    fn segments(&self) -> Vec<Segment> {
-        let blocks = self.dc.block_config.len();
-        let mut segs = vec![Segment::Stem];
-        for (i, &layers) in self.dc.block_config.iter().enumerate() {
-            segs.extend((0..layers).map(|l| Segment::DenseLayer(i, l)));
-            if i + 1 < blocks {
-                segs.push(Segment::Transition(i));
-            }
-        }
-        segs.push(Segment::Head);
-        segs
+    /// The segments of the forward pass, in order.
+    fn segments(&self) -> std::ops::Range<usize> {
+        0..self.body.segments()
     }
 
-    /// One segment of the forward pass on its input `h`.
+    /// Segment `k` of the forward pass on its input `h`.
     fn run_segment(
         &self,
-        seg: Segment,
+        k: usize,
         h: &Tensor,
         updates: &mut Vec<BatchStats>,
     ) -> candle_core::Result<Tensor> {
-        match seg {
-            Segment::Stem => {
-                let c = h.dim(1)?;
-                let w0 = self.param("features.conv0.weight")?;
-                let w0 = if c == 1 && self.dc.in_channels == 3 {
-                    w0.sum_keepdim(1)?
-                } else if c == self.dc.in_channels {
-                    w0
-                } else {
-                    candle_core::bail!(
-                        "densenet: input has {c} channels, the network takes {}",
-                        self.dc.in_channels
-                    );
-                };
-                let h = conv3d_train(h, &w0, &Conv3dConfig::symmetric(2, 3))?;
-                let h = self.bn_relu(&h, "features.norm0", updates)?;
-                Pool3d::max(Pool3dConfig::cubic(3, 2, 1)).forward_train(&h)
-            }
-            Segment::DenseLayer(i, l) => {
-                let p = format!("features.denseblock{}.denselayer{}.layers", i + 1, l + 1);
-                let y = self.bn_relu(h, &format!("{p}.norm1"), updates)?;
-                let y = conv3d_train(
-                    &y,
-                    &self.param(&format!("{p}.conv1.weight"))?,
-                    &Conv3dConfig::default(),
-                )?;
-                let y = self.bn_relu(&y, &format!("{p}.norm2"), updates)?;
-                let y = conv3d_train(
-                    &y,
-                    &self.param(&format!("{p}.conv2.weight"))?,
-                    &Conv3dConfig::symmetric(1, 1),
-                )?;
-                Tensor::cat(&[h, &y], 1)
-            }
-            Segment::Transition(i) => {
-                let p = format!("features.transition{}", i + 1);
-                let y = self.bn_relu(h, &format!("{p}.norm"), updates)?;
-                let y = Pool3d::avg(Pool3dConfig::cubic(2, 2, 0), true).forward_train(&y)?;
-                conv3d_train(
-                    &y,
-                    &self.param(&format!("{p}.conv.weight"))?,
-                    &Conv3dConfig::default(),
-                )
-            }
-            Segment::Head => {
-                let n = h.dim(0)?;
-                let h = self.bn_relu(h, "features.norm5", updates)?;
-                let (_, cf, ..) = h.dims5()?;
-                let pooled = h.reshape((n, cf, ()))?.mean(2)?;
-                let w = self.param("class_layers.out.weight")?;
-                let b = self.param("class_layers.out.bias")?;
-                pooled.matmul(&w.t()?)?.broadcast_add(&b)
-            }
-        }
+        self.body.run_segment(self, k, h, updates)
     }
-}
-
-/// A piece of the forward pass between two kept activations (see
-/// [`TrainNet::forward_backward_checkpointed`]).
-#[derive(Clone, Copy, Debug)]
-enum Segment {
-    /// Convolution, BatchNorm, ReLU and max pool.
-    Stem,
-    /// Dense layer `l` of block `i`: its output is its input with the new features appended.
-    DenseLayer(usize, usize),
-    /// The transition after block `i`.
-    Transition(usize),
-    /// The last BatchNorm, global average pooling and the linear output layer.
-    Head,
-}
-
-/// Batch statistics of one BatchNorm in one forward pass.
-struct BatchStats {
-    name: String,
-    mean: Vec<f64>,
-    /// Biased variance.
-    var: Vec<f64>,
-    /// Values per channel.
-    count: usize,
 }
 
 enum Slot {
@@ -523,6 +481,30 @@ pub struct InitReport {
     pub kept: Vec<String>,
     /// Head tensors of another shape, initialised as usual.
     pub skipped: Vec<String>,
+}
+
+impl Layers for TrainNet {
+    fn param(&self, name: &str) -> candle_core::Result<Tensor> {
+        TrainNet::param(self, name)
+    }
+
+    fn bn_relu(
+        &self,
+        x: &Tensor,
+        name: &str,
+        stats: &mut Vec<BatchStats>,
+    ) -> candle_core::Result<Tensor> {
+        self.batch_norm(x, name, stats, true)
+    }
+
+    fn bn(
+        &self,
+        x: &Tensor,
+        name: &str,
+        stats: &mut Vec<BatchStats>,
+    ) -> candle_core::Result<Tensor> {
+        self.batch_norm(x, name, stats, false)
+    }
 }
 
 fn fetch(
@@ -621,26 +603,135 @@ mod tests {
         );
     }
 
+    /// Small ResNets: basic blocks with type-B shortcuts (MONAI's defaults), bottlenecks with
+    /// type-A shortcuts, a short stem and no max pool, and a 2-D ResNet-50 (COVNet) on slices.
+    fn tiny_resnets() -> [NetworkConfig; 3] {
+        [
+            NetworkConfig {
+                width_divisor: Some(16),
+                block_config: Some(vec![1, 1, 1, 1]),
+                ..NetworkConfig::new(Arch::ResNet18_3d, 3, 1)
+            },
+            NetworkConfig {
+                width_divisor: Some(32),
+                block_config: Some(vec![1, 2, 1, 1]),
+                conv1_t_size: Some(3),
+                shortcut_type: Some(crate::model::resnet::ShortcutType::A),
+                no_max_pool: Some(true),
+                ..NetworkConfig::new(Arch::ResNet50_3d, 3, 5)
+            },
+            NetworkConfig {
+                width_divisor: Some(32),
+                block_config: Some(vec![1, 1, 2, 1]),
+                ..NetworkConfig::new(Arch::CovNet, 3, 1)
+            },
+        ]
+    }
+
+    /// Small Inception-v1s: I3D with either head, GoogLeNet on slices.
+    fn tiny_inceptions() -> [NetworkConfig; 3] {
+        let i3d = NetworkConfig {
+            width_divisor: Some(32),
+            ..NetworkConfig::new(Arch::InceptionV1_3d, 3, 1)
+        };
+        [
+            i3d.clone(),
+            NetworkConfig {
+                i3d_head: Some(crate::model::inception::I3dHead::Stoic),
+                num_outputs: 5,
+                ..i3d
+            },
+            NetworkConfig {
+                width_divisor: Some(32),
+                ..NetworkConfig::new(Arch::InceptionV1_2d, 3, 1)
+            },
+        ]
+    }
+
+    /// The tensors a trainable network saves are exactly those the inference constructor asks
+    /// for (what it creates in an empty `VarMap`), and its inference form builds from them.
+    #[test]
+    fn tensor_names_are_the_inference_constructors() {
+        let dev = Device::Cpu;
+        let [r18, r50, covnet] = tiny_resnets();
+        let dense2d = NetworkConfig {
+            arch: Arch::DenseNet169_2d,
+            ..tiny(1)
+        };
+        let [i3d, stoic, googlenet] = tiny_inceptions();
+        for cfg in [
+            tiny(1),
+            tiny(5),
+            dense2d,
+            r18,
+            r50,
+            covnet,
+            i3d,
+            stoic,
+            googlenet,
+        ] {
+            let vm = candle_nn::VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+            model::build(&cfg, vb).unwrap();
+            let mut want: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+            want.sort();
+            let net = TrainNet::new(&cfg, 1, &dev).unwrap();
+            let state = net.state().unwrap();
+            let mut have: Vec<String> = state.keys().cloned().collect();
+            have.sort();
+            assert_eq!(have, want, "{}", cfg.arch);
+            for (name, t) in vm.data().lock().unwrap().iter() {
+                assert_eq!(t.dims(), state[name].dims(), "{name}");
+            }
+            net.inference().unwrap();
+        }
+    }
+
     /// Gradient checkpointing gives the plain backward pass's loss, parameter gradients and
     /// running statistics (up to the order of floating-point sums), on a network with two dense
-    /// layers per block, a transition and a one-channel input (the stem's summed weight).
+    /// layers per block, a transition and a one-channel input (the stem's summed weight), on its
+    /// 2-D form, and on small ResNets and Inceptions; every parameter gets a gradient.
     #[test]
     fn checkpointed_gradients_match_the_plain_backward_pass() {
         let dev = Device::Cpu;
-        let cfg = NetworkConfig {
+        let dense = NetworkConfig {
             block_config: Some(vec![2, 2]),
             ..tiny(1)
         };
-        for channels in [3, 1] {
-            let x = Tensor::randn(0f32, 1.0, (2, channels, 12, 16, 16), &dev).unwrap();
+        let dense2d = NetworkConfig {
+            arch: Arch::DenseNet121_2d,
+            ..dense.clone()
+        };
+        let [r18, r50, covnet] = tiny_resnets();
+        let [i3d, stoic, googlenet] = tiny_inceptions();
+        // The Inceptions' four pools need a larger input.
+        let (small, wide) = ((12, 16, 16), (8, 32, 32));
+        let cases = [
+            (&dense, 3, small),
+            (&dense, 1, small),
+            (&dense2d, 1, small),
+            (&r18, 1, small),
+            (&r50, 3, small),
+            (&covnet, 1, small),
+            (&i3d, 1, wide),
+            (&stoic, 3, wide),
+            (&googlenet, 3, wide),
+        ];
+        for (cfg, channels, (d, h, w)) in cases {
+            let head = if cfg.num_outputs == 1 {
+                Head::Continuous
+            } else {
+                Head::Categorical
+            };
+            let x = Tensor::randn(0f32, 1.0, (2, channels, d, h, w), &dev).unwrap();
             let labels = [2u8, 5];
-            let mut plain = TrainNet::new(&cfg, 9, &dev).unwrap();
-            let mut ckpt = TrainNet::new(&cfg, 9, &dev).unwrap();
+            let mut plain = TrainNet::new(cfg, 9, &dev).unwrap();
+            let mut ckpt = TrainNet::new(cfg, 9, &dev).unwrap();
             let logits = plain.forward_train(&x).unwrap();
-            let loss = optim::loss(Head::Continuous, &logits, &labels).unwrap();
+            let loss = optim::loss(head, &logits, &labels).unwrap();
             let grads = loss.backward().unwrap();
             let (loss_c, grads_c) = ckpt
-                .forward_backward_checkpointed(&x, |l| optim::loss(Head::Continuous, l, &labels))
+                .forward_backward_checkpointed(&x, |l| optim::loss(head, l, &labels))
                 .unwrap();
             let l0 = loss.to_scalar::<f32>().unwrap();
             assert_eq!(l0, loss_c.to_scalar::<f32>().unwrap());

@@ -1,10 +1,10 @@
-//! BatchNorm in training mode fused with the ReLU that follows it in a DenseNet, for the CPU: one
-//! custom op with the textbook backward pass, per channel in a fixed order (deterministic). The
-//! composed version (candle ops) serves other devices and the tests.
+//! BatchNorm in training mode, alone or fused with the ReLU that usually follows it, for the CPU:
+//! one custom op with the textbook backward pass, per channel in a fixed order (deterministic).
+//! The composed version (candle ops) serves other devices and the tests.
 //!
 //! With `M` values per channel, `xhat = (x - mean) / sqrt(var + eps)` (biased variance),
-//! `z = gamma * xhat + beta`, `y = relu(z)`:
-//! `dz = dy * [z > 0]`, `dbeta = sum dz`, `dgamma = sum dz * xhat`,
+//! `z = gamma * xhat + beta`, `y = relu(z)` (or `y = z` without the ReLU):
+//! `dz = dy * [z > 0]` (or `dz = dy`), `dbeta = sum dz`, `dgamma = sum dz * xhat`,
 //! `dx = gamma / sqrt(var + eps) * (dz - dbeta / M - xhat * dgamma / M)`.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -54,10 +54,37 @@ pub fn bn_relu(
     var: &[f64],
     eps: f64,
 ) -> Result<Tensor> {
+    batch_norm(x, gamma, beta, mean, var, eps, true)
+}
+
+/// `gamma * (x - mean) / sqrt(var + eps) + beta` per channel, as [`bn_relu`] without the ReLU
+/// (for a BatchNorm whose output joins a residual sum before its activation).
+pub fn bn(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &[f64],
+    var: &[f64],
+    eps: f64,
+) -> Result<Tensor> {
+    batch_norm(x, gamma, beta, mean, var, eps, false)
+}
+
+/// [`bn_relu`] when `relu`, else [`bn`].
+pub(crate) fn batch_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &[f64],
+    var: &[f64],
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         let op = BnRelu {
             mean: mean.to_vec(),
             inv_std: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+            relu,
         };
         return x.contiguous()?.apply_op3(gamma, beta, op);
     }
@@ -74,14 +101,21 @@ pub fn bn_relu(
         .sqrt()?
         .recip()?
         .broadcast_mul(&gamma.reshape(shape.as_slice())?)?;
-    xc.broadcast_mul(&scale)?
-        .broadcast_add(&beta.reshape(shape.as_slice())?)?
-        .relu()
+    let z = xc
+        .broadcast_mul(&scale)?
+        .broadcast_add(&beta.reshape(shape.as_slice())?)?;
+    if relu {
+        z.relu()
+    } else {
+        Ok(z)
+    }
 }
 
 struct BnRelu {
     mean: Vec<f64>,
     inv_std: Vec<f64>,
+    /// Whether a ReLU follows (fused: the backward pass masks with the output).
+    relu: bool,
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -126,6 +160,7 @@ impl CustomOp3 for BnRelu {
             );
         }
         let mut out = vec![0f32; xs.len()];
+        let relu = self.relu;
         out.par_chunks_mut(vol.max(1))
             .zip(xs.par_chunks(vol.max(1)))
             .enumerate()
@@ -133,9 +168,13 @@ impl CustomOp3 for BnRelu {
                 let ch = i % c;
                 let a = (g[ch] as f64 * self.inv_std[ch]) as f32;
                 let sh = (b[ch] as f64 - self.mean[ch] * g[ch] as f64 * self.inv_std[ch]) as f32;
-                o.iter_mut()
-                    .zip(x)
-                    .for_each(|(o, &v)| *o = (v * a + sh).max(0.0));
+                if relu {
+                    o.iter_mut()
+                        .zip(x)
+                        .for_each(|(o, &v)| *o = (v * a + sh).max(0.0));
+                } else {
+                    o.iter_mut().zip(x).for_each(|(o, &v)| *o = v * a + sh);
+                }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -155,6 +194,8 @@ impl CustomOp3 for BnRelu {
         let gs = grad.flatten_all()?.to_vec1::<f32>()?;
         let gm = gamma.to_vec1::<f32>()?;
         let m = (n * vol).max(1) as f64;
+        // Without the ReLU every value passes its gradient on.
+        let pass = |i: usize| !self.relu || ys[i] > 0.0;
         // Per channel: (sum dz, sum dz * xhat).
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -163,7 +204,7 @@ impl CustomOp3 for BnRelu {
                 for b in 0..n {
                     let off = (b * c + ch) * vol;
                     for i in off..off + vol {
-                        if ys[i] > 0.0 {
+                        if pass(i) {
                             let g = gs[i] as f64;
                             s1 += g;
                             s2 += g * (xs[i] as f64 - self.mean[ch]) * self.inv_std[ch];
@@ -183,7 +224,7 @@ impl CustomOp3 for BnRelu {
                 let off = p * vol;
                 for (j, v) in d.iter_mut().enumerate() {
                     let i = off + j;
-                    let dz = if ys[i] > 0.0 { gs[i] as f64 } else { 0.0 };
+                    let dz = if pass(i) { gs[i] as f64 } else { 0.0 };
                     let xhat = (xs[i] as f64 - self.mean[ch]) * self.inv_std[ch];
                     *v = (k * (dz - s1 / m - xhat * s2 / m)) as f32;
                 }
@@ -224,63 +265,66 @@ mod tests {
         }
     }
 
-    /// The fused op against the composed candle version (autograd through the statistics).
+    /// The fused op against the composed candle version (autograd through the statistics), with
+    /// and without the ReLU.
     #[test]
     fn fused_matches_composed() {
         let x = Var::from_tensor(&rand(&[2, 3, 4, 5, 3], 1, 2.0, 0.5)).unwrap();
         let g = Var::from_tensor(&rand(&[3], 2, 0.3, 1.0)).unwrap();
         let b = Var::from_tensor(&rand(&[3], 3, 0.3, 0.1)).unwrap();
         let (mean, var) = batch_stats(x.as_tensor()).unwrap();
-        let fused = bn_relu(
-            x.as_tensor(),
-            g.as_tensor(),
-            b.as_tensor(),
-            &mean,
-            &var,
-            1e-5,
-        )
-        .unwrap();
-        // The composed path: the same function with candle ops.
-        let xt = x.as_tensor();
-        let mu = xt.mean_keepdim([0, 2, 3, 4]).unwrap();
-        let xc = xt.broadcast_sub(&mu).unwrap();
-        let vv = xc.sqr().unwrap().mean_keepdim([0, 2, 3, 4]).unwrap();
-        let composed = xc
-            .broadcast_mul(
-                &(vv + 1e-5)
-                    .unwrap()
-                    .sqrt()
-                    .unwrap()
-                    .recip()
-                    .unwrap()
-                    .broadcast_mul(&g.as_tensor().reshape((1, 3, 1, 1, 1)).unwrap())
-                    .unwrap(),
+        for relu in [true, false] {
+            let op = if relu { bn_relu } else { bn };
+            let fused = op(
+                x.as_tensor(),
+                g.as_tensor(),
+                b.as_tensor(),
+                &mean,
+                &var,
+                1e-5,
             )
-            .unwrap()
-            .broadcast_add(&b.as_tensor().reshape((1, 3, 1, 1, 1)).unwrap())
-            .unwrap()
-            .relu()
             .unwrap();
-        close("forward", &fused, &composed);
-        let r = rand(fused.dims(), 4, 1.0, 0.0);
-        let g1 = (&fused * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (&composed * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, v) in [("x", &x), ("gamma", &g), ("beta", &b)] {
-            close(
-                name,
-                g1.get(v.as_tensor()).unwrap(),
-                g2.get(v.as_tensor()).unwrap(),
-            );
+            // The composed path: the same function with candle ops.
+            let xt = x.as_tensor();
+            let mu = xt.mean_keepdim([0, 2, 3, 4]).unwrap();
+            let xc = xt.broadcast_sub(&mu).unwrap();
+            let vv = xc.sqr().unwrap().mean_keepdim([0, 2, 3, 4]).unwrap();
+            let z = xc
+                .broadcast_mul(
+                    &(vv + 1e-5)
+                        .unwrap()
+                        .sqrt()
+                        .unwrap()
+                        .recip()
+                        .unwrap()
+                        .broadcast_mul(&g.as_tensor().reshape((1, 3, 1, 1, 1)).unwrap())
+                        .unwrap(),
+                )
+                .unwrap()
+                .broadcast_add(&b.as_tensor().reshape((1, 3, 1, 1, 1)).unwrap())
+                .unwrap();
+            let composed = if relu { z.relu().unwrap() } else { z };
+            close("forward", &fused, &composed);
+            let r = rand(fused.dims(), 4, 1.0, 0.0);
+            let g1 = (&fused * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&composed * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v) in [("x", &x), ("gamma", &g), ("beta", &b)] {
+                close(
+                    &format!("{name} (relu {relu})"),
+                    g1.get(v.as_tensor()).unwrap(),
+                    g2.get(v.as_tensor()).unwrap(),
+                );
+            }
         }
     }
 }
