@@ -39,7 +39,7 @@ use super::norm::{batch_norm, batch_stats};
 use super::resnet::ResNetBody;
 use super::TrainError;
 use crate::model::densenet::DenseNetConfig;
-use crate::model::inception::InceptionConfig;
+use crate::model::inception::{I3dHead, InceptionConfig};
 use crate::model::resnet::ResNetConfig;
 use crate::model::{self, Classifier, Family, Naming, NetworkConfig, Spatial};
 use crate::rng::Rng;
@@ -219,6 +219,15 @@ impl TrainNet {
             .take(2)
             .map(|(n, _)| n.as_str())
             .collect();
+        // The I3D's other head form: a STOIC checkpoint also holds the port's unused Kinetics
+        // head, and a network of one form may start from a checkpoint of the other.
+        let other_head = (self.cfg.arch == model::Arch::InceptionV1_3d).then(|| {
+            let other = match self.cfg.i3d_head.unwrap_or_default() {
+                I3dHead::Kinetics => I3dHead::Stoic,
+                I3dHead::Stoic => I3dHead::Kinetics,
+            };
+            format!("{}.", other.prefix())
+        });
         let mut report = InitReport::default();
         let mut seen = std::collections::HashSet::new();
         let mut names: Vec<&String> = tensors.keys().collect();
@@ -230,6 +239,9 @@ impl TrainNet {
                 (self.params[i].1.dims().to_vec(), Slot::Param(i))
             } else if let Some(&i) = self.buffer_index.get(target) {
                 (self.buffers[i].1.dims().to_vec(), Slot::Buffer(i))
+            } else if other_head.as_deref().is_some_and(|p| target.starts_with(p)) {
+                report.skipped.push(target.to_string());
+                continue;
             } else {
                 return Err(file_err(format!(
                     "tensor {name:?} is not a parameter of {} (expected MONAI or torchvision names)",
@@ -479,7 +491,7 @@ pub struct InitReport {
     pub loaded: Vec<String>,
     /// Tensors the file lacks (initialised as usual).
     pub kept: Vec<String>,
-    /// Head tensors of another shape, initialised as usual.
+    /// Head tensors of another shape (initialised as usual) or of the I3D's other head form.
     pub skipped: Vec<String>,
 }
 
@@ -601,6 +613,33 @@ mod tests {
             err.contains("features.conv9.weight") && err.contains("bad.safetensors"),
             "{err}"
         );
+    }
+
+    /// A STOIC I3D checkpoint holds the port's unused Kinetics head beside its own: initialising
+    /// the STOIC form from it skips that head and loads everything else.
+    #[test]
+    fn init_from_a_stoic_checkpoint_skips_the_unused_kinetics_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let [_, stoic, _] = tiny_inceptions();
+        let src = TrainNet::new(&stoic, 1, &dev).unwrap();
+        let mut state = src.state().unwrap();
+        for (name, shape) in [
+            ("conv3d_0c_1x1.conv3d.weight", vec![400, 32, 1, 1, 1]),
+            ("conv3d_0c_1x1.conv3d.bias", vec![400]),
+        ] {
+            state.insert(name.into(), Tensor::zeros(shape, DType::F32, &dev).unwrap());
+        }
+        let path = dir.path().join("stoic.safetensors");
+        candle_core::safetensors::save(&state, &path).unwrap();
+        let mut dst = TrainNet::new(&stoic, 2, &dev).unwrap();
+        let rep = dst.load_init(&path).unwrap();
+        assert_eq!(
+            rep.skipped,
+            ["conv3d_0c_1x1.conv3d.bias", "conv3d_0c_1x1.conv3d.weight"]
+        );
+        assert!(rep.kept.is_empty(), "{rep:?}");
+        assert!(same(&dst.state().unwrap(), &src.state().unwrap(), None));
     }
 
     /// Small ResNets: basic blocks with type-B shortcuts (MONAI's defaults), bottlenecks with
