@@ -1,9 +1,10 @@
 //! Writing files so that nobody ever sees half of one, and a finished write survives a crash.
 //!
 //! Every writer here follows the same steps: write a temporary file in the target's folder (so
-//! the rename stays on one file system), make it readable by everyone (0644: outputs, weights and metrics are read by other users, e.g. a container's non-root
-//! user, whatever our umask), sync it to disk, rename it over the target, and sync the folder so
-//! that the rename itself is durable. On any error the temporary file is removed and the target
+//! the rename stays on one file system), make it readable by everyone (0644: outputs, weights
+//! and metrics are read by other users, e.g. a container's non-root user, whatever our umask),
+//! sync it to disk, rename it over the target, and sync the folder so that the rename itself is
+//! durable. On any error the temporary file is removed and the target
 //! is left as it was.
 //!
 //! Three entry points share that sequence: [`write_atomic`] for bytes in memory (results,
