@@ -4,8 +4,7 @@
 //! the rename stays on one file system), make it readable by everyone (0644: outputs, weights
 //! and metrics are read by other users, e.g. a container's non-root user, whatever our umask),
 //! sync it to disk, rename it over the target, and sync the folder so that the rename itself is
-//! durable. On any error the temporary file is removed and the target
-//! is left as it was.
+//! durable. On any error the temporary file is removed and the target is left as it was.
 //!
 //! Three entry points share that sequence: [`write_atomic`] for bytes in memory (results,
 //! manifests, metrics; it also creates missing parent folders), [`write_atomic_with`] for content
