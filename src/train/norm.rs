@@ -10,6 +10,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::model::kernels::contiguous_f32;
+
 /// Batch statistics of `x` (N, C, ...): per-channel mean and biased variance, in f64.
 pub fn batch_stats(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
     let dims = x.dims();
@@ -118,14 +120,6 @@ struct BnRelu {
     relu: bool,
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets().and_then(|(a, b)| data.get(a..b)) {
-        Some(d) => Ok(d),
-        None => candle_core::bail!("batch norm: {what} is not a contiguous f32 tensor"),
-    }
-}
-
 fn geometry(shape: &Shape, c: usize) -> Result<(usize, usize)> {
     match shape.dims() {
         [n, ch, rest @ ..] if *ch == c => Ok((*n, rest.iter().product())),
@@ -149,9 +143,9 @@ impl CustomOp3 for BnRelu {
     ) -> Result<(CpuStorage, Shape)> {
         let c = self.mean.len();
         let (_, vol) = geometry(l1.shape(), c)?;
-        let xs = slice(s1, l1, "input")?;
-        let g = slice(s2, l2, "gamma")?;
-        let b = slice(s3, l3, "beta")?;
+        let xs = contiguous_f32(s1, l1, "batch norm: the input")?;
+        let g = contiguous_f32(s2, l2, "batch norm: gamma")?;
+        let b = contiguous_f32(s3, l3, "batch norm: beta")?;
         if g.len() != c || b.len() != c {
             candle_core::bail!(
                 "batch norm: {c} channels, gamma/beta of {}/{}",

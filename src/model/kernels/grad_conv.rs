@@ -31,15 +31,9 @@ struct Conv3dOp {
     cfg: Conv3dConfig,
 }
 
-fn tensor_of(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => match data.get(a..b) {
-            Some(d) => Tensor::from_slice(d, l.shape(), &candle_core::Device::Cpu),
-            None => candle_core::bail!("conv3d: layout outside storage"),
-        },
-        None => candle_core::bail!("conv3d: non-contiguous argument"),
-    }
+fn tensor_of(s: &CpuStorage, l: &Layout, what: &str) -> Result<Tensor> {
+    let data = super::contiguous_f32(s, l, what)?;
+    Tensor::from_slice(data, l.shape(), &candle_core::Device::Cpu)
 }
 
 impl CustomOp2 for Conv3dOp {
@@ -54,8 +48,8 @@ impl CustomOp2 for Conv3dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = tensor_of(s1, l1)?;
-        let w = tensor_of(s2, l2)?;
+        let x = tensor_of(s1, l1, "conv3d: the input")?;
+        let w = tensor_of(s2, l2, "conv3d: the weight")?;
         let y = cpu::conv3d(&x, &w, None, &self.cfg)?;
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))

@@ -95,12 +95,7 @@ impl CustomOp1 for PoolOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (planes, input) = dims5(l.shape())?;
         let plan = Plan::new(self, input)?;
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("pool3d: non-contiguous input");
-        };
-        let Some(xs) = s.as_slice::<f32>()?.get(a..b) else {
-            candle_core::bail!("pool3d: layout outside storage");
-        };
+        let xs = super::contiguous_f32(s, l, "pool3d: the input")?;
         let vin: usize = input.iter().product();
         let vout: usize = plan.base.out.iter().product();
         let mut dst = vec![0f32; planes * vout];

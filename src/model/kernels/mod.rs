@@ -22,3 +22,15 @@ pub mod geometry;
 pub(crate) mod grad_conv;
 pub(crate) mod grad_pool;
 pub(crate) mod prof;
+
+use candle_core::{CpuStorage, Layout, Result};
+
+/// The f32 values a custom op receives for one argument, which must be contiguous; `what` names
+/// the op and argument in the error.
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets().and_then(|(a, b)| data.get(a..b)) {
+        Some(d) => Ok(d),
+        None => candle_core::bail!("{what} is not a contiguous f32 tensor"),
+    }
+}

@@ -145,7 +145,7 @@ fn walk<D: StatefulDecode>(
         }
     }
     match decoder.refused {
-        Some(r) => check_length(path, r.tag, r.len, r.limit, r.position),
+        Some(r) => Err(too_long(path, r.tag, r.len, r.remaining)),
         None => Ok(()),
     }
 }
@@ -160,15 +160,20 @@ fn check_length(
 ) -> Result<(), VolumeError> {
     let remaining = bound.saturating_sub(position);
     if n > remaining {
-        return Err(VolumeError::dicom(
-            path,
-            format!(
-                "element {tag} claims {n} bytes but only {remaining} remain: the file is cut \
-                 short or corrupt"
-            ),
-        ));
+        return Err(too_long(path, tag, n, remaining));
     }
     Ok(())
+}
+
+/// The error for an element of `n` bytes where only `remaining` are left.
+fn too_long(path: &Path, tag: Tag, n: u64, remaining: u64) -> VolumeError {
+    VolumeError::dicom(
+        path,
+        format!(
+            "element {tag} claims {n} bytes but only {remaining} remain: the file is cut short \
+             or corrupt"
+        ),
+    )
 }
 
 /// A length refused by [`Bounded`].
@@ -176,8 +181,7 @@ fn check_length(
 struct Refused {
     tag: Tag,
     len: u64,
-    limit: u64,
-    position: u64,
+    remaining: u64,
 }
 
 /// Passes over `n` bytes of a value starting at `at`: a seek where the source allows it, so that
@@ -215,14 +219,14 @@ impl<D: StatefulDecode> Bounded<D> {
             return Ok(());
         };
         let position = self.position();
-        if u64::from(n) <= self.limit.saturating_sub(position) {
+        let remaining = self.limit.saturating_sub(position);
+        if u64::from(n) <= remaining {
             return Ok(());
         }
         self.refused = Some(Refused {
             tag,
             len: u64::from(n),
-            limit: self.limit,
-            position,
+            remaining,
         });
         Err(DecodeError::ReadValueData {
             position,
