@@ -21,7 +21,9 @@ use ctgrade::grading::Head;
 use ctgrade::model::convert::{
     convert, read_checkpoint, ConvertError, ConvertOptions, ConvertReport, NamingArg, OutDType,
 };
-use ctgrade::model::inception::{windowed_mean, I3dHead, Inception, InceptionConfig, I3D_POOL};
+use ctgrade::model::inception::{
+    windowed_mean, FoldedInception, I3dHead, InceptionConfig, I3D_POOL,
+};
 use ctgrade::model::layers::global_avg_pool;
 use ctgrade::model::probe::{forward, resolve_config, ForwardOptions};
 use ctgrade::model::resnet::ShortcutType;
@@ -299,7 +301,8 @@ fn stoic_i3d_converts_with_its_own_head_and_pooling() {
     // The fixture tells the pools apart: its 4x9x8 map is larger than the window.
     let weights = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
     let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-    let inc = Inception::new(&InceptionConfig::from_network(&report.network).unwrap(), vb).unwrap();
+    let inc =
+        FoldedInception::new(&InceptionConfig::from_network(&report.network).unwrap(), vb).unwrap();
     let fmap = inc.feature_map(&x).unwrap();
     assert_eq!(&fmap.dims()[2..], case.feature_map.unwrap().as_slice());
     let d = max_abs_diff(

@@ -1,4 +1,8 @@
-//! 3-D DenseNet (Huang et al. 2017), fully inflated as MONAI's `DenseNet(spatial_dims=3)`.
+//! DenseNet (Huang et al. 2017): 3-D, fully inflated as MONAI's `DenseNet(spatial_dims=3)`, and 2-D
+//! on every slice.
+//!
+//! [`DenseNet`] is the definition (3-D, and 2-D on every slice); [`DenseNet3d`] the 3-D inference
+//! form folded from it ([`super::slice2d::DenseNet2d`] the 2-D one).
 //!
 //! Inference form: norm0 folds into conv0 and norm2 into conv1; the pre-activation norms that act
 //! on concatenated features (norm1, the transition norms, norm5) are a per-channel scale + shift
@@ -6,13 +10,21 @@
 //! both are linear, so the result is the same, at a quarter of the cost.
 
 use candle_core::{Module, Result as CResult, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::layers::fused;
 use super::layers::{
     global_avg_pool, BatchNorm3d, Conv3d, Conv3dConfig, Pool3d, Pool3dConfig, ScaleShiftRelu,
 };
-use super::{get_param, Arch, CamFeatures, Classifier, ModelError, Naming, NetworkConfig};
+use super::network::{slice_max, stem_conv, Network};
+use super::slice2d::DenseNet2d;
+use super::{
+    load_bn, load_conv, load_linear, Arch, CamFeatures, Classifier, ModelError, Naming,
+    NetworkConfig, Spatial,
+};
+
+/// BatchNorm eps of torchvision's and MONAI's DenseNets (PyTorch's default).
+const BN_EPS: f64 = BatchNorm3d::EPS;
 
 /// Hyper-parameters of a 3-D DenseNet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,48 +106,6 @@ impl DenseNetConfig {
         }
         (ins, c)
     }
-
-    /// Every parameter (name, shape) in PyTorch's state-dict order, BatchNorm statistics included.
-    pub fn expected_tensors(&self, naming: Naming) -> Vec<(String, Vec<usize>)> {
-        let mut out = Vec::new();
-        let bn = |out: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
-            for s in ["weight", "bias", "running_mean", "running_var"] {
-                out.push((format!("{p}.{s}"), vec![c]));
-            }
-        };
-        let f = self.init_features;
-        out.push((
-            "features.conv0.weight".into(),
-            vec![f, self.in_channels, 7, 7, 7],
-        ));
-        bn(&mut out, "features.norm0", f);
-        let (ins, last) = self.widths();
-        let inner = self.bn_size * self.growth_rate;
-        for (i, (&layers, &c0)) in self.block_config.iter().zip(&ins).enumerate() {
-            for l in 0..layers {
-                let c = c0 + l * self.growth_rate;
-                let p = layer_prefix(naming, i, l);
-                bn(&mut out, &format!("{p}.norm1"), c);
-                out.push((format!("{p}.conv1.weight"), vec![inner, c, 1, 1, 1]));
-                bn(&mut out, &format!("{p}.norm2"), inner);
-                out.push((
-                    format!("{p}.conv2.weight"),
-                    vec![self.growth_rate, inner, 3, 3, 3],
-                ));
-            }
-            if i + 1 < self.block_config.len() {
-                let c = c0 + layers * self.growth_rate;
-                let p = format!("features.transition{}", i + 1);
-                bn(&mut out, &format!("{p}.norm"), c);
-                out.push((format!("{p}.conv.weight"), vec![c / 2, c, 1, 1, 1]));
-            }
-        }
-        bn(&mut out, "features.norm5", last);
-        let head = head_prefix(naming);
-        out.push((format!("{head}.weight"), vec![self.num_outputs, last]));
-        out.push((format!("{head}.bias"), vec![self.num_outputs]));
-        out
-    }
 }
 
 pub(crate) fn layer_prefix(naming: Naming, block: usize, layer: usize) -> String {
@@ -182,31 +152,223 @@ fn legacy_name(name: &str) -> String {
     name.to_string()
 }
 
-fn load_bn(vb: &VarBuilder, c: usize) -> Result<BatchNorm3d, ModelError> {
-    Ok(BatchNorm3d {
-        weight: get_param(vb, &[c], "weight", Init::Const(1.0))?,
-        bias: get_param(vb, &[c], "bias", Init::Const(0.0))?,
-        running_mean: get_param(vb, &[c], "running_mean", Init::Const(0.0))?,
-        running_var: get_param(vb, &[c], "running_var", Init::Const(1.0))?,
-        eps: BatchNorm3d::EPS,
-    })
+/// A piece of the forward pass between two kept activations.
+#[derive(Clone, Copy, Debug)]
+enum Segment {
+    /// Convolution, BatchNorm, ReLU and max pool.
+    Stem,
+    /// Dense layer `l` of block `i`: its output is its input with the new features appended.
+    DenseLayer(usize, usize),
+    /// The transition after block `i`.
+    Transition(usize),
+    /// The last BatchNorm, the global pooling (3-D) or slice reduction (2-D), the linear head.
+    Head,
 }
 
-fn load_conv(
-    vb: &VarBuilder,
-    c_out: usize,
-    c_in: usize,
-    k: usize,
-    cfg: Conv3dConfig,
-) -> Result<Conv3d, ModelError> {
-    let fan_in = (c_in * k * k * k) as f64;
-    // He (Kaiming) normal, as MONAI initialises its convolutions.
-    let init = Init::Randn {
-        mean: 0.0,
-        stdev: (2.0 / fan_in).sqrt(),
-    };
-    let w = get_param(vb, &[c_out, c_in, k, k, k], "weight", init)?;
-    Ok(Conv3d::new(w, None, cfg)?)
+/// norm1 -> relu -> conv1 1x1 -> norm2 -> relu -> conv2 3x3.
+#[derive(Debug)]
+pub(crate) struct DenseLayerDef {
+    pub(crate) norm1: BatchNorm3d,
+    pub(crate) conv1: Conv3d,
+    pub(crate) norm2: BatchNorm3d,
+    pub(crate) conv2: Conv3d,
+}
+
+/// norm -> relu -> average pool 2 -> conv 1x1 (pool first: see the module docs).
+#[derive(Debug)]
+pub(crate) struct TransitionDef {
+    pub(crate) norm: BatchNorm3d,
+    pub(crate) pool: Pool3d,
+    pub(crate) conv: Conv3d,
+}
+
+/// A DenseNet, 3-D (MONAI's `DenseNet(spatial_dims=3)`) or 2-D on every slice (torchvision's or
+/// MONAI's `spatial_dims=2`, with the paper's slice reduction): the definition that training runs
+/// and [`Network::fold`] turns into [`DenseNet3d`] or [`DenseNet2d`].
+#[derive(Debug)]
+pub struct DenseNet {
+    pub(crate) spatial: Spatial,
+    pub(crate) in_channels: usize,
+    pub(crate) conv0: Conv3d,
+    pub(crate) norm0: BatchNorm3d,
+    pub(crate) pool0: Pool3d,
+    pub(crate) blocks: Vec<Vec<DenseLayerDef>>,
+    pub(crate) transitions: Vec<TransitionDef>,
+    pub(crate) norm5: BatchNorm3d,
+    pub(crate) head: Linear,
+    segments: Vec<Segment>,
+}
+
+impl DenseNet {
+    /// The network `cfg` describes, with 3-D kernels or 2-D ones on every slice, from `vb` with
+    /// the given parameter names (old torchvision checkpoints' `norm.1`, `conv.1`, ... accepted).
+    pub fn new(
+        cfg: &DenseNetConfig,
+        spatial: Spatial,
+        vb: VarBuilder,
+        naming: Naming,
+    ) -> Result<Self, ModelError> {
+        let vb = with_legacy_names(vb, naming);
+        let sp = spatial;
+        let f = cfg.init_features;
+        let conv0 = load_conv(
+            &vb.pp("features.conv0"),
+            sp,
+            (f, cfg.in_channels, 7),
+            sp.conv(2, 3),
+            false,
+        )?;
+        let norm0 = load_bn(&vb.pp("features.norm0"), f, BN_EPS)?;
+        let pool0 = Pool3d::max(Pool3dConfig {
+            kernel: sp.cube(3),
+            stride: sp.cube(2),
+            padding: sp.pad([1, 1]),
+            ceil_mode: false,
+        });
+        let (ins, last) = cfg.widths();
+        let inner = cfg.bn_size * cfg.growth_rate;
+        let mut blocks = Vec::new();
+        let mut transitions = Vec::new();
+        let mut segments = vec![Segment::Stem];
+        for (i, (&layers, &c0)) in cfg.block_config.iter().zip(&ins).enumerate() {
+            let mut block = Vec::with_capacity(layers);
+            for l in 0..layers {
+                let c = c0 + l * cfg.growth_rate;
+                let vl = vb.pp(layer_prefix(naming, i, l));
+                block.push(DenseLayerDef {
+                    norm1: load_bn(&vl.pp("norm1"), c, BN_EPS)?,
+                    conv1: load_conv(
+                        &vl.pp("conv1"),
+                        sp,
+                        (inner, c, 1),
+                        Conv3dConfig::default(),
+                        false,
+                    )?,
+                    norm2: load_bn(&vl.pp("norm2"), inner, BN_EPS)?,
+                    conv2: load_conv(
+                        &vl.pp("conv2"),
+                        sp,
+                        (cfg.growth_rate, inner, 3),
+                        sp.conv(1, 1),
+                        false,
+                    )?,
+                });
+                segments.push(Segment::DenseLayer(i, l));
+            }
+            blocks.push(block);
+            if i + 1 < cfg.block_config.len() {
+                let c = c0 + layers * cfg.growth_rate;
+                let vt = vb.pp(format!("features.transition{}", i + 1));
+                transitions.push(TransitionDef {
+                    norm: load_bn(&vt.pp("norm"), c, BN_EPS)?,
+                    pool: Pool3d::avg(
+                        Pool3dConfig {
+                            kernel: sp.cube(2),
+                            stride: sp.cube(2),
+                            padding: [[0; 2]; 3],
+                            ceil_mode: false,
+                        },
+                        true,
+                    ),
+                    conv: load_conv(
+                        &vt.pp("conv"),
+                        sp,
+                        (c / 2, c, 1),
+                        Conv3dConfig::default(),
+                        false,
+                    )?,
+                });
+                segments.push(Segment::Transition(i));
+            }
+        }
+        segments.push(Segment::Head);
+        let norm5 = load_bn(&vb.pp("features.norm5"), last, BN_EPS)?;
+        let head = load_linear(
+            &vb.pp(head_prefix(naming)),
+            cfg.num_outputs,
+            last,
+            &[cfg.num_outputs, last],
+        )?;
+        Ok(Self {
+            spatial,
+            in_channels: cfg.in_channels,
+            conv0,
+            norm0,
+            pool0,
+            blocks,
+            transitions,
+            norm5,
+            head,
+            segments,
+        })
+    }
+}
+
+impl Network for DenseNet {
+    fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn forward_segment(&self, k: usize, h: &Tensor, train: bool) -> CResult<Tensor> {
+        let Some(&seg) = self.segments.get(k) else {
+            candle_core::bail!("densenet: no segment {k}");
+        };
+        match seg {
+            Segment::Stem => {
+                let y = stem_conv(&self.conv0, h, self.in_channels, train, "densenet")?;
+                let y = self.norm0.forward_t(&y, train, true)?;
+                self.pool0.forward_t(&y, train)
+            }
+            Segment::DenseLayer(i, l) => {
+                let Some(layer) = self.blocks.get(i).and_then(|b| b.get(l)) else {
+                    candle_core::bail!("densenet: no dense layer {l} in block {i}");
+                };
+                let y = layer.norm1.forward_t(h, train, true)?;
+                let y = layer.conv1.forward_t(&y, train)?;
+                let y = layer.norm2.forward_t(&y, train, true)?;
+                let y = layer.conv2.forward_t(&y, train)?;
+                Tensor::cat(&[h, &y], 1)
+            }
+            Segment::Transition(i) => {
+                let Some(t) = self.transitions.get(i) else {
+                    candle_core::bail!("densenet: no transition {i}");
+                };
+                let y = t.norm.forward_t(h, train, true)?;
+                let y = t.pool.forward_t(&y, train)?;
+                t.conv.forward_t(&y, train)
+            }
+            Segment::Head => {
+                let y = self.norm5.forward_t(h, train, true)?;
+                let (n, c, ..) = y.dims5()?;
+                let pooled = match self.spatial {
+                    Spatial::D3 => y.reshape((n, c, ()))?.mean(2)?,
+                    Spatial::D2 => slice_max(&y)?,
+                };
+                self.head.forward(&pooled)
+            }
+        }
+    }
+
+    fn batch_norms(&self) -> Vec<&BatchNorm3d> {
+        let mut out = vec![&self.norm0];
+        for (i, block) in self.blocks.iter().enumerate() {
+            for l in block {
+                out.extend([&l.norm1, &l.norm2]);
+            }
+            if let Some(t) = self.transitions.get(i) {
+                out.push(&t.norm);
+            }
+        }
+        out.push(&self.norm5);
+        out
+    }
+
+    fn fold(&self) -> Result<Box<dyn Classifier>, ModelError> {
+        Ok(match self.spatial {
+            Spatial::D3 => Box::new(DenseNet3d::fold(self)?),
+            Spatial::D2 => Box::new(DenseNet2d::fold(self)?),
+        })
+    }
 }
 
 /// norm1 -> relu -> conv1 (norm2 folded) -> relu -> conv2; output concatenated onto the input.
@@ -218,22 +380,11 @@ struct DenseLayer {
 }
 
 impl DenseLayer {
-    fn new(vb: &VarBuilder, c_in: usize, cfg: &DenseNetConfig) -> Result<Self, ModelError> {
-        let inner = cfg.bn_size * cfg.growth_rate;
-        let norm1 = ScaleShiftRelu::from_batch_norm(&load_bn(&vb.pp("norm1"), c_in)?)?;
-        let conv1 = load_conv(&vb.pp("conv1"), inner, c_in, 1, Conv3dConfig::default())?;
-        let conv1 = load_bn(&vb.pp("norm2"), inner)?.fold_into(&conv1)?;
-        let conv2 = load_conv(
-            &vb.pp("conv2"),
-            cfg.growth_rate,
-            inner,
-            3,
-            Conv3dConfig::symmetric(1, 1),
-        )?;
+    fn fold(def: &DenseLayerDef) -> CResult<Self> {
         Ok(Self {
-            norm1,
-            conv1,
-            conv2,
+            norm1: ScaleShiftRelu::from_batch_norm(&def.norm1)?,
+            conv1: def.norm2.fold_into(&def.conv1)?,
+            conv2: def.conv2.clone(),
         })
     }
 
@@ -258,7 +409,7 @@ struct Transition {
     conv: Conv3d,
 }
 
-/// A 3-D DenseNet classifier in inference form.
+/// A 3-D DenseNet classifier in inference form ([`DenseNet`] folded).
 #[derive(Clone, Debug)]
 pub struct DenseNet3d {
     conv0: Conv3d,
@@ -273,58 +424,41 @@ pub struct DenseNet3d {
 }
 
 impl DenseNet3d {
-    /// Loads the network from `vb` with the given parameter names.
+    /// Loads the network from `vb` with the given parameter names: the 3-D [`DenseNet`] folded.
     pub fn new(cfg: &DenseNetConfig, vb: VarBuilder, naming: Naming) -> Result<Self, ModelError> {
-        let vb = with_legacy_names(vb, naming);
-        let f = cfg.init_features;
-        let conv0 = load_conv(
-            &vb.pp("features.conv0"),
-            f,
-            cfg.in_channels,
-            7,
-            Conv3dConfig::symmetric(2, 3),
-        )?;
-        let conv0 = load_bn(&vb.pp("features.norm0"), f)?.fold_into(&conv0)?;
-        let pool0 = Pool3d::max(Pool3dConfig::cubic(3, 2, 1));
-        let (ins, last) = cfg.widths();
-        let mut blocks = Vec::new();
-        let mut transitions = Vec::new();
-        for (i, (&layers, &c0)) in cfg.block_config.iter().zip(&ins).enumerate() {
-            let mut block = Vec::with_capacity(layers);
-            for l in 0..layers {
-                let vl = vb.pp(layer_prefix(naming, i, l));
-                block.push(DenseLayer::new(&vl, c0 + l * cfg.growth_rate, cfg)?);
-            }
-            blocks.push(block);
-            if i + 1 < cfg.block_config.len() {
-                let c = c0 + layers * cfg.growth_rate;
-                let vt = vb.pp(format!("features.transition{}", i + 1));
-                transitions.push(Transition {
-                    norm: ScaleShiftRelu::from_batch_norm(&load_bn(&vt.pp("norm"), c)?)?,
-                    pool: Pool3d::avg(Pool3dConfig::cubic(2, 2, 0), true),
-                    conv: load_conv(&vt.pp("conv"), c / 2, c, 1, Conv3dConfig::default())?,
-                });
-            }
+        Self::fold(&DenseNet::new(cfg, Spatial::D3, vb, naming)?)
+    }
+
+    /// The inference form of `def` (3-D): norm0 into conv0, norm2 into conv1, the other norms as
+    /// a scale + shift fused with their ReLU, and the dense blocks in the fused CPU form.
+    pub fn fold(def: &DenseNet) -> Result<Self, ModelError> {
+        if def.spatial != Spatial::D3 {
+            return Err(ModelError::InvalidConfig(
+                "a 2-D DenseNet folds into DenseNet2d".into(),
+            ));
         }
-        let norm5 = ScaleShiftRelu::from_batch_norm(&load_bn(&vb.pp("features.norm5"), last)?)?;
-        let vh = vb.pp(head_prefix(naming));
-        let bound = 1.0 / (last as f64).sqrt();
-        let w = get_param(
-            &vh,
-            &[cfg.num_outputs, last],
-            "weight",
-            Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?;
-        let b = get_param(&vh, &[cfg.num_outputs], "bias", Init::Const(0.0))?;
+        let blocks = def
+            .blocks
+            .iter()
+            .map(|b| b.iter().map(DenseLayer::fold).collect::<CResult<Vec<_>>>())
+            .collect::<CResult<Vec<_>>>()?;
+        let transitions = def
+            .transitions
+            .iter()
+            .map(|t| {
+                Ok(Transition {
+                    norm: ScaleShiftRelu::from_batch_norm(&t.norm)?,
+                    pool: t.pool,
+                    conv: t.conv.clone(),
+                })
+            })
+            .collect::<CResult<Vec<_>>>()?;
         let fused = blocks
             .iter()
             .map(|block| {
                 block
                     .iter()
-                    .map(|l| {
+                    .map(|l: &DenseLayer| {
                         fused::DenseLayerCpu::new(
                             l.norm1.scale(),
                             l.norm1.shift(),
@@ -336,13 +470,13 @@ impl DenseNet3d {
             })
             .collect::<CResult<Option<Vec<_>>>>()?;
         Ok(Self {
-            conv0,
-            pool0,
+            conv0: def.norm0.fold_into(&def.conv0)?,
+            pool0: def.pool0,
             blocks,
             transitions,
-            norm5,
-            head: Linear::new(w, Some(b)),
-            in_channels: cfg.in_channels,
+            norm5: ScaleShiftRelu::from_batch_norm(&def.norm5)?,
+            head: def.head.clone(),
+            in_channels: def.in_channels,
             fused,
         })
     }
@@ -460,8 +594,9 @@ mod tests {
             (Arch::DenseNet121_3d, 11_287_553, 1024),
             (Arch::DenseNet201_3d, 25_376_641, 1920),
         ] {
-            let cfg = DenseNetConfig::from_network(&NetworkConfig::new(arch, 3, 1)).unwrap();
-            let ts = cfg.expected_tensors(Naming::Monai);
+            let nc = NetworkConfig::new(arch, 3, 1);
+            let cfg = DenseNetConfig::from_network(&nc).unwrap();
+            let ts = crate::model::expected_tensors_named(&nc, Naming::Monai).unwrap();
             // Learnable parameters only (BatchNorm running statistics are buffers).
             let n: usize = ts
                 .iter()

@@ -15,16 +15,17 @@
 //! - GoogLeNet: (1, k, k) kernels with symmetric padding, unpadded ceil-mode max pools, BatchNorm
 //!   eps 1e-3, head `fc`.
 //!
-//! The three 1x1 convolutions that read a block's input run as one stacked convolution.
+//! [`Inception`] is the definition; [`FoldedInception`] the inference form folded from it, where
+//! the three 1x1 convolutions that read a block's input run as one stacked convolution.
 
 use candle_core::{DType, Module, Result as CResult, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{Conv3dConfig, Pool3d, Pool3dConfig};
+use super::layers::{BatchNorm3d, Conv3d, Conv3dConfig, Pool3d, Pool3dConfig};
+use super::network::{slice_max, stem_conv, Network};
 use super::{
-    load_bn, load_conv, load_linear, push_bn, Arch, Classifier, ConvUnit, ModelError,
-    NetworkConfig, Spatial,
+    load_bn, load_conv, load_linear, Arch, Classifier, ConvUnit, ModelError, NetworkConfig, Spatial,
 };
 
 /// Which Inception-v1 flavour: geometry and parameter names.
@@ -318,26 +319,6 @@ impl InceptionConfig {
         }
     }
 
-    /// Every parameter (name, shape) in state-dict order, BatchNorm statistics included.
-    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let sp = self.spatial();
-        let mut out = Vec::new();
-        let units = self
-            .stem()
-            .into_iter()
-            .chain(self.mixed().into_iter().flat_map(|(u, _)| u));
-        for (name, co, ci, k) in units {
-            out.push((
-                format!("{}.weight", self.conv_name(&name)),
-                sp.weight_shape(co, ci, k),
-            ));
-            push_bn(&mut out, &self.bn_name(&name), co);
-        }
-        out.push((format!("{}.weight", self.head_name()), self.head_shape()));
-        out.push((format!("{}.bias", self.head_name()), vec![self.num_outputs]));
-        out
-    }
-
     /// Per-side padding of a convolution or pool along one axis.
     fn pad(&self, k: usize, s: usize, pool: bool) -> [usize; 2] {
         match self.style {
@@ -409,16 +390,147 @@ impl InceptionConfig {
         vb: &VarBuilder,
         (name, co, ci, k): &UnitSpec,
         s: usize,
-    ) -> Result<ConvUnit, ModelError> {
-        let conv = load_conv(
-            &vb.pp(self.conv_name(name)),
-            self.spatial(),
-            (*co, *ci, *k),
-            self.conv_cfg(*k, s),
-            false,
+    ) -> Result<UnitDef, ModelError> {
+        Ok(UnitDef {
+            conv: load_conv(
+                &vb.pp(self.conv_name(name)),
+                self.spatial(),
+                (*co, *ci, *k),
+                self.conv_cfg(*k, s),
+                false,
+            )?,
+            bn: load_bn(&vb.pp(self.bn_name(name)), *co, self.bn_eps())?,
+        })
+    }
+}
+
+/// Convolution, BatchNorm and ReLU.
+#[derive(Debug)]
+struct UnitDef {
+    conv: Conv3d,
+    bn: BatchNorm3d,
+}
+
+impl UnitDef {
+    fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
+        self.bn
+            .forward_t(&self.conv.forward_t(x, train)?, train, true)
+    }
+
+    fn fold(&self) -> Result<ConvUnit, ModelError> {
+        ConvUnit::new(&self.conv, Some(&self.bn), true)
+    }
+}
+
+/// A step of the definition's body.
+#[derive(Debug)]
+enum StageDef {
+    Unit(UnitDef),
+    Pool(Pool3d),
+    /// The units (1x1, 3x3 reduce, 3x3, reduce, 3x3, pool projection) and the fourth branch's
+    /// pool.
+    Mixed(Box<[UnitDef; 6]>, Pool3d),
+}
+
+/// An Inception-v1, 3-D as I3D or 2-D on every slice as GoogLeNet: the definition that training
+/// runs and [`Network::fold`] turns into [`FoldedInception`].
+#[derive(Debug)]
+pub struct Inception {
+    spatial: Spatial,
+    in_channels: usize,
+    /// I3D head form (GoogLeNet: unused).
+    form: I3dHead,
+    stages: Vec<StageDef>,
+    head: Linear,
+}
+
+impl Inception {
+    /// The network `cfg` describes, from `vb`.
+    pub fn new(cfg: &InceptionConfig, vb: VarBuilder) -> Result<Self, ModelError> {
+        let mut stages = Vec::new();
+        for step in cfg.layout() {
+            stages.push(match step {
+                LayoutStep::Unit(unit, stride) => {
+                    StageDef::Unit(cfg.load_unit(&vb, &unit, stride)?)
+                }
+                LayoutStep::Pool(pool) => StageDef::Pool(pool),
+                LayoutStep::Mixed(units, pool) => {
+                    let [u0, u1, u2, u3, u4, u5] = &*units;
+                    let l = |u: &UnitSpec| cfg.load_unit(&vb, u, 1);
+                    StageDef::Mixed(
+                        Box::new([l(u0)?, l(u1)?, l(u2)?, l(u3)?, l(u4)?, l(u5)?]),
+                        pool,
+                    )
+                }
+            });
+        }
+        // The Kinetics head stores a 1x1x1 convolution: a linear layer all the same.
+        let head = load_linear(
+            &vb.pp(cfg.head_name()),
+            cfg.num_outputs,
+            cfg.feature_width(),
+            &cfg.head_shape(),
         )?;
-        let bn = load_bn(&vb.pp(self.bn_name(name)), *co, self.bn_eps())?;
-        ConvUnit::new(&conv, Some(&bn), true)
+        Ok(Self {
+            spatial: cfg.spatial(),
+            in_channels: cfg.in_channels,
+            form: cfg.head,
+            stages,
+            head,
+        })
+    }
+}
+
+impl Network for Inception {
+    /// Each stem unit, each pool between stages, each mixed block, the head (the I3D port's
+    /// windowed mean, or the slice reduction, and the affine head).
+    fn segments(&self) -> usize {
+        self.stages.len() + 1
+    }
+
+    fn forward_segment(&self, k: usize, h: &Tensor, train: bool) -> CResult<Tensor> {
+        if k == self.stages.len() {
+            let pooled = match self.spatial {
+                Spatial::D3 => windowed_mean(h, I3D_POOL)?,
+                Spatial::D2 => slice_max(h)?,
+            };
+            return self.head.forward(&pooled);
+        }
+        let Some(stage) = self.stages.get(k) else {
+            candle_core::bail!("inception: no segment {k}");
+        };
+        match stage {
+            StageDef::Unit(u) if k == 0 => {
+                let y = stem_conv(&u.conv, h, self.in_channels, train, "inception")?;
+                u.bn.forward_t(&y, train, true)
+            }
+            StageDef::Unit(u) => u.forward_t(h, train),
+            StageDef::Pool(pool) => pool.forward_t(h, train),
+            StageDef::Mixed(units, pool) => {
+                let [u0, u1, u2, u3, u4, u5] = &**units;
+                let y0 = u0.forward_t(h, train)?;
+                let y1 = u2.forward_t(&u1.forward_t(h, train)?, train)?;
+                let y2 = u4.forward_t(&u3.forward_t(h, train)?, train)?;
+                let y3 = u5.forward_t(&pool.forward_t(h, train)?, train)?;
+                Tensor::cat(&[&y0, &y1, &y2, &y3], 1)
+            }
+        }
+    }
+
+    fn batch_norms(&self) -> Vec<&BatchNorm3d> {
+        let mut out = Vec::new();
+        for stage in &self.stages {
+            match stage {
+                StageDef::Unit(u) => out.push(&u.bn),
+                StageDef::Pool(_) => {}
+                StageDef::Mixed(units, _) => out.extend(units.iter().map(|u| &u.bn)),
+            }
+        }
+        out
+    }
+
+    fn fold(&self) -> Result<Box<dyn Classifier>, ModelError> {
+        Ok(Box::new(FoldedInception::fold(self)?))
     }
 }
 
@@ -455,10 +567,10 @@ enum Stage {
     Mixed(Box<Mixed>),
 }
 
-/// An Inception-v1 in inference form: I3D with global average pooling, or GoogLeNet on every
-/// slice with the slice reduction.
+/// An Inception-v1 in inference form ([`Inception`] folded): I3D with the port's pooling, or
+/// GoogLeNet on every slice with the slice reduction.
 #[derive(Clone, Debug)]
-pub struct Inception {
+pub struct FoldedInception {
     spatial: Spatial,
     /// Input channels the weights expect.
     in_channels: usize,
@@ -468,41 +580,40 @@ pub struct Inception {
     head: Linear,
 }
 
-impl Inception {
-    /// Loads the network from `vb`.
+impl FoldedInception {
+    /// Loads the network from `vb`: the [`Inception`] definition folded.
     pub fn new(cfg: &InceptionConfig, vb: VarBuilder) -> Result<Self, ModelError> {
-        let mut stages = Vec::new();
-        for step in cfg.layout() {
-            stages.push(match step {
-                LayoutStep::Unit(unit, stride) => Stage::Unit(cfg.load_unit(&vb, &unit, stride)?),
-                LayoutStep::Pool(pool) => Stage::Pool(pool),
-                LayoutStep::Mixed(units, pool) => {
-                    let [u0, u1, u2, u3, u4, u5] = &*units;
-                    let l = |u: &UnitSpec| cfg.load_unit(&vb, u, 1);
-                    let (a, b, c) = (l(u0)?, l(u1)?, l(u3)?);
+        Self::fold(&Inception::new(cfg, vb)?)
+    }
+
+    /// The inference form: every BatchNorm folded, and a block's three 1x1 convolutions that
+    /// read its input stacked into one.
+    pub fn fold(def: &Inception) -> Result<Self, ModelError> {
+        let mut stages = Vec::with_capacity(def.stages.len());
+        for stage in &def.stages {
+            stages.push(match stage {
+                StageDef::Unit(u) => Stage::Unit(u.fold()?),
+                StageDef::Pool(p) => Stage::Pool(*p),
+                StageDef::Mixed(units, pool) => {
+                    let [u0, u1, u2, u3, u4, u5] = &**units;
+                    let (a, b, c) = (u0.fold()?, u1.fold()?, u3.fold()?);
                     Stage::Mixed(Box::new(Mixed {
                         pointwise: ConvUnit::stack(&[&a, &b, &c])?,
                         split: [a.c_out()?, b.c_out()?, c.c_out()?],
-                        conv_b: l(u2)?,
-                        conv_c: l(u4)?,
-                        pool,
-                        pool_proj: l(u5)?,
+                        conv_b: u2.fold()?,
+                        conv_c: u4.fold()?,
+                        pool: *pool,
+                        pool_proj: u5.fold()?,
                     }))
                 }
             });
         }
-        let head = load_linear(
-            &vb.pp(cfg.head_name()),
-            cfg.num_outputs,
-            cfg.feature_width(),
-            &cfg.head_shape(),
-        )?;
         Ok(Self {
-            spatial: cfg.spatial(),
-            in_channels: cfg.in_channels,
-            form: cfg.head,
+            spatial: def.spatial,
+            in_channels: def.in_channels,
+            form: def.form,
             stages,
-            head,
+            head: def.head.clone(),
         })
     }
 
@@ -520,7 +631,7 @@ impl Inception {
     }
 }
 
-impl Classifier for Inception {
+impl Classifier for FoldedInception {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         let f = match self.spatial {
             Spatial::D3 => {
@@ -544,8 +655,7 @@ mod tests {
     use super::*;
 
     fn params(arch: Arch, outputs: usize) -> usize {
-        let cfg = InceptionConfig::from_network(&NetworkConfig::new(arch, 3, outputs)).unwrap();
-        cfg.expected_tensors()
+        crate::model::expected_tensors(&NetworkConfig::new(arch, 3, outputs))
             .iter()
             .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
             .map(|(_, s)| s.iter().product::<usize>())
@@ -617,8 +727,7 @@ mod tests {
     fn head_forms_name_their_parameters() {
         let mut nc = NetworkConfig::new(Arch::InceptionV1_3d, 3, 2);
         nc.i3d_head = Some(I3dHead::Stoic);
-        let cfg = InceptionConfig::from_network(&nc).unwrap();
-        let t = cfg.expected_tensors();
+        let t = crate::model::expected_tensors(&nc);
         let n = t.len();
         assert_eq!(t[n - 2], ("linear.weight".to_string(), vec![2, 1024]));
         assert_eq!(t[n - 1], ("linear.bias".to_string(), vec![2]));

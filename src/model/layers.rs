@@ -9,11 +9,13 @@
 //!
 //! Tensors are NCDHW throughout.
 
-use candle_core::{DType, Module, Result, Tensor};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Module, Result, Tensor, Var};
 
 pub(crate) use super::kernels::geometry::{avg_divisors, pool_len};
 pub use super::kernels::geometry::{Conv3dConfig, Padding3d, Pool3dConfig, PoolKind};
-use super::kernels::{cpu, grad_conv, grad_pool};
+use super::kernels::{cpu, grad_conv, grad_norm, grad_pool};
 
 /// The fused CPU forms a network may run in place of its layers when nothing tracks gradients
 /// ([`fused::eligible`]): the DenseNet's stem (convolution + ReLU + pool), its dense blocks, and
@@ -70,6 +72,19 @@ impl Conv3d {
     /// Stride and padding.
     pub fn config(&self) -> &Conv3dConfig {
         &self.cfg
+    }
+
+    /// The convolution; with `train`, in its trainable form ([`conv3d_train`]: the kernel with
+    /// hand-written gradients on the CPU), else on the fastest path ([`Conv3d::forward_act`]).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            return self.forward_act(x, false);
+        }
+        let y = conv3d_train(x, &self.weight, &self.cfg)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1, 1))?),
+            None => Ok(y),
+        }
     }
 
     /// The convolution from candle ops only (autograd, any backend), whatever the device.
@@ -307,6 +322,18 @@ impl Pool3d {
     }
 }
 
+impl Pool3d {
+    /// The pooling in its trainable form with `train` ([`Pool3d::forward_train`]), else on the
+    /// fastest path.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            self.forward_train(x)
+        } else {
+            self.forward(x)
+        }
+    }
+}
+
 impl Module for Pool3d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if cpu::eligible(&[x]) {
@@ -398,26 +425,145 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.reshape((n, c, ()))?.mean(2)
 }
 
-/// BatchNorm's running statistics and affine parameters (inference form), PyTorch eps 1e-5.
+/// The batch statistics of one BatchNorm in one training-mode forward pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchStats {
+    /// Per-channel mean.
+    pub mean: Vec<f64>,
+    /// Per-channel biased variance.
+    pub var: Vec<f64>,
+    /// Values per channel.
+    pub count: usize,
+}
+
+/// BatchNorm over the channels of an NCDHW tensor, as PyTorch's (`BatchNorm2d` on slices is the
+/// same): affine parameters and running statistics, variables when the network trains.
+///
+/// [`forward_t`](Self::forward_t) switches on the train flag: with it, the batch statistics
+/// (recorded for [`update_running_stats`](Self::update_running_stats)); without, the running
+/// ones. The running statistics change only when the trainer blends a recorded batch in, so that
+/// gradient checkpointing, which runs a segment twice, counts each batch once. For inference the
+/// norm folds into the convolution before it ([`fold_into`](Self::fold_into)) or becomes a
+/// per-channel scale and shift ([`ScaleShiftRelu::from_batch_norm`]).
 #[derive(Clone, Debug)]
 pub struct BatchNorm3d {
-    /// Gamma.
-    pub weight: Tensor,
-    /// Beta.
-    pub bias: Tensor,
-    /// Running mean.
-    pub running_mean: Tensor,
-    /// Running variance.
-    pub running_var: Tensor,
-    /// Added to the variance (PyTorch's default 1e-5).
-    pub eps: f64,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: f64,
+    /// The statistics of the last training-mode batch, until taken.
+    batch: Arc<Mutex<Option<BatchStats>>>,
 }
 
 impl BatchNorm3d {
     /// PyTorch's BatchNorm eps.
     pub const EPS: f64 = 1e-5;
 
-    /// Per-channel `(scale, shift)` with `bn(x) = x * scale + shift`.
+    /// A BatchNorm with gamma `weight`, beta `bias` and running statistics (all `(C)`). Built over
+    /// a `VarMap` (training), all four are its variables; from a file, constants.
+    pub fn new(
+        weight: Tensor,
+        bias: Tensor,
+        running_mean: Tensor,
+        running_var: Tensor,
+        eps: f64,
+    ) -> Result<Self> {
+        let c = weight.dims1()?;
+        for (name, t) in [
+            ("bias", &bias),
+            ("running_mean", &running_mean),
+            ("running_var", &running_var),
+        ] {
+            if t.dims() != [c] {
+                candle_core::bail!("batchnorm: {name} has shape {:?}, expected [{c}]", t.dims());
+            }
+        }
+        Ok(Self {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            eps,
+            batch: Arc::default(),
+        })
+    }
+
+    /// Normalises `x` (then a ReLU if `relu`): with the batch statistics when `train` (recorded),
+    /// else with the running ones. Differentiable either way.
+    pub fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if !train {
+            let (scale, shift) = self.scale_shift()?;
+            let c = scale.dim(0)?;
+            let mut shape = vec![1; x.rank()];
+            if let Some(s) = shape.get_mut(1) {
+                *s = c;
+            }
+            let y = x
+                .broadcast_mul(&scale.reshape(shape.as_slice())?)?
+                .broadcast_add(&shift.reshape(shape.as_slice())?)?;
+            return if relu { y.relu() } else { Ok(y) };
+        }
+        let (mean, var) = grad_norm::batch_stats(x)?;
+        let y = grad_norm::batch_norm(x, &self.weight, &self.bias, &mean, &var, self.eps, relu)?;
+        let dims = x.dims();
+        *self.recorded() = Some(BatchStats {
+            mean,
+            var,
+            count: dims[0] * dims[2..].iter().product::<usize>(),
+        });
+        Ok(y)
+    }
+
+    fn recorded(&self) -> std::sync::MutexGuard<'_, Option<BatchStats>> {
+        // A panic elsewhere cannot leave the statistics half-written: keep them.
+        self.batch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The statistics of the last training-mode forward pass, if not taken yet.
+    pub fn take_batch_stats(&self) -> Option<BatchStats> {
+        self.recorded().take()
+    }
+
+    /// Blends the last training-mode batch into the running statistics as PyTorch does (weight
+    /// `momentum`, unbiased variance); nothing when no batch was recorded.
+    pub fn update_running_stats(&self, momentum: f64) -> Result<()> {
+        if let Some(s) = self.take_batch_stats() {
+            let unbiased = s.count as f64 / (s.count.max(2) - 1) as f64;
+            let var: Vec<f64> = s.var.iter().map(|v| v * unbiased).collect();
+            self.blend_running_stats(&s.mean, &var, momentum)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the running statistics to `(1 - w) * old + w * new` (`w = 1`: replaces them).
+    pub fn blend_running_stats(&self, mean: &[f64], var: &[f64], w: f64) -> Result<()> {
+        for (stat, new) in [(&self.running_mean, mean), (&self.running_var, var)] {
+            if !stat.is_variable() {
+                candle_core::bail!(
+                    "batchnorm: the running statistics are constants, not variables"
+                );
+            }
+            let old = stat.to_vec1::<f32>()?;
+            if old.len() != new.len() {
+                candle_core::bail!(
+                    "batchnorm: {} statistics for {} channels",
+                    new.len(),
+                    old.len()
+                );
+            }
+            let blended: Vec<f32> = old
+                .iter()
+                .zip(new)
+                .map(|(&o, &v)| ((1.0 - w) * o as f64 + w * v) as f32)
+                .collect();
+            let t = Tensor::from_vec(blended, new.len(), stat.device())?.to_dtype(stat.dtype())?;
+            Var::from_tensor(stat)?.set(&t)?;
+        }
+        Ok(())
+    }
+
+    /// Per-channel `(scale, shift)` with `bn(x) = x * scale + shift` on the running statistics.
     pub fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
         let scale = self
             .weight
@@ -456,7 +602,7 @@ pub struct ScaleShiftRelu {
 }
 
 impl ScaleShiftRelu {
-    /// From a BatchNorm in inference form.
+    /// The inference form of `bn` (on its running statistics).
     pub fn from_batch_norm(bn: &BatchNorm3d) -> Result<Self> {
         let (scale, shift) = bn.scale_shift()?;
         Ok(Self { scale, shift })

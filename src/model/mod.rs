@@ -9,6 +9,7 @@ pub mod inception;
 pub mod inflate;
 pub mod kernels;
 pub mod layers;
+pub mod network;
 pub mod probe;
 pub mod resnet;
 pub mod slice2d;
@@ -21,6 +22,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use layers::{BatchNorm3d, Conv3d, Conv3dConfig, Padding3d};
+pub use network::Network;
 
 /// The architectures this crate can build, by their command-line names.
 ///
@@ -448,22 +450,33 @@ pub fn with_detected_head(cfg: &NetworkConfig, vb: &VarBuilder) -> NetworkConfig
     c
 }
 
-/// [`build`] with the parameter names given.
+/// [`build`] with the parameter names given: the definition ([`define`]) folded into its
+/// inference form.
 pub fn build_with_naming(
     cfg: &NetworkConfig,
     vb: VarBuilder,
     naming: Naming,
 ) -> Result<Box<dyn Classifier>, ModelError> {
+    define(cfg, vb, naming)?.fold()
+}
+
+/// The definition of the network `cfg` describes ([`Network`]: what training runs and inference
+/// folds), its parameters from `vb` under the given names.
+pub fn define(
+    cfg: &NetworkConfig,
+    vb: VarBuilder,
+    naming: Naming,
+) -> Result<Box<dyn Network>, ModelError> {
     cfg.check_overrides()?;
     let cfg = &with_detected_head(cfg, &vb);
     match cfg.arch.family() {
-        Family::DenseNet3d => {
+        Family::DenseNet3d | Family::DenseNet2d => {
             let dc = densenet::DenseNetConfig::from_network(cfg)?;
-            Ok(Box::new(densenet::DenseNet3d::new(&dc, vb, naming)?))
-        }
-        Family::DenseNet2d => {
-            let dc = densenet::DenseNetConfig::from_network(cfg)?;
-            Ok(Box::new(slice2d::DenseNet2d::new(&dc, vb, naming)?))
+            let spatial = match cfg.arch.family() {
+                Family::DenseNet3d => Spatial::D3,
+                _ => Spatial::D2,
+            };
+            Ok(Box::new(densenet::DenseNet::new(&dc, spatial, vb, naming)?))
         }
         Family::ResNet3d | Family::ResNet2d => {
             let rc = resnet::ResNetConfig::from_network(cfg)?;
@@ -502,26 +515,13 @@ pub fn expected_tensors(cfg: &NetworkConfig) -> Vec<(String, Vec<usize>)> {
     expected_tensors_named(cfg, Naming::Monai).unwrap_or_default()
 }
 
-/// [`expected_tensors`] under a naming convention, with configuration errors reported.
+/// [`expected_tensors`] under a naming convention, with configuration errors reported: what the
+/// definition's constructor asks for, in its order ([`network::record_tensors`]).
 pub fn expected_tensors_named(
     cfg: &NetworkConfig,
     naming: Naming,
 ) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
-    cfg.check_overrides()?;
-    match cfg.arch.family() {
-        Family::DenseNet3d => {
-            let dc = densenet::DenseNetConfig::from_network(cfg)?;
-            Ok(dc.expected_tensors(naming))
-        }
-        Family::DenseNet2d => {
-            let dc = densenet::DenseNetConfig::from_network(cfg)?;
-            Ok(slice2d::densenet_expected_tensors(&dc, naming))
-        }
-        Family::ResNet3d | Family::ResNet2d => {
-            Ok(resnet::ResNetConfig::from_network(cfg)?.expected_tensors())
-        }
-        Family::Inception => Ok(inception::InceptionConfig::from_network(cfg)?.expected_tensors()),
-    }
+    network::record_tensors(|vb| define(cfg, vb, naming))
 }
 
 /// Loads a parameter, creating it with `init` when `vb` is a `VarMap` that lacks it, and turns
@@ -616,22 +616,15 @@ impl Spatial {
     }
 }
 
-/// Appends a BatchNorm's four tensors (affine parameters and running statistics).
-pub(crate) fn push_bn(out: &mut Vec<(String, Vec<usize>)>, prefix: &str, c: usize) {
-    for s in ["weight", "bias", "running_mean", "running_var"] {
-        out.push((format!("{prefix}.{s}"), vec![c]));
-    }
-}
-
-/// Loads a BatchNorm in inference form.
+/// Loads a BatchNorm (running statistics as variables shared with a `VarMap`-backed `vb`).
 pub(crate) fn load_bn(vb: &VarBuilder, c: usize, eps: f64) -> Result<BatchNorm3d, ModelError> {
-    Ok(BatchNorm3d {
-        weight: get_param(vb, &[c], "weight", Init::Const(1.0))?,
-        bias: get_param(vb, &[c], "bias", Init::Const(0.0))?,
-        running_mean: get_param(vb, &[c], "running_mean", Init::Const(0.0))?,
-        running_var: get_param(vb, &[c], "running_var", Init::Const(1.0))?,
+    Ok(BatchNorm3d::new(
+        get_param(vb, &[c], "weight", Init::Const(1.0))?,
+        get_param(vb, &[c], "bias", Init::Const(0.0))?,
+        get_param(vb, &[c], "running_mean", Init::Const(0.0))?,
+        get_param(vb, &[c], "running_var", Init::Const(1.0))?,
         eps,
-    })
+    )?)
 }
 
 /// Loads a `k`-sized convolution (a 2-D weight becomes a depth-1 3-D one), with a bias if asked.

@@ -2,21 +2,23 @@
 //! torchvision's `resnet18/34/50` for the slice-wise variants ([`super::slice2d`]). Both use the
 //! same parameter names (`conv1`, `bn1`, `layer1.0.conv1`, `layer1.0.downsample.0`, `fc`).
 //!
-//! Inference form: every BatchNorm folds into the convolution before it, and the ReLUs after
+//! [`ResNet`] is the definition; [`FoldedResNet`] the inference form folded from it: every
+//! BatchNorm folds into the convolution before it, and the ReLUs after
 //! `conv1`/`conv2` run inside the CPU convolution kernel.
 
 use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{self, Pool3d, Pool3dConfig};
+use super::layers::{self, BatchNorm3d, Conv3d, Pool3d, Pool3dConfig};
+use super::network::{slice_max, stem_conv, Network};
 use super::{
-    load_bn, load_conv, load_linear, push_bn, Arch, CamFeatures, Classifier, ConvUnit, ModelError,
+    load_bn, load_conv, load_linear, Arch, CamFeatures, Classifier, ConvUnit, ModelError,
     NetworkConfig, Spatial,
 };
 
 /// PyTorch's BatchNorm eps, used by MONAI and torchvision ResNets.
-const BN_EPS: f64 = 1e-5;
+const BN_EPS: f64 = BatchNorm3d::EPS;
 
 /// MONAI's `ResNet` default stem kernel (`conv1_t_size`), which `resnet18/34/50` keep.
 pub const DEFAULT_CONV1_T_SIZE: usize = 7;
@@ -171,110 +173,61 @@ impl ResNetConfig {
     pub(crate) fn projects(&self, c_in: usize, stage: usize, stride: usize) -> bool {
         stride != 1 || c_in != self.widths[stage] * self.expansion()
     }
-
-    /// Every parameter (name, shape) in state-dict order, BatchNorm statistics included.
-    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let sp = self.spatial;
-        let w0 = self.widths.first().copied().unwrap_or(0);
-        let mut out = vec![(
-            "conv1.weight".to_string(),
-            sp.weight_shape(w0, self.in_channels, self.stem_kernel),
-        )];
-        push_bn(&mut out, "bn1", w0);
-        for (s, b, c_in, stride) in self.blocks() {
-            let p = format!("layer{}.{b}", s + 1);
-            let w = self.widths[s];
-            for (i, (ci, co, k, _)) in self.block_convs(s, c_in, stride).into_iter().enumerate() {
-                out.push((
-                    format!("{p}.conv{}.weight", i + 1),
-                    sp.weight_shape(co, ci, k),
-                ));
-                push_bn(&mut out, &format!("{p}.bn{}", i + 1), co);
-            }
-            if self.shortcut == ShortcutType::B && self.projects(c_in, s, stride) {
-                let co = w * self.expansion();
-                out.push((
-                    format!("{p}.downsample.0.weight"),
-                    sp.weight_shape(co, c_in, 1),
-                ));
-                if self.downsample_bias {
-                    out.push((format!("{p}.downsample.0.bias"), vec![co]));
-                }
-                push_bn(&mut out, &format!("{p}.downsample.1"), co);
-            }
-        }
-        let f = self.feature_width();
-        out.push(("fc.weight".into(), vec![self.num_outputs, f]));
-        out.push(("fc.bias".into(), vec![self.num_outputs]));
-        out
-    }
 }
 
-/// How a block's input reaches its output.
+/// Strided subsampling of `x`, the new channels up to `c_out` zero (the type-A shortcut).
+fn subsample(x: &Tensor, stride: [usize; 3], c_out: usize) -> CResult<Tensor> {
+    let mut y = x.clone();
+    for (a, &s) in stride.iter().enumerate() {
+        if s > 1 {
+            let len = y.dim(2 + a)?;
+            y = layers::take_strided(&y, 2 + a, 0, s, len.div_ceil(s))?;
+        }
+    }
+    let c = y.dim(1)?;
+    if c_out > c {
+        y = y.pad_with_zeros(1, 0, c_out - c)?;
+    }
+    y.contiguous()
+}
+
+/// How a block's input reaches its output, with the projection's layers of type `P`.
 #[derive(Clone, Debug)]
-enum Shortcut {
+enum Shortcut<P> {
     Identity,
     /// Strided subsampling, zero-padded to `c_out` channels.
     Subsample {
         stride: [usize; 3],
         c_out: usize,
     },
-    Projection(ConvUnit),
+    Projection(P),
 }
 
-impl Shortcut {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        match self {
-            Shortcut::Identity => Ok(x.clone()),
-            Shortcut::Projection(p) => p.forward(x),
-            Shortcut::Subsample { stride, c_out } => {
-                let mut y = x.clone();
-                for (a, &s) in stride.iter().enumerate() {
-                    if s > 1 {
-                        let len = y.dim(2 + a)?;
-                        y = super::layers::take_strided(&y, 2 + a, 0, s, len.div_ceil(s))?;
-                    }
-                }
-                let c = y.dim(1)?;
-                if *c_out > c {
-                    y = y.pad_with_zeros(1, 0, c_out - c)?;
-                }
-                y.contiguous()
-            }
-        }
-    }
+/// A basic block (two 3x3 convolutions) or a bottleneck (1x1, 3x3, 1x1), each convolution
+/// followed by its BatchNorm, with its shortcut (a strided 1x1 convolution and a BatchNorm for
+/// type B).
+#[derive(Debug)]
+struct BlockDef {
+    convs: Vec<(Conv3d, BatchNorm3d)>,
+    shortcut: Shortcut<(Conv3d, BatchNorm3d)>,
 }
 
-/// A basic block (two 3x3 convolutions) or a bottleneck (1x1, 3x3, 1x1), with its shortcut.
-#[derive(Clone, Debug)]
-struct Block {
-    convs: Vec<ConvUnit>,
-    shortcut: Shortcut,
-}
-
-impl Block {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let mut h = x.clone();
-        for c in &self.convs {
-            h = c.forward(&h)?;
-        }
-        (h + self.shortcut.forward(x)?)?.relu()
-    }
-}
-
-/// A ResNet in inference form: 3-D with global average pooling, or 2-D on every slice with the
-/// slice reduction.
-#[derive(Clone, Debug)]
+/// A ResNet, 3-D (MONAI's `ResNet(spatial_dims=3)`) or 2-D on every slice (torchvision's, with the
+/// paper's slice reduction): the definition that training runs and [`Network::fold`] turns into
+/// [`FoldedResNet`].
+#[derive(Debug)]
 pub struct ResNet {
     spatial: Spatial,
-    stem: ConvUnit,
+    in_channels: usize,
+    conv1: Conv3d,
+    bn1: BatchNorm3d,
     pool: Option<Pool3d>,
-    blocks: Vec<Block>,
+    blocks: Vec<BlockDef>,
     fc: Linear,
 }
 
 impl ResNet {
-    /// Loads the network from `vb` (MONAI / torchvision names).
+    /// The network `cfg` describes, from `vb` (MONAI / torchvision names).
     pub fn new(cfg: &ResNetConfig, vb: VarBuilder) -> Result<Self, ModelError> {
         let sp = cfg.spatial;
         let w0 = cfg.widths.first().copied().unwrap_or(0);
@@ -286,7 +239,7 @@ impl ResNet {
             sp.conv(cfg.stem_stride, k / 2),
             false,
         )?;
-        let stem = ConvUnit::new(&conv1, Some(&load_bn(&vb.pp("bn1"), w0, BN_EPS)?), true)?;
+        let bn1 = load_bn(&vb.pp("bn1"), w0, BN_EPS)?;
         let pool = cfg.max_pool.then(|| {
             Pool3d::max(Pool3dConfig {
                 kernel: sp.cube(3),
@@ -298,10 +251,8 @@ impl ResNet {
         let mut blocks = Vec::new();
         for (s, b, c_in, stride) in cfg.blocks() {
             let vb = vb.pp(format!("layer{}.{b}", s + 1));
-            let geometry = cfg.block_convs(s, c_in, stride);
-            let last = geometry.len() - 1;
-            let mut convs = Vec::with_capacity(geometry.len());
-            for (i, (ci, co, k, st)) in geometry.into_iter().enumerate() {
+            let mut convs = Vec::new();
+            for (i, (ci, co, k, st)) in cfg.block_convs(s, c_in, stride).into_iter().enumerate() {
                 let conv = load_conv(
                     &vb.pp(format!("conv{}", i + 1)),
                     sp,
@@ -309,9 +260,7 @@ impl ResNet {
                     sp.conv(st, k / 2),
                     false,
                 )?;
-                let bn = load_bn(&vb.pp(format!("bn{}", i + 1)), co, BN_EPS)?;
-                // The last convolution's ReLU comes after the residual sum.
-                convs.push(ConvUnit::new(&conv, Some(&bn), i != last)?);
+                convs.push((conv, load_bn(&vb.pp(format!("bn{}", i + 1)), co, BN_EPS)?));
             }
             let c_out = cfg.widths[s] * cfg.expansion();
             let shortcut = if !cfg.projects(c_in, s, stride) {
@@ -329,22 +278,147 @@ impl ResNet {
                     sp.conv(stride, 0),
                     cfg.downsample_bias,
                 )?;
-                let bn = load_bn(&vb.pp("downsample.1"), c_out, BN_EPS)?;
-                Shortcut::Projection(ConvUnit::new(&conv, Some(&bn), false)?)
+                Shortcut::Projection((conv, load_bn(&vb.pp("downsample.1"), c_out, BN_EPS)?))
             };
-            blocks.push(Block { convs, shortcut });
+            blocks.push(BlockDef { convs, shortcut });
         }
         let f = cfg.feature_width();
         let fc = load_linear(&vb.pp("fc"), cfg.num_outputs, f, &[cfg.num_outputs, f])?;
         Ok(Self {
             spatial: sp,
-            stem,
+            in_channels: cfg.in_channels,
+            conv1,
+            bn1,
             pool,
             blocks,
             fc,
         })
     }
 
+    fn block(&self, block: &BlockDef, x: &Tensor, train: bool) -> CResult<Tensor> {
+        let mut h = x.clone();
+        let last = block.convs.len().saturating_sub(1);
+        for (i, (conv, bn)) in block.convs.iter().enumerate() {
+            // The last BatchNorm's ReLU comes after the residual sum.
+            h = bn.forward_t(&conv.forward_t(&h, train)?, train, i != last)?;
+        }
+        let shortcut = match &block.shortcut {
+            Shortcut::Identity => x.clone(),
+            Shortcut::Subsample { stride, c_out } => subsample(x, *stride, *c_out)?,
+            Shortcut::Projection((conv, bn)) => {
+                bn.forward_t(&conv.forward_t(x, train)?, train, false)?
+            }
+        };
+        (h + shortcut)?.relu()
+    }
+}
+
+impl Network for ResNet {
+    /// The stem (convolution, BatchNorm, ReLU, max pool), each residual block, the head (global
+    /// average pooling or the slice reduction, and the linear layer).
+    fn segments(&self) -> usize {
+        self.blocks.len() + 2
+    }
+
+    fn forward_segment(&self, k: usize, h: &Tensor, train: bool) -> CResult<Tensor> {
+        if k == 0 {
+            let y = stem_conv(&self.conv1, h, self.in_channels, train, "resnet")?;
+            let y = self.bn1.forward_t(&y, train, true)?;
+            match &self.pool {
+                Some(p) => p.forward_t(&y, train),
+                None => Ok(y),
+            }
+        } else if let Some(block) = self.blocks.get(k - 1) {
+            self.block(block, h, train)
+        } else if k == self.blocks.len() + 1 {
+            let (n, c, ..) = h.dims5()?;
+            let pooled = match self.spatial {
+                Spatial::D3 => h.reshape((n, c, ()))?.mean(2)?,
+                Spatial::D2 => slice_max(h)?,
+            };
+            self.fc.forward(&pooled)
+        } else {
+            candle_core::bail!("resnet: no segment {k}")
+        }
+    }
+
+    fn batch_norms(&self) -> Vec<&BatchNorm3d> {
+        let mut out = vec![&self.bn1];
+        for b in &self.blocks {
+            out.extend(b.convs.iter().map(|(_, bn)| bn));
+            if let Shortcut::Projection((_, bn)) = &b.shortcut {
+                out.push(bn);
+            }
+        }
+        out
+    }
+
+    fn fold(&self) -> Result<Box<dyn Classifier>, ModelError> {
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            let last = b.convs.len().saturating_sub(1);
+            let convs = b
+                .convs
+                .iter()
+                .enumerate()
+                .map(|(i, (conv, bn))| ConvUnit::new(conv, Some(bn), i != last))
+                .collect::<Result<Vec<_>, _>>()?;
+            let shortcut = match &b.shortcut {
+                Shortcut::Identity => Shortcut::Identity,
+                Shortcut::Subsample { stride, c_out } => Shortcut::Subsample {
+                    stride: *stride,
+                    c_out: *c_out,
+                },
+                Shortcut::Projection((conv, bn)) => {
+                    Shortcut::Projection(ConvUnit::new(conv, Some(bn), false)?)
+                }
+            };
+            blocks.push(Block { convs, shortcut });
+        }
+        Ok(Box::new(FoldedResNet {
+            spatial: self.spatial,
+            stem: ConvUnit::new(&self.conv1, Some(&self.bn1), true)?,
+            pool: self.pool,
+            blocks,
+            fc: self.fc.clone(),
+        }))
+    }
+}
+
+/// A block in inference form: every BatchNorm folded into its convolution.
+#[derive(Clone, Debug)]
+struct Block {
+    convs: Vec<ConvUnit>,
+    shortcut: Shortcut<ConvUnit>,
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let mut h = x.clone();
+        for c in &self.convs {
+            h = c.forward(&h)?;
+        }
+        let shortcut = match &self.shortcut {
+            Shortcut::Identity => x.clone(),
+            Shortcut::Subsample { stride, c_out } => subsample(x, *stride, *c_out)?,
+            Shortcut::Projection(p) => p.forward(x)?,
+        };
+        (h + shortcut)?.relu()
+    }
+}
+
+/// A ResNet in inference form ([`ResNet`] folded): 3-D with global average pooling, or 2-D on
+/// every slice with the slice reduction.
+#[derive(Clone, Debug)]
+pub struct FoldedResNet {
+    spatial: Spatial,
+    stem: ConvUnit,
+    pool: Option<Pool3d>,
+    blocks: Vec<Block>,
+    fc: Linear,
+}
+
+impl FoldedResNet {
     /// The last stage's feature map, `(N, C, D', H', W')` (2-D: `D' = D`, one map per slice).
     pub fn feature_map(&self, x: &Tensor) -> CResult<Tensor> {
         let mut h = self.stem.forward(x)?;
@@ -358,7 +432,7 @@ impl ResNet {
     }
 }
 
-impl Classifier for ResNet {
+impl Classifier for FoldedResNet {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         let f = self.spatial.pooled_features(x, |s| self.feature_map(s))?;
         self.fc.forward(&f)
@@ -386,8 +460,8 @@ impl Classifier for ResNet {
 mod tests {
     use super::*;
 
-    fn params(cfg: &ResNetConfig) -> usize {
-        cfg.expected_tensors()
+    fn params(cfg: &NetworkConfig) -> usize {
+        crate::model::expected_tensors(cfg)
             .iter()
             .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
             .map(|(_, s)| s.iter().product::<usize>())
@@ -407,7 +481,7 @@ mod tests {
             (Arch::ResNet34_3d, 1, 63_514_945),
             (Arch::ResNet50_3d, 1, 46_204_865),
         ] {
-            let cfg = ResNetConfig::from_network(&NetworkConfig::new(arch, 3, outputs)).unwrap();
+            let cfg = NetworkConfig::new(arch, 3, outputs);
             assert_eq!(params(&cfg), want, "{arch}");
         }
     }
@@ -416,9 +490,7 @@ mod tests {
     fn shortcut_a_has_no_projection() {
         let mut nc = NetworkConfig::new(Arch::ResNet18_3d, 1, 1);
         nc.shortcut_type = Some(ShortcutType::A);
-        let cfg = ResNetConfig::from_network(&nc).unwrap();
-        assert!(!cfg
-            .expected_tensors()
+        assert!(!crate::model::expected_tensors(&nc)
             .iter()
             .any(|(n, _)| n.contains("downsample")));
     }

@@ -4,23 +4,20 @@
 //!
 //! A 2-D network on every slice is the same computation as a network of (1, k, k) kernels over
 //! the volume, so the backbones are the 3-D engine's layers with depth-1 kernels ([`Spatial::D2`]):
-//! the ResNets ([`super::resnet`]) and GoogLeNet ([`super::inception`]) take that as a mode, the
-//! DenseNets are here, sized and named by [`DenseNetConfig`]. Weights are 2-D checkpoints'
+//! the ResNets ([`super::resnet`]), GoogLeNet ([`super::inception`]) and the DenseNets
+//! ([`super::densenet::DenseNet`]) take that as a mode; the 2-D DenseNet's inference form is here. Weights are 2-D checkpoints'
 //! (`(C_out, C_in, k, k)` convolutions) with torchvision's names (MONAI's too for DenseNets).
 
 use candle_core::{Module, Result as CResult, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::Linear;
 
-use super::densenet::{head_prefix, layer_prefix, with_legacy_names, DenseNetConfig};
-use super::layers::{Conv3dConfig, Pool3d, Pool3dConfig, ScaleShiftRelu};
-use super::{load_bn, load_conv, load_linear, Classifier, ConvUnit, ModelError, Naming, Spatial};
+use super::densenet::DenseNet;
+use super::layers::{Pool3d, ScaleShiftRelu};
+use super::{Classifier, ConvUnit, ModelError, Spatial};
 
 /// Slices per backbone call. Bounds the activations' memory (a 2-D DenseNet on all 128 slices of
 /// 240 x 240 would hold several GB at once) while each call still has work for every core.
 pub const SLICE_CHUNK: usize = 16;
-
-/// BatchNorm eps of torchvision's and MONAI's DenseNets.
-const BN_EPS: f64 = 1e-5;
 
 /// The slice reduction: `features` maps a `(N, C, d, H, W)` stack of slices to its per-slice
 /// feature maps `(N, F, d, h, w)`; they are averaged over `(h, w)` and max-pooled over all `D`
@@ -52,21 +49,6 @@ pub fn slice_max_features(
     }
 }
 
-/// Parameters of a 2-D DenseNet: [`DenseNetConfig::expected_tensors`] with 2-D convolution shapes.
-pub fn densenet_expected_tensors(
-    cfg: &DenseNetConfig,
-    naming: Naming,
-) -> Vec<(String, Vec<usize>)> {
-    cfg.expected_tensors(naming)
-        .into_iter()
-        .map(|(name, shape)| match shape.as_slice() {
-            // (C_out, C_in, k, k, k) -> (C_out, C_in, k, k).
-            &[co, ci, _, kh, kw] => (name, vec![co, ci, kh, kw]),
-            _ => (name, shape),
-        })
-        .collect()
-}
-
 /// Dense layer: norm1 -> relu -> conv1 (norm2 folded, relu) -> conv2 3x3.
 #[derive(Clone, Debug)]
 struct DenseLayer {
@@ -84,7 +66,8 @@ struct Transition {
     conv: ConvUnit,
 }
 
-/// A 2-D DenseNet (torchvision / MONAI `spatial_dims=2`) on every slice, in inference form.
+/// A 2-D DenseNet (torchvision / MONAI `spatial_dims=2`) on every slice, in inference form
+/// ([`DenseNet`] folded).
 #[derive(Clone, Debug)]
 pub struct DenseNet2d {
     conv0: ConvUnit,
@@ -96,100 +79,48 @@ pub struct DenseNet2d {
 }
 
 impl DenseNet2d {
-    /// Loads the network from `vb` with the given parameter names (old torchvision checkpoints'
-    /// `norm.1`, `conv.1`, ... accepted).
-    pub fn new(cfg: &DenseNetConfig, vb: VarBuilder, naming: Naming) -> Result<Self, ModelError> {
-        let vb = with_legacy_names(vb, naming);
-        let sp = Spatial::D2;
-        let f = cfg.init_features;
-        let conv0 = load_conv(
-            &vb.pp("features.conv0"),
-            sp,
-            (f, cfg.in_channels, 7),
-            sp.conv(2, 3),
-            false,
-        )?;
-        let norm0 = load_bn(&vb.pp("features.norm0"), f, BN_EPS)?;
-        let conv0 = ConvUnit::new(&conv0, Some(&norm0), true)?;
-        let pool0 = Pool3d::max(Pool3dConfig {
-            kernel: sp.cube(3),
-            stride: sp.cube(2),
-            padding: sp.pad([1, 1]),
-            ceil_mode: false,
-        });
-        let (ins, last) = cfg.widths();
-        let inner = cfg.bn_size * cfg.growth_rate;
-        let mut blocks = Vec::new();
-        let mut transitions = Vec::new();
-        for (i, (&layers, &c0)) in cfg.block_config.iter().zip(&ins).enumerate() {
-            let mut block = Vec::with_capacity(layers);
-            for l in 0..layers {
-                let c = c0 + l * cfg.growth_rate;
-                let vl = vb.pp(layer_prefix(naming, i, l));
-                let norm1 = ScaleShiftRelu::from_batch_norm(&load_bn(&vl.pp("norm1"), c, BN_EPS)?)?;
-                let conv1 = load_conv(
-                    &vl.pp("conv1"),
-                    sp,
-                    (inner, c, 1),
-                    Conv3dConfig::default(),
-                    false,
-                )?;
-                let norm2 = load_bn(&vl.pp("norm2"), inner, BN_EPS)?;
-                let conv2 = load_conv(
-                    &vl.pp("conv2"),
-                    sp,
-                    (cfg.growth_rate, inner, 3),
-                    sp.conv(1, 1),
-                    false,
-                )?;
-                block.push(DenseLayer {
-                    norm1,
-                    conv1: ConvUnit::new(&conv1, Some(&norm2), true)?,
-                    conv2: ConvUnit::new(&conv2, None, false)?,
-                });
-            }
-            blocks.push(block);
-            if i + 1 < cfg.block_config.len() {
-                let c = c0 + layers * cfg.growth_rate;
-                let vt = vb.pp(format!("features.transition{}", i + 1));
-                let norm = ScaleShiftRelu::from_batch_norm(&load_bn(&vt.pp("norm"), c, BN_EPS)?)?;
-                let conv = load_conv(
-                    &vt.pp("conv"),
-                    sp,
-                    (c / 2, c, 1),
-                    Conv3dConfig::default(),
-                    false,
-                )?;
-                transitions.push(Transition {
-                    norm,
-                    pool: Pool3d::avg(
-                        Pool3dConfig {
-                            kernel: sp.cube(2),
-                            stride: sp.cube(2),
-                            padding: [[0; 2]; 3],
-                            ceil_mode: false,
-                        },
-                        true,
-                    ),
-                    conv: ConvUnit::new(&conv, None, false)?,
-                });
-            }
+    /// The inference form of `def` (2-D): norm0 into conv0, norm2 into conv1, the other norms as
+    /// a scale + shift fused with their ReLU.
+    pub fn fold(def: &DenseNet) -> Result<Self, ModelError> {
+        if def.spatial != Spatial::D2 {
+            return Err(ModelError::InvalidConfig(
+                "a 3-D DenseNet folds into DenseNet3d".into(),
+            ));
         }
-        let norm5 =
-            ScaleShiftRelu::from_batch_norm(&load_bn(&vb.pp("features.norm5"), last, BN_EPS)?)?;
-        let head = load_linear(
-            &vb.pp(head_prefix(naming)),
-            cfg.num_outputs,
-            last,
-            &[cfg.num_outputs, last],
-        )?;
+        let blocks = def
+            .blocks
+            .iter()
+            .map(|block| {
+                block
+                    .iter()
+                    .map(|l| {
+                        Ok(DenseLayer {
+                            norm1: ScaleShiftRelu::from_batch_norm(&l.norm1)?,
+                            conv1: ConvUnit::new(&l.conv1, Some(&l.norm2), true)?,
+                            conv2: ConvUnit::new(&l.conv2, None, false)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ModelError>>()
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let transitions = def
+            .transitions
+            .iter()
+            .map(|t| {
+                Ok(Transition {
+                    norm: ScaleShiftRelu::from_batch_norm(&t.norm)?,
+                    pool: t.pool,
+                    conv: ConvUnit::new(&t.conv, None, false)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
         Ok(Self {
-            conv0,
-            pool0,
+            conv0: ConvUnit::new(&def.conv0, Some(&def.norm0), true)?,
+            pool0: def.pool0,
             blocks,
             transitions,
-            norm5,
-            head,
+            norm5: ScaleShiftRelu::from_batch_norm(&def.norm5)?,
+            head: def.head.clone(),
         })
     }
 
@@ -220,7 +151,7 @@ impl Classifier for DenseNet2d {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Arch, NetworkConfig};
+    use crate::model::{expected_tensors_named, Arch, Naming, NetworkConfig};
 
     #[test]
     fn published_sizes() {
@@ -230,8 +161,9 @@ mod tests {
             (Arch::DenseNet169_2d, 14_149_480),
             (Arch::DenseNet201_2d, 20_013_928),
         ] {
-            let cfg = DenseNetConfig::from_network(&NetworkConfig::new(arch, 3, 1000)).unwrap();
-            let n: usize = densenet_expected_tensors(&cfg, Naming::Torchvision)
+            let cfg = NetworkConfig::new(arch, 3, 1000);
+            let n: usize = expected_tensors_named(&cfg, Naming::Torchvision)
+                .unwrap()
                 .iter()
                 .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
                 .map(|(_, s)| s.iter().product::<usize>())

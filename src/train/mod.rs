@@ -34,20 +34,15 @@
 //! trades compute for memory (see [`net`]).
 
 pub mod augment;
-mod body;
 mod checkpoint;
 pub mod data;
-mod densenet;
 mod error;
-mod inception;
 pub mod labels;
 mod member;
 pub mod metrics;
 pub mod net;
-pub mod norm;
 pub mod optim;
 pub mod report;
-mod resnet;
 pub mod synthdata;
 
 use std::path::PathBuf;

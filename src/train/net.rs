@@ -1,47 +1,32 @@
-//! Trainable networks: parameters as [`Var`]s, BatchNorm in training mode, and the forward pass
-//! of each architecture as a chain of segments.
+//! Trainable networks: a network definition ([`crate::model::Network`]) over parameters held
+//! as [`Var`]s, run with the train flag.
 //!
-//! The inference engine ([`crate::model`]) folds BatchNorm into convolutions using the running
-//! statistics, so it cannot learn them. A [`TrainNet`] is the same network (the checkpoint names
-//! of [`crate::model::expected_tensors_named`], so a saved member loads into
-//! [`crate::model::build`] unchanged) built only from candle ops that have gradients, with
-//! BatchNorm in training mode: it normalises with the batch statistics and updates the running
-//! mean and (unbiased) variance with momentum 0.1, as PyTorch does. Validation and the written
-//! members use the running statistics through the inference engine, so what is validated is
-//! exactly what is shipped.
+//! A [`TrainNet`] holds every tensor of the network by its checkpoint name (the names the
+//! definition's constructor asks for, [`crate::model::expected_tensors_named`], so a saved member
+//! loads into [`crate::model::build`] unchanged) and the definition built over them. Training
+//! runs the definition with `train`: BatchNorm normalises with the batch statistics, and after
+//! the pass its running mean and (unbiased) variance take the batch in with momentum 0.1, as in
+//! PyTorch; the convolutions and pools run their trainable forms. Validation and the written
+//! members use the definition folded into its inference form (running statistics, the engine's
+//! kernels), so what is validated is exactly what is shipped.
 //!
-//! What differs between architectures is a [`TrainBody`]: the forward pass as segments
-//! ([`super::densenet`], [`super::resnet`], [`super::inception`]; every family has one).
-//! Everything else (parameters, initialisation, running statistics, initial weights,
-//! checkpointing) is shared here.
-//!
-//! A new architecture becomes trainable with a body over its inference form's configuration
-//! (the same parameter names, which the test `tensor_names_are_the_inference_constructors`
-//! holds to the inference constructor), its arm in `body_for` (a match over every family) and a
-//! case in `tools/make_train_fixtures.py` for `tests/train_parity.rs`.
-//!
-//! Gradient checkpointing ([`TrainNet::forward_backward_checkpointed`]): only the segments'
-//! inputs are kept, and the backward pass recomputes one segment at a time and back-propagates
-//! through it alone. candle has no hook to recompute activations inside one backward pass, so the
-//! chain rule between segments is applied here, segment by segment.
+//! Gradient checkpointing ([`TrainNet::forward_backward_checkpointed`]) cuts the same
+//! definition at its segments: only the segments' inputs are kept, and the backward pass
+//! recomputes one segment at a time and back-propagates through it alone. candle has no hook to
+//! recompute activations inside one backward pass, so the chain rule between segments is applied
+//! here, segment by segment.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarBuilder;
+use candle_nn::{VarBuilder, VarMap};
 
-use super::body::{BatchStats, Layers, TrainBody};
-use super::densenet::DenseNetBody;
-use super::inception::InceptionBody;
-use super::norm::{batch_norm, batch_stats};
-use super::resnet::ResNetBody;
 use super::TrainError;
-use crate::model::densenet::DenseNetConfig;
-use crate::model::inception::{I3dHead, InceptionConfig};
-use crate::model::resnet::ResNetConfig;
-use crate::model::{self, Classifier, Family, Naming, NetworkConfig, Spatial};
+use crate::model::inception::I3dHead;
+use crate::model::layers::BatchStats;
+use crate::model::{self, Classifier, Naming, Network, NetworkConfig};
 use crate::rng::Rng;
 
 /// PyTorch's BatchNorm momentum (weight of the new batch statistic).
@@ -51,34 +36,15 @@ fn is_buffer(name: &str) -> bool {
     name.ends_with(".running_mean") || name.ends_with(".running_var")
 }
 
-fn body_for(cfg: &NetworkConfig) -> Result<Box<dyn TrainBody>, TrainError> {
-    cfg.check_overrides()?;
-    match cfg.arch.family() {
-        Family::DenseNet3d | Family::DenseNet2d => {
-            let spatial = match cfg.arch.family() {
-                Family::DenseNet3d => Spatial::D3,
-                _ => Spatial::D2,
-            };
-            let dc = DenseNetConfig::from_network(cfg)?;
-            Ok(Box::new(DenseNetBody::new(dc, spatial)))
-        }
-        Family::ResNet3d | Family::ResNet2d => {
-            Ok(Box::new(ResNetBody::new(ResNetConfig::from_network(cfg)?)))
-        }
-        Family::Inception => Ok(Box::new(InceptionBody::new(InceptionConfig::from_network(
-            cfg,
-        )?))),
-    }
-}
-
-/// A trainable network: parameters as [`Var`]s, BatchNorm running statistics as buffers.
+/// A trainable network: parameters and BatchNorm running statistics as [`Var`]s, shared with
+/// the network definition built over them.
 pub struct TrainNet {
     cfg: NetworkConfig,
-    body: Box<dyn TrainBody>,
+    net: Box<dyn Network>,
     /// Trainable parameters in PyTorch's state-dict order.
     params: Vec<(String, Var)>,
     /// Running statistics in state-dict order.
-    buffers: Vec<(String, Tensor)>,
+    buffers: Vec<(String, Var)>,
     param_index: HashMap<String, usize>,
     buffer_index: HashMap<String, usize>,
     device: Device,
@@ -89,7 +55,6 @@ impl TrainNet {
     /// biases zero, the linear head uniform in `±1/sqrt(fan_in)` (MONAI's initialisation).
     /// Deterministic for a seed.
     pub fn new(cfg: &NetworkConfig, seed: u64, device: &Device) -> Result<Self, TrainError> {
-        let body = body_for(cfg)?;
         let expected = model::expected_tensors_named(cfg, Naming::Monai)?;
         // The head's weight and bias close the list; the weight may be stored as a 1x1x1
         // convolution (the I3D's Kinetics head) but is initialised as the linear layer it is.
@@ -116,13 +81,26 @@ impl TrainNet {
                 // BatchNorm weight.
                 vec![1.0; n]
             };
-            let t = Tensor::from_vec(values, shape.as_slice(), device)?;
+            let var = Var::from_tensor(&Tensor::from_vec(values, shape.as_slice(), device)?)?;
             if is_buffer(&name) {
-                buffers.push((name, t));
+                buffers.push((name, var));
             } else {
-                params.push((name, Var::from_tensor(&t)?));
+                params.push((name, var));
             }
         }
+        // The definition over these variables: it asks for exactly the names listed above.
+        let vars = VarMap::new();
+        {
+            let mut data = vars.data().lock().unwrap_or_else(|e| e.into_inner());
+            for (name, var) in params.iter().chain(&buffers) {
+                data.insert(name.clone(), var.clone());
+            }
+        }
+        let net = model::define(
+            cfg,
+            VarBuilder::from_varmap(&vars, DType::F32, device),
+            Naming::Monai,
+        )?;
         let param_index = params
             .iter()
             .enumerate()
@@ -135,7 +113,7 @@ impl TrainNet {
             .collect();
         Ok(Self {
             cfg: cfg.clone(),
-            body,
+            net,
             params,
             buffers,
             param_index,
@@ -170,8 +148,8 @@ impl TrainNet {
         for (n, v) in &self.params {
             out.insert(n.clone(), v.as_tensor().detach().copy()?);
         }
-        for (n, t) in &self.buffers {
-            out.insert(n.clone(), t.copy()?);
+        for (n, v) in &self.buffers {
+            out.insert(n.clone(), v.as_tensor().copy()?);
         }
         Ok(out)
     }
@@ -186,9 +164,9 @@ impl TrainNet {
             let t = fetch(state, n, v.dims(), origin)?;
             v.set(&t.to_device(&self.device)?.to_dtype(DType::F32)?)?;
         }
-        for (n, b) in self.buffers.iter_mut() {
-            let t = fetch(state, n, b.dims(), origin)?;
-            *b = t.to_device(&self.device)?.to_dtype(DType::F32)?;
+        for (n, v) in &self.buffers {
+            let t = fetch(state, n, v.dims(), origin)?;
+            v.set(&t.to_device(&self.device)?.to_dtype(DType::F32)?)?;
         }
         Ok(())
     }
@@ -261,7 +239,7 @@ impl TrainNet {
             let t = t.to_dtype(DType::F32)?;
             match slot {
                 Slot::Param(i) => self.params[i].1.set(&t)?,
-                Slot::Buffer(i) => self.buffers[i].1 = t,
+                Slot::Buffer(i) => self.buffers[i].1.set(&t)?,
             }
             seen.insert(target.to_string());
             report.loaded.push(target.to_string());
@@ -274,21 +252,13 @@ impl TrainNet {
         Ok(report)
     }
 
-    fn param(&self, name: &str) -> candle_core::Result<Tensor> {
-        match self.param_index.get(name) {
-            Some(&i) => Ok(self.params[i].1.as_tensor().clone()),
-            None => candle_core::bail!("training network: no parameter {name}"),
-        }
-    }
-
     /// Training-mode forward: raw outputs `(N, num_outputs)`; the running statistics are updated
     /// with momentum [`BN_MOMENTUM`]. A one-channel input stands for the CT repeated in all three
     /// channels (`ct_x3`): the stem then convolves it with the weight summed over its input
-    /// channels, the same function at a third of the cost ([`stem_weight`]).
+    /// channels, the same function at a third of the cost.
     pub fn forward_train(&mut self, x: &Tensor) -> Result<Tensor, TrainError> {
-        let mut stats = Vec::new();
-        let y = self.forward_inner(x, &mut stats)?;
-        self.update_running_stats(stats)?;
+        let y = self.net.forward_t(x, true)?;
+        self.update_running_stats()?;
         Ok(y)
     }
 
@@ -304,17 +274,16 @@ impl TrainNet {
         x: &Tensor,
         loss: impl FnOnce(&Tensor) -> Result<Tensor, TrainError>,
     ) -> Result<(Tensor, GradStore), TrainError> {
-        let segments: Vec<usize> = self.segments().collect();
-        let mut stats = Vec::new();
+        let segments: Vec<usize> = (0..self.net.segments()).collect();
         // Forward without graphs: each segment's input is kept, detached.
         let mut inputs = Vec::with_capacity(segments.len());
         let mut h = x.detach();
         for &seg in &segments {
-            let out = self.run_segment(seg, &h, &mut stats)?.detach();
+            let out = self.net.forward_segment(seg, &h, true)?.detach();
             inputs.push(h);
             h = out;
         }
-        self.update_running_stats(stats)?;
+        self.update_running_stats()?;
         let logits = Var::from_tensor(&h)?;
         let loss = loss(logits.as_tensor())?;
         // The loss's own graph gives the gradient at the logits; the store then collects the
@@ -323,7 +292,6 @@ impl TrainNet {
         let mut grad_out = grads.remove(logits.as_tensor()).ok_or_else(|| {
             TrainError::Options("checkpointed backward: the loss does not use the logits".into())
         })?;
-        let mut scratch = Vec::new();
         for (k, &seg) in segments.iter().enumerate().rev() {
             let input = inputs.pop().ok_or_else(|| {
                 TrainError::Options("checkpointed backward: segment inputs out of step".into())
@@ -334,8 +302,7 @@ impl TrainNet {
             } else {
                 Var::from_tensor(&input)?.as_tensor().clone()
             };
-            scratch.clear();
-            let out = self.run_segment(seg, &input, &mut scratch)?;
+            let out = self.net.forward_segment(seg, &input, true)?;
             let seg_grads = (out * &grad_out)?.sum_all()?.backward()?;
             for (_, p) in &self.params {
                 if let Some(g) = seg_grads.get(p.as_tensor()) {
@@ -352,33 +319,18 @@ impl TrainNet {
                 })?;
             }
         }
+        // The recomputation recorded the same batches again: they are in already.
+        for bn in self.net.batch_norms() {
+            bn.take_batch_stats();
+        }
         Ok((loss, grads))
     }
 
-    /// Blends one forward pass's batch statistics into the running statistics (PyTorch's
-    /// momentum and unbiased variance).
-    fn update_running_stats(&mut self, stats: Vec<BatchStats>) -> Result<(), TrainError> {
-        for s in stats {
-            let unbiased = s.count as f64 / (s.count.max(2) - 1) as f64;
-            let var: Vec<f64> = s.var.iter().map(|v| v * unbiased).collect();
-            self.blend(&s.name, &s.mean, &var, BN_MOMENTUM)?;
-        }
-        Ok(())
-    }
-
-    /// Sets `<name>.running_*` to `(1 - w) * old + w * new`.
-    fn blend(&mut self, name: &str, mean: &[f64], var: &[f64], w: f64) -> Result<(), TrainError> {
-        for (suffix, stat) in [("running_mean", mean), ("running_var", var)] {
-            let key = format!("{name}.{suffix}");
-            if let Some(&i) = self.buffer_index.get(&key) {
-                let old = self.buffers[i].1.to_vec1::<f32>()?;
-                let new: Vec<f32> = old
-                    .iter()
-                    .zip(stat)
-                    .map(|(&o, &v)| ((1.0 - w) * o as f64 + w * v) as f32)
-                    .collect();
-                self.buffers[i].1 = Tensor::from_vec(new, stat.len(), &self.device)?;
-            }
+    /// Blends the batch statistics of the last forward pass into the running statistics
+    /// (PyTorch's momentum and unbiased variance).
+    fn update_running_stats(&self) -> Result<(), TrainError> {
+        for bn in self.net.batch_norms() {
+            bn.update_running_stats(BN_MOMENTUM)?;
         }
         Ok(())
     }
@@ -388,29 +340,22 @@ impl TrainNet {
     /// ("precise BN"). With batches of two, momentum-averaged statistics lag and scatter; this
     /// makes the inference form match what the network has learnt.
     pub fn recompute_bn_stats(&mut self, batches: &[Tensor]) -> Result<(), TrainError> {
-        let mut acc: Vec<(String, Vec<f64>, Vec<f64>, usize)> = Vec::new();
+        let norms = self.net.batch_norms();
+        let mut acc: Vec<(Vec<f64>, Vec<f64>, usize)> = Vec::new();
         for x in batches {
-            let mut stats = Vec::new();
-            self.forward_inner(x, &mut stats)?;
-            for (i, s) in stats.into_iter().enumerate() {
+            self.net.forward_t(x, true)?;
+            for (i, bn) in norms.iter().enumerate() {
+                let Some(s) = bn.take_batch_stats() else {
+                    continue;
+                };
                 if acc.len() <= i {
-                    acc.push((
-                        s.name.clone(),
-                        vec![0.0; s.mean.len()],
-                        vec![0.0; s.mean.len()],
-                        0,
-                    ));
+                    acc.push((vec![0.0; s.mean.len()], vec![0.0; s.mean.len()], 0));
                 }
                 let a = &mut acc[i];
-                let w = s.count as f64;
-                for k in 0..s.mean.len() {
-                    a.1[k] += w * s.mean[k];
-                    a.2[k] += w * (s.var[k] + s.mean[k] * s.mean[k]);
-                }
-                a.3 += s.count;
+                accumulate(a, &s);
             }
         }
-        for (name, sum, sq, count) in acc {
+        for (bn, (sum, sq, count)) in norms.iter().zip(acc) {
             let m = count.max(1) as f64;
             let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
             let unbiased = m / (m - 1.0).max(1.0);
@@ -419,7 +364,7 @@ impl TrainNet {
                 .zip(&mean)
                 .map(|(q, mu)| (q / m - mu * mu).max(0.0) * unbiased)
                 .collect();
-            self.blend(&name, &mean, &var, 1.0)?;
+            bn.blend_running_stats(&mean, &var, 1.0)?;
         }
         Ok(())
     }
@@ -429,54 +374,16 @@ impl TrainNet {
         let vb = VarBuilder::from_tensors(self.state()?, DType::F32, &self.device);
         Ok(model::build_with_naming(&self.cfg, vb, Naming::Monai)?)
     }
+}
 
-    fn batch_norm(
-        &self,
-        x: &Tensor,
-        name: &str,
-        stats: &mut Vec<BatchStats>,
-        relu: bool,
-    ) -> candle_core::Result<Tensor> {
-        let (mean, var) = batch_stats(x)?;
-        let gamma = self.param(&format!("{name}.weight"))?;
-        let beta = self.param(&format!("{name}.bias"))?;
-        let y = batch_norm(x, &gamma, &beta, &mean, &var, self.body.bn_eps(), relu)?;
-        let dims = x.dims();
-        stats.push(BatchStats {
-            name: name.to_string(),
-            mean,
-            var,
-            count: dims[0] * dims[2..].iter().product::<usize>(),
-        });
-        Ok(y)
+/// Adds one batch's statistics to the sums of values and of squares, and the count.
+fn accumulate(a: &mut (Vec<f64>, Vec<f64>, usize), s: &BatchStats) {
+    let w = s.count as f64;
+    for k in 0..s.mean.len() {
+        a.0[k] += w * s.mean[k];
+        a.1[k] += w * (s.var[k] + s.mean[k] * s.mean[k]);
     }
-
-    fn forward_inner(
-        &self,
-        x: &Tensor,
-        updates: &mut Vec<BatchStats>,
-    ) -> candle_core::Result<Tensor> {
-        let mut h = x.clone();
-        for k in self.segments() {
-            h = self.run_segment(k, &h, updates)?;
-        }
-        Ok(h)
-    }
-
-    /// The segments of the forward pass, in order.
-    fn segments(&self) -> std::ops::Range<usize> {
-        0..self.body.segments()
-    }
-
-    /// Segment `k` of the forward pass on its input `h`.
-    fn run_segment(
-        &self,
-        k: usize,
-        h: &Tensor,
-        updates: &mut Vec<BatchStats>,
-    ) -> candle_core::Result<Tensor> {
-        self.body.run_segment(self, k, h, updates)
-    }
+    a.2 += s.count;
 }
 
 enum Slot {
@@ -493,30 +400,6 @@ pub struct InitReport {
     pub kept: Vec<String>,
     /// Head tensors of another shape (initialised as usual) or of the I3D's other head form.
     pub skipped: Vec<String>,
-}
-
-impl Layers for TrainNet {
-    fn param(&self, name: &str) -> candle_core::Result<Tensor> {
-        TrainNet::param(self, name)
-    }
-
-    fn bn_relu(
-        &self,
-        x: &Tensor,
-        name: &str,
-        stats: &mut Vec<BatchStats>,
-    ) -> candle_core::Result<Tensor> {
-        self.batch_norm(x, name, stats, true)
-    }
-
-    fn bn(
-        &self,
-        x: &Tensor,
-        name: &str,
-        stats: &mut Vec<BatchStats>,
-    ) -> candle_core::Result<Tensor> {
-        self.batch_norm(x, name, stats, false)
-    }
 }
 
 fn fetch(
@@ -578,11 +461,10 @@ mod tests {
         assert!(same(&dst.state().unwrap(), &state, None));
         // torchvision names and a 5-output head into a 1-output network: the head is skipped.
         let src5 = TrainNet::new(&tiny(5), 3, &dev).unwrap();
-        let dc = DenseNetConfig::from_network(&tiny(5)).unwrap();
-        let names: HashMap<String, String> = dc
-            .expected_tensors(Naming::Monai)
+        let names: HashMap<String, String> = model::expected_tensors_named(&tiny(5), Naming::Monai)
+            .unwrap()
             .into_iter()
-            .zip(dc.expected_tensors(Naming::Torchvision))
+            .zip(model::expected_tensors_named(&tiny(5), Naming::Torchvision).unwrap())
             .map(|((m, _), (t, _))| (m, t))
             .collect();
         let tv: HashMap<String, Tensor> = src5

@@ -5,8 +5,8 @@
 //! - `cpu`: the CPU inference kernels (tiled im2col + `gemm`, or the AVX-512 micro-kernel in
 //!   `avx512`), one pooling plan, the fused stem (convolution + ReLU + pool) and BatchNorm + ReLU;
 //! - `dense`: the DenseNet's dense blocks fused on the CPU;
-//! - `grad_conv`, `grad_pool`: the same convolution and pooling as candle custom ops with
-//!   hand-written gradients, for training on the CPU;
+//! - `grad_conv`, `grad_pool`, `grad_norm`: the same convolution and pooling, and BatchNorm with
+//!   batch statistics, as candle custom ops with hand-written gradients, for training on the CPU;
 //! - `cudnn3d`: cuDNN's native 3-D convolution (feature `cudnn`);
 //! - `prof`: per-kind timing of the CPU kernels (`CTGRADE_PROFILE`).
 //!
@@ -20,6 +20,7 @@ pub(crate) mod cudnn3d;
 pub(crate) mod dense;
 pub mod geometry;
 pub(crate) mod grad_conv;
+pub(crate) mod grad_norm;
 pub(crate) mod grad_pool;
 pub(crate) mod prof;
 

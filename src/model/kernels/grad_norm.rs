@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::model::kernels::contiguous_f32;
+use super::contiguous_f32;
 
 /// Batch statistics of `x` (N, C, ...): per-channel mean and biased variance, in f64.
 pub fn batch_stats(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
@@ -46,33 +46,9 @@ pub fn batch_stats(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
     Ok(stats.into_iter().unzip())
 }
 
-/// `relu(gamma * (x - mean) / sqrt(var + eps) + beta)` per channel with the given batch
-/// statistics (those of `x`: see [`batch_stats`]); differentiable in `x`, `gamma` and `beta`.
-pub fn bn_relu(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    mean: &[f64],
-    var: &[f64],
-    eps: f64,
-) -> Result<Tensor> {
-    batch_norm(x, gamma, beta, mean, var, eps, true)
-}
-
-/// `gamma * (x - mean) / sqrt(var + eps) + beta` per channel, as [`bn_relu`] without the ReLU
-/// (for a BatchNorm whose output joins a residual sum before its activation).
-pub fn bn(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    mean: &[f64],
-    var: &[f64],
-    eps: f64,
-) -> Result<Tensor> {
-    batch_norm(x, gamma, beta, mean, var, eps, false)
-}
-
-/// [`bn_relu`] when `relu`, else [`bn`].
+/// `gamma * (x - mean) / sqrt(var + eps) + beta` per channel with the given batch statistics
+/// (those of `x`: see [`batch_stats`]), then a ReLU if `relu`; differentiable in `x`, `gamma` and
+/// `beta`.
 pub(crate) fn batch_norm(
     x: &Tensor,
     gamma: &Tensor,
@@ -268,14 +244,14 @@ mod tests {
         let b = Var::from_tensor(&rand(&[3], 3, 0.3, 0.1)).unwrap();
         let (mean, var) = batch_stats(x.as_tensor()).unwrap();
         for relu in [true, false] {
-            let op = if relu { bn_relu } else { bn };
-            let fused = op(
+            let fused = batch_norm(
                 x.as_tensor(),
                 g.as_tensor(),
                 b.as_tensor(),
                 &mean,
                 &var,
                 1e-5,
+                relu,
             )
             .unwrap();
             // The composed path: the same function with candle ops.

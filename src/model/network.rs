@@ -1,0 +1,123 @@
+//! What every network definition provides ([`Network`]), the pieces the families share in it,
+//! and the tensor names derived from the constructors ([`record_tensors`]).
+//!
+//! A family's definition is written once: a configuration, a constructor over a `VarBuilder`
+//! whose paths are the checkpoint's names, and the forward pass as a chain of segments with a
+//! train flag. Training runs it with `train` (BatchNorm on batch statistics, the convolutions and
+//! pools in their trainable forms; gradient checkpointing cuts it at the segments); inference
+//! folds it ([`Network::fold`]) into the form the engine runs: BatchNorm folded into the
+//! convolutions, the fused CPU kernels, cuDNN.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Result as CResult, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+
+use super::layers::{BatchNorm3d, Conv3d};
+use super::{Classifier, ModelError};
+
+/// A network definition (see the module docs).
+pub trait Network: Send + Sync {
+    /// The number of segments of the forward pass.
+    fn segments(&self) -> usize;
+
+    /// Segment `k` on its input `h` (the network input for the first; the raw outputs
+    /// `(N, num_outputs)` come from the last).
+    fn forward_segment(&self, k: usize, h: &Tensor, train: bool) -> CResult<Tensor>;
+
+    /// Every BatchNorm, in the order of the forward pass.
+    fn batch_norms(&self) -> Vec<&BatchNorm3d>;
+
+    /// The inference form: BatchNorm folded on the running statistics, the engine's fastest
+    /// kernels. Folded from variables (a `VarMap`), it stays differentiable in them.
+    fn fold(&self) -> Result<Box<dyn Classifier>, ModelError>;
+
+    /// The raw outputs `(N, num_outputs)`: every segment in turn.
+    fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
+        let mut h = x.clone();
+        for k in 0..self.segments() {
+            h = self.forward_segment(k, &h, train)?;
+        }
+        Ok(h)
+    }
+}
+
+/// The stem convolution on `x`. A one-channel `x` given to a network of `in_channels` = 3 stands
+/// for the CT repeated in all three channels (`ct_x3`): it is convolved with the weight summed
+/// over its input channels, the same function at a third of the cost.
+pub(crate) fn stem_conv(
+    conv: &Conv3d,
+    x: &Tensor,
+    in_channels: usize,
+    train: bool,
+    what: &str,
+) -> CResult<Tensor> {
+    let c = x.dim(1)?;
+    if c == in_channels {
+        conv.forward_t(x, train)
+    } else if c == 1 && in_channels == 3 {
+        let w = conv.weight().sum_keepdim(1)?;
+        Conv3d::new(w, conv.bias().cloned(), *conv.config())?.forward_t(x, train)
+    } else {
+        candle_core::bail!("{what}: input has {c} channels, the network takes {in_channels}")
+    }
+}
+
+/// The paper's 2-D reduction of per-slice feature maps `(N, C, D, h, w)` to `(N, C)`: each
+/// slice's average, then the maximum over slices. The gradient of tied maxima is shared evenly
+/// among them, as PyTorch's `amax` shares it (ties do happen: slices whose features a narrow
+/// layer zeroed end up equal).
+pub(crate) fn slice_max(h: &Tensor) -> CResult<Tensor> {
+    let (n, c, d, ..) = h.dims5()?;
+    let means = h.reshape((n, c, d, ()))?.mean(3)?;
+    let fixed = means.detach();
+    let top = fixed.max_keepdim(2)?;
+    let tied = fixed.broadcast_eq(&top)?.to_dtype(means.dtype())?;
+    let share = tied.broadcast_div(&tied.sum_keepdim(2)?)?;
+    (means * share)?.sum(2)
+}
+
+/// Tensor names and shapes, in the order asked for.
+type Asked = Vec<(String, Vec<usize>)>;
+
+/// A `VarBuilder` backend that hands out zeros and notes what was asked for.
+struct Recorder {
+    seen: Arc<Mutex<Asked>>,
+}
+
+impl SimpleBackend for Recorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> CResult<Tensor> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.push((name.to_string(), s.dims().to_vec()));
+        // Zeroed allocations are not touched until written: recording a large network is cheap.
+        Tensor::zeros(s, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> CResult<Tensor> {
+        candle_core::bail!("recording tensor names: {name} asked for without a shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
+}
+
+/// The tensors (name, shape) a definition's constructor asks its `VarBuilder` for, in the order
+/// it asks: `define` builds the network over a recording builder.
+pub(crate) fn record_tensors<N>(
+    define: impl FnOnce(VarBuilder) -> Result<N, ModelError>,
+) -> Result<Asked, ModelError> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let backend: Box<dyn SimpleBackend> = Box::new(Recorder { seen: seen.clone() });
+    define(VarBuilder::from_backend(backend, DType::F32, Device::Cpu))?;
+    let names = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(names)
+}
