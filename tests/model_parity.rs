@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use common::max_abs_diff;
-use ctgrade::model::densenet::{DenseNet3d, DenseNetConfig};
+use ctgrade::model::densenet::{DenseNetConfig, FoldedDenseNet};
 use ctgrade::model::layers::{Conv3d, Conv3dConfig, Pool3d, Pool3dConfig};
 use ctgrade::model::{
     build, build_with_naming, detect_naming, expected_tensors, expected_tensors_named, ModelError,
-    Naming, NetworkConfig,
+    Naming, NetworkConfig, Spatial,
 };
 use serde::Deserialize;
 
@@ -171,7 +171,7 @@ fn densenet_layer_by_layer_cpu_path_matches_monai() {
         let (cfg, ts, x, want) = net(key, "monai");
         let vb = VarBuilder::from_tensors(ts, DType::F32, &Device::Cpu);
         let dc = DenseNetConfig::from_network(&cfg).unwrap();
-        let net = DenseNet3d::new(&dc, vb, Naming::Monai).unwrap();
+        let net = FoldedDenseNet::new(&dc, Spatial::D3, vb, Naming::Monai).unwrap();
         let d = max_abs_diff(&net.forward_layered(&x).unwrap(), &want);
         assert!(d < TOL, "net {key} layered: differs by {d}");
     }

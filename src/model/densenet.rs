@@ -1,8 +1,8 @@
 //! DenseNet (Huang et al. 2017): 3-D, fully inflated as MONAI's `DenseNet(spatial_dims=3)`, and 2-D
 //! on every slice.
 //!
-//! [`DenseNet`] is the definition (3-D, and 2-D on every slice); [`DenseNet3d`] the 3-D inference
-//! form folded from it ([`super::slice2d::DenseNet2d`] the 2-D one).
+//! [`DenseNet`] is the definition (3-D, and 2-D on every slice); [`FoldedDenseNet`] the inference
+//! form folded from it.
 //!
 //! Inference form: norm0 folds into conv0 and norm2 into conv1; the pre-activation norms that act
 //! on concatenated features (norm1, the transition norms, norm5) are a per-channel scale + shift
@@ -16,8 +16,8 @@ use super::layers::fused;
 use super::layers::{
     global_avg_pool, BatchNorm3d, Conv3d, Conv3dConfig, Pool3d, Pool3dConfig, ScaleShiftRelu,
 };
-use super::network::{slice_max, stem_conv, Network};
-use super::slice2d::DenseNet2d;
+use super::network::{stem_conv, Network};
+use super::slice2d::{slice_max, slice_max_features};
 use super::{
     load_bn, load_conv, load_linear, Arch, CamFeatures, Classifier, ModelError, Naming,
     NetworkConfig, Spatial,
@@ -184,7 +184,7 @@ pub(crate) struct TransitionDef {
 
 /// A DenseNet, 3-D (MONAI's `DenseNet(spatial_dims=3)`) or 2-D on every slice (torchvision's or
 /// MONAI's `spatial_dims=2`, with the paper's slice reduction): the definition that training runs
-/// and [`Network::fold`] turns into [`DenseNet3d`] or [`DenseNet2d`].
+/// and [`Network::fold`] turns into [`FoldedDenseNet`].
 #[derive(Debug)]
 pub struct DenseNet {
     pub(crate) spatial: Spatial,
@@ -364,10 +364,7 @@ impl Network for DenseNet {
     }
 
     fn fold(&self) -> Result<Box<dyn Classifier>, ModelError> {
-        Ok(match self.spatial {
-            Spatial::D3 => Box::new(DenseNet3d::fold(self)?),
-            Spatial::D2 => Box::new(DenseNet2d::fold(self)?),
-        })
+        Ok(Box::new(FoldedDenseNet::fold(self)?))
     }
 }
 
@@ -409,9 +406,11 @@ struct Transition {
     conv: Conv3d,
 }
 
-/// A 3-D DenseNet classifier in inference form ([`DenseNet`] folded).
+/// A DenseNet in inference form ([`DenseNet`] folded): 3-D with global average pooling, or 2-D
+/// on every slice with the slice reduction.
 #[derive(Clone, Debug)]
-pub struct DenseNet3d {
+pub struct FoldedDenseNet {
+    spatial: Spatial,
     conv0: Conv3d,
     pool0: Pool3d,
     blocks: Vec<Vec<DenseLayer>>,
@@ -419,24 +418,25 @@ pub struct DenseNet3d {
     norm5: ScaleShiftRelu,
     head: Linear,
     in_channels: usize,
-    /// The dense blocks in the fused CPU form, when every weight suits the CPU kernels.
+    /// The 3-D network's dense blocks in the fused CPU form, when every weight suits the CPU
+    /// kernels.
     fused: Option<Vec<Vec<fused::DenseLayerCpu>>>,
 }
 
-impl DenseNet3d {
-    /// Loads the network from `vb` with the given parameter names: the 3-D [`DenseNet`] folded.
-    pub fn new(cfg: &DenseNetConfig, vb: VarBuilder, naming: Naming) -> Result<Self, ModelError> {
-        Self::fold(&DenseNet::new(cfg, Spatial::D3, vb, naming)?)
+impl FoldedDenseNet {
+    /// Loads the network from `vb` with the given parameter names: the [`DenseNet`] folded.
+    pub fn new(
+        cfg: &DenseNetConfig,
+        spatial: Spatial,
+        vb: VarBuilder,
+        naming: Naming,
+    ) -> Result<Self, ModelError> {
+        Self::fold(&DenseNet::new(cfg, spatial, vb, naming)?)
     }
 
-    /// The inference form of `def` (3-D): norm0 into conv0, norm2 into conv1, the other norms as
-    /// a scale + shift fused with their ReLU, and the dense blocks in the fused CPU form.
+    /// The inference form of `def`: norm0 into conv0, norm2 into conv1, the other norms as a
+    /// scale + shift fused with their ReLU, and (3-D) the dense blocks in the fused CPU form.
     pub fn fold(def: &DenseNet) -> Result<Self, ModelError> {
-        if def.spatial != Spatial::D3 {
-            return Err(ModelError::InvalidConfig(
-                "a 2-D DenseNet folds into DenseNet2d".into(),
-            ));
-        }
         let blocks = def
             .blocks
             .iter()
@@ -455,6 +455,7 @@ impl DenseNet3d {
             .collect::<CResult<Vec<_>>>()?;
         let fused = blocks
             .iter()
+            .filter(|_| def.spatial == Spatial::D3)
             .map(|block| {
                 block
                     .iter()
@@ -470,6 +471,7 @@ impl DenseNet3d {
             })
             .collect::<CResult<Option<Vec<_>>>>()?;
         Ok(Self {
+            spatial: def.spatial,
             conv0: def.norm0.fold_into(&def.conv0)?,
             pool0: def.pool0,
             blocks,
@@ -488,13 +490,13 @@ impl DenseNet3d {
         global_avg_pool(&self.features_impl(x, true)?)
     }
 
-    /// [`DenseNet3d::features`] layer by layer, through each layer's own `forward` (the CPU kernels
+    /// [`FoldedDenseNet::features`] layer by layer, through each layer's own `forward` (the CPU kernels
     /// or the composed candle ops), never the fused blocks.
     pub fn features_layered(&self, x: &Tensor) -> CResult<Tensor> {
         global_avg_pool(&self.features_impl(x, false)?)
     }
 
-    /// Raw outputs via [`DenseNet3d::features_layered`].
+    /// Raw outputs via [`FoldedDenseNet::features_layered`].
     pub fn forward_layered(&self, x: &Tensor) -> CResult<Tensor> {
         self.head.forward(&self.features_layered(x)?)
     }
@@ -518,7 +520,7 @@ impl DenseNet3d {
                 let p = &self.pool0;
                 fused::conv3d_relu_pool(x, c0.weight(), Some(b), c0.config(), &p.cfg, p.kind)?
             }
-            _ => self.pool0.forward(&c0.forward(x)?.relu()?)?,
+            _ => self.pool0.forward(&c0.forward_act(x, true)?)?,
         };
         for (i, block) in self.blocks.iter().enumerate() {
             match fused.and_then(|f| f.get(i)) {
@@ -544,12 +546,21 @@ impl DenseNet3d {
     }
 }
 
-impl Classifier for DenseNet3d {
+impl Classifier for FoldedDenseNet {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        self.head.forward(&self.features(x)?)
+        match self.spatial {
+            Spatial::D3 => self.head.forward(&self.features(x)?),
+            Spatial::D2 => self
+                .head
+                .forward(&slice_max_features(x, |s| self.features_impl(s, true))?),
+        }
     }
 
     fn cam_features(&self, x: &Tensor) -> Option<CResult<CamFeatures>> {
+        // The 2-D networks reduce over slices with a maximum: not a linear head on a mean.
+        if self.spatial != Spatial::D3 {
+            return None;
+        }
         // The last dense block after norm5 and its ReLU: what the global pool averages.
         let parts = || {
             let maps = self.features_impl(x, true)?;

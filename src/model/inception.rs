@@ -23,7 +23,8 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::layers::{BatchNorm3d, Conv3d, Conv3dConfig, Pool3d, Pool3dConfig};
-use super::network::{slice_max, stem_conv, Network};
+use super::network::{stem_conv, Network};
+use super::slice2d::slice_max;
 use super::{
     load_bn, load_conv, load_linear, Arch, Classifier, ConvUnit, ModelError, NetworkConfig, Spatial,
 };

@@ -64,20 +64,6 @@ pub(crate) fn stem_conv(
     }
 }
 
-/// The paper's 2-D reduction of per-slice feature maps `(N, C, D, h, w)` to `(N, C)`: each
-/// slice's average, then the maximum over slices. The gradient of tied maxima is shared evenly
-/// among them, as PyTorch's `amax` shares it (ties do happen: slices whose features a narrow
-/// layer zeroed end up equal).
-pub(crate) fn slice_max(h: &Tensor) -> CResult<Tensor> {
-    let (n, c, d, ..) = h.dims5()?;
-    let means = h.reshape((n, c, d, ()))?.mean(3)?;
-    let fixed = means.detach();
-    let top = fixed.max_keepdim(2)?;
-    let tied = fixed.broadcast_eq(&top)?.to_dtype(means.dtype())?;
-    let share = tied.broadcast_div(&tied.sum_keepdim(2)?)?;
-    (means * share)?.sum(2)
-}
-
 /// Tensor names and shapes, in the order asked for.
 type Asked = Vec<(String, Vec<usize>)>;
 

@@ -3,17 +3,15 @@
 //! which the paper uses for all seven 2-D architectures).
 //!
 //! A 2-D network on every slice is the same computation as a network of (1, k, k) kernels over
-//! the volume, so the backbones are the 3-D engine's layers with depth-1 kernels ([`Spatial::D2`]):
-//! the ResNets ([`super::resnet`]), GoogLeNet ([`super::inception`]) and the DenseNets
-//! ([`super::densenet::DenseNet`]) take that as a mode; the 2-D DenseNet's inference form is here. Weights are 2-D checkpoints'
-//! (`(C_out, C_in, k, k)` convolutions) with torchvision's names (MONAI's too for DenseNets).
+//! the volume, so the backbones are the 3-D engine's layers with depth-1 kernels
+//! ([`super::Spatial::D2`]), which every family ([`super::densenet`], [`super::resnet`],
+//! [`super::inception`]) takes as a mode. Weights are 2-D checkpoints' (`(C_out, C_in, k, k)`
+//! convolutions) with torchvision's names (MONAI's too for DenseNets).
+//!
+//! The reduction has two forms with the same value: [`slice_max_features`] for inference (a
+//! chunk of slices at a time) and [`slice_max`] for training (the gradient of tied maxima shared).
 
-use candle_core::{Module, Result as CResult, Tensor};
-use candle_nn::Linear;
-
-use super::densenet::DenseNet;
-use super::layers::{Pool3d, ScaleShiftRelu};
-use super::{Classifier, ConvUnit, ModelError, Spatial};
+use candle_core::{Result as CResult, Tensor};
 
 /// Slices per backbone call. Bounds the activations' memory (a 2-D DenseNet on all 128 slices of
 /// 240 x 240 would hold several GB at once) while each call still has work for every core.
@@ -49,103 +47,18 @@ pub fn slice_max_features(
     }
 }
 
-/// Dense layer: norm1 -> relu -> conv1 (norm2 folded, relu) -> conv2 3x3.
-#[derive(Clone, Debug)]
-struct DenseLayer {
-    norm1: ScaleShiftRelu,
-    conv1: ConvUnit,
-    conv2: ConvUnit,
-}
-
-/// Transition: norm -> relu -> avg pool 2 -> conv 1x1 (pooling first: both are linear, so the
-/// result is the same at a quarter of the cost).
-#[derive(Clone, Debug)]
-struct Transition {
-    norm: ScaleShiftRelu,
-    pool: Pool3d,
-    conv: ConvUnit,
-}
-
-/// A 2-D DenseNet (torchvision / MONAI `spatial_dims=2`) on every slice, in inference form
-/// ([`DenseNet`] folded).
-#[derive(Clone, Debug)]
-pub struct DenseNet2d {
-    conv0: ConvUnit,
-    pool0: Pool3d,
-    blocks: Vec<Vec<DenseLayer>>,
-    transitions: Vec<Transition>,
-    norm5: ScaleShiftRelu,
-    head: Linear,
-}
-
-impl DenseNet2d {
-    /// The inference form of `def` (2-D): norm0 into conv0, norm2 into conv1, the other norms as
-    /// a scale + shift fused with their ReLU.
-    pub fn fold(def: &DenseNet) -> Result<Self, ModelError> {
-        if def.spatial != Spatial::D2 {
-            return Err(ModelError::InvalidConfig(
-                "a 3-D DenseNet folds into DenseNet3d".into(),
-            ));
-        }
-        let blocks = def
-            .blocks
-            .iter()
-            .map(|block| {
-                block
-                    .iter()
-                    .map(|l| {
-                        Ok(DenseLayer {
-                            norm1: ScaleShiftRelu::from_batch_norm(&l.norm1)?,
-                            conv1: ConvUnit::new(&l.conv1, Some(&l.norm2), true)?,
-                            conv2: ConvUnit::new(&l.conv2, None, false)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, ModelError>>()
-            })
-            .collect::<Result<Vec<_>, ModelError>>()?;
-        let transitions = def
-            .transitions
-            .iter()
-            .map(|t| {
-                Ok(Transition {
-                    norm: ScaleShiftRelu::from_batch_norm(&t.norm)?,
-                    pool: t.pool,
-                    conv: ConvUnit::new(&t.conv, None, false)?,
-                })
-            })
-            .collect::<Result<Vec<_>, ModelError>>()?;
-        Ok(Self {
-            conv0: ConvUnit::new(&def.conv0, Some(&def.norm0), true)?,
-            pool0: def.pool0,
-            blocks,
-            transitions,
-            norm5: ScaleShiftRelu::from_batch_norm(&def.norm5)?,
-            head: def.head.clone(),
-        })
-    }
-
-    /// Per-slice feature maps after norm5 and its ReLU, `(N, C, D, h, w)`.
-    pub fn feature_map(&self, x: &Tensor) -> CResult<Tensor> {
-        let mut h = self.pool0.forward(&self.conv0.forward(x)?)?;
-        for (i, block) in self.blocks.iter().enumerate() {
-            for layer in block {
-                let y = layer.norm1.forward(&h)?;
-                let new = layer.conv2.forward(&layer.conv1.forward(&y)?)?;
-                h = Tensor::cat(&[&h, &new], 1)?;
-            }
-            if let Some(t) = self.transitions.get(i) {
-                h = t.conv.forward(&t.pool.forward(&t.norm.forward(&h)?)?)?;
-            }
-        }
-        self.norm5.forward(&h)
-    }
-}
-
-impl Classifier for DenseNet2d {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        self.head
-            .forward(&slice_max_features(x, |s| self.feature_map(s))?)
-    }
+/// The paper's 2-D reduction of per-slice feature maps `(N, C, D, h, w)` to `(N, C)`: each
+/// slice's average, then the maximum over slices. The gradient of tied maxima is shared evenly
+/// among them, as PyTorch's `amax` shares it (ties do happen: slices whose features a narrow
+/// layer zeroed end up equal).
+pub(crate) fn slice_max(h: &Tensor) -> CResult<Tensor> {
+    let (n, c, d, ..) = h.dims5()?;
+    let means = h.reshape((n, c, d, ()))?.mean(3)?;
+    let fixed = means.detach();
+    let top = fixed.max_keepdim(2)?;
+    let tied = fixed.broadcast_eq(&top)?.to_dtype(means.dtype())?;
+    let share = tied.broadcast_div(&tied.sum_keepdim(2)?)?;
+    (means * share)?.sum(2)
 }
 
 #[cfg(test)]
