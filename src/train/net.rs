@@ -145,11 +145,10 @@ impl TrainNet {
     /// Every tensor (parameters and running statistics) by MONAI name: what a member file holds.
     pub fn state(&self) -> Result<HashMap<String, Tensor>, TrainError> {
         let mut out = HashMap::new();
-        for (n, v) in &self.params {
+        for (n, v) in self.params.iter().chain(&self.buffers) {
+            // Detached: a copy of a variable would carry its gradient graph into the inference
+            // form, which then leaves the CPU kernels for the composed candle ops.
             out.insert(n.clone(), v.as_tensor().detach().copy()?);
-        }
-        for (n, v) in &self.buffers {
-            out.insert(n.clone(), v.as_tensor().copy()?);
         }
         Ok(out)
     }
@@ -604,7 +603,10 @@ mod tests {
             for (name, t) in vm.data().lock().unwrap().iter() {
                 assert_eq!(t.dims(), state[name].dims(), "{name}");
             }
-            net.inference().unwrap();
+            // The inference form tracks no gradient: it runs the engine's CPU kernels.
+            let x = Tensor::randn(0f32, 1.0, (1, 3, 8, 32, 32), &dev).unwrap();
+            let y = net.inference().unwrap().forward(&x).unwrap();
+            assert!(!y.track_op(), "{}", cfg.arch);
         }
     }
 
