@@ -453,23 +453,26 @@ impl FoldedDenseNet {
                 })
             })
             .collect::<CResult<Vec<_>>>()?;
-        let fused = blocks
-            .iter()
-            .filter(|_| def.spatial == Spatial::D3)
-            .map(|block| {
-                block
-                    .iter()
-                    .map(|l: &DenseLayer| {
-                        fused::DenseLayerCpu::new(
-                            l.norm1.scale(),
-                            l.norm1.shift(),
-                            l.conv1.params(),
-                            l.conv2.params(),
-                        )
-                    })
-                    .collect::<CResult<Option<Vec<_>>>>()
-            })
-            .collect::<CResult<Option<Vec<_>>>>()?;
+        // The fused kernels are written for the 3-D network's geometry.
+        let fused = match def.spatial {
+            Spatial::D2 => None,
+            Spatial::D3 => blocks
+                .iter()
+                .map(|block| {
+                    block
+                        .iter()
+                        .map(|l: &DenseLayer| {
+                            fused::DenseLayerCpu::new(
+                                l.norm1.scale(),
+                                l.norm1.shift(),
+                                l.conv1.params(),
+                                l.conv2.params(),
+                            )
+                        })
+                        .collect::<CResult<Option<Vec<_>>>>()
+                })
+                .collect::<CResult<Option<Vec<_>>>>()?,
+        };
         Ok(Self {
             spatial: def.spatial,
             conv0: def.norm0.fold_into(&def.conv0)?,

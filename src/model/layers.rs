@@ -4,12 +4,13 @@
 //! 1x1x1 convolutions as matrix products, separable pooling from strided views), so gradients flow
 //! through it and the CUDA backend runs it unchanged. On the CPU, when nothing asks for gradients,
 //! [`Conv3d`], the pools and [`ScaleShiftRelu`] switch to the hand-written kernels in
-//! `model::kernels`, which are several times faster than candle's CPU `conv2d`; both forms are tested
-//! against PyTorch.
+//! `model::kernels`, which are several times faster than candle's CPU `conv2d`; in training
+//! (`forward_t` with `train`), the convolution, the pools and [`BatchNorm3d`] run the kernels'
+//! trainable forms, with hand-written gradients. Every form is tested against PyTorch.
 //!
 //! Tensors are NCDHW throughout.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use candle_core::{DType, Module, Result, Tensor, Var};
 
@@ -320,9 +321,7 @@ impl Pool3d {
             self.forward_composed(x)
         }
     }
-}
 
-impl Pool3d {
     /// The pooling in its trainable form with `train` ([`Pool3d::forward_train`]), else on the
     /// fastest path.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -445,7 +444,7 @@ pub struct BatchStats {
 /// gradient checkpointing, which runs a segment twice, counts each batch once. For inference the
 /// norm folds into the convolution before it ([`fold_into`](Self::fold_into)) or becomes a
 /// per-channel scale and shift ([`ScaleShiftRelu::from_batch_norm`]).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct BatchNorm3d {
     weight: Tensor,
     bias: Tensor,
@@ -453,7 +452,7 @@ pub struct BatchNorm3d {
     running_var: Tensor,
     eps: f64,
     /// The statistics of the last training-mode batch, until taken.
-    batch: Arc<Mutex<Option<BatchStats>>>,
+    batch: Mutex<Option<BatchStats>>,
 }
 
 impl BatchNorm3d {
@@ -485,7 +484,7 @@ impl BatchNorm3d {
             running_mean,
             running_var,
             eps,
-            batch: Arc::default(),
+            batch: Mutex::default(),
         })
     }
 

@@ -1,7 +1,8 @@
 //! 3-D CNNs on candle: the layers candle lacks ([`layers`]) over their [`kernels`],
-//! the paper's networks ([`densenet`], [`resnet`], [`inception`], and the 2-D variants with the
-//! slice reduction in [`slice2d`]) and a registry that builds them by name from safetensors
-//! weights with MONAI, torchvision or I3D-port parameter names.
+//! the paper's networks ([`densenet`], [`resnet`], [`inception`], each 3-D and 2-D with the
+//! slice reduction in [`slice2d`]), each defined once ([`Network`]) and folded for inference, and
+//! a registry that builds them by name from safetensors weights with MONAI, torchvision or
+//! I3D-port parameter names.
 
 pub mod convert;
 pub mod densenet;

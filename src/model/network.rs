@@ -83,8 +83,8 @@ impl SimpleBackend for Recorder {
     ) -> CResult<Tensor> {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.push((name.to_string(), s.dims().to_vec()));
-        // Zeroed allocations are not touched until written: recording a large network is cheap.
-        Tensor::zeros(s, dtype, dev)
+        // One zero seen through every index: recording allocates nothing of the network's size.
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
     }
 
     fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> CResult<Tensor> {

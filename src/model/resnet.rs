@@ -355,34 +355,7 @@ impl Network for ResNet {
     }
 
     fn fold(&self) -> Result<Box<dyn Classifier>, ModelError> {
-        let mut blocks = Vec::with_capacity(self.blocks.len());
-        for b in &self.blocks {
-            let last = b.convs.len().saturating_sub(1);
-            let convs = b
-                .convs
-                .iter()
-                .enumerate()
-                .map(|(i, (conv, bn))| ConvUnit::new(conv, Some(bn), i != last))
-                .collect::<Result<Vec<_>, _>>()?;
-            let shortcut = match &b.shortcut {
-                Shortcut::Identity => Shortcut::Identity,
-                Shortcut::Subsample { stride, c_out } => Shortcut::Subsample {
-                    stride: *stride,
-                    c_out: *c_out,
-                },
-                Shortcut::Projection((conv, bn)) => {
-                    Shortcut::Projection(ConvUnit::new(conv, Some(bn), false)?)
-                }
-            };
-            blocks.push(Block { convs, shortcut });
-        }
-        Ok(Box::new(FoldedResNet {
-            spatial: self.spatial,
-            stem: ConvUnit::new(&self.conv1, Some(&self.bn1), true)?,
-            pool: self.pool,
-            blocks,
-            fc: self.fc.clone(),
-        }))
+        Ok(Box::new(FoldedResNet::fold(self)?))
     }
 }
 
@@ -420,6 +393,43 @@ pub struct FoldedResNet {
 }
 
 impl FoldedResNet {
+    /// Loads the network from `vb`: the [`ResNet`] definition folded.
+    pub fn new(cfg: &ResNetConfig, vb: VarBuilder) -> Result<Self, ModelError> {
+        Self::fold(&ResNet::new(cfg, vb)?)
+    }
+
+    /// The inference form of `def`: every BatchNorm folded into the convolution before it.
+    pub fn fold(def: &ResNet) -> Result<Self, ModelError> {
+        let mut blocks = Vec::with_capacity(def.blocks.len());
+        for b in &def.blocks {
+            let last = b.convs.len().saturating_sub(1);
+            let convs = b
+                .convs
+                .iter()
+                .enumerate()
+                .map(|(i, (conv, bn))| ConvUnit::new(conv, Some(bn), i != last))
+                .collect::<Result<Vec<_>, _>>()?;
+            let shortcut = match &b.shortcut {
+                Shortcut::Identity => Shortcut::Identity,
+                Shortcut::Subsample { stride, c_out } => Shortcut::Subsample {
+                    stride: *stride,
+                    c_out: *c_out,
+                },
+                Shortcut::Projection((conv, bn)) => {
+                    Shortcut::Projection(ConvUnit::new(conv, Some(bn), false)?)
+                }
+            };
+            blocks.push(Block { convs, shortcut });
+        }
+        Ok(Self {
+            spatial: def.spatial,
+            stem: ConvUnit::new(&def.conv1, Some(&def.bn1), true)?,
+            pool: def.pool,
+            blocks,
+            fc: def.fc.clone(),
+        })
+    }
+
     /// The last stage's feature map, `(N, C, D', H', W')` (2-D: `D' = D`, one map per slice).
     pub fn feature_map(&self, x: &Tensor) -> CResult<Tensor> {
         let mut h = self.stem.forward(x)?;

@@ -25,13 +25,12 @@
 //! - Progress lines (it/s, loss, validation QWK/AUC, time left), `train-log.csv`,
 //!   `train-log.json` and `loss.svg` in the output folder.
 //!
-//! The networks train through [`net::TrainNet`]: the architecture's layers built from
-//! differentiable ops with BatchNorm in training mode (the engine folds BatchNorm for inference),
-//! for every architecture (3-D and 2-D DenseNets, ResNets and Inception-v1, and COVNet); on the CPU
-//! its convolutions, pools and BatchNorms are custom ops with hand-written gradients (the
-//! convolution and pooling in `model::kernels`, chosen by the layers' `conv3d_train` and
-//! `Pool3d::forward_train`; BatchNorm in [`norm`]). Gradient checkpointing (`--grad-checkpoint`)
-//! trades compute for memory (see [`net`]).
+//! The networks train through [`net::TrainNet`]: the network's one definition
+//! ([`crate::model::Network`]) over variables, run with the train flag, for every architecture
+//! (3-D and 2-D DenseNets, ResNets and Inception-v1, and COVNet). On the CPU its convolutions,
+//! pools and BatchNorms are then custom ops with hand-written gradients (`model::kernels`, chosen
+//! by the layers' `forward_t`). Gradient checkpointing (`--grad-checkpoint`) trades compute for
+//! memory (see [`net`]).
 
 pub mod augment;
 mod checkpoint;

@@ -25,7 +25,6 @@ use candle_nn::{VarBuilder, VarMap};
 
 use super::TrainError;
 use crate::model::inception::I3dHead;
-use crate::model::layers::BatchStats;
 use crate::model::{self, Classifier, Naming, Network, NetworkConfig};
 use crate::rng::Rng;
 
@@ -340,22 +339,29 @@ impl TrainNet {
     /// makes the inference form match what the network has learnt.
     pub fn recompute_bn_stats(&mut self, batches: &[Tensor]) -> Result<(), TrainError> {
         let norms = self.net.batch_norms();
-        let mut acc: Vec<(Vec<f64>, Vec<f64>, usize)> = Vec::new();
+        // Per BatchNorm: the sums of values and of squares over every batch, and their count.
+        let mut acc: Vec<(Vec<f64>, Vec<f64>, usize)> = vec![Default::default(); norms.len()];
         for x in batches {
             self.net.forward_t(x, true)?;
-            for (i, bn) in norms.iter().enumerate() {
+            for (bn, (sum, sq, count)) in norms.iter().zip(acc.iter_mut()) {
                 let Some(s) = bn.take_batch_stats() else {
                     continue;
                 };
-                if acc.len() <= i {
-                    acc.push((vec![0.0; s.mean.len()], vec![0.0; s.mean.len()], 0));
+                sum.resize(s.mean.len(), 0.0);
+                sq.resize(s.mean.len(), 0.0);
+                let w = s.count as f64;
+                for (k, (&mu, &var)) in s.mean.iter().zip(&s.var).enumerate() {
+                    sum[k] += w * mu;
+                    sq[k] += w * (var + mu * mu);
                 }
-                let a = &mut acc[i];
-                accumulate(a, &s);
+                *count += s.count;
             }
         }
         for (bn, (sum, sq, count)) in norms.iter().zip(acc) {
-            let m = count.max(1) as f64;
+            if count == 0 {
+                continue;
+            }
+            let m = count as f64;
             let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
             let unbiased = m / (m - 1.0).max(1.0);
             let var: Vec<f64> = sq
@@ -373,16 +379,6 @@ impl TrainNet {
         let vb = VarBuilder::from_tensors(self.state()?, DType::F32, &self.device);
         Ok(model::build_with_naming(&self.cfg, vb, Naming::Monai)?)
     }
-}
-
-/// Adds one batch's statistics to the sums of values and of squares, and the count.
-fn accumulate(a: &mut (Vec<f64>, Vec<f64>, usize), s: &BatchStats) {
-    let w = s.count as f64;
-    for k in 0..s.mean.len() {
-        a.0[k] += w * s.mean[k];
-        a.1[k] += w * (s.var[k] + s.mean[k] * s.mean[k]);
-    }
-    a.2 += s.count;
 }
 
 enum Slot {
