@@ -517,11 +517,23 @@ pub fn expected_tensors(cfg: &NetworkConfig) -> Vec<(String, Vec<usize>)> {
 }
 
 /// [`expected_tensors`] under a naming convention, with configuration errors reported: what the
-/// definition's constructor asks for, in its order ([`network::record_tensors`]).
+/// definition's constructor asks for, in its order.
 pub fn expected_tensors_named(
     cfg: &NetworkConfig,
     naming: Naming,
 ) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+    Ok(tensors_to_create(cfg, naming)?
+        .into_iter()
+        .map(|(name, shape, _)| (name, shape))
+        .collect())
+}
+
+/// [`expected_tensors_named`] with the initialisation the constructor gives each tensor of a
+/// network created from scratch ([`network::record_tensors`]).
+pub(crate) fn tensors_to_create(
+    cfg: &NetworkConfig,
+    naming: Naming,
+) -> Result<network::Asked, ModelError> {
     network::record_tensors(|vb| define(cfg, vb, naming))
 }
 

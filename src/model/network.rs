@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Result as CResult, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
-use candle_nn::VarBuilder;
+use candle_nn::{Init, VarBuilder};
 
 use super::layers::{BatchNorm3d, Conv3d};
 use super::{Classifier, ModelError};
@@ -64,8 +64,8 @@ pub(crate) fn stem_conv(
     }
 }
 
-/// Tensor names and shapes, in the order asked for.
-type Asked = Vec<(String, Vec<usize>)>;
+/// Tensor names, shapes and initialisation hints, in the order asked for.
+pub(crate) type Asked = Vec<(String, Vec<usize>, Init)>;
 
 /// A `VarBuilder` backend that hands out zeros and notes what was asked for.
 struct Recorder {
@@ -73,16 +73,9 @@ struct Recorder {
 }
 
 impl SimpleBackend for Recorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> CResult<Tensor> {
+    fn get(&self, s: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> CResult<Tensor> {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.push((name.to_string(), s.dims().to_vec()));
+        seen.push((name.to_string(), s.dims().to_vec(), init));
         // One zero seen through every index: recording allocates nothing of the network's size.
         Tensor::zeros((), dtype, dev)?.broadcast_as(s)
     }
@@ -96,8 +89,8 @@ impl SimpleBackend for Recorder {
     }
 }
 
-/// The tensors (name, shape) a definition's constructor asks its `VarBuilder` for, in the order
-/// it asks: `define` builds the network over a recording builder.
+/// The tensors (name, shape, initialisation) a definition's constructor asks its `VarBuilder`
+/// for, in the order it asks: `define` builds the network over a recording builder.
 pub(crate) fn record_tensors<N>(
     define: impl FnOnce(VarBuilder) -> Result<N, ModelError>,
 ) -> Result<Asked, ModelError> {

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::{Init, VarBuilder, VarMap};
 
 use super::TrainError;
 use crate::model::inception::I3dHead;
@@ -50,35 +50,30 @@ pub struct TrainNet {
 }
 
 impl TrainNet {
-    /// A freshly initialised network: convolutions He-normal (fan in), BatchNorm as identity,
-    /// biases zero, the linear head uniform in `±1/sqrt(fan_in)` (MONAI's initialisation).
-    /// Deterministic for a seed.
+    /// A freshly initialised network: each tensor drawn as the network's constructor says
+    /// (convolutions He-normal on their fan in, convolution biases and the linear head uniform in
+    /// `±1/sqrt(fan_in)`, the head's bias zero, BatchNorm as identity), from the training RNG:
+    /// deterministic for a seed.
     pub fn new(cfg: &NetworkConfig, seed: u64, device: &Device) -> Result<Self, TrainError> {
-        let expected = model::expected_tensors_named(cfg, Naming::Monai)?;
-        // The head's weight and bias close the list; the weight may be stored as a 1x1x1
-        // convolution (the I3D's Kinetics head) but is initialised as the linear layer it is.
-        let head = expected.len().saturating_sub(2);
         let mut params = Vec::new();
         let mut buffers = Vec::new();
-        for (i, (name, shape)) in expected.into_iter().enumerate() {
+        for (i, (name, shape, init)) in model::tensors_to_create(cfg, Naming::Monai)?
+            .into_iter()
+            .enumerate()
+        {
             let n: usize = shape.iter().product();
             let mut rng = Rng::stream(seed, 1_000 + i as u64);
-            let values: Vec<f32> = if name.ends_with("running_var") {
-                vec![1.0; n]
-            } else if name.ends_with("running_mean") || name.ends_with(".bias") {
-                vec![0.0; n]
-            } else if i == head {
-                let fan_in: usize = shape[1..].iter().product();
-                let bound = 1.0 / (fan_in as f64).sqrt();
-                (0..n).map(|_| rng.range(-bound, bound) as f32).collect()
-            } else if shape.len() >= 3 {
-                // A convolution (2-D weights too).
-                let fan_in: usize = shape[1..].iter().product();
-                let std = (2.0 / fan_in as f64).sqrt();
-                (0..n).map(|_| (rng.normal() * std) as f32).collect()
-            } else {
-                // BatchNorm weight.
-                vec![1.0; n]
+            let values: Vec<f32> = match init {
+                Init::Const(v) => vec![v as f32; n],
+                Init::Randn { mean, stdev } => (0..n)
+                    .map(|_| (mean + rng.normal() * stdev) as f32)
+                    .collect(),
+                Init::Uniform { lo, up } => (0..n).map(|_| rng.range(lo, up) as f32).collect(),
+                Init::Kaiming { .. } => {
+                    return Err(TrainError::Options(format!(
+                        "{name}: no deterministic draw for {init:?}"
+                    )))
+                }
             };
             let var = Var::from_tensor(&Tensor::from_vec(values, shape.as_slice(), device)?)?;
             if is_buffer(&name) {
@@ -562,6 +557,33 @@ mod tests {
                 ..NetworkConfig::new(Arch::InceptionV1_2d, 3, 1)
             },
         ]
+    }
+
+    /// A new network draws each tensor as its constructor's hint says: BatchNorm as identity,
+    /// the head's bias zero, a type-B shortcut's bias uniform in `±1/sqrt(fan_in)` (PyTorch's
+    /// default for a convolution's bias), convolutions with He's standard deviation.
+    #[test]
+    fn initialisation_follows_the_constructor() {
+        let [r18, ..] = tiny_resnets();
+        let net = TrainNet::new(&r18, 4, &Device::Cpu).unwrap();
+        let state = net.state().unwrap();
+        let values = |name: &str| state[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(values("bn1.weight").iter().all(|&v| v == 1.0));
+        assert!(values("layer1.0.bn1.running_var").iter().all(|&v| v == 1.0));
+        assert!(values("fc.bias").iter().all(|&v| v == 0.0));
+        let bias = values("layer2.0.downsample.0.bias");
+        let fan_in = state["layer2.0.downsample.0.weight"].dims()[1..]
+            .iter()
+            .product::<usize>();
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        assert!(bias.iter().all(|v| v.abs() <= bound) && bias.iter().any(|&v| v != 0.0));
+        let w = values("layer3.0.conv1.weight");
+        let fan_in = state["layer3.0.conv1.weight"].dims()[1..]
+            .iter()
+            .product::<usize>();
+        let sd = (w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32).sqrt();
+        let he = (2.0 / fan_in as f32).sqrt();
+        assert!((sd / he - 1.0).abs() < 0.1, "sd {sd}, He {he}");
     }
 
     /// The tensors a trainable network saves are exactly those the inference constructor asks
