@@ -44,8 +44,8 @@ pub struct TrainNet {
     params: Vec<(String, Var)>,
     /// Running statistics in state-dict order.
     buffers: Vec<(String, Var)>,
-    param_index: HashMap<String, usize>,
-    buffer_index: HashMap<String, usize>,
+    /// Both, by name.
+    by_name: HashMap<String, Var>,
     device: Device,
 }
 
@@ -95,23 +95,17 @@ impl TrainNet {
             VarBuilder::from_varmap(&vars, DType::F32, device),
             Naming::Monai,
         )?;
-        let param_index = params
+        let by_name = params
             .iter()
-            .enumerate()
-            .map(|(i, (n, _))| (n.clone(), i))
-            .collect();
-        let buffer_index = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, (n, _))| (n.clone(), i))
+            .chain(&buffers)
+            .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         Ok(Self {
             cfg: cfg.clone(),
             net,
             params,
             buffers,
-            param_index,
-            buffer_index,
+            by_name,
             device: device.clone(),
         })
     }
@@ -153,11 +147,7 @@ impl TrainNet {
         state: &HashMap<String, Tensor>,
         origin: &str,
     ) -> Result<(), TrainError> {
-        for (n, v) in &self.params {
-            let t = fetch(state, n, v.dims(), origin)?;
-            v.set(&t.to_device(&self.device)?.to_dtype(DType::F32)?)?;
-        }
-        for (n, v) in &self.buffers {
+        for (n, v) in self.params.iter().chain(&self.buffers) {
             let t = fetch(state, n, v.dims(), origin)?;
             v.set(&t.to_device(&self.device)?.to_dtype(DType::F32)?)?;
         }
@@ -206,10 +196,8 @@ impl TrainNet {
         for name in names {
             let t = &tensors[name];
             let target = rename.get(name.as_str()).copied().unwrap_or(name.as_str());
-            let (dims, slot) = if let Some(&i) = self.param_index.get(target) {
-                (self.params[i].1.dims().to_vec(), Slot::Param(i))
-            } else if let Some(&i) = self.buffer_index.get(target) {
-                (self.buffers[i].1.dims().to_vec(), Slot::Buffer(i))
+            let var = if let Some(v) = self.by_name.get(target) {
+                v
             } else if other_head.as_deref().is_some_and(|p| target.starts_with(p)) {
                 report.skipped.push(target.to_string());
                 continue;
@@ -219,21 +207,18 @@ impl TrainNet {
                     self.cfg.arch
                 )));
             };
-            if t.dims() != dims.as_slice() {
+            if t.dims() != var.dims() {
                 if head.contains(&target) {
                     report.skipped.push(target.to_string());
                     continue;
                 }
                 return Err(file_err(format!(
-                    "tensor {name:?} has shape {:?}, the network expects {dims:?}",
-                    t.dims()
+                    "tensor {name:?} has shape {:?}, the network expects {:?}",
+                    t.dims(),
+                    var.dims()
                 )));
             }
-            let t = t.to_dtype(DType::F32)?;
-            match slot {
-                Slot::Param(i) => self.params[i].1.set(&t)?,
-                Slot::Buffer(i) => self.buffers[i].1.set(&t)?,
-            }
+            var.set(&t.to_dtype(DType::F32)?)?;
             seen.insert(target.to_string());
             report.loaded.push(target.to_string());
         }
@@ -374,11 +359,6 @@ impl TrainNet {
         let vb = VarBuilder::from_tensors(self.state()?, DType::F32, &self.device);
         Ok(model::build_with_naming(&self.cfg, vb, Naming::Monai)?)
     }
-}
-
-enum Slot {
-    Param(usize),
-    Buffer(usize),
 }
 
 /// What [`TrainNet::load_init`] did.
