@@ -94,7 +94,7 @@ impl DenseNetConfig {
     }
 
     /// Channels entering each block, and the final feature width.
-    pub(crate) fn widths(&self) -> (Vec<usize>, usize) {
+    fn widths(&self) -> (Vec<usize>, usize) {
         let mut c = self.init_features;
         let mut ins = Vec::with_capacity(self.block_config.len());
         for (i, &layers) in self.block_config.iter().enumerate() {
@@ -108,7 +108,7 @@ impl DenseNetConfig {
     }
 }
 
-pub(crate) fn layer_prefix(naming: Naming, block: usize, layer: usize) -> String {
+fn layer_prefix(naming: Naming, block: usize, layer: usize) -> String {
     let base = format!("features.denseblock{}.denselayer{}", block + 1, layer + 1);
     match naming {
         Naming::Monai => format!("{base}.layers"),
@@ -116,7 +116,7 @@ pub(crate) fn layer_prefix(naming: Naming, block: usize, layer: usize) -> String
     }
 }
 
-pub(crate) fn head_prefix(naming: Naming) -> &'static str {
+fn head_prefix(naming: Naming) -> &'static str {
     match naming {
         Naming::Monai => "class_layers.out",
         Naming::Torchvision => "classifier",
@@ -125,7 +125,7 @@ pub(crate) fn head_prefix(naming: Naming) -> &'static str {
 
 /// `vb` reading old torchvision names (`norm.1` for `norm1`, see [`legacy_name`]) when the
 /// checkpoint uses them; unchanged otherwise.
-pub(crate) fn with_legacy_names(vb: VarBuilder, naming: Naming) -> VarBuilder {
+fn with_legacy_names(vb: VarBuilder, naming: Naming) -> VarBuilder {
     if naming == Naming::Torchvision
         && !vb.contains_tensor("features.denseblock1.denselayer1.norm1.weight")
         && vb.contains_tensor("features.denseblock1.denselayer1.norm.1.weight")
@@ -167,19 +167,19 @@ enum Segment {
 
 /// norm1 -> relu -> conv1 1x1 -> norm2 -> relu -> conv2 3x3.
 #[derive(Debug)]
-pub(crate) struct DenseLayerDef {
-    pub(crate) norm1: BatchNorm3d,
-    pub(crate) conv1: Conv3d,
-    pub(crate) norm2: BatchNorm3d,
-    pub(crate) conv2: Conv3d,
+struct DenseLayerDef {
+    norm1: BatchNorm3d,
+    conv1: Conv3d,
+    norm2: BatchNorm3d,
+    conv2: Conv3d,
 }
 
 /// norm -> relu -> average pool 2 -> conv 1x1 (pool first: see the module docs).
 #[derive(Debug)]
-pub(crate) struct TransitionDef {
-    pub(crate) norm: BatchNorm3d,
-    pub(crate) pool: Pool3d,
-    pub(crate) conv: Conv3d,
+struct TransitionDef {
+    norm: BatchNorm3d,
+    pool: Pool3d,
+    conv: Conv3d,
 }
 
 /// A DenseNet, 3-D (MONAI's `DenseNet(spatial_dims=3)`) or 2-D on every slice (torchvision's or
@@ -187,15 +187,15 @@ pub(crate) struct TransitionDef {
 /// and [`Network::fold`] turns into [`FoldedDenseNet`].
 #[derive(Debug)]
 pub struct DenseNet {
-    pub(crate) spatial: Spatial,
-    pub(crate) in_channels: usize,
-    pub(crate) conv0: Conv3d,
-    pub(crate) norm0: BatchNorm3d,
-    pub(crate) pool0: Pool3d,
-    pub(crate) blocks: Vec<Vec<DenseLayerDef>>,
-    pub(crate) transitions: Vec<TransitionDef>,
-    pub(crate) norm5: BatchNorm3d,
-    pub(crate) head: Linear,
+    spatial: Spatial,
+    in_channels: usize,
+    conv0: Conv3d,
+    norm0: BatchNorm3d,
+    pool0: Pool3d,
+    blocks: Vec<Vec<DenseLayerDef>>,
+    transitions: Vec<TransitionDef>,
+    norm5: BatchNorm3d,
+    head: Linear,
     segments: Vec<Segment>,
 }
 

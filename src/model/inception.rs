@@ -158,11 +158,11 @@ pub struct InceptionConfig {
 }
 
 /// One convolution + BatchNorm + ReLU unit: name prefix, output and input channels, kernel.
-pub(crate) type UnitSpec = (String, usize, usize, usize);
+type UnitSpec = (String, usize, usize, usize);
 
 /// One step of the network body, in order ([`InceptionConfig::layout`]).
 #[derive(Clone, Debug)]
-pub(crate) enum LayoutStep {
+enum LayoutStep {
     /// A unit with its stride.
     Unit(UnitSpec, usize),
     /// A max pool.
@@ -200,7 +200,7 @@ impl InceptionConfig {
     }
 
     /// 3-D (I3D) or 2-D on every slice (GoogLeNet).
-    pub(crate) fn spatial(&self) -> Spatial {
+    fn spatial(&self) -> Spatial {
         match self.style {
             Style::I3d => Spatial::D3,
             Style::GoogLeNet => Spatial::D2,
@@ -212,7 +212,7 @@ impl InceptionConfig {
     }
 
     /// BatchNorm eps of the reference implementation.
-    pub(crate) fn bn_eps(&self) -> f64 {
+    fn bn_eps(&self) -> f64 {
         match self.style {
             Style::I3d => 1e-5,
             Style::GoogLeNet => 1e-3,
@@ -220,7 +220,7 @@ impl InceptionConfig {
     }
 
     /// The convolution of a unit.
-    pub(crate) fn conv_name(&self, unit: &str) -> String {
+    fn conv_name(&self, unit: &str) -> String {
         match self.style {
             Style::I3d => format!("{unit}.conv3d"),
             Style::GoogLeNet => format!("{unit}.conv"),
@@ -228,7 +228,7 @@ impl InceptionConfig {
     }
 
     /// The BatchNorm of a unit.
-    pub(crate) fn bn_name(&self, unit: &str) -> String {
+    fn bn_name(&self, unit: &str) -> String {
         match self.style {
             Style::I3d => format!("{unit}.batch3d"),
             Style::GoogLeNet => format!("{unit}.bn"),
@@ -236,7 +236,7 @@ impl InceptionConfig {
     }
 
     /// The head's parameter prefix.
-    pub(crate) fn head_name(&self) -> &'static str {
+    fn head_name(&self) -> &'static str {
         match self.style {
             Style::I3d => self.head.prefix(),
             Style::GoogLeNet => "fc",
@@ -312,7 +312,7 @@ impl InceptionConfig {
     }
 
     /// The head weight's shape as checkpoints store it.
-    pub(crate) fn head_shape(&self) -> Vec<usize> {
+    fn head_shape(&self) -> Vec<usize> {
         let f = self.feature_width();
         match (self.style, self.head) {
             (Style::I3d, I3dHead::Kinetics) => vec![self.num_outputs, f, 1, 1, 1],
@@ -335,7 +335,7 @@ impl InceptionConfig {
     }
 
     /// Stride and padding of a convolution of kernel `k` and stride `s`.
-    pub(crate) fn conv_cfg(&self, k: usize, s: usize) -> Conv3dConfig {
+    fn conv_cfg(&self, k: usize, s: usize) -> Conv3dConfig {
         let sp = self.spatial();
         Conv3dConfig {
             stride: sp.cube(s),
@@ -363,7 +363,7 @@ impl InceptionConfig {
 
     /// The body in order: the stem units with the pools after the first and the last, then the
     /// mixed blocks with the pools after mixed_3c / inception3b and mixed_4f / inception4e.
-    pub(crate) fn layout(&self) -> Vec<LayoutStep> {
+    fn layout(&self) -> Vec<LayoutStep> {
         let mut steps = Vec::new();
         let stem_pool = self.pool([1, 3, 3], [1, 2, 2]);
         for (i, unit) in self.stem().into_iter().enumerate() {

@@ -127,7 +127,7 @@ impl ResNetConfig {
     }
 
     /// How many times wider a block's output is than its width (4 for bottlenecks).
-    pub(crate) fn expansion(&self) -> usize {
+    fn expansion(&self) -> usize {
         if self.bottleneck {
             4
         } else {
@@ -141,7 +141,7 @@ impl ResNetConfig {
     }
 
     /// The blocks in order: (stage, index, input width, stride).
-    pub(crate) fn blocks(&self) -> Vec<(usize, usize, usize, usize)> {
+    fn blocks(&self) -> Vec<(usize, usize, usize, usize)> {
         let mut out = Vec::new();
         let mut c = self.widths.first().copied().unwrap_or(0);
         for (s, (&n, &w)) in self.layers.iter().zip(&self.widths).enumerate() {
@@ -156,7 +156,7 @@ impl ResNetConfig {
 
     /// A block's convolutions in order: (input width, output width, kernel, stride); each is
     /// followed by BatchNorm `bn<i>` and, except the last, a ReLU.
-    pub(crate) fn block_convs(
+    fn block_convs(
         &self,
         stage: usize,
         c_in: usize,
@@ -171,7 +171,7 @@ impl ResNetConfig {
     }
 
     /// Whether a block gets a shortcut projection (PyTorch's rule).
-    pub(crate) fn projects(&self, c_in: usize, stage: usize, stride: usize) -> bool {
+    fn projects(&self, c_in: usize, stage: usize, stride: usize) -> bool {
         stride != 1 || c_in != self.widths[stage] * self.expansion()
     }
 }
