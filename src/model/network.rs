@@ -100,3 +100,110 @@ pub(crate) fn record_tensors<N>(
     let names = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(names)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::VarBuilder;
+
+    use crate::model::inception::I3dHead;
+    use crate::model::resnet::ShortcutType;
+    use crate::model::{define, tensors_to_create, Arch, Naming, NetworkConfig};
+    use crate::rng::Rng;
+
+    /// Small networks of every family and form.
+    fn tiny() -> Vec<NetworkConfig> {
+        let dense = |arch| NetworkConfig {
+            growth_rate: Some(4),
+            block_config: Some(vec![2, 1]),
+            bn_size: Some(2),
+            init_features: Some(4),
+            ..NetworkConfig::new(arch, 3, 2)
+        };
+        let narrow = |arch, divisor| NetworkConfig {
+            width_divisor: Some(divisor),
+            ..NetworkConfig::new(arch, 3, 1)
+        };
+        vec![
+            dense(Arch::DenseNet121_3d),
+            dense(Arch::DenseNet169_2d),
+            NetworkConfig {
+                block_config: Some(vec![1, 1, 1, 1]),
+                ..narrow(Arch::ResNet18_3d, 16)
+            },
+            NetworkConfig {
+                block_config: Some(vec![1, 2, 1, 1]),
+                shortcut_type: Some(ShortcutType::A),
+                conv1_t_size: Some(3),
+                ..narrow(Arch::ResNet50_3d, 32)
+            },
+            NetworkConfig {
+                block_config: Some(vec![1, 1, 2, 1]),
+                ..narrow(Arch::CovNet, 32)
+            },
+            narrow(Arch::InceptionV1_3d, 32),
+            NetworkConfig {
+                i3d_head: Some(I3dHead::Stoic),
+                ..narrow(Arch::InceptionV1_3d, 32)
+            },
+            narrow(Arch::InceptionV1_2d, 32),
+        ]
+    }
+
+    /// The fold is an exact rewrite: the inference form computes what the definition computes
+    /// without the train flag (BatchNorm on running statistics), for running statistics far from
+    /// the identity.
+    #[test]
+    fn the_folded_form_computes_the_definition() {
+        let dev = Device::Cpu;
+        for (c, cfg) in tiny().into_iter().enumerate() {
+            let mut rng = Rng::new(40 + c as u64);
+            let mut tensors = HashMap::new();
+            for (name, shape, _) in tensors_to_create(&cfg, Naming::Monai).unwrap() {
+                let n: usize = shape.iter().product();
+                let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f64;
+                let values: Vec<f32> = (0..n)
+                    .map(|_| {
+                        let v = if name.ends_with("running_var") {
+                            rng.range(0.5, 2.0)
+                        } else if name.ends_with("running_mean") || shape.len() == 1 {
+                            rng.range(-0.5, 0.5)
+                        } else {
+                            rng.normal() * (2.0 / fan_in).sqrt()
+                        };
+                        v as f32
+                    })
+                    .collect();
+                let t = Tensor::from_vec(values, shape.as_slice(), &dev).unwrap();
+                tensors.insert(name, t);
+            }
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+            let def = define(&cfg, vb, Naming::Monai).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, 3, 8, 32, 32), &dev).unwrap();
+            let want = def.forward_t(&x, false).unwrap();
+            let got = def.fold().unwrap().forward(&x).unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = (&got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                d <= 1e-4 * scale.max(1.0),
+                "{}: {d} (scale {scale})",
+                cfg.arch
+            );
+        }
+    }
+}
