@@ -105,7 +105,7 @@ fn forbid_tf32_unless_asked() {
 }
 
 impl DeviceChoice {
-    /// Opens the device (strict f32 on CUDA, see [`forbid_tf32_unless_asked`]).
+    /// Opens the device (strict f32 on CUDA, see `forbid_tf32_unless_asked`).
     pub fn open(self) -> Result<Device, DeviceError> {
         if self != Self::Cpu {
             forbid_tf32_unless_asked();

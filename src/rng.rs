@@ -9,7 +9,7 @@
 //!   (a phantom's anatomy and lesions, a step's sampling and augmentation parameters); keyed with
 //!   [`Rng::stream`] or `Rng::new(hash2(seed, counter))`;
 //! - [`hash2`] of (key, counter), for per-voxel values that any thread can evaluate alone, turned
-//!   into numbers with [`unit`] (uniform) or [`fast_normal`] (approximately normal).
+//!   into numbers with [`unit()`] (uniform) or [`fast_normal`] (approximately normal).
 //!
 //! Two standard-normal draws exist because committed phantoms and training fixtures depend on
 //! each: [`Rng::normal`] (training: Box-Muller on `u`, `v`) and [`Rng::normal_complement`]

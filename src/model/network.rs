@@ -1,5 +1,5 @@
 //! What every network definition provides ([`Network`]), the pieces the families share in it,
-//! and the tensor names derived from the constructors ([`record_tensors`]).
+//! and the tensor names derived from the constructors (`record_tensors`).
 //!
 //! A family's definition is written once: a configuration, a constructor over a `VarBuilder`
 //! whose paths are the checkpoint's names, and the forward pass as a chain of segments with a

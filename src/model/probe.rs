@@ -1,5 +1,5 @@
 //! One network on its own, outside an ensemble: [`forward`] (its raw outputs on a tensor, for
-//! checking converted weights against PyTorch), [`bench`] (time per forward and peak memory, with
+//! checking converted weights against PyTorch), [`bench()`] (time per forward and peak memory, with
 //! random weights), and the meaning of `--config` everywhere: JSON overrides merged onto the
 //! architecture's defaults ([`resolve_config`], [`merge_config`]).
 
@@ -36,7 +36,7 @@ pub struct ForwardOptions {
     pub precision: Precision,
 }
 
-/// What [`bench`] measures: median time per forward and peak resident memory, random weights.
+/// What [`bench()`] measures: median time per forward and peak resident memory, random weights.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// Architecture, e.g. densenet201-3d.

@@ -9,7 +9,7 @@
 //! convolutions) with torchvision's names (MONAI's too for DenseNets).
 //!
 //! The reduction has two forms with the same value: [`slice_max_features`] for inference (a
-//! chunk of slices at a time) and [`slice_max`] for training (the gradient of tied maxima shared).
+//! chunk of slices at a time) and `slice_max` for training (the gradient of tied maxima shared).
 
 use candle_core::{Result as CResult, Tensor};
 

@@ -7,7 +7,7 @@
 //! base64 data URLs: the page needs no network and no script.
 //!
 //! The run loop hands each graded case's volumes to [`render_case`], which draws and encodes its
-//! pictures at once (so a batch keeps a few kilobytes per case, not its volumes); [`write`] puts
+//! pictures at once (so a batch keeps a few kilobytes per case, not its volumes); [`write()`] puts
 //! the page together at the end.
 
 pub mod draw;

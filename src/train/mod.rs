@@ -19,7 +19,7 @@
 //!   [`crate::ensemble::create`].
 //! - Checkpoints (weights, running statistics, Adam moments, best weights, step, log) every few
 //!   hundred batches: `--resume` continues an interrupted run. Every random draw is a function of
-//!   the member seed and the step ([`rng`]) and the CPU kernels sum in a fixed order, so a resumed
+//!   the member seed and the step ([`crate::rng`]) and the CPU kernels sum in a fixed order, so a resumed
 //!   run produces the same weights, bit for bit, as an uninterrupted one on the same machine and
 //!   thread count (a `--max-minutes` stop is the exception: it depends on the clock).
 //! - Progress lines (it/s, loss, validation QWK/AUC, time left), `train-log.csv`,

@@ -7,7 +7,7 @@ use candle_core::Result;
 /// [width_before, width_after]]`. Asymmetric padding expresses TensorFlow's "SAME".
 pub type Padding3d = [[usize; 2]; 3];
 
-/// Stride and padding of a [`Conv3d`].
+/// Stride and padding of a 3-D convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv3dConfig {
     /// Stride along depth, height, width.
