@@ -277,7 +277,7 @@ pub struct Metrics {
     pub at_threshold_0_5: OperatingPoint,
     /// The Youden point of the ROC curve.
     pub youden: YoudenReport,
-    /// ROC curve (scikit-learn convention, thresholds[0] = +inf written as null).
+    /// ROC curve (scikit-learn convention, `thresholds[0]` = +inf written as null).
     pub roc: RocCurve,
     /// CO-RADS confusion matrix (true x predicted), when CO-RADS truth exists.
     pub co_rads_confusion: Option<CountMatrix>,

@@ -801,7 +801,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 /// Runs the simulation (see the module documentation). `log` receives one progress line per
 /// step and job.
 ///
-/// SIGINT and SIGTERM are caught from here on (see [`catch_interrupts`]): the simulation then
+/// SIGINT and SIGTERM are caught from here on (see `catch_interrupts`): the simulation then
 /// stops with [`SimulateError::Interrupted`] after removing what it started.
 pub fn simulate(opts: &SimulateOptions, log: &mut dyn FnMut(&str)) -> Result<SimulationReport> {
     // Everything that can be checked before a container starts.
