@@ -49,17 +49,16 @@ import monai
 import numpy as np
 import safetensors
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from monai.networks.nets import DenseNet as MonaiDenseNet
 from monai.networks.nets import ResNet as MonaiResNet
 from safetensors.torch import save_file
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 # The I3D and small GoogLeNet of the inference fixtures, so that both test the same references.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_arch_fixtures import I3D, tiny_googlenet  # noqa: E402
+from make_arch_fixtures import I3D, TinyResNet as TinyBackbone, tiny_googlenet  # noqa: E402
 
 # The fixtures were generated with exactly these versions; other versions may differ in the last bits.
 assert torch.__version__.split("+")[0] == "2.15.0", torch.__version__
@@ -73,23 +72,8 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "f
 LR, BETAS, EPS = 1e-4, (0.9, 0.999), 1e-8
 
 
-class TinyResNet(ResNet):
-    """torchvision's ResNet with every width divided by `div`."""
-
-    def __init__(self, block, layers, div, in_channels, num_outputs):
-        self._div = div
-        self._first = True
-        super().__init__(block, layers, num_classes=num_outputs)
-        w = 64 // div
-        self.conv1 = nn.Conv2d(in_channels, w, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(w)
-        self.fc = nn.Linear(512 // div * block.expansion, num_outputs)
-
-    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
-        if self._first:
-            self.inplanes = 64 // self._div
-            self._first = False
-        return super()._make_layer(block, planes // self._div, blocks, stride, dilate)
+class TinyResNet(TinyBackbone):
+    """The inference fixtures' torchvision ResNet (every width divided by `div`) on slices."""
 
     def forward(self, x):
         """(N, C, D, H, W): the backbone on every slice, each slice's features averaged, their

@@ -17,7 +17,6 @@ use super::layers::{
     global_avg_pool, BatchNorm3d, Conv3d, Conv3dConfig, Pool3d, Pool3dConfig, ScaleShiftRelu,
 };
 use super::network::{stem_conv, Network};
-use super::slice2d::{slice_max, slice_max_features};
 use super::{
     load_bn, load_conv, load_linear, Arch, CamFeatures, Classifier, ModelError, Naming,
     NetworkConfig, Spatial,
@@ -339,12 +338,7 @@ impl Network for DenseNet {
             }
             Segment::Head => {
                 let y = self.norm5.forward_t(h, train, true)?;
-                let (n, c, ..) = y.dims5()?;
-                let pooled = match self.spatial {
-                    Spatial::D3 => y.reshape((n, c, ()))?.mean(2)?,
-                    Spatial::D2 => slice_max(&y)?,
-                };
-                self.head.forward(&pooled)
+                self.head.forward(&self.spatial.pool_maps(&y)?)
             }
         }
     }
@@ -551,12 +545,10 @@ impl FoldedDenseNet {
 
 impl Classifier for FoldedDenseNet {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        match self.spatial {
-            Spatial::D3 => self.head.forward(&self.features(x)?),
-            Spatial::D2 => self
-                .head
-                .forward(&slice_max_features(x, |s| self.features_impl(s, true))?),
-        }
+        let f = self
+            .spatial
+            .pooled_features(x, |s| self.features_impl(s, true))?;
+        self.head.forward(&f)
     }
 
     fn cam_features(&self, x: &Tensor) -> Option<CResult<CamFeatures>> {

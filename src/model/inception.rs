@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 
 use super::layers::{BatchNorm3d, Conv3d, Conv3dConfig, Pool3d, Pool3dConfig};
 use super::network::{stem_conv, Network};
-use super::slice2d::slice_max;
 use super::{
     load_bn, load_conv, load_linear, Arch, Classifier, ConvUnit, ModelError, NetworkConfig, Spatial,
 };
@@ -493,7 +492,7 @@ impl Network for Inception {
         if k == self.stages.len() {
             let pooled = match self.spatial {
                 Spatial::D3 => windowed_mean(h, I3D_POOL)?,
-                Spatial::D2 => slice_max(h)?,
+                Spatial::D2 => self.spatial.pool_maps(h)?,
             };
             return self.head.forward(&pooled);
         }

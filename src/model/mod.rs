@@ -595,6 +595,16 @@ impl Spatial {
         }
     }
 
+    /// The `(N, F)` features of whole feature maps `(N, F, D, h, w)`, differentiably: their global
+    /// average for 3-D networks, the slice reduction ([`slice2d::slice_max`]: ties share the
+    /// gradient) for 2-D ones. The training form of [`Spatial::pooled_features`].
+    pub fn pool_maps(self, maps: &Tensor) -> CResult<Tensor> {
+        match self {
+            Spatial::D3 => layers::global_avg_pool(maps),
+            Spatial::D2 => slice2d::slice_max(maps),
+        }
+    }
+
     /// A kernel, window or stride of `k` along every spanned axis (1 along depth for 2-D).
     pub fn cube(self, k: usize) -> [usize; 3] {
         match self {

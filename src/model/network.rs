@@ -184,21 +184,9 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (2, 3, 8, 32, 32), &dev).unwrap();
             let want = def.forward_t(&x, false).unwrap();
             let got = def.fold().unwrap().forward(&x).unwrap();
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let d = (&got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let max_abs = |t: &Tensor| t.abs()?.max_all()?.to_scalar::<f32>();
+            let scale = max_abs(&want).unwrap();
+            let d = max_abs(&(&got - &want).unwrap()).unwrap();
             assert!(
                 d <= 1e-4 * scale.max(1.0),
                 "{}: {d} (scale {scale})",

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use super::layers::{self, BatchNorm3d, Conv3d, Pool3d, Pool3dConfig};
 use super::network::{stem_conv, Network};
-use super::slice2d::slice_max;
 use super::{
     load_bn, load_conv, load_linear, Arch, CamFeatures, Classifier, ConvUnit, ModelError,
     NetworkConfig, Spatial,
@@ -332,12 +331,7 @@ impl Network for ResNet {
         } else if let Some(block) = self.blocks.get(k - 1) {
             self.block(block, h, train)
         } else if k == self.blocks.len() + 1 {
-            let (n, c, ..) = h.dims5()?;
-            let pooled = match self.spatial {
-                Spatial::D3 => h.reshape((n, c, ()))?.mean(2)?,
-                Spatial::D2 => slice_max(h)?,
-            };
-            self.fc.forward(&pooled)
+            self.fc.forward(&self.spatial.pool_maps(h)?)
         } else {
             candle_core::bail!("resnet: no segment {k}")
         }
@@ -393,11 +387,6 @@ pub struct FoldedResNet {
 }
 
 impl FoldedResNet {
-    /// Loads the network from `vb`: the [`ResNet`] definition folded.
-    pub fn new(cfg: &ResNetConfig, vb: VarBuilder) -> Result<Self, ModelError> {
-        Self::fold(&ResNet::new(cfg, vb)?)
-    }
-
     /// The inference form of `def`: every BatchNorm folded into the convolution before it.
     pub fn fold(def: &ResNet) -> Result<Self, ModelError> {
         let mut blocks = Vec::with_capacity(def.blocks.len());

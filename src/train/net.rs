@@ -21,7 +21,7 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{Init, VarBuilder, VarMap};
+use candle_nn::{Init, VarBuilder};
 
 use super::TrainError;
 use crate::model::inception::I3dHead;
@@ -82,24 +82,22 @@ impl TrainNet {
                 params.push((name, var));
             }
         }
-        // The definition over these variables: it asks for exactly the names listed above.
-        let vars = VarMap::new();
-        {
-            let mut data = vars.data().lock().unwrap_or_else(|e| e.into_inner());
-            for (name, var) in params.iter().chain(&buffers) {
-                data.insert(name.clone(), var.clone());
-            }
-        }
-        let net = model::define(
-            cfg,
-            VarBuilder::from_varmap(&vars, DType::F32, device),
-            Naming::Monai,
-        )?;
-        let by_name = params
+        let by_name: HashMap<String, Var> = params
             .iter()
             .chain(&buffers)
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
+        // The definition over these variables (a variable's tensor is the variable itself); it
+        // asks for exactly the names listed above.
+        let tensors = by_name
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        let net = model::define(
+            cfg,
+            VarBuilder::from_tensors(tensors, DType::F32, device),
+            Naming::Monai,
+        )?;
         Ok(Self {
             cfg: cfg.clone(),
             net,
