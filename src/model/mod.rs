@@ -596,7 +596,7 @@ impl Spatial {
     }
 
     /// The `(N, F)` features of whole feature maps `(N, F, D, h, w)`, differentiably: their global
-    /// average for 3-D networks, the slice reduction ([`slice2d::slice_max`]: ties share the
+    /// average for 3-D networks, the slice reduction (`slice2d::slice_max`: ties share the
     /// gradient) for 2-D ones. The training form of [`Spatial::pooled_features`].
     pub fn pool_maps(self, maps: &Tensor) -> CResult<Tensor> {
         match self {
