@@ -415,12 +415,19 @@ fn neg_inf(shape: &[usize], like: &Tensor) -> Result<Tensor> {
     Tensor::full(f32::NEG_INFINITY, shape, like.device())?.to_dtype(like.dtype())
 }
 
-/// Global average pooling: `(N, C, D, H, W)` to `(N, C)`.
+/// Global average pooling: `(N, C, D, H, W)` to `(N, C)`, on the fastest path.
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
-    let (n, c, ..) = x.dims5()?;
     if cpu::eligible(&[x]) {
         return cpu::global_avg_pool(x);
     }
+    global_avg_pool_composed(x)
+}
+
+/// Global average pooling from candle ops only: differentiable, and the same sums whether or not
+/// `x` tracks a graph, so a segment recomputed by gradient checkpointing reproduces its first
+/// pass bit for bit.
+pub fn global_avg_pool_composed(x: &Tensor) -> Result<Tensor> {
+    let (n, c, ..) = x.dims5()?;
     x.reshape((n, c, ()))?.mean(2)
 }
 

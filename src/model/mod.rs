@@ -600,7 +600,7 @@ impl Spatial {
     /// gradient) for 2-D ones. The training form of [`Spatial::pooled_features`].
     pub fn pool_maps(self, maps: &Tensor) -> CResult<Tensor> {
         match self {
-            Spatial::D3 => layers::global_avg_pool(maps),
+            Spatial::D3 => layers::global_avg_pool_composed(maps),
             Spatial::D2 => slice2d::slice_max(maps),
         }
     }
