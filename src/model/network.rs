@@ -181,7 +181,10 @@ mod tests {
             }
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
             let def = define(&cfg, vb, Naming::Monai).unwrap();
-            let x = Tensor::randn(0f32, 1.0, (2, 3, 8, 32, 32), &dev).unwrap();
+            let values: Vec<f32> = (0..2 * 3 * 8 * 32 * 32)
+                .map(|_| rng.normal() as f32)
+                .collect();
+            let x = Tensor::from_vec(values, (2, 3, 8, 32, 32), &dev).unwrap();
             let want = def.forward_t(&x, false).unwrap();
             let got = def.fold().unwrap().forward(&x).unwrap();
             let max_abs = |t: &Tensor| t.abs()?.max_all()?.to_scalar::<f32>();

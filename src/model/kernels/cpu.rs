@@ -875,8 +875,18 @@ pub(super) mod tests {
         e
     }
 
+    std::thread_local! {
+        /// One seeded stream per test thread: a failure reproduces with the same values.
+        static TEST_RNG: std::cell::RefCell<crate::rng::Rng> =
+            std::cell::RefCell::new(crate::rng::Rng::new(0x7E57));
+    }
+
+    /// Standard normal values of the given shape, from the test thread's seeded stream.
     pub(in crate::model::kernels) fn randn(shape: &[usize]) -> Tensor {
-        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+        let n = shape.iter().product();
+        let values: Vec<f32> =
+            TEST_RNG.with_borrow_mut(|r| (0..n).map(|_| r.normal() as f32).collect());
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
     }
 
     /// Direct 3-D convolution in f64, PyTorch's semantics.

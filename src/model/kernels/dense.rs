@@ -305,7 +305,7 @@ mod tests {
         let mut params = Vec::new();
         for l in 0..2 {
             let c = c0 + l * growth;
-            let scale = Tensor::rand(0.5f32, 1.5, c, &Device::Cpu).unwrap();
+            let scale = randn(&[c]).abs().unwrap().affine(0.5, 0.5).unwrap();
             let shift = (randn(&[c]) * 0.1).unwrap();
             // He-scaled weights keep the activations near 1, as in a trained network.
             let w1 = (randn(&[inner, c, 1, 1, 1]) * (2.0 / c as f64).sqrt()).unwrap();
