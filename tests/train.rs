@@ -327,8 +327,8 @@ fn resume_after_interruption_gives_the_same_weights() {
     assert!(err.contains("other settings"), "{err}");
 }
 
-/// `--grad-checkpoint` trains the same members as the plain backward pass (its gradients differ
-/// at most in the order of floating-point sums), and a run cannot switch it on resume.
+/// `--grad-checkpoint` trains the same members as the plain backward pass (its gradients are the
+/// plain ones: `train::net`'s unit test), and a run cannot switch it on resume.
 #[test]
 fn gradient_checkpointing_trains_the_same_members() {
     let dir = tempfile::tempdir().unwrap();

@@ -381,13 +381,7 @@ impl DenseLayer {
 
     /// The new features (not yet concatenated).
     fn new_features(&self, x: &Tensor) -> CResult<Tensor> {
-        let h = self.norm1.forward(x)?;
-        let c1 = &self.conv1;
-        let h = if fused::eligible(&[&h, c1.weight()]) && c1.bias().is_none_or(|b| !b.track_op()) {
-            fused::conv3d_act(&h, c1.weight(), c1.bias(), c1.config(), true)?
-        } else {
-            c1.forward(&h)?.relu()?
-        };
+        let h = self.conv1.forward_act(&self.norm1.forward(x)?, true)?;
         self.conv2.forward(&h)
     }
 }

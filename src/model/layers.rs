@@ -22,9 +22,7 @@ use super::kernels::{cpu, grad_conv, grad_norm, grad_pool};
 /// ([`fused::eligible`]): the DenseNet's stem (convolution + ReLU + pool), its dense blocks, and
 /// a pool reading `relu(x * scale + shift)`.
 pub(crate) mod fused {
-    pub(crate) use crate::model::kernels::cpu::{
-        conv3d_act, conv3d_relu_pool, eligible, pool3d_pre,
-    };
+    pub(crate) use crate::model::kernels::cpu::{conv3d_relu_pool, eligible, pool3d_pre};
     pub(crate) use crate::model::kernels::dense::{dense_block, DenseLayerCpu};
 }
 

@@ -242,9 +242,9 @@ impl TrainNet {
     /// checkpointing: the activations inside a segment (e.g. a dense layer or a residual block)
     /// are recomputed during the backward pass instead of being kept, so memory holds
     /// the segments' inputs and one segment's graph at a time. Returns the loss and the
-    /// parameters' gradients, equal to `loss.backward()` on the plain forward pass up to the
-    /// order of floating-point sums; the running statistics are updated once, as by
-    /// `forward_train`.
+    /// parameters' gradients, those of `loss.backward()` on the plain forward pass (the same
+    /// kernels on the same values: bit for bit on the CPU); the running statistics are updated
+    /// once, as by `forward_train`.
     pub fn forward_backward_checkpointed(
         &mut self,
         x: &Tensor,

@@ -66,12 +66,22 @@ pub(crate) fn batch_norm(
         };
         return x.contiguous()?.apply_op3(gamma, beta, op);
     }
-    // Other devices: the same function from candle ops, with the statistics recomputed so that
-    // gradients flow through them.
-    let dims = x.dims().to_vec();
-    let mut shape = vec![1usize; dims.len()];
-    shape[1] = mean.len();
-    let axes: Vec<usize> = (0..dims.len()).filter(|&a| a != 1).collect();
+    batch_norm_composed(x, gamma, beta, eps, relu)
+}
+
+/// [`batch_norm`] from candle ops (other devices), the statistics computed from `x` by autograd
+/// so that gradients flow through them.
+fn batch_norm_composed(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    let rank = x.rank();
+    let mut shape = vec![1usize; rank];
+    shape[1] = gamma.elem_count();
+    let axes: Vec<usize> = (0..rank).filter(|&a| a != 1).collect();
     let mu = x.mean_keepdim(axes.as_slice())?;
     let xc = x.broadcast_sub(&mu)?;
     let var = xc.sqr()?.mean_keepdim(axes.as_slice())?;
@@ -254,26 +264,9 @@ mod tests {
                 relu,
             )
             .unwrap();
-            // The composed path: the same function with candle ops.
-            let xt = x.as_tensor();
-            let mu = xt.mean_keepdim([0, 2, 3, 4]).unwrap();
-            let xc = xt.broadcast_sub(&mu).unwrap();
-            let vv = xc.sqr().unwrap().mean_keepdim([0, 2, 3, 4]).unwrap();
-            let z = xc
-                .broadcast_mul(
-                    &(vv + 1e-5)
-                        .unwrap()
-                        .sqrt()
-                        .unwrap()
-                        .recip()
-                        .unwrap()
-                        .broadcast_mul(&g.as_tensor().reshape((1, 3, 1, 1, 1)).unwrap())
-                        .unwrap(),
-                )
-                .unwrap()
-                .broadcast_add(&b.as_tensor().reshape((1, 3, 1, 1, 1)).unwrap())
-                .unwrap();
-            let composed = if relu { z.relu().unwrap() } else { z };
+            let composed =
+                batch_norm_composed(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5, relu)
+                    .unwrap();
             close("forward", &fused, &composed);
             let r = rand(fused.dims(), 4, 1.0, 0.0);
             let g1 = (&fused * &r)
