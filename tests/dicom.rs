@@ -287,8 +287,7 @@ fn files_are_recognised_by_content() {
 /// `.mha` (so the same probability).
 #[test]
 fn real_ct_as_dicom_preprocesses_like_the_metaimage() {
-    let mha_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real_ct/lung1.mha");
-    let mha = volume::read(&mha_path).unwrap();
+    let mha = volume::read(&common::real_ct()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     write_series(&mha, dir.path());
     let dcm = volume::read(dir.path()).unwrap();

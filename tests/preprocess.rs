@@ -1,6 +1,7 @@
 //! Preprocessing: SimpleITK golden fixtures for orientation and resampling, the lung mask against
 //! phantom ground truth, the assembly of the network input, and the error cases.
 
+mod common;
 use ctgrade::preprocess::orient::{orient, Orientation};
 use ctgrade::preprocess::resample::{resample, Grid, Interpolation};
 use ctgrade::preprocess::{
@@ -338,9 +339,7 @@ fn errors_are_clear() {
 /// Both lungs are found on a real chest CT (5 mm slices, lungs cut by the first slice).
 #[test]
 fn real_chest_ct_has_two_lungs() {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real_ct/lung1.mha");
-    let ct = ctgrade::volume::read(&path).expect("read lung1.mha");
+    let ct = ctgrade::volume::read(&common::real_ct()).expect("read lung1.mha");
     let p = preprocess(&ct, None, &InputSpec::default()).expect("preprocess lung1");
     let r = &p.report;
     eprintln!(

@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 
 use ctgrade::volume::{self, ElementType, Volume, WriteOptions};
 
-fn real_ct() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real_ct/lung1.mha")
-}
+mod common;
+use common::real_ct;
 
 /// A small volume with non-trivial geometry and values that every type can hold.
 fn sample(size: [usize; 3]) -> Volume {

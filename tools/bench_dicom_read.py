@@ -3,7 +3,7 @@
 same run.
 
 Builds (once) an uncompressed 512x512x400 CT series (explicit VR little endian, signed 16-bit,
-one file per slice, names shuffled) from the real CT ../shared/data/real_ct/lung1.mha tiled
+one file per slice, names shuffled) from the real CT tests/data/real_ct/lung1.mha tiled
 along z, outside git (in /tmp), then times, alternating:
   - sitk:       ImageSeriesReader.Execute on the file list (sorted beforehand, untimed);
   - sitk+scan:  GetGDCMSeriesFileNames (finding and sorting the slices) + Execute, which is
@@ -39,7 +39,7 @@ assert np.__version__ == "2.4.6", np.__version__
 assert pydicom.__version__ == "3.0.2", pydicom.__version__
 
 ROOT = Path(__file__).resolve().parent.parent
-REAL_CT = ROOT / ".." / "shared" / "data" / "real_ct" / "lung1.mha"
+REAL_CT = ROOT / "tests" / "data" / "real_ct" / "lung1.mha"
 BENCH = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "examples" / "read_bench"
 SLICES = 400
 

@@ -2,7 +2,7 @@
 """Read speed of ctgrade's MetaImage reader versus SimpleITK.ReadImage, same file, same run.
 
 Builds (once) a zlib-compressed 512x512x400 int16 .mha from the real CT
-../shared/data/real_ct/lung1.mha, tiled along z (outside git, in /tmp), then times
+tests/data/real_ct/lung1.mha, tiled along z (outside git, in /tmp), then times
 SimpleITK.ReadImage (also followed by a cast to float32, ctgrade's output type) and
 `target/release/examples/read_bench` (ctgrade::volume::read) on it, alternating, and prints the
 wall and CPU medians and the ratios.
@@ -29,7 +29,7 @@ assert sitk.Version.VersionString() == "2.5.7", sitk.Version.VersionString()
 assert np.__version__ == "2.4.6", np.__version__
 
 ROOT = Path(__file__).resolve().parent.parent
-REAL_CT = ROOT / ".." / "shared" / "data" / "real_ct" / "lung1.mha"
+REAL_CT = ROOT / "tests" / "data" / "real_ct" / "lung1.mha"
 BENCH = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "examples" / "read_bench"
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Golden fixtures for ctgrade's DICOM series reader (tests/dicom.rs).
 
-Writes small DICOM series made from the real CT ../shared/data/real_ct/lung1.mha (downsampled to
+Writes small DICOM series made from the real CT tests/data/real_ct/lung1.mha (downsampled to
 32 x 32 x 8 voxels of 9.125 x 9.125 x 20 mm so that the files stay small) into
 tests/fixtures/dicom/<name>/, one file per slice, with pydicom; compressed transfer syntaxes are
 encoded by pydicom (RLE) or GDCM (JPEG lossless, JPEG-LS, JPEG 2000). Every series that SimpleITK
@@ -53,7 +53,7 @@ assert gdcm.Version.GetVersion() == "3.2.6", gdcm.Version.GetVersion()
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "dicom"
-REAL_CT = ROOT / ".." / "shared" / "data" / "real_ct" / "lung1.mha"
+REAL_CT = ROOT / "tests" / "data" / "real_ct" / "lung1.mha"
 RNG = random.Random(17)
 UID_ROOT = "1.2.826.0.1.3680043.10.1717."  # a fixed prefix; the rest is drawn from RNG
 

@@ -6,7 +6,7 @@ write the variant, by hand where it cannot (big-endian data, MET_LONG, header al
 CompressedDataSize, qform-only / sform-only / scaled NIfTI) -- then reads every file back with
 SimpleITK and stores what it reports in tests/fixtures/volume/expected.json: size, spacing,
 origin, direction (row-major), element type (MetaImage name) and the voxel values (x fastest).
-It also records SimpleITK's view of the real CT ../shared/data/real_ct/lung1.mha.
+It also records SimpleITK's view of the real CT tests/data/real_ct/lung1.mha.
 
 Run from the repository root:  /work/pyenv/bin/python tools/make_volume_fixtures.py
 requirements: SimpleITK==2.5.7 numpy==2.4.6
@@ -25,7 +25,7 @@ assert np.__version__ == "2.4.6", np.__version__
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "volume"
-REAL_CT = ROOT / ".." / "shared" / "data" / "real_ct" / "lung1.mha"
+REAL_CT = ROOT / "tests" / "data" / "real_ct" / "lung1.mha"
 SIZE = (7, 5, 3)  # x, y, z
 N = SIZE[0] * SIZE[1] * SIZE[2]
 

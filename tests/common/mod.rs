@@ -15,6 +15,11 @@ use ctgrade::model::{self, Arch, NetworkConfig};
 use ctgrade::preprocess::{ChannelLayout, InputSpec};
 use ctgrade::volume::Volume;
 
+/// The real chest CT held in the repository (`tests/data/real_ct/README.md`: source, licence).
+pub fn real_ct() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/real_ct/lung1.mha")
+}
+
 /// A tiny 3-D DenseNet: the pipeline is under test, not the network.
 pub fn tiny_network(head: Head) -> NetworkConfig {
     NetworkConfig {
