@@ -82,12 +82,12 @@ pub enum DeviceError {
     #[error("CUDA device {0} requested, but this ctgrade was built without the `cuda` feature")]
     NoCudaSupport(usize),
     /// CUDA present in the build but the device cannot be opened.
-    #[error("cannot open CUDA device {index}: {source}")]
+    #[error("cannot open CUDA device {index}: {error}")]
     Cuda {
         /// Device ordinal.
         index: usize,
-        /// The cause.
-        source: candle_core::Error,
+        /// The cause (in the message, not `source()`: `{:#}` would print it twice).
+        error: candle_core::Error,
     },
 }
 
@@ -120,7 +120,7 @@ impl DeviceChoice {
                 Err(DeviceError::NoCudaSupport(index))
             }
             Self::Cuda(index) => {
-                Device::new_cuda(index).map_err(|source| DeviceError::Cuda { index, source })
+                Device::new_cuda(index).map_err(|error| DeviceError::Cuda { index, error })
             }
         }
     }

@@ -73,12 +73,12 @@ pub enum EnsembleError {
         reason: String,
     },
     /// A member file cannot be read.
-    #[error("cannot read ensemble member {path}: {source}")]
+    #[error("cannot read ensemble member {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not `source()`: `{:#}` would print it twice).
+        error: std::io::Error,
     },
     /// A member's sha256 differs from the manifest's.
     #[error("ensemble member {path} has sha256 {found}, but the manifest says {expected}: the file is corrupt or not the one the manifest describes")]
@@ -101,23 +101,23 @@ pub enum EnsembleError {
         problems: Vec<String>,
     },
     /// The network failed to build.
-    #[error("ensemble member {path}: {source}")]
+    #[error("ensemble member {path}: {error}")]
     Model {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: ModelError,
+        /// The cause (in the message, not `source()`: `{:#}` would print it twice).
+        error: ModelError,
     },
     /// A heat map cannot be computed for these members.
     #[error(transparent)]
     Cam(heatmap::HeatMapError),
     /// A tensor operation failed while running a member.
-    #[error("running ensemble member {path}: {source}")]
+    #[error("running ensemble member {path}: {error}")]
     Compute {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: candle_core::Error,
+        /// The cause (in the message, not `source()`: `{:#}` would print it twice).
+        error: candle_core::Error,
     },
 }
 
@@ -177,9 +177,9 @@ fn find_manifest_dir(dir: &Path) -> Option<PathBuf> {
 
 /// Lower-case hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String, EnsembleError> {
-    let io = |source| EnsembleError::Io {
+    let io = |error| EnsembleError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut hasher = Sha256::new();
@@ -200,9 +200,9 @@ pub fn sha256_file(path: &Path) -> Result<String, EnsembleError> {
 
 /// Names, shapes and dtypes in a safetensors file's header, read without loading the data.
 fn safetensors_header(path: &Path) -> Result<BTreeMap<String, Vec<usize>>, EnsembleError> {
-    let io = |source| EnsembleError::Io {
+    let io = |error| EnsembleError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let bad = |reason: String| EnsembleError::Tensors {
         path: path.to_path_buf(),
@@ -354,9 +354,9 @@ impl Ensemble {
             let path = self.dir.join(&member.file);
             // The weights in memory: the file's tensors, converted to the compute precision.
             let size = std::fs::metadata(&path)
-                .map_err(|source| EnsembleError::Io {
+                .map_err(|error| EnsembleError::Io {
                     path: path.clone(),
-                    source,
+                    error,
                 })?
                 .len();
             bytes += match precision {
@@ -449,9 +449,9 @@ impl Ensemble {
         let input = input
             .to_device(device)
             .and_then(|x| x.to_dtype(precision.dtype()))
-            .map_err(|source| EnsembleError::Compute {
+            .map_err(|error| EnsembleError::Compute {
                 path: self.dir.clone(),
-                source,
+                error,
             })?;
         let loaded = self
             .loaded
@@ -494,16 +494,16 @@ impl Ensemble {
         device: &Device,
         precision: Precision,
     ) -> Result<Box<dyn model::Classifier>, EnsembleError> {
-        let tensors = candle_core::safetensors::load(path, device).map_err(|source| {
+        let tensors = candle_core::safetensors::load(path, device).map_err(|error| {
             EnsembleError::Compute {
                 path: path.to_path_buf(),
-                source,
+                error,
             }
         })?;
         let vb = VarBuilder::from_tensors(tensors, precision.dtype(), device);
-        model::build(&self.manifest.network, vb).map_err(|source| EnsembleError::Model {
+        model::build(&self.manifest.network, vb).map_err(|error| EnsembleError::Model {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     }
 
@@ -516,9 +516,9 @@ impl Ensemble {
     ) -> Result<Vec<f64>, EnsembleError> {
         let logits = network
             .forward(input)
-            .map_err(|source| EnsembleError::Compute {
+            .map_err(|error| EnsembleError::Compute {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
         self.activate(path, &logits)
     }
@@ -538,15 +538,15 @@ impl Ensemble {
                     self.manifest.network.arch.to_string(),
                 ))
             })?
-            .map_err(|source| EnsembleError::Compute {
+            .map_err(|error| EnsembleError::Compute {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
         let output = self.activate(path, &parts.logits)?;
-        let cam = heatmap::grad_cam(self.manifest.head, &parts, &output).map_err(|source| {
+        let cam = heatmap::grad_cam(self.manifest.head, &parts, &output).map_err(|error| {
             EnsembleError::Compute {
                 path: path.to_path_buf(),
-                source,
+                error,
             }
         })?;
         Ok((output, cam))
@@ -554,9 +554,9 @@ impl Ensemble {
 
     /// The head's activation of raw outputs, as f64.
     fn activate(&self, path: &Path, logits: &Tensor) -> Result<Vec<f64>, EnsembleError> {
-        let compute = |source| EnsembleError::Compute {
+        let compute = |error| EnsembleError::Compute {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let logits = logits.to_dtype(DType::F32).map_err(compute)?;
         let activated = match self.manifest.head {
@@ -593,7 +593,7 @@ pub fn create(
 ) -> Result<Manifest, EnsembleError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| EnsembleError::Io { path, source }
+        move |error| EnsembleError::Io { path, error }
     };
     std::fs::create_dir_all(out).map_err(io(out))?;
     manifest.members.clear();
@@ -616,9 +616,9 @@ pub fn create(
         reason: e.to_string(),
     })?;
     ctgrade_fsio::write_atomic(&ensemble_json, format!("{text}\n").as_bytes()).map_err(
-        |source| EnsembleError::Io {
+        |error| EnsembleError::Io {
             path: ensemble_json.clone(),
-            source,
+            error,
         },
     )?;
     // Check what was written the way a run will.

@@ -39,7 +39,7 @@ pub enum HeatMapError {
     Shape(String),
     /// The preprocessing geometry cannot be inverted.
     #[error("cannot map the heat map back to the CT's grid: {0}")]
-    Geometry(#[from] PreprocessError),
+    Geometry(PreprocessError),
 }
 
 /// Whether heat maps can be made for `arch`: its networks end in a global average pool and a
@@ -185,7 +185,7 @@ pub fn to_grid(
     if cam.size.contains(&0) || cam.data.len() != cam.size.iter().product::<usize>() {
         return Err(HeatMapError::Shape(format!("empty map {:?}", cam.size)));
     }
-    let map = IndexMap::between(target, &resampled_grid(report))?;
+    let map = IndexMap::between(target, &resampled_grid(report)).map_err(HeatMapError::Geometry)?;
     let spec = &report.spec;
     let input = [spec.slices, spec.crop_xy[1], spec.crop_xy[0]];
     let [k0, k1] = report.kept_z_range;

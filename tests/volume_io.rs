@@ -208,13 +208,23 @@ fn nifti_round_trip() {
 
 #[test]
 fn unknown_extension_is_an_error() {
-    let err = volume::read(Path::new("scan.dcm")).unwrap_err().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let dcm = dir.path().join("scan.dcm");
+    std::fs::write(&dcm, b"DICM").unwrap();
+    let err = volume::read(&dcm).unwrap_err().to_string();
     assert!(
         err.contains("scan.dcm") && err.contains("extension"),
         "{err}"
     );
+    // A path that is not there is said so, once.
+    let err = volume::read(&dir.path().join("missing.dcm"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing.dcm: cannot open: No such file or directory (os error 2)"),
+        "{err}"
+    );
     let v = Volume::filled([1, 1, 1], [1.0; 3], [0.0; 3], 0.0);
-    let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("x.png");
     assert!(volume::write(&p, &v, ElementType::Short).is_err());
     assert!(!p.exists());

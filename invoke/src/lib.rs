@@ -38,16 +38,16 @@ pub type JobResult = Result<(), String>;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The address cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: String,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not `source()`: `{:#}` would print it twice).
+        error: std::io::Error,
     },
     /// The async runtime or the listener failed.
     #[error("the server failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// `setup` failed: its own one-line reason.
     #[error("{0}")]
     Setup(String),
@@ -78,7 +78,7 @@ pub fn bind(host: &str, port: u16) -> Result<TcpListener, ServeError> {
     } else {
         format!("{host}:{port}")
     };
-    TcpListener::bind(&addr).map_err(|source| ServeError::Bind { addr, source })
+    TcpListener::bind(&addr).map_err(|error| ServeError::Bind { addr, error })
 }
 
 /// Serves the invoke API on `listener` until SIGTERM or SIGINT. `name` prefixes the log lines.
@@ -102,7 +102,7 @@ where
     H: FnMut() -> JobResult + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    let addr = listener.local_addr()?;
+    let addr = listener.local_addr().map_err(ServeError::Io)?;
     let (jobs, job_queue) = mpsc::channel::<Job>();
     let shared = Arc::new(Shared {
         name: name.to_string(),
@@ -114,15 +114,17 @@ where
     let worker_shared = Arc::clone(&shared);
     std::thread::Builder::new()
         .name("invoke-worker".into())
-        .spawn(move || worker(setup, &worker_shared, started, job_queue))?;
+        .spawn(move || worker(setup, &worker_shared, started, job_queue))
+        .map_err(ServeError::Io)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(ServeError::Io)?;
     eprintln!("{name}: listening on {addr}; loading the model");
     runtime.block_on(async move {
-        listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
+        listener.set_nonblocking(true).map_err(ServeError::Io)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(ServeError::Io)?;
         let app = Router::new()
             .route("/health", get(health))
             .route("/invoke", post(invoke))

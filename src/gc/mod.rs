@@ -31,12 +31,12 @@ pub const LESION_SOCKET_DIR: &str = "images/covid-19-lesion-segmentation";
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
     /// The input folder cannot be listed.
-    #[error("cannot read the input folder {path}: {source}")]
+    #[error("cannot read the input folder {path}: {error}")]
     ReadDir {
         /// The folder.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not `source()`: `{:#}` would print it twice).
+        error: std::io::Error,
     },
     /// No CT image in any known layout.
     #[error("no CT image found in {0}: expected images/ct/<case>.mha or a DICOM series in images/ct/ (grand-challenge), or .mha/.mhd/.nii/.nii.gz files or DICOM series folders directly in it")]
@@ -102,9 +102,9 @@ pub fn case_name(path: &Path) -> Option<String> {
 
 /// Lists the image files directly in `dir` with their case names, skipping hidden files.
 fn images_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, GcError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| GcError::ReadDir {
+    let entries = std::fs::read_dir(dir).map_err(|error| GcError::ReadDir {
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     let mut found: Vec<(String, PathBuf)> = Vec::new();
     for entry in entries.flatten() {
@@ -123,9 +123,9 @@ fn images_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, GcError> {
 /// Lists the sub-folders of `dir` that hold a DICOM series (files recognised by content), each a
 /// case named after its folder, skipping hidden folders.
 fn series_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, GcError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| GcError::ReadDir {
+    let entries = std::fs::read_dir(dir).map_err(|error| GcError::ReadDir {
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     Ok(entries
         .flatten()

@@ -29,19 +29,19 @@ pub const REPORT_FILE: &str = "report.html";
 
 /// A failed write, naming the file.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write {path}: {source}")]
+#[error("cannot write {path}: {error}")]
 pub struct WriteError {
     /// The file.
     pub path: PathBuf,
-    /// The cause.
-    pub source: std::io::Error,
+    /// The cause (in the message, not `source()`: `{:#}` would print it twice).
+    pub error: std::io::Error,
 }
 
 /// Writes `bytes` to `path` atomically and durably (see [`ctgrade_fsio`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
-    ctgrade_fsio::write_atomic(path, bytes).map_err(|source| WriteError {
+    ctgrade_fsio::write_atomic(path, bytes).map_err(|error| WriteError {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -49,7 +49,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
 pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), WriteError> {
     let mut text = serde_json::to_string_pretty(value).map_err(|e| WriteError {
         path: path.to_path_buf(),
-        source: std::io::Error::other(e),
+        error: std::io::Error::other(e),
     })?;
     text.push('\n');
     write_atomic(path, text.as_bytes())

@@ -42,7 +42,7 @@ pub const STRIP_SLICES: usize = 8;
 pub enum ReportError {
     /// PNG encoding failed.
     #[error("cannot encode a report picture as PNG: {0}")]
-    Png(#[from] png::EncodingError),
+    Png(png::EncodingError),
     /// The volumes handed over do not fit together.
     #[error("report pictures: {0}")]
     Shape(String),
@@ -121,7 +121,7 @@ impl Figure {
     fn encode(alt: String, img: &Rgb) -> Result<Self, ReportError> {
         Ok(Self {
             alt,
-            png: img.png()?,
+            png: img.png().map_err(ReportError::Png)?,
             width: img.width,
             height: img.height,
         })

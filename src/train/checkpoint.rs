@@ -72,9 +72,9 @@ pub(super) fn save_checkpoint(
     adam: &Adam,
     best: Option<&HashMap<String, Tensor>>,
 ) -> Result<(), TrainError> {
-    std::fs::create_dir_all(dir).map_err(|source| TrainError::Write {
+    std::fs::create_dir_all(dir).map_err(|error| TrainError::Write {
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (n, t) in net.state()? {

@@ -42,12 +42,12 @@ pub enum TrainError {
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     /// An output cannot be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {error}")]
     Write {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not `source()`: `{:#}` would print it twice).
+        error: std::io::Error,
     },
     /// The network cannot be built.
     #[error(transparent)]
@@ -70,7 +70,7 @@ impl From<ensemble::EnsembleError> for TrainError {
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     crate::gc::outputs::write_atomic(path, bytes).map_err(|e| TrainError::Write {
         path: e.path,
-        source: e.source,
+        error: e.error,
     })
 }
 
@@ -82,9 +82,9 @@ pub(super) fn save_tensors(
     ctgrade_fsio::write_atomic_by_path(path, "", |tmp| candle_core::safetensors::save(tensors, tmp))
         .map_err(|e| match e {
             ctgrade_fsio::ByPathError::Fill(e) => TrainError::Candle(e),
-            ctgrade_fsio::ByPathError::Io(source) => TrainError::Write {
+            ctgrade_fsio::ByPathError::Io(error) => TrainError::Write {
                 path: path.to_path_buf(),
-                source,
+                error,
             },
         })
 }

@@ -183,17 +183,17 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
     let started = Instant::now();
     let r = &opts.recipe;
     check_options(opts)?;
-    std::fs::create_dir_all(&opts.out).map_err(|source| TrainError::Write {
+    std::fs::create_dir_all(&opts.out).map_err(|error| TrainError::Write {
         path: opts.out.clone(),
-        source,
+        error,
     })?;
     let recipe_path = opts.out.join(RECIPE_FILE);
     let recipe_json = serde_json::to_string_pretty(r)
         .map_err(|e| TrainError::Options(format!("cannot serialise the recipe: {e}")))?;
     if opts.resume && recipe_path.is_file() {
-        let old = std::fs::read_to_string(&recipe_path).map_err(|source| TrainError::Write {
+        let old = std::fs::read_to_string(&recipe_path).map_err(|error| TrainError::Write {
             path: recipe_path.clone(),
-            source,
+            error,
         })?;
         let old: Recipe = serde_json::from_str(&old)
             .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", recipe_path.display())))?;

@@ -37,9 +37,9 @@ pub fn write_phantom_set(
     set: &PhantomSet,
     mut log: impl FnMut(String),
 ) -> Result<Vec<(String, u8)>, TrainError> {
-    std::fs::create_dir_all(&set.out).map_err(|source| TrainError::Write {
+    std::fs::create_dir_all(&set.out).map_err(|error| TrainError::Write {
         path: set.out.clone(),
-        source,
+        error,
     })?;
     let n = set.per_class * 5;
     let width = n.saturating_sub(1).to_string().len().max(3);

@@ -57,7 +57,9 @@ pub fn read_with_type_and_limits(
     path: &Path,
     limits: &ReadLimits,
 ) -> Result<(Volume, ElementType), VolumeError> {
-    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+    // A path that is not there is said so, whatever its extension.
+    let meta = std::fs::metadata(path).map_err(|e| VolumeError::io(path, "cannot open", e))?;
+    if meta.is_dir() {
         return super::dicom::read(path, limits);
     }
     let format = format_of(path)?;
