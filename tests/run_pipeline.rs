@@ -166,3 +166,129 @@ fn ensemble_errors_are_caught_before_compute() {
         "{stderr}"
     );
 }
+
+/// One scan directly in the input folder is graded as any folder of scans: its own folder with
+/// the socket files (and the spread), the summaries, and the legacy results.json; the evaluator
+/// reads the folder and results.json alike.
+#[test]
+fn a_single_scan_in_the_folder_is_a_batch_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = make_ensemble(dir.path(), Head::Continuous, 2);
+    let input = dir.path().join("input");
+    write_phantom(&input.join("a.mha"), 4, 3);
+    let output = dir.path().join("output");
+    let out = run(&input, &output, &weights, &["--spread"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &str| std::fs::read_to_string(output.join(f)).unwrap();
+    let p: f64 = read("a/probability-covid-19.json").trim().parse().unwrap();
+    let spread: f64 = read("a/probability-covid-19-spread.json")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(spread >= 0.0);
+    assert!(output.join("a/co-rads-score.json").is_file());
+    assert!(output.join("summary.csv").is_file());
+    for source in [
+        output.clone(),
+        output.join("results.json"),
+        output.join("summary.json"),
+    ] {
+        let set = ctgrade_eval::load_predictions(&source).unwrap();
+        assert_eq!(set.predictions.len(), 1, "{}", source.display());
+        assert_eq!(set.predictions[0].case, "a");
+        assert!((set.predictions[0].probability - p).abs() < 1e-12);
+    }
+}
+
+/// A wrong `--output` fails at once, naming it, before any case is graded.
+#[test]
+fn output_that_is_a_file_fails_before_grading() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = make_ensemble(dir.path(), Head::Continuous, 1);
+    let input = dir.path().join("input");
+    write_phantom(&input.join("images/ct/case-1.mha"), 1, 4);
+    let output = dir.path().join("taken");
+    std::fs::write(&output, b"not a folder").unwrap();
+    let out = run(&input, &output, &weights, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        last.contains(s(&output)) && last.contains("exists and is not a folder"),
+        "{last}"
+    );
+    assert!(
+        !stderr.contains("member 1/1"),
+        "a case was graded: {stderr}"
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), b"not a folder");
+}
+
+/// An operating-system error appears once in the line a user reads.
+#[test]
+fn os_errors_are_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let weights = make_ensemble(dir.path(), Head::Continuous, 1);
+    for args in [
+        run_args(&missing, &dir.path().join("out"), &weights),
+        vec!["info", s(&missing)],
+    ] {
+        let out = ctgrade(&args, &[]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(s(&missing)), "{stderr}");
+        assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+    }
+}
+
+/// On the platform the CT is stored as images/ct/<uuid>.mha: the line the submitter reads names
+/// the file they uploaded (from inputs.json) first.
+#[test]
+fn failure_line_names_the_uploaded_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = make_ensemble(dir.path(), Head::Continuous, 1);
+    let input = dir.path().join("input");
+    let uuid = "0b6c6f1e-2d5a-4c1b-9e3f-7a8d9c0b1e2f";
+    std::fs::create_dir_all(input.join("images/ct")).unwrap();
+    std::fs::write(
+        input.join(format!("images/ct/{uuid}.mha")),
+        b"ObjectType = Image\nNDims = 3\n",
+    )
+    .unwrap();
+    let inputs = serde_json::json!([{
+        "pk": 1,
+        "socket": {"slug": "ct-image", "kind": "Image", "super_kind": "Image",
+                   "relative_path": "images/ct"},
+        "image": {"pk": uuid, "name": "patient_017.mha"},
+    }]);
+    std::fs::write(input.join("inputs.json"), inputs.to_string()).unwrap();
+    let out = run(&input, &dir.path().join("output"), &weights, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(last.starts_with("patient_017.mha (stored as "), "{last}");
+    assert!(last.contains(&format!("{uuid}.mha")), "{last}");
+}
+
+/// Every accepted input is in the help texts: DICOM folders too.
+#[test]
+fn help_texts_list_dicom_folders() {
+    for (command, needle) in [
+        ("info", "FILE|DIR"),
+        ("preprocess", "FILE|DIR"),
+        ("run", "DICOM"),
+    ] {
+        let out = ctgrade(&[command, "--help"], &[]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && help.contains(needle),
+            "{command}: {help}"
+        );
+        assert!(help.contains("DICOM"), "{command}: {help}");
+    }
+}

@@ -1,5 +1,6 @@
-//! Reading predictions: the platform's `predictions.json`, a `ctgrade run` output folder, or a
-//! CSV `case,probability[,co_rads]`.
+//! Reading predictions: the platform's `predictions.json`, a `ctgrade run` output folder (its
+//! `summary.json`, the legacy evalutils `results.json`, or `<case>/` folders), or a CSV
+//! `case,probability[,co_rads]`.
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -48,6 +49,8 @@ pub enum PredictionFormat {
     Platform,
     /// `summary.json` of a `ctgrade run` batch.
     RunSummary,
+    /// The legacy evalutils `results.json` (`[{"outputs", "inputs", "error_messages"}]`).
+    LegacyResults,
     /// `<dir>/<case>/probability-covid-19.json` folders.
     RunFolder,
     /// CSV `case,probability[,co_rads]`.
@@ -74,9 +77,9 @@ impl PredictionSet {
     }
 }
 
-/// Reads predictions from `path`: a `.csv` file, a `.json` file (the platform's job list or a
-/// `ctgrade run` summary), or a folder (holding `predictions.json`, `summary.json`, or one
-/// sub-folder per case).
+/// Reads predictions from `path`: a `.csv` file, a `.json` file (the platform's job list, a
+/// `ctgrade run` summary, or the legacy evalutils `results.json`), or a folder (holding
+/// `predictions.json`, `summary.json`, `results.json`, or one sub-folder per case).
 pub fn load_predictions(path: &Path) -> Result<PredictionSet> {
     let meta = fs::metadata(path).map_err(|e| EvalError::io(path, e))?;
     if meta.is_dir() {
@@ -87,15 +90,101 @@ pub fn load_predictions(path: &Path) -> Result<PredictionSet> {
         return load_csv(path);
     }
     let doc = read_json(path)?;
-    match &doc {
-        Value::Array(_) => load_platform(path, &doc),
-        Value::Object(o) if o.contains_key("cases") => load_summary(path, &doc),
+    load_json(path, &doc)
+}
+
+/// Reads a parsed JSON prediction file, telling its kind by its shape.
+fn load_json(path: &Path, doc: &Value) -> Result<PredictionSet> {
+    match doc {
+        Value::Array(entries) if entries.iter().any(is_legacy_entry) => load_legacy(path, doc),
+        Value::Array(_) => load_platform(path, doc),
+        Value::Object(o) if o.contains_key("cases") => load_summary(path, doc),
         _ => Err(EvalError::format(
             path,
-            "expected the platform's job list (a JSON array) or a ctgrade run summary \
-             ({\"cases\": [...]})",
+            "expected the platform's job list (a JSON array of jobs with \"pk\"), a ctgrade run \
+             summary ({\"cases\": [...]}) or a legacy results.json (a JSON array of \
+             {\"outputs\", \"inputs\", \"error_messages\"})",
         )),
     }
+}
+
+/// An entry of the legacy evalutils `results.json`: it has `error_messages` and no job `pk`.
+fn is_legacy_entry(entry: &Value) -> bool {
+    entry.get("error_messages").is_some() && entry.get("pk").is_none()
+}
+
+/// Reads the legacy evalutils `results.json`: one entry per case, its input file in
+/// `inputs[].filename`, its answers in `outputs[]` (`{"name", "value"}`), failures in
+/// `error_messages`.
+fn load_legacy(path: &Path, doc: &Value) -> Result<PredictionSet> {
+    let entries = doc.as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut predictions = Vec::new();
+    let mut failed = Vec::new();
+    for (k, e) in entries.iter().enumerate() {
+        let origin = format!("{}, [{k}]", path.display());
+        let file = e
+            .get("inputs")
+            .and_then(Value::as_array)
+            .and_then(|inputs| inputs.iter().find_map(|i| i.get("filename")?.as_str()))
+            .ok_or_else(|| {
+                EvalError::format(
+                    path,
+                    format!("[{k}] has no input file name (inputs[].filename) to name the case by"),
+                )
+            })?;
+        let case = case_name(file);
+        let errors: Vec<String> = e
+            .get("error_messages")
+            .and_then(Value::as_array)
+            .map(|m| {
+                m.iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !errors.is_empty() {
+            failed.push(Failed {
+                case: Some(case),
+                origin,
+                reason: errors.join("; "),
+            });
+            continue;
+        }
+        let outputs = e.get("outputs").and_then(Value::as_array);
+        let output = |name: &str| {
+            outputs?
+                .iter()
+                .find(|o| o.get("name").and_then(Value::as_str) == Some(name))?
+                .get("value")
+        };
+        let probability = probability_from_json(
+            output(PROBABILITY_SLUG).ok_or_else(|| {
+                EvalError::format(
+                    path,
+                    format!("[{k}] ({file}): no output named '{PROBABILITY_SLUG}'"),
+                )
+            })?,
+            &case,
+            &origin,
+        )?;
+        let co_rads = match output(CO_RADS_SLUG).filter(|v| !v.is_null()) {
+            Some(v) => Some(co_rads_from_json(v, &case, &origin)?),
+            None => None,
+        };
+        predictions.push(Prediction {
+            case,
+            probability,
+            co_rads,
+            origin,
+        });
+    }
+    check_unique(&predictions)?;
+    Ok(PredictionSet {
+        source: path.to_path_buf(),
+        format: PredictionFormat::LegacyResults,
+        predictions,
+        failed,
+    })
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -342,17 +431,13 @@ fn load_summary(path: &Path, doc: &Value) -> Result<PredictionSet> {
     })
 }
 
-/// Reads a folder: `predictions.json`, `summary.json`, or `<case>/probability-covid-19.json`.
+/// Reads a folder: `predictions.json`, `summary.json`, `results.json`, or
+/// `<case>/probability-covid-19.json`, the first found.
 fn load_folder(dir: &Path) -> Result<PredictionSet> {
-    for (file, is_platform) in [("predictions.json", true), ("summary.json", false)] {
+    for file in ["predictions.json", "summary.json", "results.json"] {
         let p = dir.join(file);
         if p.is_file() {
-            let doc = read_json(&p)?;
-            return if is_platform {
-                load_platform(&p, &doc)
-            } else {
-                load_summary(&p, &doc)
-            };
+            return load_json(&p, &read_json(&p)?);
         }
     }
     let prob_file = format!("{PROBABILITY_SLUG}.json");
@@ -411,7 +496,8 @@ fn load_folder(dir: &Path) -> Result<PredictionSet> {
         return Err(EvalError::format(
             dir,
             format!(
-                "no predictions: expected predictions.json, summary.json or <case>/{prob_file}"
+                "no predictions: expected predictions.json, summary.json, results.json or \
+                 <case>/{prob_file}"
             ),
         ));
     }

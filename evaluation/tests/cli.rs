@@ -420,6 +420,69 @@ fn ctgrade_run_folders() {
         r.stderr
     );
 
+    // The legacy evalutils results.json (what `ctgrade run` writes for images directly in
+    // /input): read as a file, and from a folder without summary.json; error_messages are
+    // failed cases.
+    let entry = |file: &str, p: f64, c: u8| {
+        serde_json::json!({
+            "outputs": [
+                {"type": "float", "name": "probability-covid-19", "value": p},
+                {"type": "int", "name": "co-rads-score", "value": c},
+            ],
+            "inputs": [{"type": "metaio_image", "filename": file}],
+            "error_messages": [],
+        })
+    };
+    let legacy = d.join("legacy");
+    fs::create_dir_all(&legacy).unwrap();
+    let results = serde_json::json!([
+        entry("a.mha", 0.9, 5),
+        entry("b.nii.gz", 0.2, 1),
+        entry("c.mha", 0.6, 4),
+        {"outputs": [], "inputs": [{"type": "metaio_image", "filename": "d.mha"}],
+         "error_messages": ["d.mha: unreadable image"]},
+    ]);
+    fs::write(legacy.join("results.json"), results.to_string()).unwrap();
+    for p in [legacy.clone(), legacy.join("results.json")] {
+        let r = run(&["-p", s(&p), "-g", s(&truth), "-o", s(&out)]);
+        assert!(
+            r.last_err_line().contains("'d (d.mha: unreadable image)'"),
+            "{}",
+            r.stderr
+        );
+    }
+    fs::write(
+        legacy.join("results.json"),
+        serde_json::json!([
+            entry("a.mha", 0.9, 5),
+            entry("b.mha", 0.2, 1),
+            entry("c.mha", 0.6, 4),
+            entry("d.mha", 0.4, 2)
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let r = run(&[
+        "-p",
+        s(&legacy),
+        "-g",
+        s(&truth),
+        "-o",
+        s(&out),
+        "--bootstrap",
+        "0",
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stdout.contains("QWK 1.000"), "{}", r.stdout);
+    // A JSON file of none of these shapes: the message says what was expected.
+    fs::write(legacy.join("results.json"), r#"{"probability": 0.5}"#).unwrap();
+    let r = run(&["-p", s(&legacy), "-g", s(&truth), "-o", s(&out)]);
+    assert!(
+        r.last_err_line().contains("legacy results.json"),
+        "{}",
+        r.stderr
+    );
+
     // A single-case output folder cannot name its case.
     let single = d.join("single");
     fs::create_dir_all(&single).unwrap();

@@ -7,7 +7,8 @@ use anyhow::Result;
 /// Arguments of `ctgrade info`.
 #[derive(clap::Args)]
 pub struct InfoArgs {
-    /// The volume file.
+    /// The CT: a .mha, .mhd, .nii or .nii.gz file, or a folder holding one DICOM series.
+    #[arg(value_name = "FILE|DIR")]
     file: PathBuf,
 }
 

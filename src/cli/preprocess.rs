@@ -9,7 +9,9 @@ use ctgrade::preprocess::files::{self, PreprocessOptions};
 /// Arguments of `ctgrade preprocess`.
 #[derive(Debug, clap::Args)]
 pub struct PreprocessArgs {
-    /// Input CT in Hounsfield units (.mha, .mhd, .nii, .nii.gz).
+    /// Input CT in Hounsfield units: a .mha, .mhd, .nii or .nii.gz file, or a folder holding one
+    /// DICOM series.
+    #[arg(value_name = "FILE|DIR")]
     input: PathBuf,
     /// Output folder (created if needed).
     #[arg(long)]

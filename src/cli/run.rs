@@ -19,10 +19,12 @@ use super::PrecisionArg;
 /// Arguments of `ctgrade run` (and of `ctgrade serve`, which grades the same way).
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Input folder: grand-challenge layout (images/ct/*.mha, inputs.json), or scans directly in it.
+    /// Input folder: the grand-challenge layout (images/ct/<uuid>.mha or a DICOM image set in
+    /// images/ct/, with inputs.json), or scans directly in it (.mha, .mhd, .nii, .nii.gz files and
+    /// sub-folders holding a DICOM series, each a case), or one DICOM series folder.
     #[arg(long, default_value = "/input")]
     input: PathBuf,
-    /// Output folder.
+    /// Output folder (created if missing; checked before any case is graded).
     #[arg(long, default_value = "/output")]
     output: PathBuf,
     /// Ensemble folder (with ensemble.json); default: /opt/ml/model, then the built-in weights.

@@ -7,8 +7,10 @@
 //! - legacy layout ("Generic Medical Image"): images directly in `/input`, answers in
 //!   `/output/results.json` in the evalutils shape.
 //!
-//! Locally, a folder with several scans is a batch: each case gets its own output folder and a
-//! summary lists them all.
+//! Images directly in a folder (the legacy layout, one scan or many) and sharded runs are a batch:
+//! each case gets its own output folder with the socket files, and `summary.json`/`.csv` list
+//! them all (the legacy layout also writes `results.json`). Only the socket layout writes the
+//! answers directly into the output folder.
 
 pub mod memory;
 pub mod merge;

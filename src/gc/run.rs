@@ -2,7 +2,7 @@
 //! preprocesses it as the ensemble's manifest asks, runs the members, grades, and writes the answers.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -60,6 +60,45 @@ pub enum RunError {
     /// An output cannot be written.
     #[error(transparent)]
     Write(#[from] outputs::WriteError),
+    /// The output location cannot take the answers; checked before any case is graded.
+    #[error("output folder {}: {reason}", path.display())]
+    Output {
+        /// The output folder.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+/// Makes sure `dir` is a folder ctgrade can write into (creating it when missing), so that a
+/// wrong `--output` fails at once rather than after every case has been graded.
+fn check_output(dir: &Path) -> Result<(), RunError> {
+    let fail = |reason: String| RunError::Output {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    if dir.exists() && !dir.is_dir() {
+        return Err(fail("exists and is not a folder".into()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot be created: {e}")))?;
+    let probe = dir.join(format!(".ctgrade-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| fail(format!("is not writable: {e}")))?;
+    // A probe that cannot be removed is harmless: it is hidden and empty.
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// The failure reason as the submitter reads it: the platform stores an upload under an internal
+/// name (`images/ct/<uuid>.mha`), so the file the user uploaded is named first.
+fn with_upload_name(case: &Case, error: String) -> String {
+    let Some(upload) = &case.upload_name else {
+        return error;
+    };
+    let stored = case.image.display().to_string();
+    match error.strip_prefix(&stored) {
+        Some(rest) => format!("{upload} (stored as {stored}){rest}"),
+        None => format!("{upload}: {error}"),
+    }
 }
 
 /// A one-line reason naming the case's file.
@@ -112,9 +151,12 @@ fn log(bar: &ProgressBar, line: String) {
 
 /// Runs the ensemble on every case of `opts.input`.
 pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<RunReport, RunError> {
+    check_output(&opts.output)?;
     let mut inputs = discover(&opts.input)?;
     let total = inputs.cases.len();
-    let batch = total > 1 || opts.shard.is_some();
+    // One rule for images directly in the input folder, one or many: each case gets its own
+    // folder (sockets, spread) and the summary, beside the legacy results.json.
+    let batch = total > 1 || opts.shard.is_some() || inputs.layout == Layout::Legacy;
     if let Some(shard) = opts.shard {
         inputs.cases.retain(|c| shard.owns(&c.name));
     }
@@ -229,13 +271,10 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
                     volume::write(path, &image, element).map_err(|e| e.to_string())?;
                 }
                 // The answers last: a case whose other outputs failed leaves no answer behind.
-                if inputs.layout == Layout::Sockets || batch {
-                    if opts.spread {
-                        outputs::write_spread(&case_dir, graded.spread)
-                            .map_err(|e| e.to_string())?;
-                    }
-                    outputs::write_sockets(&case_dir, &graded.grade).map_err(|e| e.to_string())?;
+                if opts.spread {
+                    outputs::write_spread(&case_dir, graded.spread).map_err(|e| e.to_string())?;
                 }
+                outputs::write_sockets(&case_dir, &graded.grade).map_err(|e| e.to_string())?;
                 Ok(graded)
             });
         let seconds = start.elapsed().as_secs_f64();
@@ -270,6 +309,7 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
                 }
             }
             Err(error) => {
+                let error = with_upload_name(case, error);
                 log(&bar, format!("{}: FAILED: {error}", case.name));
                 figures.push(None);
                 CaseResult {
