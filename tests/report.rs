@@ -211,17 +211,35 @@ fn report_structure_images_and_heat_maps() {
             None => {
                 let p = case["probability"].as_f64().unwrap();
                 assert!(sec.contains(&format!("probability <b>{p:.4}</b>")));
-                // Three views, three heat-map views, the colour bar and the input strip.
-                assert_eq!(images(sec).len(), 8, "{name}");
+                // Three views, three heat-map views and the input strip.
+                assert_eq!(images(sec).len(), 7, "{name}");
                 assert!(sec.contains("spread (SD)"));
                 assert!(sec.contains("lung mask outlined"));
+                // Slices named by their position in mm and the CT's own index.
+                for view in [
+                    "axial slice at z = ",
+                    "coronal slice at y = ",
+                    "sagittal slice at x = ",
+                ] {
+                    assert!(sec.contains(view), "{name}: no '{view}'");
+                }
+                assert!(sec.contains("(CT k = "), "{name}");
+                // The colour bar has its ticks, and the heat map's coarse grid is stated.
+                assert!(sec.contains("class=\"heat-bar\""), "{name}");
+                for tick in ["0", "0.1", "0.5", "1"] {
+                    assert!(
+                        sec.contains(&format!(">{tick}</text>")),
+                        "{name}: tick {tick}"
+                    );
+                }
+                assert!(sec.contains("coarse grid of "), "{name}");
             }
         }
     }
 
     // Every picture is a PNG of the size its tag states.
     let pictures = images(&html);
-    assert_eq!(pictures.len(), 16);
+    assert_eq!(pictures.len(), 14);
     for (src, width, height) in pictures {
         let data = src
             .strip_prefix("data:image/png;base64,")
@@ -327,7 +345,7 @@ fn heat_map_of_a_dicom_series() {
     );
     let html = std::fs::read_to_string(output.join("report.html")).unwrap();
     assert_eq!(html.matches("<section class=\"case\"").count(), 1);
-    assert!(html.contains("with the heat map"));
+    assert!(html.contains(", heat map</figcaption>"));
 }
 
 /// `--heat-map` with networks it cannot explain is refused before any case is graded.

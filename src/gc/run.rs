@@ -529,9 +529,11 @@ fn grade_case(
     let figures = match (display, lungs_display, kept_input) {
         (Some((_, ct_display)), Some(lungs), Some(input)) => Some(
             report::render_case(&CaseImages {
+                ct_grid: &ct_grid,
                 ct: &ct_display,
                 lungs: &lungs,
                 heat: heat_display.as_ref(),
+                heat_cells: cam.as_ref().map(|c| c.size),
                 preprocess: &prep.report,
                 input: &input,
                 input_shape: prep.shape,

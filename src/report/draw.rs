@@ -99,6 +99,15 @@ impl View {
         }
     }
 
+    /// The grid axis the view's slices are taken along (axial: z).
+    pub fn axis(self) -> usize {
+        match self {
+            View::Axial => 2,
+            View::Coronal => 1,
+            View::Sagittal => 0,
+        }
+    }
+
     /// Image size `(width, height)` of this view of a grid of `size`.
     pub fn image_size(self, size: [usize; 3]) -> (usize, usize) {
         match self {
@@ -207,26 +216,10 @@ pub fn blend_heat(img: &mut Rgb, heat: &Volume, view: View, at: usize) {
     }
 }
 
-/// A horizontal colour bar of the heat colour map, `width` x `height`.
-pub fn heat_bar(width: usize, height: usize) -> Rgb {
-    let mut img = Rgb::new(width, height);
-    for x in 0..width {
-        let c = heat_colour(x as f32 / (width.max(2) - 1) as f32);
-        for y in 0..height {
-            img.put(x as i64, y as i64, c);
-        }
-    }
-    img
-}
-
 /// The slice index of `mask` in `view` with the most mask voxels (the middle when it is empty).
 pub fn fullest_slice(mask: &Volume, view: View) -> usize {
     let [nx, ny, nz] = mask.size;
-    let axis = match view {
-        View::Axial => 2,
-        View::Coronal => 1,
-        View::Sagittal => 0,
-    };
+    let axis = view.axis();
     let mut counts = vec![0usize; mask.size[axis]];
     for z in 0..nz {
         for y in 0..ny {

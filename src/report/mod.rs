@@ -19,7 +19,7 @@ use base64::Engine as _;
 
 use crate::ensemble::Ensemble;
 use crate::gc::outputs::{self, CaseResult, WriteError};
-use crate::preprocess::resample::Grid;
+use crate::preprocess::resample::{Grid, IndexMap};
 use crate::preprocess::PreprocessReport;
 use crate::volume::Volume;
 use draw::{Rgb, View};
@@ -88,12 +88,16 @@ pub struct Timings {
 /// What the pictures of a graded case are drawn from; volumes on [`display_grid`].
 #[derive(Debug, Clone, Copy)]
 pub struct CaseImages<'a> {
+    /// The CT's own grid (as read), to label the slices in its own indices.
+    pub ct_grid: &'a Grid,
     /// The CT (HU).
     pub ct: &'a Volume,
     /// The lung mask (0/1).
     pub lungs: &'a Volume,
     /// The heat map ([0, 1]), when computed.
     pub heat: Option<&'a Volume>,
+    /// The size `[d, h, w]` of the grid the heat map was computed on (the last block's).
+    pub heat_cells: Option<[usize; 3]>,
     /// What preprocessing measured (crop box, kept slices, ...).
     pub preprocess: &'a PreprocessReport,
     /// The network input, `(channel, z, y, x)`, values in [0, 1].
@@ -133,10 +137,10 @@ impl Figure {
 pub struct CaseFigures {
     /// Slices with the lung outline and the crop box: axial, coronal, sagittal.
     pub views: Vec<Figure>,
-    /// The same slices with the heat map, when computed, and its colour bar.
+    /// The same slices with the heat map, when computed.
     pub heat: Vec<Figure>,
-    /// The heat map's colour bar, when computed.
-    pub heat_bar: Option<Figure>,
+    /// The heat map's grid `[d, h, w]` and the size of one of its cells in mm `[z, y, x]`.
+    pub heat_cells: Option<([usize; 3], [f64; 3])>,
     /// Network input slices side by side.
     pub strip: Figure,
     /// Which input slices the strip shows.
@@ -147,6 +151,37 @@ pub struct CaseFigures {
     pub preprocess: PreprocessReport,
     /// Timings.
     pub timings: Timings,
+}
+
+/// Where the slice `at` of `view` on the display grid `shown` lies, in the terms a reader can
+/// check in a viewer: its position in mm along the view's LPS axis, and the index of the CT's own
+/// voxel axis that runs most nearly across it (`i`, `j`, `k` as stored in the file, so a flipped
+/// or permuted CT is labelled in its own indices).
+pub fn slice_label(view: View, at: usize, shown: &Grid, ct: &Grid) -> String {
+    let axis = view.axis();
+    let mut centre = shown.size.map(|n| (n as f64 - 1.0) / 2.0);
+    centre[axis] = at as f64;
+    let mm = shown.index_to_physical(centre)[axis];
+    let Ok(map) = IndexMap::between(shown, ct) else {
+        return format!("{} slice at {mm:.1} mm", view.name());
+    };
+    // The CT index that changes most per display step along the view's axis.
+    let k = (0..3)
+        .max_by(|&a, &b| {
+            map.m[3 * a + axis]
+                .abs()
+                .total_cmp(&map.m[3 * b + axis].abs())
+        })
+        .unwrap_or(2);
+    let index = (0..3).map(|c| map.m[3 * k + c] * centre[c]).sum::<f64>() + map.t[k];
+    let letter = ["i", "j", "k"][k];
+    let world = ["x", "y", "z"][axis];
+    format!(
+        "{} slice at {world} = {mm:.1} mm (CT {letter} = {} of 0..{})",
+        view.name(),
+        index.round() as i64,
+        ct.size[k].saturating_sub(1)
+    )
 }
 
 /// Draws and encodes a case's pictures.
@@ -166,6 +201,7 @@ pub fn render_case(c: &CaseImages) -> Result<CaseFigures, ReportError> {
         )));
     }
     let p = c.preprocess;
+    let shown = Grid::of(c.ct);
     // The crop box and kept slices on the display grid (same origin and axes as the resampled
     // grid): voxel edges scaled by the spacings, then the display voxels whose centres lie inside.
     let scale = p.spec.spacing_mm / c.ct.spacing[0];
@@ -190,27 +226,30 @@ pub fn render_case(c: &CaseImages) -> Result<CaseFigures, ReportError> {
             View::Coronal => img.rect(x0, row_of_z(z1), x1, row_of_z(z0), draw::CROP),
             View::Sagittal => img.rect(y0, row_of_z(z1), y1, row_of_z(z0), draw::CROP),
         }
+        let label = slice_label(view, at, &shown, c.ct_grid);
         views.push(Figure::encode(
-            format!("{} slice {at} with lung outline and crop box", view.name()),
+            format!("{label}, lung outline and crop box"),
             &img,
         )?);
         if let Some(h) = c.heat {
             let mut img = grey;
             draw::blend_heat(&mut img, h, view, at);
             draw::outline(&mut img, c.lungs, view, at, draw::LUNG);
-            heat.push(Figure::encode(
-                format!("{} slice {at} with the heat map", view.name()),
-                &img,
-            )?);
+            heat.push(Figure::encode(format!("{label}, heat map"), &img)?);
         }
     }
-    let heat_bar = match c.heat {
-        Some(_) => Some(Figure::encode(
-            "heat colour bar from 0 to 1".into(),
-            &draw::heat_bar(256, 12),
-        )?),
-        None => None,
-    };
+    // One heat-map cell covers the network input's voxels it summarises: the crop in-plane, the
+    // kept slices (sampled to `slices`) along z.
+    let heat_cells = c.heat.and(c.heat_cells).map(|cells| {
+        let kept_mm = (p.kept_z_range[1] + 1 - p.kept_z_range[0]) as f64 * p.spec.spacing_mm;
+        let crop_mm = [p.spec.crop_xy[1], p.spec.crop_xy[0]].map(|n| n as f64 * p.spec.spacing_mm);
+        let mm = [
+            kept_mm / cells[0] as f64,
+            crop_mm[0] / cells[1] as f64,
+            crop_mm[1] / cells[2] as f64,
+        ];
+        (cells, mm)
+    });
     // The strip: evenly spaced slices of the first channel, scaled up to about 128 pixels.
     let strip_slices = crate::preprocess::uniform_indices(slices, STRIP_SLICES.min(slices));
     let factor = (128 / ch.max(cw)).max(1);
@@ -229,7 +268,7 @@ pub fn render_case(c: &CaseImages) -> Result<CaseFigures, ReportError> {
     Ok(CaseFigures {
         views,
         heat,
-        heat_bar,
+        heat_cells,
         strip: Figure::encode(
             format!("network input slices {strip_slices:?} of {slices}"),
             &strip,
@@ -287,13 +326,16 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-fn img(f: &Figure) -> String {
+/// A picture with its caption, the caption wrapped to the picture's width. The picture scales
+/// down with the page, keeping its aspect ratio.
+fn figure(f: &Figure) -> String {
     format!(
-        "<img src=\"data:image/png;base64,{}\" width=\"{}\" height=\"{}\" alt=\"{}\">",
+        "<figure style=\"width:{w}px\"><img src=\"data:image/png;base64,{}\" width=\"{w}\" \
+         height=\"{}\" alt=\"{alt}\"><figcaption>{alt}</figcaption></figure>",
         base64::engine::general_purpose::STANDARD.encode(&f.png),
-        f.width,
         f.height,
-        escape(&f.alt)
+        w = f.width,
+        alt = escape(&f.alt)
     )
 }
 
@@ -303,9 +345,9 @@ h1{margin-bottom:0.2em}table{border-collapse:collapse;margin:0.5em 0}\
 td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:14px}\
 th{background:#f0f0f0}.notice{background:#fff3cd;border:1px solid #e0b000;padding:0.5em 1em;\
 font-weight:bold}.failed{color:#b00020}section.case{border-top:2px solid #444;margin-top:1.5em}\
-figure{display:inline-block;margin:0 8px 8px 0;vertical-align:top}\
-figcaption{font-size:12px;color:#555}img{max-width:100%;height:auto;image-rendering:pixelated;\
-background:#000}.big{font-size:20px}";
+figure{display:inline-block;max-width:100%;margin:0 8px 8px 0;vertical-align:top}\
+figcaption{font-size:12px;color:#555}img{display:block;width:100%;height:auto;\
+image-rendering:pixelated}.big{font-size:20px}";
 
 /// The page.
 pub fn render_html(
@@ -420,39 +462,40 @@ fn figures(h: &mut String, f: &CaseFigures) {
         f.display_spacing_mm
     );
     for v in &f.views {
-        let _ = write!(
-            h,
-            "<figure>{}<figcaption>{}</figcaption></figure>",
-            img(v),
-            escape(&v.alt)
-        );
+        h.push_str(&figure(v));
     }
     if !f.heat.is_empty() {
         h.push_str(
             "\n<h3>Heat map</h3>\n<p>Grad-CAM of the members' COVID-19 probability on the last \
-             convolutional block, averaged over members, scaled to [0, 1] (shown above 0.1).</p>",
+             convolutional block, averaged over members, scaled to [0, 1] (shown above 0.1).",
         );
+        if let Some(([d, hh, w], [mz, my, mx])) = f.heat_cells {
+            let _ = write!(
+                h,
+                " It is computed on that block's coarse grid of {d} x {hh} x {w} cells (z, y, x), \
+                 each about {mz:.0} x {my:.0} x {mx:.0} mm, and interpolated: it shows regions, \
+                 not voxels."
+            );
+        }
+        h.push_str("</p>");
         for v in &f.heat {
-            let _ = write!(
-                h,
-                "<figure>{}<figcaption>{}</figcaption></figure>",
-                img(v),
-                escape(&v.alt)
-            );
+            h.push_str(&figure(v));
         }
-        if let Some(bar) = &f.heat_bar {
-            let _ = write!(
-                h,
-                "<figure>{}<figcaption>0 to 1</figcaption></figure>",
-                img(bar)
-            );
-        }
+        h.push_str(&heat_bar_svg());
     }
     let _ = writeln!(
         h,
-        "\n<h3>Network input</h3>\n<figure>{}<figcaption>{}</figcaption></figure>",
-        img(&f.strip),
-        escape(&f.strip.alt)
+        "\n<h3>Network input</h3>\n<p>Evenly spaced slices of the network input's first \
+         channel (the CT in its HU window, 0 black to 1 white), {} x {} voxels of {} mm{}.</p>\n{}",
+        p.spec.crop_xy[0],
+        p.spec.crop_xy[1],
+        p.spec.spacing_mm,
+        if crop_outside(p) {
+            "; where the crop box reaches outside the scan the input is padding, black"
+        } else {
+            ""
+        },
+        figure(&f.strip),
     );
     let o = &p.orientation;
     let rows = [
@@ -507,7 +550,25 @@ fn figures(h: &mut String, f: &CaseFigures) {
         ),
         (
             "crop box",
-            format!("x {:?}, y {:?} (resampled grid)", p.crop_box.x, p.crop_box.y),
+            format!(
+                "x {} to {}, y {} to {} (voxels of the resampled grid, {} x {}, end excluded){}",
+                p.crop_box.x[0],
+                p.crop_box.x[1],
+                p.crop_box.y[0],
+                p.crop_box.y[1],
+                p.resampled_size[0],
+                p.resampled_size[1],
+                if crop_outside(p) {
+                    format!(
+                        "; the box is centred on the lungs and reaches outside the scan \
+                         (a negative index or one past the size): that part of the network \
+                         input is padding at {} HU, black in the pictures",
+                        crate::preprocess::PAD_HU
+                    )
+                } else {
+                    String::new()
+                }
+            ),
         ),
         (
             "timings",
@@ -529,6 +590,50 @@ fn figures(h: &mut String, f: &CaseFigures) {
         let _ = write!(h, "<tr><th>{k}</th><td>{}</td></tr>", escape(&v));
     }
     h.push_str("</table>\n");
+}
+
+/// Whether the crop box reaches outside the resampled grid (and the input is padded there).
+fn crop_outside(p: &PreprocessReport) -> bool {
+    let [nx, ny, _] = p.resampled_size.map(|n| n as i64);
+    p.crop_box.x[0] < 0 || p.crop_box.y[0] < 0 || p.crop_box.x[1] > nx || p.crop_box.y[1] > ny
+}
+
+/// Ticks of the heat map's colour bar; 0.1 is where the pictures start to show heat.
+const HEAT_TICKS: [f32; 6] = [0.0, 0.1, 0.25, 0.5, 0.75, 1.0];
+
+/// The heat map's colour bar as inline SVG: the colour map, ticks with their values, and the part
+/// below 0.1 (not drawn on the slices) greyed out.
+fn heat_bar_svg() -> String {
+    const W: f32 = 320.0;
+    const X0: f32 = 12.0;
+    let stops: String = (0..=20)
+        .map(|i| {
+            let t = i as f32 / 20.0;
+            let [r, g, b] = draw::heat_colour(t);
+            format!("<stop offset=\"{t}\" stop-color=\"rgb({r},{g},{b})\"/>")
+        })
+        .collect();
+    let ticks: String = HEAT_TICKS
+        .iter()
+        .map(|&t| {
+            let x = X0 + t * W;
+            format!(
+                "<line x1=\"{x}\" y1=\"4\" x2=\"{x}\" y2=\"24\" stroke=\"#222\"/>\
+                 <text x=\"{x}\" y=\"36\" text-anchor=\"middle\">{t}</text>"
+            )
+        })
+        .collect();
+    format!(
+        "<figure><svg class=\"heat-bar\" width=\"{w}\" height=\"40\" \
+         viewBox=\"0 0 {w} 40\" font-size=\"11\" role=\"img\" \
+         aria-label=\"heat colour bar from 0 to 1\"><defs><linearGradient id=\"heat\">{stops}\
+         </linearGradient></defs><rect x=\"{X0}\" y=\"4\" width=\"{W}\" height=\"16\" \
+         fill=\"url(#heat)\"/><rect x=\"{X0}\" y=\"4\" width=\"{below}\" height=\"16\" \
+         fill=\"#fff\" fill-opacity=\"0.6\"/>{ticks}</svg><figcaption>heat, 0 to 1 (below \
+         0.1: not drawn)</figcaption></figure>",
+        w = W + 2.0 * X0,
+        below = 0.1 * W,
+    )
 }
 
 /// Writes the page to `path` atomically.
@@ -565,6 +670,41 @@ mod tests {
         };
         assert_eq!(display_grid(&fine).spacing, [1.0; 3]);
         assert_eq!(display_grid(&fine).size, [400, 400, 300]);
+    }
+
+    /// A CT stored head first (z flipped) and permuted (its i axis along y): the labels give the
+    /// CT's own indices of the slice shown, and its position in mm.
+    #[test]
+    fn slice_labels_use_the_ct_s_own_indices() {
+        let shown = Grid {
+            size: [20, 10, 20],
+            spacing: [2.0; 3],
+            origin: [0.0, 0.0, 0.0],
+            direction: crate::volume::IDENTITY,
+        };
+        // CT index (i, j, k) -> LPS (x, y, z) = (2 j, 1 i, 38 - 2 k).
+        let ct = Grid {
+            size: [20, 20, 20],
+            spacing: [1.0, 2.0, 2.0],
+            origin: [0.0, 0.0, 38.0],
+            direction: [0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0],
+        };
+        assert_eq!(
+            slice_label(View::Axial, 0, &shown, &ct),
+            "axial slice at z = 0.0 mm (CT k = 19 of 0..19)"
+        );
+        assert_eq!(
+            slice_label(View::Axial, 19, &shown, &ct),
+            "axial slice at z = 38.0 mm (CT k = 0 of 0..19)"
+        );
+        assert_eq!(
+            slice_label(View::Coronal, 3, &shown, &ct),
+            "coronal slice at y = 6.0 mm (CT i = 6 of 0..19)"
+        );
+        assert_eq!(
+            slice_label(View::Sagittal, 5, &shown, &ct),
+            "sagittal slice at x = 10.0 mm (CT j = 5 of 0..19)"
+        );
     }
 
     #[test]
