@@ -38,12 +38,26 @@ check_user() {
   echo "docker-test: $1 runs as user '$user'"
 }
 
-# Names of what a test started, removed on exit.
-containers=(); networks=()
+# Every container and network this script starts is named "$prefix-...": on exit (success, failure or
+# interrupt) all of them are removed, and the script fails if any is still there afterwards.
+prefix="ctgrade-dt-$$"
+leftovers() {
+  { docker ps -aq --filter "name=$prefix"; docker network ls -q --filter "name=$prefix"; } 2>/dev/null
+}
 cleanup() {
-  for c in "${containers[@]}"; do docker rm -f "$c" >/dev/null 2>&1 || true; done
-  for n in "${networks[@]}"; do docker network rm "$n" >/dev/null 2>&1 || true; done
+  local status=$? ids
+  ids=$(docker ps -aq --filter "name=$prefix" 2>/dev/null || true)
+  [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
+  ids=$(docker network ls -q --filter "name=$prefix" 2>/dev/null || true)
+  [ -z "$ids" ] || docker network rm $ids >/dev/null 2>&1 || true
   rm -rf "$work"
+  if [ -n "$(leftovers)" ]; then
+    docker ps -a --filter "name=$prefix" >&2; docker network ls --filter "name=$prefix" >&2
+    echo "docker-test: FAIL: containers or networks named $prefix-* are left behind" >&2
+    exit 1
+  fi
+  [ "$status" != 0 ] || echo "docker-test: OK (no container or network named $prefix-* left)"
+  exit "$status"
 }
 trap cleanup EXIT
 
@@ -54,11 +68,11 @@ check_label() {  # IMAGE EXPECTED ("invoke" or "" for exec)
   echo "docker-test: $1 api-method label '${label:-none (exec)}'"
 }
 
-# Starts a tester container (the base image, with curl) on network $1; prints its name.
+# Starts a tester container (the base image, with curl) on network $1; its name goes to $tester.
+# (Not a command substitution: the container must be started by this shell, not a subshell.)
 start_tester() {
-  local name="ctgrade-tester-$$-$RANDOM"
-  docker run -d --name "$name" --network "$1" "$base" sleep 3600 >/dev/null
-  containers+=("$name"); echo "$name"
+  tester="$prefix-tester-$RANDOM"
+  docker run -d --name "$tester" --network "$1" "$base" sleep 3600 >/dev/null
 }
 
 # Polls http://$2:4743/health from tester $1 as the platform does: 30 tries, 5 s apart, 10 s each.
@@ -143,16 +157,15 @@ algorithm() {
 
   # Invoke: one server for all jobs, weights from a model tarball at /opt/ml/model, on an internal
   # network with the platform's flags; jobs provisioned into the same bind-mounted folders.
-  local net="ctgrade-net-$$" srv="ctgrade-srv-$$"
-  docker network create --internal "$net" >/dev/null; networks+=("$net")
+  local net="$prefix-net" srv="$prefix-srv"
+  docker network create --internal "$net" >/dev/null
   mkdir -p "$work/model" "$work/in" "$work/out"; chmod 755 "$work/in"; chmod 777 "$work/out"
   tar -czf "$work/model.tar.gz" -C weights/default .
   tar -xzf "$work/model.tar.gz" -C "$work/model"
   docker run -d --name "$srv" --network "$net" --memory 8g --memory-swap 8g "${flags[@]}" \
     -v "$work/in:/input:ro" -v "$work/out:/output" -v "$work/model:/opt/ml/model:ro" \
     "$image" >/dev/null
-  containers+=("$srv")
-  local tester; tester=$(start_tester "$net")
+  local tester; start_tester "$net"
   local t0=$SECONDS
   wait_healthy "$tester" "$srv"
   echo "docker-test: invoke server healthy after $((SECONDS - t0)) s"
@@ -236,7 +249,7 @@ evaluation() {
   # Invoke: as the platform's template test does, on an internal network, the calls made with curl
   # from a second container. A subshell, so that its own EXIT trap removes what it started.
   (
-    local net="ctgrade-eval-test-$$" out2="$work/eval-out-invoke"
+    local net="$prefix-eval" out2="$work/eval-out-invoke"
     mkdir -p "$out2"; chmod 777 "$out2"
     trap 'docker rm -f "$net-eval" "$net-tester" >/dev/null 2>&1; docker network rm "$net" >/dev/null 2>&1' EXIT
     docker network create --internal "$net" >/dev/null
@@ -405,24 +418,23 @@ shards() {
   done
   local name
   for i in 0 1 2; do
-    name="ctgrade-shard-$$-$i"
+    name="$prefix-shard-$i"
     docker run -d --name "$name" --network none --memory 4g --memory-swap 4g "${flags[@]}" \
       -e JOB_COMPLETION_INDEX=$i -v "$sh/in:/input:ro" -v "$sh/shared:/output" "$exec_image" \
       --shard auto/3 >/dev/null
-    containers+=("$name")
   done
   # Kill the shard that owns the most cases once it has graded one: a pod lost mid-run.
   local victim=0 most=0 owned
   for i in 0 1 2; do
     for _ in $(seq 100); do
-      owned=$(docker logs "ctgrade-shard-$$-$i" 2>&1 | sed -n "s/.*shard $i\/3 owns \([0-9]*\) of.*/\1/p")
+      owned=$(docker logs "$prefix-shard-$i" 2>&1 | sed -n "s/.*shard $i\/3 owns \([0-9]*\) of.*/\1/p")
       [ -n "$owned" ] && break; sleep 0.1
     done
     [ -n "$owned" ] || fail "shard $i did not say how many cases it owns"
     [ "$owned" -gt "$most" ] && { most=$owned; victim=$i; }
   done
   [ "$most" -ge 2 ] || fail "no shard owns two cases"
-  name="ctgrade-shard-$$-$victim"
+  name="$prefix-shard-$victim"
   until docker logs "$name" 2>&1 | grep "CO-RADS [1-5] (" >/dev/null; do
     [ "$(docker inspect -f '{{.State.Running}}' "$name")" = true ] || break
     sleep 0.05
@@ -432,7 +444,7 @@ shards() {
   echo "docker-test: shards: killed shard $victim/3 after $graded of its $most cases"
   for i in 0 1 2; do
     [ "$i" = "$victim" ] && continue
-    [ "$(docker wait "ctgrade-shard-$$-$i")" = 0 ] || { docker logs "ctgrade-shard-$$-$i"; fail "shard $i/3 failed"; }
+    [ "$(docker wait "$prefix-shard-$i")" = 0 ] || { docker logs "$prefix-shard-$i"; fail "shard $i/3 failed"; }
   done
   [ ! -e "$sh/shared/summary-shard-$victim-of-3.json" ] || [ "$graded" = "$most" ] \
     || fail "the killed shard left a summary"
@@ -470,4 +482,3 @@ case "$what" in
   all) algorithm; evaluation; simulate; shards ;;
   *) fail "unknown target $what (algorithm, evaluation, simulate, shards or all)" ;;
 esac
-echo "docker-test: OK"
