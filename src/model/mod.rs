@@ -25,120 +25,80 @@ use serde::{Deserialize, Serialize};
 use layers::{BatchNorm3d, Conv3d, Conv3dConfig, Padding3d};
 pub use network::Network;
 
-/// The architectures this crate can build, by their command-line names.
-///
-/// The `-3d` networks convolve the volume; the `-2d` ones (and `covnet`) run a 2-D network on
-/// every axial slice, max-pool its globally pooled features across slices and apply one linear
-/// layer (Li et al.'s reduction, used by the paper for every 2-D network).
-#[allow(non_camel_case_types)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Arch {
+/// Defines [`Arch`], [`Arch::ALL`], [`Arch::name`] and [`Arch::family`] from one table: an
+/// architecture of an existing family is one row (what its family builds, converts, trains and
+/// explains follows from [`Family`]).
+macro_rules! architectures {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal, $family:ident;)*) => {
+        /// The architectures this crate can build, by their command-line names.
+        ///
+        /// The `-3d` networks convolve the volume; the `-2d` ones (and `covnet`) run a 2-D
+        /// network on every axial slice, max-pool its globally pooled features across slices and
+        /// apply one linear layer (Li et al.'s reduction, used by the paper for every 2-D
+        /// network).
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum Arch {
+            $($(#[doc = $doc])* #[serde(rename = $name)] $variant,)*
+        }
+
+        impl Arch {
+            /// Every architecture, in registry order.
+            pub const ALL: [Arch; [$($name),*].len()] = [$(Arch::$variant),*];
+
+            /// The command-line name, e.g. `densenet201-3d`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Arch::$variant => $name,)*
+                }
+            }
+
+            /// The family, which decides how the network is built and which hyper-parameters
+            /// apply.
+            pub fn family(self) -> Family {
+                match self {
+                    $(Arch::$variant => Family::$family,)*
+                }
+            }
+        }
+    };
+}
+
+architectures! {
     /// 3-D DenseNet-121, blocks (6, 12, 24, 16).
-    #[serde(rename = "densenet121-3d")]
-    DenseNet121_3d,
+    DenseNet121_3d = "densenet121-3d", DenseNet3d;
     /// 3-D DenseNet-169, blocks (6, 12, 32, 32).
-    #[serde(rename = "densenet169-3d")]
-    DenseNet169_3d,
+    DenseNet169_3d = "densenet169-3d", DenseNet3d;
     /// 3-D DenseNet-201, blocks (6, 12, 48, 32): the paper's best model.
-    #[serde(rename = "densenet201-3d")]
-    DenseNet201_3d,
+    DenseNet201_3d = "densenet201-3d", DenseNet3d;
     /// 3-D ResNet-18 (basic blocks 2, 2, 2, 2), as MONAI's `ResNet(spatial_dims=3)`.
-    #[serde(rename = "resnet18-3d")]
-    ResNet18_3d,
+    ResNet18_3d = "resnet18-3d", ResNet3d;
     /// 3-D ResNet-34 (basic blocks 3, 4, 6, 3), as MONAI's `ResNet(spatial_dims=3)`.
-    #[serde(rename = "resnet34-3d")]
-    ResNet34_3d,
+    ResNet34_3d = "resnet34-3d", ResNet3d;
     /// 3-D ResNet-50 (bottlenecks 3, 4, 6, 3), as MONAI's `ResNet(spatial_dims=3)`.
-    #[serde(rename = "resnet50-3d")]
-    ResNet50_3d,
+    ResNet50_3d = "resnet50-3d", ResNet3d;
     /// 3-D Inception-v1 (I3D, Carreira & Zisserman), TensorFlow "SAME" padding.
-    #[serde(rename = "inception-v1-3d")]
-    InceptionV1_3d,
+    InceptionV1_3d = "inception-v1-3d", Inception;
     /// 2-D DenseNet-121 on every slice (torchvision or MONAI names).
-    #[serde(rename = "densenet121-2d")]
-    DenseNet121_2d,
+    DenseNet121_2d = "densenet121-2d", DenseNet2d;
     /// 2-D DenseNet-169 on every slice.
-    #[serde(rename = "densenet169-2d")]
-    DenseNet169_2d,
+    DenseNet169_2d = "densenet169-2d", DenseNet2d;
     /// 2-D DenseNet-201 on every slice.
-    #[serde(rename = "densenet201-2d")]
-    DenseNet201_2d,
+    DenseNet201_2d = "densenet201-2d", DenseNet2d;
     /// 2-D Inception-v1 (torchvision GoogLeNet without auxiliary heads) on every slice.
-    #[serde(rename = "inception-v1-2d")]
-    InceptionV1_2d,
+    InceptionV1_2d = "inception-v1-2d", Inception;
     /// 2-D ResNet-18 (torchvision) on every slice.
-    #[serde(rename = "resnet18-2d")]
-    ResNet18_2d,
+    ResNet18_2d = "resnet18-2d", ResNet2d;
     /// 2-D ResNet-34 (torchvision) on every slice.
-    #[serde(rename = "resnet34-2d")]
-    ResNet34_2d,
+    ResNet34_2d = "resnet34-2d", ResNet2d;
     /// 2-D ResNet-50 (torchvision) on every slice.
-    #[serde(rename = "resnet50-2d")]
-    ResNet50_2d,
+    ResNet50_2d = "resnet50-2d", ResNet2d;
     /// COVNet (Li et al., Radiology 2020), the paper's baseline: a torchvision ResNet-50 on every
     /// slice with the same reduction (the same network as `resnet50-2d`).
-    #[serde(rename = "covnet")]
-    CovNet,
+    CovNet = "covnet", ResNet2d;
 }
 
 impl Arch {
-    /// Every architecture, in registry order.
-    pub const ALL: [Arch; 15] = [
-        Arch::DenseNet121_3d,
-        Arch::DenseNet169_3d,
-        Arch::DenseNet201_3d,
-        Arch::ResNet18_3d,
-        Arch::ResNet34_3d,
-        Arch::ResNet50_3d,
-        Arch::InceptionV1_3d,
-        Arch::DenseNet121_2d,
-        Arch::DenseNet169_2d,
-        Arch::DenseNet201_2d,
-        Arch::InceptionV1_2d,
-        Arch::ResNet18_2d,
-        Arch::ResNet34_2d,
-        Arch::ResNet50_2d,
-        Arch::CovNet,
-    ];
-
-    /// The command-line name, e.g. `densenet201-3d`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::DenseNet121_3d => "densenet121-3d",
-            Arch::DenseNet169_3d => "densenet169-3d",
-            Arch::DenseNet201_3d => "densenet201-3d",
-            Arch::ResNet18_3d => "resnet18-3d",
-            Arch::ResNet34_3d => "resnet34-3d",
-            Arch::ResNet50_3d => "resnet50-3d",
-            Arch::InceptionV1_3d => "inception-v1-3d",
-            Arch::DenseNet121_2d => "densenet121-2d",
-            Arch::DenseNet169_2d => "densenet169-2d",
-            Arch::DenseNet201_2d => "densenet201-2d",
-            Arch::InceptionV1_2d => "inception-v1-2d",
-            Arch::ResNet18_2d => "resnet18-2d",
-            Arch::ResNet34_2d => "resnet34-2d",
-            Arch::ResNet50_2d => "resnet50-2d",
-            Arch::CovNet => "covnet",
-        }
-    }
-
-    /// The family, which decides the hyper-parameters that apply.
-    pub fn family(self) -> Family {
-        match self {
-            Arch::DenseNet121_3d | Arch::DenseNet169_3d | Arch::DenseNet201_3d => {
-                Family::DenseNet3d
-            }
-            Arch::ResNet18_3d | Arch::ResNet34_3d | Arch::ResNet50_3d => Family::ResNet3d,
-            Arch::InceptionV1_3d | Arch::InceptionV1_2d => Family::Inception,
-            Arch::DenseNet121_2d | Arch::DenseNet169_2d | Arch::DenseNet201_2d => {
-                Family::DenseNet2d
-            }
-            Arch::ResNet18_2d | Arch::ResNet34_2d | Arch::ResNet50_2d | Arch::CovNet => {
-                Family::ResNet2d
-            }
-        }
-    }
-
     /// All names, comma-separated (for error messages and help).
     pub fn known_names() -> String {
         Arch::ALL.map(Arch::name).join(", ")
@@ -256,19 +216,16 @@ impl NetworkConfig {
     /// form. Values already set are kept.
     pub fn resolved(&self) -> NetworkConfig {
         let mut c = self.clone();
-        match self.arch {
-            Arch::ResNet18_3d | Arch::ResNet34_3d | Arch::ResNet50_3d => {
-                c.conv1_t_size.get_or_insert(resnet::DEFAULT_CONV1_T_SIZE);
-                c.conv1_t_stride
-                    .get_or_insert(resnet::DEFAULT_CONV1_T_STRIDE);
-                c.shortcut_type.get_or_insert(resnet::ShortcutType::B);
-                c.bias_downsample.get_or_insert(true);
-                c.no_max_pool.get_or_insert(false);
-            }
-            Arch::InceptionV1_3d => {
-                c.i3d_head.get_or_insert(inception::I3dHead::default());
-            }
-            _ => {}
+        if self.arch.family() == Family::ResNet3d {
+            c.conv1_t_size.get_or_insert(resnet::DEFAULT_CONV1_T_SIZE);
+            c.conv1_t_stride
+                .get_or_insert(resnet::DEFAULT_CONV1_T_STRIDE);
+            c.shortcut_type.get_or_insert(resnet::ShortcutType::B);
+            c.bias_downsample.get_or_insert(true);
+            c.no_max_pool.get_or_insert(false);
+        }
+        if self.arch == Arch::InceptionV1_3d {
+            c.i3d_head.get_or_insert(inception::I3dHead::default());
         }
         c
     }
