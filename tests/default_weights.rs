@@ -123,3 +123,41 @@ fn reduced_precision_runs_stay_close_to_f32() {
         }
     }
 }
+
+/// The README quotes what its first command prints on `test_inputs/`: the log line of the case
+/// (up to its timing) verbatim, and every `probability P, CO-RADS C` it mentions is that case's.
+#[test]
+fn readme_quotes_what_the_first_command_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = run_default(&root().join("test_inputs"), dir.path(), "f32");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(": probability "))
+        .unwrap_or_else(|| panic!("no case line in {stderr}"));
+    // Up to the wall time, which varies from run to run.
+    let quoted = &line[..line.rfind(';').unwrap_or(line.len())];
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(
+        readme.contains(quoted),
+        "the README does not quote the first command's line: {quoted}"
+    );
+    let answer = &line[line.find("probability ").unwrap()..line.find(" (").unwrap()];
+    let mut mentions = 0;
+    for (at, _) in readme.match_indices("probability ") {
+        let rest = &readme[at..];
+        let Some(end) = rest.find(", CO-RADS ") else {
+            continue;
+        };
+        let number = &rest["probability ".len()..end];
+        if end > 30 || number.parse::<f64>().is_err() {
+            continue;
+        }
+        let mention = &rest[..end + ", CO-RADS ".len() + 1];
+        assert_eq!(mention, answer, "the README quotes another answer");
+        mentions += 1;
+    }
+    assert!(
+        mentions >= 2,
+        "{mentions} mentions of the answer in the README"
+    );
+}
