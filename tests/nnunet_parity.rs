@@ -1,0 +1,151 @@
+//! nnU-Net v2 inference against nnunetv2 itself: the fixtures of tools/make_nnunet_fixtures.py
+//! (model folders with random weights, nnUNetPredictor's intermediates and outputs).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use ctgrade::segment::unet::UNetKind;
+use ctgrade::segment::{ModelFolder, SegmentError};
+
+const FIX: &str = "tests/fixtures/nnunet";
+
+fn intermediates() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        Path::new(FIX).join("intermediates.safetensors"),
+        &Device::Cpu,
+    )
+    .expect("intermediates.safetensors")
+}
+
+fn load(model: &str, folds: Option<&[String]>) -> ModelFolder {
+    ModelFolder::load(&Path::new(FIX).join(model), folds, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{model}: {e}"))
+}
+
+/// The first patch of the preprocessed data `(C, Z, Y, X)`, from voxel 0, zero-padded to `patch`.
+fn first_patch(data: &Tensor, patch: &[usize]) -> Tensor {
+    let mut x = data.unsqueeze(0).expect("unsqueeze");
+    for (a, &p) in patch.iter().enumerate() {
+        let dim = a + 2;
+        let n = x.dim(dim).expect("dim");
+        x = if n >= p {
+            x.narrow(dim, 0, p).expect("narrow")
+        } else {
+            x.pad_with_zeros(dim, 0, p - n).expect("pad")
+        };
+    }
+    x.contiguous().expect("contiguous")
+}
+
+/// (max |a - b|, max |b|) over all elements.
+fn diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("a");
+    let b = b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("b");
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let m = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    (d, m)
+}
+
+#[test]
+fn model_folders_load_with_the_checkpoints_meta() {
+    let plain = load("plain", None);
+    assert_eq!(plain.folds, ["0", "1"]);
+    assert_eq!(plain.configuration_name, "3d_fullres");
+    assert_eq!(plain.trainer_name, "nnUNetTrainer");
+    assert_eq!(plain.mirroring_axes, Some(vec![0, 1, 2]));
+    assert_eq!(plain.network.kind, UNetKind::Plain);
+    assert_eq!(plain.network.features, [4, 8, 12, 16]);
+    assert_eq!(plain.network.kernels[0], [1, 3, 3]);
+    assert_eq!(plain.network.num_classes, 3);
+    assert_eq!(plain.configuration.patch_size, [16, 64, 64]);
+
+    let resenc = load("resenc", None);
+    assert_eq!(resenc.configuration_name, "3d_fullres_resenc");
+    assert_eq!(resenc.network.kind, UNetKind::ResidualEncoder);
+    assert_eq!(resenc.network.norm_eps, Some(1e-4));
+    // Inherited from 3d_fullres, overridden by 3d_fullres_resenc.
+    assert_eq!(resenc.configuration.spacing, [4.5, 1.6, 1.6]);
+    assert_eq!(resenc.configuration.patch_size, [16, 48, 48]);
+    assert_eq!(resenc.plans.transpose_forward, [0, 2, 1]);
+
+    let one = load("plain", Some(&["1".to_string()]));
+    assert_eq!(one.nets.len(), 1);
+}
+
+#[test]
+fn network_forward_matches_pytorch_on_a_patch() {
+    let t = intermediates();
+    for model in ["plain", "resenc"] {
+        let m = load(model, Some(&["0".to_string()]));
+        let data = t[&format!("{model}.preprocessed")]
+            .to_dtype(DType::F32)
+            .expect("f32");
+        let x = first_patch(&data, &m.configuration.patch_size);
+        let want = &t[&format!("{model}.fold0.patch_logits")];
+        let got = m.nets[0].forward(&x).expect("forward");
+        let (d, scale) = diff(&got, want);
+        eprintln!("{model}: max |logit difference| {d:.3e}, max |logit| {scale:.3e}");
+        assert!(d <= 1e-4 * scale.max(1.0), "{model}: {d} (scale {scale})");
+    }
+}
+
+#[test]
+fn a_foreign_trainer_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e =
+        ctgrade::segment::checkpoint::check_trainer(&dir.path().join("x.pth"), "nnUNetTrainerBN")
+            .expect_err("BN trainer");
+    assert!(matches!(e, SegmentError::Trainer { .. }));
+    assert!(e.to_string().contains("nnUNetTrainerBN"), "{e}");
+}
+
+#[test]
+fn an_incomplete_folder_names_the_missing_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["plans.json", "dataset.json"] {
+        std::fs::copy(Path::new(FIX).join("plain").join(f), dir.path().join(f)).expect("copy");
+    }
+    let e = ModelFolder::load(dir.path(), None, &Device::Cpu)
+        .err()
+        .expect("no folds");
+    assert!(e.to_string().contains("checkpoint_final.pth"), "{e}");
+    let e = ModelFolder::load(dir.path(), Some(&["3".to_string()]), &Device::Cpu)
+        .err()
+        .expect("fold 3");
+    assert!(e.to_string().contains("fold_3"), "{e}");
+    std::fs::remove_file(dir.path().join("plans.json")).expect("rm");
+    let e = ModelFolder::load(dir.path(), None, &Device::Cpu)
+        .err()
+        .expect("no plans");
+    assert!(e.to_string().contains("plans.json"), "{e}");
+}
+
+#[test]
+fn a_checkpoint_that_does_not_fit_the_plans_names_the_tensor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = Path::new(FIX).join("plain");
+    std::fs::copy(src.join("dataset.json"), dir.path().join("dataset.json")).expect("copy");
+    let text = std::fs::read_to_string(src.join("plans.json")).expect("plans");
+    let mut plans: serde_json::Value = serde_json::from_str(&text).expect("json");
+    // A wider first stage than the checkpoint's.
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"][0] =
+        6.into();
+    std::fs::write(dir.path().join("plans.json"), plans.to_string()).expect("write");
+    std::fs::create_dir(dir.path().join("fold_0")).expect("mkdir");
+    std::fs::copy(
+        src.join("fold_0/checkpoint_final.pth"),
+        dir.path().join("fold_0/checkpoint_final.pth"),
+    )
+    .expect("copy");
+    let e = ModelFolder::load(dir.path(), None, &Device::Cpu)
+        .err()
+        .expect("misfit");
+    assert!(matches!(e, SegmentError::Weights { .. }), "{e}");
+    assert!(e.to_string().contains("encoder.stages.0"), "{e}");
+}
