@@ -149,3 +149,81 @@ fn a_checkpoint_that_does_not_fit_the_plans_names_the_tensor() {
     assert!(matches!(e, SegmentError::Weights { .. }), "{e}");
     assert!(e.to_string().contains("encoder.stages.0"), "{e}");
 }
+
+#[derive(serde::Deserialize)]
+struct Cases {
+    runs: Vec<Run>,
+}
+
+#[derive(serde::Deserialize)]
+struct Run {
+    name: String,
+    model: String,
+    folds: Vec<usize>,
+    mirroring: bool,
+    tile_step_size: f64,
+    segmentation: String,
+    probabilities: Vec<String>,
+    properties: Properties,
+}
+
+#[derive(serde::Deserialize)]
+struct Properties {
+    shape_before_cropping: [usize; 3],
+    bbox_used_for_cropping: [[usize; 2]; 3],
+    shape_after_cropping_and_before_resampling: [usize; 3],
+    preprocessed_shape: [usize; 4],
+}
+
+fn cases() -> Cases {
+    let text = std::fs::read_to_string(Path::new(FIX).join("cases.json")).expect("cases.json");
+    serde_json::from_str(&text).expect("cases.json")
+}
+
+fn ct() -> ctgrade::volume::Volume {
+    ctgrade::volume::read(&Path::new(FIX).join("ct.mha")).expect("ct.mha")
+}
+
+#[test]
+fn preprocessing_matches_nnunets_default_preprocessor() {
+    let t = intermediates();
+    let cases = cases();
+    let ct = ct();
+    for model in ["plain", "resenc"] {
+        let run = cases.runs.iter().find(|r| r.model == model).expect("run");
+        let m = load(model, Some(&["0".to_string()]));
+        let p = ctgrade::segment::preprocess::preprocess(
+            std::slice::from_ref(&ct),
+            &m.plans,
+            &m.path.join("plans.json"),
+            &m.configuration,
+            &m.configuration_name,
+        )
+        .expect("preprocess");
+        let props = &run.properties;
+        assert_eq!(
+            p.shape_before_cropping, props.shape_before_cropping,
+            "{model}"
+        );
+        assert_eq!(p.bbox, props.bbox_used_for_cropping, "{model}");
+        assert_eq!(
+            p.shape_after_cropping, props.shape_after_cropping_and_before_resampling,
+            "{model}"
+        );
+        let want = &t[&format!("{model}.preprocessed")];
+        assert_eq!(want.dims()[1..], p.data[0].shape, "{model}");
+        assert_eq!(want.dims()[0], props.preprocessed_shape[0]);
+        let want: Vec<f32> = want.flatten_all().and_then(|w| w.to_vec1()).expect("want");
+        let (mut max, mut sum) = (0f64, 0f64);
+        let mut scale = 0f64;
+        for (a, b) in p.data[0].data.iter().zip(&want) {
+            let d = (a - f64::from(*b)).abs();
+            max = max.max(d);
+            sum += d;
+            scale = scale.max(f64::from(b.abs()));
+        }
+        let mean = sum / want.len() as f64;
+        eprintln!("{model}: preprocessed max |difference| {max:.3e}, mean {mean:.3e}, max |value| {scale:.3e}");
+        assert!(max <= 1e-4 * scale.max(1.0), "{model}: {max}");
+    }
+}
