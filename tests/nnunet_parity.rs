@@ -227,3 +227,117 @@ fn preprocessing_matches_nnunets_default_preprocessor() {
         assert!(max <= 1e-4 * scale.max(1.0), "{model}: {max}");
     }
 }
+
+/// Max and mean |a - b|.
+fn stats(a: &[f32], b: &[f32]) -> (f32, f64) {
+    assert_eq!(a.len(), b.len());
+    let mut max = 0f32;
+    let mut sum = 0f64;
+    for (x, y) in a.iter().zip(b) {
+        let d = (x - y).abs();
+        max = max.max(d);
+        sum += f64::from(d);
+    }
+    (max, sum / a.len() as f64)
+}
+
+#[test]
+fn sliding_window_logits_match_nnunets() {
+    let t = intermediates();
+    let m = load("plain", None);
+    let ct = ct();
+    let pre = ctgrade::segment::preprocess::preprocess(
+        std::slice::from_ref(&ct),
+        &m.plans,
+        &m.path.join("plans.json"),
+        &m.configuration,
+        &m.configuration_name,
+    )
+    .expect("preprocess");
+    let opts = ctgrade::segment::predict::PredictOptions::default();
+    let logits =
+        ctgrade::segment::predict::predict_logits(&m, &pre, &opts, &Device::Cpu).expect("predict");
+    let want = t["plain.logits_mirror"].to_dtype(DType::F32).expect("f32");
+    let want: Vec<f32> = want.flatten_all().and_then(|w| w.to_vec1()).expect("want");
+    let got: Vec<f32> = logits
+        .iter()
+        .flat_map(|a| a.data.iter().map(|&v| v as f32))
+        .collect();
+    let (max, mean) = stats(&got, &want);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let exact = got.iter().zip(&want).filter(|(a, b)| a == b).count() as f64 / want.len() as f64;
+    eprintln!("plain logits (2 folds, mirroring): max |difference| {max:.3e}, mean {mean:.3e}, max |logit| {scale:.3e}, identical {:.4}%", exact * 100.0);
+    // Float16 accumulators: one unit in the last place of a float16 logit near the maximum.
+    assert!(max <= 1e-2 * scale.max(1.0), "{max}");
+}
+
+#[test]
+fn predictions_match_nnunets_predictor() {
+    let ct = ct();
+    for run in cases().runs {
+        let folds: Vec<String> = run.folds.iter().map(|f| f.to_string()).collect();
+        let m = load(&run.model, Some(&folds));
+        let pre = ctgrade::segment::preprocess::preprocess(
+            std::slice::from_ref(&ct),
+            &m.plans,
+            &m.path.join("plans.json"),
+            &m.configuration,
+            &m.configuration_name,
+        )
+        .expect("preprocess");
+        let opts = ctgrade::segment::predict::PredictOptions {
+            tile_step_size: run.tile_step_size,
+            use_gaussian: true,
+            use_mirroring: run.mirroring,
+        };
+        let logits = ctgrade::segment::predict::predict_logits(&m, &pre, &opts, &Device::Cpu)
+            .expect("predict");
+        let out = ctgrade::segment::predict::export(&m, &pre, &logits).expect("export");
+        let seg = ctgrade::volume::read(&Path::new(FIX).join(&run.segmentation)).expect("seg");
+        let probs: Vec<Vec<f32>> = run
+            .probabilities
+            .iter()
+            .map(|f| {
+                ctgrade::volume::read(&Path::new(FIX).join(f))
+                    .expect("prob")
+                    .data
+            })
+            .collect();
+        assert_eq!(out.probabilities.len(), probs.len(), "{}", run.name);
+        let n = seg.data.len();
+        // Voxels where nnU-Net's two largest probabilities differ by at least 0.02.
+        let (mut decided, mut same) = (0usize, 0usize);
+        let mut all_same = 0usize;
+        for v in 0..n {
+            let mut p: Vec<f32> = probs.iter().map(|c| c[v]).collect();
+            p.sort_by(|a, b| b.total_cmp(a));
+            let agree = f32::from(out.labels[v]) == seg.data[v];
+            all_same += usize::from(agree);
+            if p[0] - p[1] >= 0.02 {
+                decided += 1;
+                same += usize::from(agree);
+            }
+        }
+        let (mut max, mut mean) = (0f32, 0f64);
+        for (got, want) in out.probabilities.iter().zip(&probs) {
+            let (a, b) = stats(got, want);
+            max = max.max(a);
+            mean += b / probs.len() as f64;
+        }
+        let agree = same as f64 / decided.max(1) as f64;
+        eprintln!(
+            "{}: labels agree in {:.4}% of {decided} decided voxels ({:.4}% of all {n}); probabilities max |difference| {max:.3e}, mean {mean:.3e}",
+            run.name,
+            agree * 100.0,
+            all_same as f64 / n as f64 * 100.0
+        );
+        // The targets of issue 27: the same label in 99.9 % of decided voxels, probabilities
+        // within 0.02 everywhere and 1e-3 on average.
+        assert!(agree >= 0.999, "{}: {agree}", run.name);
+        assert!(max <= 0.02, "{}: {max}", run.name);
+        assert!(mean <= 1e-3, "{}: {mean}", run.name);
+        // Measured well inside them (float16 emulated as nnU-Net accumulates): a regression
+        // shows long before the targets would.
+        assert!(max <= 2e-3 && mean <= 1e-5, "{}: {max} {mean}", run.name);
+    }
+}

@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod plans;
+pub mod predict;
 pub mod preprocess;
 pub mod resample;
 pub mod unet;
