@@ -23,8 +23,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
+use crate::volume::Volume;
+
 pub use checkpoint::Checkpoint;
 pub use plans::{Configuration, DatasetJson, Plans};
+pub use predict::PredictOptions;
 pub use unet::{UNet, UNetConfig};
 
 /// Why a model folder, a plans file or a checkpoint cannot be used; each names the file and,
@@ -185,6 +188,82 @@ impl ModelFolder {
             folds,
             nets,
         })
+    }
+}
+
+/// A CT's segmentation on its own grid.
+#[derive(Clone, Debug)]
+pub struct Segmentation {
+    /// The label (class index of `dataset.json`'s labels) per voxel, with the CT's geometry.
+    pub labels: Volume,
+    /// Per class, the probability per voxel (same order as the labels' voxels).
+    pub probabilities: Vec<Vec<f32>>,
+}
+
+impl ModelFolder {
+    /// Segments one case, given as one volume per input channel (`dataset.json`'s
+    /// `channel_names`, in order), all on one grid: nnU-Net's preprocessing, sliding-window
+    /// prediction over every loaded fold and export, on the first channel's grid.
+    pub fn segment(
+        &self,
+        channels: &[Volume],
+        opts: &PredictOptions,
+        device: &Device,
+    ) -> Result<Segmentation, SegmentError> {
+        let plans_path = self.path.join("plans.json");
+        let first = channels.first().ok_or_else(|| SegmentError::Folder {
+            path: self.path.join("dataset.json"),
+            msg: "no input channel given".into(),
+        })?;
+        if channels.len() != self.dataset.num_input_channels() {
+            return Err(SegmentError::Field {
+                path: self.path.join("dataset.json"),
+                field: "channel_names".into(),
+                msg: format!(
+                    "the model takes {} input channels, {} were given",
+                    self.dataset.num_input_channels(),
+                    channels.len()
+                ),
+            });
+        }
+        if channels.iter().any(|c| c.size != first.size) {
+            return Err(SegmentError::Folder {
+                path: self.path.clone(),
+                msg: "the input channels are not on one grid".into(),
+            });
+        }
+        let pre = preprocess::preprocess(
+            channels,
+            &self.plans,
+            &plans_path,
+            &self.configuration,
+            &self.configuration_name,
+        )?;
+        let logits = predict::predict_logits(self, &pre, opts, device)?;
+        let out = predict::export(self, &pre, &logits)?;
+        let labels = Volume {
+            data: out.labels.iter().map(|&l| f32::from(l)).collect(),
+            size: first.size,
+            spacing: first.spacing,
+            origin: first.origin,
+            direction: first.direction,
+        };
+        Ok(Segmentation {
+            labels,
+            probabilities: out.probabilities,
+        })
+    }
+
+    /// The label names by class index (`dataset.json`'s labels sorted by value).
+    pub fn label_names(&self) -> Vec<String> {
+        let mut v: Vec<(i64, &String)> = self
+            .dataset
+            .labels
+            .iter()
+            .filter_map(|(k, v)| v.as_i64().map(|i| (i, k)))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, k)| k.clone()).collect()
     }
 }
 

@@ -359,6 +359,19 @@ impl DatasetJson {
         if values.first() != Some(&0) {
             return Err(bad("labels".into(), "no background label 0".into()));
         }
+        // nnU-Net's LabelManager: the network's channel i is label i.
+        if values.iter().enumerate().any(|(i, &v)| v != i as i64) {
+            return Err(bad(
+                "labels".into(),
+                format!("{values:?} are not consecutive from 0"),
+            ));
+        }
+        if self.labels.contains_key("ignore") {
+            return Err(bad(
+                "labels.ignore".into(),
+                "models with an ignore label are not supported".into(),
+            ));
+        }
         Ok(values)
     }
 
