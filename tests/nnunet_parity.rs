@@ -23,8 +23,16 @@ fn load(model: &str, folds: Option<&[String]>) -> ModelFolder {
         .unwrap_or_else(|e| panic!("{model}: {e}"))
 }
 
-/// The first patch of the preprocessed data `(C, Z, Y, X)`, from voxel 0, zero-padded to `patch`.
+/// The first patch of the preprocessed data `(C, Z, Y, X)`, from voxel 0, zero-padded to `patch`
+/// (2-D: of the first slice).
 fn first_patch(data: &Tensor, patch: &[usize]) -> Tensor {
+    let data = if patch.len() == 2 {
+        data.narrow(1, 0, 1)
+            .and_then(|d| d.squeeze(1))
+            .expect("slice")
+    } else {
+        data.clone()
+    };
     let mut x = data.unsqueeze(0).expect("unsqueeze");
     for (a, &p) in patch.iter().enumerate() {
         let dim = a + 2;
@@ -74,6 +82,12 @@ fn model_folders_load_with_the_checkpoints_meta() {
     assert_eq!(resenc.configuration.patch_size, [16, 48, 48]);
     assert_eq!(resenc.plans.transpose_forward, [0, 2, 1]);
 
+    let flat = load("plain2d", None);
+    assert_eq!(flat.configuration_name, "2d");
+    assert_eq!(flat.network.dims, 2);
+    assert_eq!(flat.network.kernels[0], [1, 3, 3]);
+    assert_eq!(flat.mirroring_axes, Some(vec![0, 1]));
+
     let one = load("plain", Some(&["1".to_string()]));
     assert_eq!(one.nets.len(), 1);
 }
@@ -81,7 +95,7 @@ fn model_folders_load_with_the_checkpoints_meta() {
 #[test]
 fn network_forward_matches_pytorch_on_a_patch() {
     let t = intermediates();
-    for model in ["plain", "resenc"] {
+    for model in ["plain", "resenc", "plain2d"] {
         let m = load(model, Some(&["0".to_string()]));
         let data = t[&format!("{model}.preprocessed")]
             .to_dtype(DType::F32)
@@ -189,7 +203,7 @@ fn preprocessing_matches_nnunets_default_preprocessor() {
     let t = intermediates();
     let cases = cases();
     let ct = ct();
-    for model in ["plain", "resenc"] {
+    for model in ["plain", "resenc", "plain2d"] {
         let run = cases.runs.iter().find(|r| r.model == model).expect("run");
         let m = load(model, Some(&["0".to_string()]));
         let p = ctgrade::segment::preprocess::preprocess(

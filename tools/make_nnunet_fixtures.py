@@ -15,11 +15,14 @@ Models (tests/fixtures/nnunet/<model>/: dataset.json, plans.json, fold_N/checkpo
           [0, 2, 1]; features 4, 8, 12, 16, blocks 1, 1, 2, 1; spacing 4.5 x 1.6 x 1.6 mm (no
           separate z), ZScoreNormalization, eps 1e-4;
           labels background, lesion.
+  plain2d the plain model's plans, configuration 2d: PlainConvUNet with Conv2d, 3 stages
+          (features 4, 8, 16), patch 96 x 96 (larger than the slices: padded), spacing 1.25 x 1.25
+          in-plane; fold 0; mirroring axes (0, 1); labels background, lesion.
 Every checkpoint is a dict saved with torch.save as nnU-Net's trainer saves it: network_weights
 (the state dict, with dynamic_network_architectures' alias names), optimizer_state (SGD with
 momentum buffers after one step), grad_scaler_state None, logging (numpy floats), _best_ema,
 current_epoch, init_args (plans, configuration, fold, dataset_json, device), trainer_name
-'nnUNetTrainer', inference_allowed_mirroring_axes (0, 1, 2). Weights are drawn from a seeded
+'nnUNetTrainer', inference_allowed_mirroring_axes ((0, 1, 2); (0, 1) in 2-D). Weights are drawn from a seeded
 generator, with InstanceNorm affine parameters and every bias drawn away from their initial values
 so that each term shows.
 
@@ -34,7 +37,7 @@ perform_everything_on_device=False).predict_from_files_sequential, save_probabil
   <run>_seg.mha         the label map nnU-Net writes (uint8, the CT's geometry)
   <run>_prob<c>.mha     the probability of class c (float32, the CT's geometry), from the .npz
 runs: plain_mirror (folds 0, 1, mirroring), plain_nomirror (folds 0, 1, no mirroring),
-      resenc_mirror, resenc_nomirror (fold 0).
+      resenc_mirror, resenc_nomirror (fold 0), plain2d_mirror (fold 0).
 cases.json lists the runs (model, folds, mirroring, files) and nnU-Net's preprocessing properties.
 
 Intermediates (intermediates.safetensors, float32), to localise a mismatch:
@@ -44,6 +47,8 @@ Intermediates (intermediates.safetensors, float32), to localise a mismatch:
                           preprocessed data: (1, 1, 16, 64, 64) from voxel (0, 0, 0), zero-padded
                           where the data is shorter
   resenc.fold0.patch_logits   the same for resenc, patch 16 x 48 x 48
+  plain2d.preprocessed, plain2d.fold0.patch_logits   the same for plain2d: its first slice,
+                          (1, 1, 96, 96)
   plain.logits_mirror     predict_logits_from_preprocessed_data (both folds, mirroring; float16, as
                           nnU-Net accumulates them): the
                           sliding-window logits before export, (C, Z, Y, X)
@@ -311,7 +316,7 @@ def randomise(net, gen):
                 p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
 
 
-def save_checkpoint(path, net, plans, configuration, fold, ds, gen):
+def save_checkpoint(path, net, plans, configuration, fold, ds, gen, mirror_axes):
     # One SGD step (nnU-Net's optimiser) so that optimizer_state holds momentum buffers.
     opt = torch.optim.SGD(net.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
     for p in net.parameters():
@@ -345,13 +350,13 @@ def save_checkpoint(path, net, plans, configuration, fold, ds, gen):
             "device": torch.device("cuda"),
         },
         "trainer_name": "nnUNetTrainer",
-        "inference_allowed_mirroring_axes": (0, 1, 2),
+        "inference_allowed_mirroring_axes": mirror_axes,
     }
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save(checkpoint, path)
 
 
-def build_model(name, plans, configuration, labels, folds, seed):
+def build_model(name, plans, configuration, labels, folds, seed, mirror_axes=(0, 1, 2)):
     folder = os.path.join(OUT, name)
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
@@ -377,7 +382,14 @@ def build_model(name, plans, configuration, labels, folds, seed):
         randomise(net, gen)
         net.eval()
         save_checkpoint(
-            os.path.join(folder, f"fold_{fold}", "checkpoint_final.pth"), net, plans, configuration, fold, ds, gen
+            os.path.join(folder, f"fold_{fold}", "checkpoint_final.pth"),
+            net,
+            plans,
+            configuration,
+            fold,
+            ds,
+            gen,
+            mirror_axes,
         )
         nets.append(net)
     return folder, nets
@@ -416,6 +428,10 @@ def main():
     resenc_labels = {"background": 0, "lesion": 1}
     plain_dir, plain_nets = build_model("plain", plain_plans(), "3d_fullres", plain_labels, [0, 1], 901)
     resenc_dir, resenc_nets = build_model("resenc", resenc_plans(), "3d_fullres_resenc", resenc_labels, [0], 902)
+    # nnU-Net's 2-D trainers allow mirroring along the two in-plane axes only.
+    flat_plans = plain_plans()
+    flat_plans["dataset_name"] = "Dataset903_CtgradePlain2d"
+    flat_dir, flat_nets = build_model("plain2d", flat_plans, "2d", resenc_labels, [0], 903, (0, 1))
 
     tensors = {}
     runs = []
@@ -423,8 +439,10 @@ def main():
     for model, folder, nets, folds, patch in (
         ("plain", plain_dir, plain_nets, [0, 1], (16, 64, 64)),
         ("resenc", resenc_dir, resenc_nets, [0], (16, 48, 48)),
+        ("plain2d", flat_dir, flat_nets, [0], (96, 96)),
     ):
-        for mirroring in (True, False):
+        # One 2-D run (mirroring) keeps the fixtures small.
+        for mirroring in (True, False) if model != "plain2d" else (True,):
             run = f"{model}_{'mirror' if mirroring else 'nomirror'}"
             p = predictor(folder, folds, mirroring)
             if mirroring:
@@ -433,8 +451,13 @@ def main():
                 data = np.ascontiguousarray(data, dtype=np.float32)
                 tensors[f"{model}.preprocessed"] = data
                 x = np.zeros((1, 1, *patch), dtype=np.float32)
-                n = [min(a, b) for a, b in zip(data.shape[1:], patch)]
-                x[0, :, : n[0], : n[1], : n[2]] = data[:, : n[0], : n[1], : n[2]]
+                if len(patch) == 3:
+                    n = [min(a, b) for a, b in zip(data.shape[1:], patch)]
+                    x[0, :, : n[0], : n[1], : n[2]] = data[:, : n[0], : n[1], : n[2]]
+                else:
+                    # 2-D: the first slice.
+                    n = [min(a, b) for a, b in zip(data.shape[2:], patch)]
+                    x[0, :, : n[0], : n[1]] = data[:, 0, : n[0], : n[1]]
                 with torch.no_grad():
                     y = nets[0](torch.from_numpy(x)).numpy()
                 tensors[f"{model}.fold0.patch_logits"] = np.ascontiguousarray(y, dtype=np.float32)

@@ -54,37 +54,32 @@ pub fn steps(image: usize, tile: usize, step_size: f64) -> Vec<usize> {
 
 /// `compute_gaussian(patch, sigma_scale=1/8, value_scaling_factor=10)` as float16 values: a
 /// delta at the patch centre blurred by scipy's `gaussian_filter` (truncated at 4 sigma), scaled
-/// to a maximum of 10, rounded to float16, zeros replaced by the smallest non-zero value.
-pub fn gaussian(patch: [usize; 3]) -> Vec<f32> {
-    let kernels: Vec<Vec<f64>> = patch
-        .iter()
-        .map(|&p| {
-            let sigma = p as f64 / 8.0;
-            let radius = (4.0 * sigma + 0.5) as isize;
-            let w: Vec<f64> = (-radius..=radius)
-                .map(|x| (-0.5 / (sigma * sigma) * (x * x) as f64).exp())
-                .collect();
-            let sum: f64 = w.iter().sum();
-            let centre = (p / 2) as isize;
-            (0..p as isize)
-                .map(|i| {
-                    let o = i - centre;
-                    if o.abs() <= radius {
-                        w[(o + radius) as usize] / sum
-                    } else {
-                        0.0
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    let mut g = Vec::with_capacity(patch[0] * patch[1] * patch[2]);
-    for a in &kernels[0] {
-        for b in &kernels[1] {
-            for c in &kernels[2] {
-                g.push(a * b * c);
-            }
-        }
+/// to a maximum of 10, rounded to float16, zeros replaced by the smallest non-zero value. `patch`
+/// has the configuration's 2 or 3 axes; the map is C-ordered over them.
+pub fn gaussian(patch: &[usize]) -> Vec<f32> {
+    let mut g = vec![1f64];
+    for &p in patch {
+        let sigma = p as f64 / 8.0;
+        let radius = (4.0 * sigma + 0.5) as isize;
+        let w: Vec<f64> = (-radius..=radius)
+            .map(|x| (-0.5 / (sigma * sigma) * (x * x) as f64).exp())
+            .collect();
+        let sum: f64 = w.iter().sum();
+        let centre = (p / 2) as isize;
+        let k: Vec<f64> = (0..p as isize)
+            .map(|i| {
+                let o = i - centre;
+                if o.abs() <= radius {
+                    w[(o + radius) as usize] / sum
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        g = g
+            .iter()
+            .flat_map(|a| k.iter().map(move |b| a * b))
+            .collect();
     }
     let max = g.iter().copied().fold(0.0, f64::max);
     let mut g: Vec<f32> = g
@@ -105,7 +100,7 @@ pub fn gaussian(patch: [usize; 3]) -> Vec<f32> {
 }
 
 /// The mirrored passes: every non-empty combination of the allowed axes, by size then order
-/// (`itertools.combinations`), as tensor dimensions of a 5-D batch.
+/// (`itertools.combinations`), as tensor dimensions of a batch (spatial axes from dimension 2).
 fn mirror_combinations(axes: &[usize]) -> Vec<Vec<usize>> {
     let dims: Vec<usize> = axes.iter().map(|a| a + 2).collect();
     let mut out = Vec::new();
@@ -149,11 +144,14 @@ fn mirrored_forward(
 }
 
 /// The sliding-window logits of one network over the preprocessed data, float16-rounded as
-/// nnU-Net keeps them: `(classes, Z, Y, X)` flattened per class.
+/// nnU-Net keeps them: `(classes, Z, Y, X)` flattened per class. `patch` is 3-D; a 2-D
+/// network (`two_d`) has patch depth 1 and runs on every slice.
+#[allow(clippy::too_many_arguments)]
 fn sliding_window(
     net: &super::UNet,
     data: &[Array3],
     patch: [usize; 3],
+    two_d: bool,
     combos: &[Vec<usize>],
     opts: &PredictOptions,
     device: &Device,
@@ -183,14 +181,20 @@ fn sliding_window(
         device,
     )?;
     let g = if opts.use_gaussian {
-        gaussian(patch)
+        gaussian(if two_d { &patch[1..] } else { &patch[..] })
     } else {
         vec![1.0; patch[0] * patch[1] * patch[2]]
     };
     let mut acc = vec![0f32; classes * n_pad];
     let mut weight = vec![0f32; n_pad];
-    let st: [Vec<usize>; 3] =
-        std::array::from_fn(|a| steps(padded[a], patch[a], opts.tile_step_size));
+    let st: [Vec<usize>; 3] = std::array::from_fn(|a| {
+        if two_d && a == 0 {
+            // 2-D: every slice, in order.
+            (0..padded[0]).collect()
+        } else {
+            steps(padded[a], patch[a], opts.tile_step_size)
+        }
+    });
     let n_patch = patch[0] * patch[1] * patch[2];
     for &sz in &st[0] {
         for &sy in &st[1] {
@@ -200,7 +204,11 @@ fn sliding_window(
                     .narrow(3, sy, patch[1])?
                     .narrow(4, sx, patch[2])?
                     .contiguous()?;
-                let y = mirrored_forward(net, &x, combos)?;
+                let y = if two_d {
+                    mirrored_forward(net, &x.squeeze(2)?, combos)?
+                } else {
+                    mirrored_forward(net, &x, combos)?
+                };
                 let y: Vec<f32> = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
                 for i in 0..patch[0] {
                     for j in 0..patch[1] {
@@ -246,29 +254,44 @@ pub fn predict_logits(
     opts: &PredictOptions,
     device: &Device,
 ) -> Result<Vec<Array3>, SegmentError> {
-    let patch: [usize; 3] = match model.configuration.patch_size.as_slice() {
-        &[a, b, c] => [a, b, c],
+    let (patch, two_d) = match model.configuration.patch_size.as_slice() {
+        &[a, b, c] => ([a, b, c], false),
+        &[b, c] => ([1, b, c], true),
         other => {
             return Err(SegmentError::Field {
                 path: model.path.join("plans.json"),
                 field: format!("configurations.{}.patch_size", model.configuration_name),
-                msg: format!("{other:?}: only 3-D configurations are predicted so far"),
+                msg: format!("{other:?}: not 2 or 3 axes"),
             })
         }
     };
     let combos = match (&model.mirroring_axes, opts.use_mirroring) {
-        (Some(axes), true) => mirror_combinations(axes),
+        (Some(axes), true) => {
+            let n_axes = if two_d { 2 } else { 3 };
+            if axes.iter().any(|&a| a >= n_axes) {
+                return Err(SegmentError::Field {
+                    path: model
+                        .path
+                        .join(format!("fold_{}", model.folds[0]))
+                        .join("checkpoint_final.pth"),
+                    field: "inference_allowed_mirroring_axes".into(),
+                    msg: format!("{axes:?} do not fit a {n_axes}-D network"),
+                });
+            }
+            mirror_combinations(axes)
+        }
         _ => Vec::new(),
     };
     let shape = pre.data[0].shape;
     let mut sum: Option<Vec<Vec<f32>>> = None;
     for (f, net) in model.nets.iter().enumerate() {
-        let logits = sliding_window(net, &pre.data, patch, &combos, opts, device).map_err(|e| {
-            SegmentError::Folder {
-                path: model.path.join(format!("fold_{}", model.folds[f])),
-                msg: format!("prediction failed: {e}"),
-            }
-        })?;
+        let logits =
+            sliding_window(net, &pre.data, patch, two_d, &combos, opts, device).map_err(|e| {
+                SegmentError::Folder {
+                    path: model.path.join(format!("fold_{}", model.folds[f])),
+                    msg: format!("prediction failed: {e}"),
+                }
+            })?;
         sum = Some(match sum {
             None => logits,
             Some(mut s) => {
@@ -427,7 +450,7 @@ mod tests {
 
     #[test]
     fn gaussian_peaks_at_ten_in_the_centre() {
-        let g = gaussian([4, 8, 8]);
+        let g = gaussian(&[4, 8, 8]);
         assert_eq!(g[(2 * 8 + 4) * 8 + 4], 10.0);
         assert!(g.iter().all(|&v| v > 0.0));
     }

@@ -127,8 +127,8 @@ pub fn resample(
         None => {
             let (lo, hi) = input.min_max();
             let mut r = input.clone();
-            for a in 0..3 {
-                r = zoom_axis(&r, a, new_shape[a], order);
+            for (a, &len) in new_shape.iter().enumerate() {
+                r = zoom_axis(&r, a, len, order);
             }
             for v in &mut r.data {
                 *v = v.clamp(lo, hi);
