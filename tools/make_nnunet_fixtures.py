@@ -24,7 +24,8 @@ momentum buffers after one step), grad_scaler_state None, logging (numpy floats)
 current_epoch, init_args (plans, configuration, fold, dataset_json, device), trainer_name
 'nnUNetTrainer', inference_allowed_mirroring_axes ((0, 1, 2); (0, 1) in 2-D). Weights are drawn from a seeded
 generator, with InstanceNorm affine parameters and every bias drawn away from their initial values
-so that each term shows.
+so that each term shows; the last segmentation layer's bias then centres each class's mean logit
+over the CT's first patch, so that the labels vary.
 
 Input: ct.mha, cut from the repository's real CT (shared/data/real_ct/lung1.mha, pyradiomics'
 lung1, BSD-3-Clause): slices 16..31, an in-plane window of 160 x 160 voxels from (176, 170)
@@ -105,6 +106,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "nnunet")
+CT_PATH = os.path.join(OUT, "ct.mha")
 
 LEAKY = {"inplace": True}  # nnU-Net's plans; the slope is LeakyReLU's default 0.01
 
@@ -316,6 +318,27 @@ def randomise(net, gen):
                 p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
 
 
+def centre_classes(net, cm, pm, ds):
+    """Shifts the last segmentation layer's bias so that every class has mean logit 0 over the
+    fixture CT's first patch: a random network otherwise labels nearly every voxel alike, and
+    label parity would test little."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    data, _, _ = DefaultPreprocessor(verbose=False).run_case([CT_PATH], None, pm, cm, ds)
+    patch = cm.patch_size
+    x = np.zeros((1, 1, *patch), dtype=np.float32)
+    if len(patch) == 3:
+        n = [min(a, b) for a, b in zip(data.shape[1:], patch)]
+        x[0, :, : n[0], : n[1], : n[2]] = data[:, : n[0], : n[1], : n[2]]
+    else:
+        n = [min(a, b) for a, b in zip(data.shape[2:], patch)]
+        x[0, :, : n[0], : n[1]] = data[:, data.shape[1] // 2, : n[0], : n[1]]
+    with torch.no_grad():
+        y = net(torch.from_numpy(x))
+        mean = y.mean(dim=(0, *range(2, y.ndim)))
+        net.decoder.seg_layers[-1].bias -= mean
+
+
 def save_checkpoint(path, net, plans, configuration, fold, ds, gen, mirror_axes):
     # One SGD step (nnU-Net's optimiser) so that optimizer_state holds momentum buffers.
     opt = torch.optim.SGD(net.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
@@ -381,6 +404,7 @@ def build_model(name, plans, configuration, labels, folds, seed, mirror_axes=(0,
         )
         randomise(net, gen)
         net.eval()
+        centre_classes(net, cm, pm, ds)
         save_checkpoint(
             os.path.join(folder, f"fold_{fold}", "checkpoint_final.pth"),
             net,
@@ -420,7 +444,7 @@ def write_like(arr, ref, path, pixel_type=None):
 def main():
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
-    ct_path = os.path.join(OUT, "ct.mha")
+    ct_path = CT_PATH
     make_ct(find_ct(), ct_path)
     ct = sitk.ReadImage(ct_path)
 
