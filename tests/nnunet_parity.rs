@@ -355,3 +355,91 @@ fn predictions_match_nnunets_predictor() {
         assert!(max <= 2e-3 && mean <= 1e-5, "{}: {max} {mean}", run.name);
     }
 }
+
+/// A copy of the plain model whose plans.json `edit` changes; the error of loading it.
+fn load_edited(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = Path::new(FIX).join("plain");
+    std::fs::copy(src.join("dataset.json"), dir.path().join("dataset.json")).expect("copy");
+    let text = std::fs::read_to_string(src.join("plans.json")).expect("plans");
+    let mut plans: serde_json::Value = serde_json::from_str(&text).expect("json");
+    edit(&mut plans);
+    std::fs::write(dir.path().join("plans.json"), plans.to_string()).expect("write");
+    std::fs::create_dir(dir.path().join("fold_0")).expect("mkdir");
+    std::fs::copy(
+        src.join("fold_0/checkpoint_final.pth"),
+        dir.path().join("fold_0/checkpoint_final.pth"),
+    )
+    .expect("copy");
+    match ModelFolder::load(dir.path(), None, &Device::Cpu) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn cfg(p: &mut serde_json::Value) -> &mut serde_json::Value {
+    &mut p["configurations"]["3d_fullres"]
+}
+
+#[test]
+fn unknown_plans_entries_are_named_with_their_file_and_field() {
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|p| cfg(p)["architecture"]["network_class_name"] = "foo.MedNeXt".into()),
+            "network_class_name",
+        ),
+        (
+            Box::new(|p| {
+                cfg(p)["architecture"]["arch_kwargs"]["norm_op"] =
+                    "torch.nn.modules.batchnorm.BatchNorm3d".into()
+            }),
+            "arch_kwargs.norm_op",
+        ),
+        (
+            Box::new(|p| {
+                cfg(p)["normalization_schemes"] = serde_json::json!(["FancyNormalization"])
+            }),
+            "configurations.3d_fullres",
+        ),
+        (
+            Box::new(|p| cfg(p)["resampling_fn_data"] = "resample_torch_fornnunet".into()),
+            "resampling_fn_data",
+        ),
+        (
+            Box::new(|p| p["transpose_backward"] = serde_json::json!([0, 1, 1])),
+            "transpose_backward",
+        ),
+    ];
+    for (edit, field) in cases {
+        let e = load_edited(edit);
+        assert!(
+            e.contains("plans.json") && e.contains(field),
+            "{field}: {e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
+#[test]
+fn a_ct_smaller_than_the_patch_is_padded() {
+    // Four slices against a patch 16 deep: nnU-Net pads with zeros and cuts the padding off.
+    let mut ct = ct();
+    let [sx, sy, _] = ct.size;
+    ct.data.truncate(sx * sy * 4);
+    ct.size[2] = 4;
+    let m = load("plain", Some(&["0".to_string()]));
+    let opts = ctgrade::segment::PredictOptions {
+        use_mirroring: false,
+        ..Default::default()
+    };
+    let seg = m
+        .segment(std::slice::from_ref(&ct), &opts, &Device::Cpu)
+        .expect("segment");
+    assert_eq!(seg.labels.size, ct.size);
+    assert_eq!(seg.probabilities.len(), 3);
+    for v in 0..seg.labels.data.len() {
+        let s: f32 = seg.probabilities.iter().map(|p| p[v]).sum();
+        assert!((s - 1.0).abs() < 1e-5, "{s}");
+    }
+}
