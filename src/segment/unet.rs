@@ -44,11 +44,36 @@ pub enum Nonlin {
 
 impl Nonlin {
     fn forward(self, x: &Tensor) -> Result<Tensor> {
+        if fused_eligible(x) {
+            let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let v = v.into_iter().map(|a| self.apply(a)).collect::<Vec<_>>();
+            return Tensor::from_vec(v, x.shape(), x.device());
+        }
         match self {
             Nonlin::LeakyRelu(slope) => candle_nn::ops::leaky_relu(x, slope),
             Nonlin::Relu => x.relu(),
         }
     }
+
+    /// One value, as PyTorch computes it in f32.
+    fn apply(self, a: f32) -> f32 {
+        match self {
+            Nonlin::LeakyRelu(slope) => {
+                if a > 0.0 {
+                    a
+                } else {
+                    a * slope as f32
+                }
+            }
+            Nonlin::Relu => a.max(0.0),
+        }
+    }
+}
+
+/// Whether the fused CPU forms (one pass per plane instead of a chain of candle ops) apply: f32
+/// on the CPU, no gradients (inference only).
+fn fused_eligible(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && !x.track_op()
 }
 
 /// The network of a configuration: `arch_kwargs` typed and checked.
@@ -417,6 +442,52 @@ impl InstanceNorm {
         Ok(Self { affine, eps })
     }
 
+    /// The norm, then `nonlin`: in one pass per (sample, channel) plane on the CPU.
+    fn forward_act(&self, x: &Tensor, nonlin: Option<Nonlin>) -> Result<Tensor> {
+        if !fused_eligible(x) {
+            let y = self.forward(x)?;
+            return match nonlin {
+                Some(f) => f.forward(&y),
+                None => Ok(y),
+            };
+        }
+        let (n, c, d, h, w) = x.dims5()?;
+        let plane = d * h * w;
+        let mut v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let (gamma, beta) = match &self.affine {
+            Some((g, b)) => (Some(g.to_vec1::<f32>()?), Some(b.to_vec1::<f32>()?)),
+            None => (None, None),
+        };
+        let eps = self.eps;
+        use rayon::prelude::*;
+        v.par_chunks_mut(plane.max(1))
+            .enumerate()
+            .for_each(|(i, p)| {
+                let ch = i % c;
+                let len = p.len() as f64;
+                let mean = p.iter().map(|&a| f64::from(a)).sum::<f64>() / len;
+                let var = p
+                    .iter()
+                    .map(|&a| (f64::from(a) - mean).powi(2))
+                    .sum::<f64>()
+                    / len;
+                let inv = 1.0 / (var + eps).sqrt();
+                let g = gamma.as_ref().map_or(1.0, |g| f64::from(g[ch]));
+                let b = beta.as_ref().map_or(0.0, |b| f64::from(b[ch]));
+                // y = (x - mean) * inv * g + b, as one scale and shift in f32.
+                let scale = (inv * g) as f32;
+                let shift = (b - mean * inv * g) as f32;
+                for a in p.iter_mut() {
+                    let y = *a * scale + shift;
+                    *a = match nonlin {
+                        Some(f) => f.apply(y),
+                        None => y,
+                    };
+                }
+            });
+        Tensor::from_vec(v, (n, c, d, h, w), x.device())
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, d, h, w) = x.dims5()?;
         let flat = x.reshape((n, c, d * h * w))?;
@@ -491,13 +562,11 @@ impl ConvBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = self.conv.forward(x)?;
-        if let Some(n) = &self.norm {
-            y = n.forward(&y)?;
-        }
-        match self.nonlin {
-            Some(f) => f.forward(&y),
-            None => Ok(y),
+        let y = self.conv.forward(x)?;
+        match (&self.norm, self.nonlin) {
+            (Some(n), act) => n.forward_act(&y, act),
+            (None, Some(f)) => f.forward(&y),
+            (None, None) => Ok(y),
         }
     }
 }
