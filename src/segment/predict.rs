@@ -9,7 +9,7 @@
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 
-use super::preprocess::{transpose, Preprocessed};
+use super::preprocess::Preprocessed;
 use super::resample::{self, Array3};
 use super::{ModelFolder, SegmentError};
 
@@ -340,18 +340,17 @@ pub fn export(
     let kw = model.configuration.resampling_fn_probabilities_kwargs;
     let axis = resample::separate_z_axis(kw.force_separate_z, pre.target_spacing, pre.spacing);
     let target = pre.shape_after_cropping;
-    let resampled: Vec<Array3> = logits
+    // Resampled channel by channel and kept as f32 (the values are float16): a full-size CT's
+    // logits at f64 would double the peak memory.
+    let resampled: Vec<Vec<f32>> = logits
         .iter()
         .map(|l| {
             if l.shape == target {
-                l.clone()
+                l.data.iter().map(|&v| v as f32).collect()
             } else {
                 // The output array keeps the logits' dtype: float16.
-                let mut r = resample::resample(l, target, kw.order, axis, kw.order_z);
-                for v in &mut r.data {
-                    *v = f64::from(round16(*v as f32));
-                }
-                r
+                let r = resample::resample(l, target, kw.order, axis, kw.order_z);
+                r.data.iter().map(|&v| round16(v as f32)).collect()
             }
         })
         .collect();
@@ -363,13 +362,21 @@ pub fn export(
         });
     }
     let full = pre.shape_before_cropping;
+    let back: [usize; 3] = match model.plans.transpose_backward.as_slice() {
+        &[a, b, c] => [a, b, c],
+        _ => [0, 1, 2],
+    };
+    let forward: [usize; 3] =
+        std::array::from_fn(|a| back.iter().position(|&b| b == a).unwrap_or(a));
+    // The input's own (untransposed) shape and, per transposed axis, its stride there: the
+    // outputs are written straight into the input's order (transpose_backward).
+    let shape: [usize; 3] = std::array::from_fn(|a| full[back[a]]);
+    let orig_strides = [shape[1] * shape[2], shape[2], 1];
+    let st: [usize; 3] = std::array::from_fn(|a| orig_strides[forward[a]]);
     let n_full = full[0] * full[1] * full[2];
-    let mut labels = Array3::zeros(full);
-    let mut probs: Vec<Array3> = (0..classes)
-        .map(|c| Array3 {
-            data: vec![if c == 0 { 1.0 } else { 0.0 }; n_full],
-            shape: full,
-        })
+    let mut labels = vec![0u8; n_full];
+    let mut probs: Vec<Vec<f32>> = (0..classes)
+        .map(|c| vec![if c == 0 { 1.0 } else { 0.0 }; n_full])
         .collect();
     let b = pre.bbox;
     let mut q = 0;
@@ -379,7 +386,7 @@ pub fn export(
             for k in b[2][0]..b[2][1] {
                 // torch.softmax in f32 on the float16 logits.
                 for (c, zc) in z.iter_mut().enumerate() {
-                    *zc = resampled[c].data[q] as f32;
+                    *zc = resampled[c][q];
                 }
                 let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut s = 0f32;
@@ -387,33 +394,26 @@ pub fn export(
                     *zc = (*zc - m).exp();
                     s += *zc;
                 }
-                let p = (i * full[1] + j) * full[2] + k;
+                let p = i * st[0] + j * st[1] + k * st[2];
                 let mut best = 0;
+                let mut best_v = f32::NEG_INFINITY;
                 for c in 0..classes {
                     let v = z[c] / s;
-                    probs[c].data[p] = f64::from(v);
+                    probs[c][p] = v;
                     // argmax of the probabilities: the first maximum.
-                    if v > probs[best].data[p] as f32 {
+                    if v > best_v {
                         best = c;
+                        best_v = v;
                     }
                 }
-                labels.data[p] = best as f64;
+                labels[p] = best as u8;
                 q += 1;
             }
         }
     }
-    let back: [usize; 3] = match model.plans.transpose_backward.as_slice() {
-        &[a, b, c] => [a, b, c],
-        _ => [0, 1, 2],
-    };
-    let labels = transpose(&labels, back);
-    let shape = labels.shape;
     Ok(Exported {
-        labels: labels.data.iter().map(|&v| v as u8).collect(),
-        probabilities: probs
-            .iter()
-            .map(|p| transpose(p, back).data.iter().map(|&v| v as f32).collect())
-            .collect(),
+        labels,
+        probabilities: probs,
         shape,
     })
 }

@@ -266,7 +266,11 @@ pub fn preprocess(
     for v in channels {
         let (a, s) = zyx(v);
         spacing_zyx = s;
-        arrays.push(transpose(&a, perm));
+        arrays.push(if perm == [0, 1, 2] {
+            a
+        } else {
+            transpose(&a, perm)
+        });
     }
     let spacing = [
         spacing_zyx[perm[0]],
@@ -277,7 +281,7 @@ pub fn preprocess(
     let mask = nonzero_mask(&arrays);
     let bbox = bbox(&mask, shape_before_cropping);
     let mask = crop_mask(&mask, shape_before_cropping, &bbox);
-    let mut arrays: Vec<Array3> = arrays.iter().map(|a| crop(a, &bbox)).collect();
+    let mut arrays: Vec<Array3> = arrays.into_iter().map(|a| crop(&a, &bbox)).collect();
     let shape_after_cropping = arrays[0].shape;
     let target_spacing = match cfg.spacing.as_slice() {
         &[a, b, c] => [a, b, c],
