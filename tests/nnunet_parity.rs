@@ -410,6 +410,10 @@ fn unknown_plans_entries_are_named_with_their_file_and_field() {
             Box::new(|p| p["transpose_backward"] = serde_json::json!([0, 1, 1])),
             "transpose_backward",
         ),
+        (
+            Box::new(|p| p["image_reader_writer"] = "NibabelIOWithReorient".into()),
+            "image_reader_writer",
+        ),
     ];
     for (edit, field) in cases {
         let e = load_edited(edit);

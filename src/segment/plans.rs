@@ -30,7 +30,19 @@ pub struct Plans {
     pub foreground_intensity_properties_per_channel: BTreeMap<String, IntensityProperties>,
     /// The configurations, unresolved (see [`Plans::configuration`]).
     pub configurations: Map<String, Value>,
+    /// The image reader nnU-Net preprocessed with (`SimpleITKIO`, `NibabelIO`, ...).
+    #[serde(default = "default_reader")]
+    pub image_reader_writer: String,
 }
+
+fn default_reader() -> String {
+    "SimpleITKIO".into()
+}
+
+/// Readers whose arrays are the voxel grid in (z, y, x) order, as ctgrade's volumes are:
+/// SimpleITK's, and nibabel's without reorientation (its arrays are transposed to the same order).
+/// `NibabelIOWithReorient` and the 2-D image readers would hand the network other arrays.
+const READERS: &[&str] = &["SimpleITKIO", "NibabelIO"];
 
 /// Foreground intensity statistics of one channel over the training set.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -148,6 +160,15 @@ impl Plans {
             field: field.into(),
             msg,
         };
+        if !READERS.contains(&plans.image_reader_writer.as_str()) {
+            return Err(field(
+                "image_reader_writer",
+                format!(
+                    "{:?} is not supported ({READERS:?})",
+                    plans.image_reader_writer
+                ),
+            ));
+        }
         let n = plans.transpose_forward.len();
         if !is_permutation(&plans.transpose_forward) {
             return Err(field(
