@@ -4,7 +4,7 @@
 //!
 //! The modules follow the pipeline:
 //! [`volume`] (CT I/O) -> `preprocess` (the paper's input) -> `model` (3-D layers and networks)
-//! -> `ensemble` (weights, members) -> `grading` (probability and CO-RADS) -> `gc` (grand-challenge I/O).
+//! -> `ensemble` (weights, members); `segment` runs nnU-Net v2 models -> `grading` (probability and CO-RADS) -> `gc` (grand-challenge I/O).
 
 pub mod device;
 pub mod ensemble;
@@ -15,6 +15,7 @@ pub mod model;
 pub mod preprocess;
 pub mod report;
 pub mod rng;
+pub mod segment;
 pub mod synth;
 pub mod train;
 pub mod volume;

@@ -11,6 +11,7 @@ mod info;
 mod merge;
 mod preprocess;
 mod run;
+mod segment;
 mod serve;
 mod synth;
 mod train;
@@ -61,6 +62,9 @@ enum Command {
     Ensemble(ensemble::EnsembleCommand),
     /// Train an ensemble with the paper's recipe from labelled CT scans.
     Train(train::TrainArgs),
+    /// Segment CT scans with an nnU-Net v2 trained-model folder, as nnunetv2's predictor does:
+    /// <case>.mha labels (and with --probabilities <case>-probabilities.mha) per scan.
+    Segment(segment::SegmentArgs),
     /// Combine the summaries of shards (summary-shard-I-of-N.json) or batch runs (summary.json)
     /// into one summary.json and summary.csv; a missing shard or a case found twice is an error.
     Merge(merge::MergeArgs),
@@ -83,6 +87,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             train::train(&args)?;
         }
         Command::Merge(args) => merge::merge(&args)?,
+        Command::Segment(args) => segment::segment(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -124,3 +124,22 @@ fn check_writable(path: &Path, vol: &Volume) -> Result<(), VolumeError> {
     }
     Ok(())
 }
+
+/// Writes `channels` on `geometry`'s grid (its size, spacing, origin and direction; its voxels are
+/// not written) as one multi-component `.mha` (`ElementNumberOfChannels`), zlib-compressed, e.g.
+/// one probability per class. Atomic like [`write()`].
+pub fn write_mha_channels(
+    path: &Path,
+    geometry: &Volume,
+    channels: &[&[f32]],
+    ty: ElementType,
+) -> Result<(), VolumeError> {
+    if !matches!(format_of(path)?, Format::Mha) {
+        return Err(VolumeError::Unwritable {
+            path: path.into(),
+            reason: "multi-component images are written as .mha only".into(),
+        });
+    }
+    check_writable(path, geometry)?;
+    metaimage::write_channels(path, geometry, channels, ty, &WriteOptions::default())
+}

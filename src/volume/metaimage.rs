@@ -674,6 +674,49 @@ pub(crate) fn write(
     }
 }
 
+/// Writes `channels` (each one value per voxel of `geometry`'s grid) as one zlib-compressed `.mha`
+/// with `ElementNumberOfChannels`, the channels interleaved per voxel as MetaIO stores them.
+pub(crate) fn write_channels(
+    path: &Path,
+    geometry: &Volume,
+    channels: &[&[f32]],
+    ty: ElementType,
+    opts: &WriteOptions,
+) -> Result<(), VolumeError> {
+    let n = geometry.len();
+    if channels.is_empty() || channels.iter().any(|c| c.len() != n) {
+        return Err(VolumeError::Unwritable {
+            path: path.into(),
+            reason: format!(
+                "{} channels that are not all {n} voxels long",
+                channels.len()
+            ),
+        });
+    }
+    let mut interleaved = Vec::with_capacity(n * channels.len());
+    for v in 0..n {
+        interleaved.extend(channels.iter().map(|c| c[v]));
+    }
+    let raw = encode(ty, &interleaved, false);
+    let data = if opts.compress {
+        deflate(path, &raw, opts.compression_level)?
+    } else {
+        raw
+    };
+    let csize = opts.compress.then_some(data.len());
+    let header = header_text(geometry, ty, csize, "LOCAL").replace(
+        "ElementType = ",
+        &format!(
+            "ElementNumberOfChannels = {}\nElementType = ",
+            channels.len()
+        ),
+    );
+    write_atomic(path, |w| {
+        w.write_all(header.as_bytes())?;
+        w.write_all(&data)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,7 +132,8 @@ mod output;
 pub use element::ElementType;
 pub use error::VolumeError;
 pub use io::{
-    read, read_with_limits, read_with_type, read_with_type_and_limits, write, write_with_options,
+    read, read_with_limits, read_with_type, read_with_type_and_limits, write, write_mha_channels,
+    write_with_options,
 };
 pub use limits::ReadLimits;
 pub use output::WriteOptions;

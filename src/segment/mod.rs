@@ -1,0 +1,290 @@
+//! nnU-Net v2 inference: a trained-model folder as nnU-Net's trainer leaves it (`dataset.json`,
+//! `plans.json`, `fold_N/checkpoint_final.pth`), read and run on candle.
+//!
+//! - [`plans`]: typed `plans.json` and `dataset.json`, configurations resolved through
+//!   `inherits_from` as nnU-Net's `PlansManager` does;
+//! - [`checkpoint`]: `checkpoint_final.pth` (a torch zip pickle): the trainer, the configuration,
+//!   the mirroring axes and the state dict;
+//! - [`unet`]: `PlainConvUNet` and `ResidualEncoderUNet` of dynamic_network_architectures, with the
+//!   checkpoint's tensor names;
+//! - [`ModelFolder`]: all of it checked together at load time.
+//!
+//! The reference is nnunetv2's `nnUNetPredictor`; tests/nnunet_parity.rs compares with its outputs
+//! (tools/make_nnunet_fixtures.py).
+
+pub mod checkpoint;
+pub mod plans;
+pub mod predict;
+pub mod preprocess;
+pub mod resample;
+pub mod unet;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use crate::volume::Volume;
+
+pub use checkpoint::Checkpoint;
+pub use plans::{Configuration, DatasetJson, Plans};
+pub use predict::PredictOptions;
+pub use unet::{UNet, UNetConfig};
+
+/// Why a model folder, a plans file or a checkpoint cannot be used; each names the file and,
+/// where one is at fault, the field.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A JSON file is not valid JSON or lacks a field of the right type.
+    #[error("{path}: {msg}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        msg: String,
+    },
+    /// A field holds a value ctgrade does not know or cannot run.
+    #[error("{path}: {field}: {msg}")]
+    Field {
+        /// The file.
+        path: PathBuf,
+        /// The field (a dotted path, as in the file).
+        field: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A checkpoint's trainer builds its network some other way than from the plans.
+    #[error("{path}: trainer_name {trainer:?} is not supported: ctgrade runs networks built from plans.json (nnUNetTrainer and its variants that change only training)")]
+    Trainer {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The trainer's class name.
+        trainer: String,
+    },
+    /// A checkpoint's state dict does not fit the network the plans describe.
+    #[error("{path}: network_weights do not fit the plans' architecture: {msg}")]
+    Weights {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The first misfit (a missing tensor or a wrong shape, by name).
+        msg: String,
+    },
+    /// The model folder holds no usable fold.
+    #[error("{path}: {msg}")]
+    Folder {
+        /// The folder.
+        path: PathBuf,
+        /// What is missing.
+        msg: String,
+    },
+}
+
+/// A trained-model folder, loaded and checked: plans, dataset, the configuration the checkpoints
+/// were trained with, and one network per fold.
+pub struct ModelFolder {
+    /// The folder.
+    pub path: PathBuf,
+    /// `plans.json`.
+    pub plans: Plans,
+    /// `dataset.json`.
+    pub dataset: DatasetJson,
+    /// The configuration name (the first checkpoint's `init_args.configuration`).
+    pub configuration_name: String,
+    /// That configuration, inheritance resolved.
+    pub configuration: Configuration,
+    /// The network configuration built from it.
+    pub network: UNetConfig,
+    /// The trainer of the first checkpoint.
+    pub trainer_name: String,
+    /// The axes mirroring may flip (spatial axes of the preprocessed array), from the first
+    /// checkpoint; `None` where the checkpoint names none (nnU-Net then does not mirror).
+    pub mirroring_axes: Option<Vec<usize>>,
+    /// The folds loaded, in order.
+    pub folds: Vec<String>,
+    /// One network per fold.
+    pub nets: Vec<UNet>,
+}
+
+impl ModelFolder {
+    /// Loads `dir`: `plans.json`, `dataset.json` and `fold_<f>/checkpoint_final.pth` for each of
+    /// `folds` (every `fold_N` present when `None`, in numeric order, `fold_all` excluded as
+    /// nnU-Net does). Every checkpoint's tensors are checked against the plans here, before any
+    /// case is read.
+    pub fn load(
+        dir: &Path,
+        folds: Option<&[String]>,
+        device: &Device,
+    ) -> Result<Self, SegmentError> {
+        let plans_path = dir.join("plans.json");
+        let dataset_path = dir.join("dataset.json");
+        let plans = Plans::read(&plans_path)?;
+        let dataset = DatasetJson::read(&dataset_path)?;
+        let folds: Vec<String> = match folds {
+            Some(f) => f.to_vec(),
+            None => detect_folds(dir)?,
+        };
+        if folds.is_empty() {
+            return Err(SegmentError::Folder {
+                path: dir.into(),
+                msg: "no fold_N/checkpoint_final.pth".into(),
+            });
+        }
+        let mut checkpoints = Vec::with_capacity(folds.len());
+        for fold in &folds {
+            let path = dir
+                .join(format!("fold_{fold}"))
+                .join("checkpoint_final.pth");
+            let ck = Checkpoint::read(&path, device)?;
+            checkpoint::check_trainer(&path, &ck.trainer_name)?;
+            checkpoints.push((path, ck));
+        }
+        // nnU-Net takes the trainer, configuration and mirroring axes of the first fold for all.
+        let (trainer_name, configuration_name, mirroring_axes) = match checkpoints.first() {
+            Some((_, ck)) => (
+                ck.trainer_name.clone(),
+                ck.configuration.clone(),
+                ck.mirroring_axes.clone(),
+            ),
+            None => {
+                return Err(SegmentError::Folder {
+                    path: dir.into(),
+                    msg: "no fold_N/checkpoint_final.pth".into(),
+                })
+            }
+        };
+        let configuration = plans.configuration(&plans_path, &configuration_name)?;
+        let network = UNetConfig::from_plans(
+            &plans_path,
+            &configuration_name,
+            &configuration,
+            dataset.num_input_channels(),
+            dataset.num_segmentation_heads(&dataset_path)?,
+        )?;
+        let mut nets = Vec::with_capacity(checkpoints.len());
+        for (path, ck) in checkpoints {
+            let vb = candle_nn::VarBuilder::from_tensors(ck.weights, DType::F32, device);
+            let net = UNet::new(&network, vb).map_err(|e| SegmentError::Weights {
+                path: path.clone(),
+                msg: e.to_string(),
+            })?;
+            nets.push(net);
+        }
+        Ok(Self {
+            path: dir.into(),
+            plans,
+            dataset,
+            configuration_name,
+            configuration,
+            network,
+            trainer_name,
+            mirroring_axes,
+            folds,
+            nets,
+        })
+    }
+}
+
+/// A CT's segmentation on its own grid.
+#[derive(Clone, Debug)]
+pub struct Segmentation {
+    /// The label (class index of `dataset.json`'s labels) per voxel, with the CT's geometry.
+    pub labels: Volume,
+    /// Per class, the probability per voxel (same order as the labels' voxels).
+    pub probabilities: Vec<Vec<f32>>,
+}
+
+impl ModelFolder {
+    /// Segments one case, given as one volume per input channel (`dataset.json`'s
+    /// `channel_names`, in order), all on one grid: nnU-Net's preprocessing, sliding-window
+    /// prediction over every loaded fold and export, on the first channel's grid.
+    pub fn segment(
+        &self,
+        channels: &[Volume],
+        opts: &PredictOptions,
+        device: &Device,
+    ) -> Result<Segmentation, SegmentError> {
+        let plans_path = self.path.join("plans.json");
+        let first = channels.first().ok_or_else(|| SegmentError::Folder {
+            path: self.path.join("dataset.json"),
+            msg: "no input channel given".into(),
+        })?;
+        if channels.len() != self.dataset.num_input_channels() {
+            return Err(SegmentError::Field {
+                path: self.path.join("dataset.json"),
+                field: "channel_names".into(),
+                msg: format!(
+                    "the model takes {} input channels, {} were given",
+                    self.dataset.num_input_channels(),
+                    channels.len()
+                ),
+            });
+        }
+        if channels.iter().any(|c| c.size != first.size) {
+            return Err(SegmentError::Folder {
+                path: self.path.clone(),
+                msg: "the input channels are not on one grid".into(),
+            });
+        }
+        let pre = preprocess::preprocess(
+            channels,
+            &self.plans,
+            &plans_path,
+            &self.configuration,
+            &self.configuration_name,
+        )?;
+        let logits = predict::predict_logits(self, &pre, opts, device)?;
+        let out = predict::export(self, &pre, &logits)?;
+        let labels = Volume {
+            data: out.labels.iter().map(|&l| f32::from(l)).collect(),
+            size: first.size,
+            spacing: first.spacing,
+            origin: first.origin,
+            direction: first.direction,
+        };
+        Ok(Segmentation {
+            labels,
+            probabilities: out.probabilities,
+        })
+    }
+
+    /// The label names by class index (`dataset.json`'s labels sorted by value).
+    pub fn label_names(&self) -> Vec<String> {
+        let mut v: Vec<(i64, &String)> = self
+            .dataset
+            .labels
+            .iter()
+            .filter_map(|(k, v)| v.as_i64().map(|i| (i, k)))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, k)| k.clone()).collect()
+    }
+}
+
+/// The folds present in `dir`, as nnU-Net's `auto_detect_available_folds` finds them: every
+/// `fold_N` with a `checkpoint_final.pth`, `fold_all` excluded, in numeric order.
+pub fn detect_folds(dir: &Path) -> Result<Vec<String>, SegmentError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| SegmentError::Io {
+        path: dir.into(),
+        source,
+    })?;
+    let mut folds: Vec<u64> = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(n) = name.to_str().and_then(|n| n.strip_prefix("fold_")) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        if e.path().join("checkpoint_final.pth").is_file() {
+            folds.push(n);
+        }
+    }
+    folds.sort_unstable();
+    Ok(folds.into_iter().map(|f| f.to_string()).collect())
+}

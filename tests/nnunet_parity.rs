@@ -1,0 +1,449 @@
+//! nnU-Net v2 inference against nnunetv2 itself: the fixtures of tools/make_nnunet_fixtures.py
+//! (model folders with random weights, nnUNetPredictor's intermediates and outputs).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use ctgrade::segment::unet::UNetKind;
+use ctgrade::segment::{ModelFolder, SegmentError};
+
+const FIX: &str = "tests/fixtures/nnunet";
+
+fn intermediates() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        Path::new(FIX).join("intermediates.safetensors"),
+        &Device::Cpu,
+    )
+    .expect("intermediates.safetensors")
+}
+
+fn load(model: &str, folds: Option<&[String]>) -> ModelFolder {
+    ModelFolder::load(&Path::new(FIX).join(model), folds, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{model}: {e}"))
+}
+
+/// The first patch of the preprocessed data `(C, Z, Y, X)`, from voxel 0, zero-padded to `patch`
+/// (2-D: of the first slice).
+fn first_patch(data: &Tensor, patch: &[usize]) -> Tensor {
+    let data = if patch.len() == 2 {
+        data.narrow(1, 0, 1)
+            .and_then(|d| d.squeeze(1))
+            .expect("slice")
+    } else {
+        data.clone()
+    };
+    let mut x = data.unsqueeze(0).expect("unsqueeze");
+    for (a, &p) in patch.iter().enumerate() {
+        let dim = a + 2;
+        let n = x.dim(dim).expect("dim");
+        x = if n >= p {
+            x.narrow(dim, 0, p).expect("narrow")
+        } else {
+            x.pad_with_zeros(dim, 0, p - n).expect("pad")
+        };
+    }
+    x.contiguous().expect("contiguous")
+}
+
+/// (max |a - b|, max |b|) over all elements.
+fn diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("a");
+    let b = b.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("b");
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let m = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    (d, m)
+}
+
+#[test]
+fn model_folders_load_with_the_checkpoints_meta() {
+    let plain = load("plain", None);
+    assert_eq!(plain.folds, ["0", "1"]);
+    assert_eq!(plain.configuration_name, "3d_fullres");
+    assert_eq!(plain.trainer_name, "nnUNetTrainer");
+    assert_eq!(plain.mirroring_axes, Some(vec![0, 1, 2]));
+    assert_eq!(plain.network.kind, UNetKind::Plain);
+    assert_eq!(plain.network.features, [4, 8, 12, 16]);
+    assert_eq!(plain.network.kernels[0], [1, 3, 3]);
+    assert_eq!(plain.network.num_classes, 3);
+    assert_eq!(plain.configuration.patch_size, [16, 64, 64]);
+
+    let resenc = load("resenc", None);
+    assert_eq!(resenc.configuration_name, "3d_fullres_resenc");
+    assert_eq!(resenc.network.kind, UNetKind::ResidualEncoder);
+    assert_eq!(resenc.network.norm_eps, Some(1e-4));
+    // Inherited from 3d_fullres, overridden by 3d_fullres_resenc.
+    assert_eq!(resenc.configuration.spacing, [4.5, 1.6, 1.6]);
+    assert_eq!(resenc.configuration.patch_size, [16, 48, 48]);
+    assert_eq!(resenc.plans.transpose_forward, [0, 2, 1]);
+
+    let flat = load("plain2d", None);
+    assert_eq!(flat.configuration_name, "2d");
+    assert_eq!(flat.network.dims, 2);
+    assert_eq!(flat.network.kernels[0], [1, 3, 3]);
+    assert_eq!(flat.mirroring_axes, Some(vec![0, 1]));
+
+    let one = load("plain", Some(&["1".to_string()]));
+    assert_eq!(one.nets.len(), 1);
+}
+
+#[test]
+fn network_forward_matches_pytorch_on_a_patch() {
+    let t = intermediates();
+    for model in ["plain", "resenc", "plain2d"] {
+        let m = load(model, Some(&["0".to_string()]));
+        let data = t[&format!("{model}.preprocessed")]
+            .to_dtype(DType::F32)
+            .expect("f32");
+        let x = first_patch(&data, &m.configuration.patch_size);
+        let want = &t[&format!("{model}.fold0.patch_logits")];
+        let got = m.nets[0].forward(&x).expect("forward");
+        let (d, scale) = diff(&got, want);
+        eprintln!("{model}: max |logit difference| {d:.3e}, max |logit| {scale:.3e}");
+        assert!(d <= 1e-4 * scale.max(1.0), "{model}: {d} (scale {scale})");
+    }
+}
+
+#[test]
+fn a_foreign_trainer_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e =
+        ctgrade::segment::checkpoint::check_trainer(&dir.path().join("x.pth"), "nnUNetTrainerBN")
+            .expect_err("BN trainer");
+    assert!(matches!(e, SegmentError::Trainer { .. }));
+    assert!(e.to_string().contains("nnUNetTrainerBN"), "{e}");
+}
+
+#[test]
+fn an_incomplete_folder_names_the_missing_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["plans.json", "dataset.json"] {
+        std::fs::copy(Path::new(FIX).join("plain").join(f), dir.path().join(f)).expect("copy");
+    }
+    let e = ModelFolder::load(dir.path(), None, &Device::Cpu)
+        .err()
+        .expect("no folds");
+    assert!(e.to_string().contains("checkpoint_final.pth"), "{e}");
+    let e = ModelFolder::load(dir.path(), Some(&["3".to_string()]), &Device::Cpu)
+        .err()
+        .expect("fold 3");
+    assert!(e.to_string().contains("fold_3"), "{e}");
+    std::fs::remove_file(dir.path().join("plans.json")).expect("rm");
+    let e = ModelFolder::load(dir.path(), None, &Device::Cpu)
+        .err()
+        .expect("no plans");
+    assert!(e.to_string().contains("plans.json"), "{e}");
+}
+
+#[test]
+fn a_checkpoint_that_does_not_fit_the_plans_names_the_tensor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = Path::new(FIX).join("plain");
+    std::fs::copy(src.join("dataset.json"), dir.path().join("dataset.json")).expect("copy");
+    let text = std::fs::read_to_string(src.join("plans.json")).expect("plans");
+    let mut plans: serde_json::Value = serde_json::from_str(&text).expect("json");
+    // A wider first stage than the checkpoint's.
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"][0] =
+        6.into();
+    std::fs::write(dir.path().join("plans.json"), plans.to_string()).expect("write");
+    std::fs::create_dir(dir.path().join("fold_0")).expect("mkdir");
+    std::fs::copy(
+        src.join("fold_0/checkpoint_final.pth"),
+        dir.path().join("fold_0/checkpoint_final.pth"),
+    )
+    .expect("copy");
+    let e = ModelFolder::load(dir.path(), None, &Device::Cpu)
+        .err()
+        .expect("misfit");
+    assert!(matches!(e, SegmentError::Weights { .. }), "{e}");
+    assert!(e.to_string().contains("encoder.stages.0"), "{e}");
+}
+
+#[derive(serde::Deserialize)]
+struct Cases {
+    runs: Vec<Run>,
+}
+
+#[derive(serde::Deserialize)]
+struct Run {
+    name: String,
+    model: String,
+    folds: Vec<usize>,
+    mirroring: bool,
+    tile_step_size: f64,
+    segmentation: String,
+    probabilities: Vec<String>,
+    properties: Properties,
+}
+
+#[derive(serde::Deserialize)]
+struct Properties {
+    shape_before_cropping: [usize; 3],
+    bbox_used_for_cropping: [[usize; 2]; 3],
+    shape_after_cropping_and_before_resampling: [usize; 3],
+    preprocessed_shape: [usize; 4],
+}
+
+fn cases() -> Cases {
+    let text = std::fs::read_to_string(Path::new(FIX).join("cases.json")).expect("cases.json");
+    serde_json::from_str(&text).expect("cases.json")
+}
+
+fn ct() -> ctgrade::volume::Volume {
+    ctgrade::volume::read(&Path::new(FIX).join("ct.mha")).expect("ct.mha")
+}
+
+#[test]
+fn preprocessing_matches_nnunets_default_preprocessor() {
+    let t = intermediates();
+    let cases = cases();
+    let ct = ct();
+    for model in ["plain", "resenc", "plain2d"] {
+        let run = cases.runs.iter().find(|r| r.model == model).expect("run");
+        let m = load(model, Some(&["0".to_string()]));
+        let p = ctgrade::segment::preprocess::preprocess(
+            std::slice::from_ref(&ct),
+            &m.plans,
+            &m.path.join("plans.json"),
+            &m.configuration,
+            &m.configuration_name,
+        )
+        .expect("preprocess");
+        let props = &run.properties;
+        assert_eq!(
+            p.shape_before_cropping, props.shape_before_cropping,
+            "{model}"
+        );
+        assert_eq!(p.bbox, props.bbox_used_for_cropping, "{model}");
+        assert_eq!(
+            p.shape_after_cropping, props.shape_after_cropping_and_before_resampling,
+            "{model}"
+        );
+        let want = &t[&format!("{model}.preprocessed")];
+        assert_eq!(want.dims()[1..], p.data[0].shape, "{model}");
+        assert_eq!(want.dims()[0], props.preprocessed_shape[0]);
+        let want: Vec<f32> = want.flatten_all().and_then(|w| w.to_vec1()).expect("want");
+        let (mut max, mut sum) = (0f64, 0f64);
+        let mut scale = 0f64;
+        for (a, b) in p.data[0].data.iter().zip(&want) {
+            let d = (a - f64::from(*b)).abs();
+            max = max.max(d);
+            sum += d;
+            scale = scale.max(f64::from(b.abs()));
+        }
+        let mean = sum / want.len() as f64;
+        eprintln!("{model}: preprocessed max |difference| {max:.3e}, mean {mean:.3e}, max |value| {scale:.3e}");
+        assert!(max <= 1e-4 * scale.max(1.0), "{model}: {max}");
+    }
+}
+
+/// Max and mean |a - b|.
+fn stats(a: &[f32], b: &[f32]) -> (f32, f64) {
+    assert_eq!(a.len(), b.len());
+    let mut max = 0f32;
+    let mut sum = 0f64;
+    for (x, y) in a.iter().zip(b) {
+        let d = (x - y).abs();
+        max = max.max(d);
+        sum += f64::from(d);
+    }
+    (max, sum / a.len() as f64)
+}
+
+#[test]
+fn sliding_window_logits_match_nnunets() {
+    let t = intermediates();
+    let m = load("plain", None);
+    let ct = ct();
+    let pre = ctgrade::segment::preprocess::preprocess(
+        std::slice::from_ref(&ct),
+        &m.plans,
+        &m.path.join("plans.json"),
+        &m.configuration,
+        &m.configuration_name,
+    )
+    .expect("preprocess");
+    let opts = ctgrade::segment::predict::PredictOptions::default();
+    let logits =
+        ctgrade::segment::predict::predict_logits(&m, &pre, &opts, &Device::Cpu).expect("predict");
+    let want = t["plain.logits_mirror"].to_dtype(DType::F32).expect("f32");
+    let want: Vec<f32> = want.flatten_all().and_then(|w| w.to_vec1()).expect("want");
+    let got: Vec<f32> = logits
+        .iter()
+        .flat_map(|a| a.data.iter().map(|&v| v as f32))
+        .collect();
+    let (max, mean) = stats(&got, &want);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let exact = got.iter().zip(&want).filter(|(a, b)| a == b).count() as f64 / want.len() as f64;
+    eprintln!("plain logits (2 folds, mirroring): max |difference| {max:.3e}, mean {mean:.3e}, max |logit| {scale:.3e}, identical {:.4}%", exact * 100.0);
+    // Float16 accumulators: one unit in the last place of a float16 logit near the maximum.
+    assert!(max <= 1e-2 * scale.max(1.0), "{max}");
+}
+
+#[test]
+fn predictions_match_nnunets_predictor() {
+    let ct = ct();
+    for run in cases().runs {
+        let folds: Vec<String> = run.folds.iter().map(|f| f.to_string()).collect();
+        let m = load(&run.model, Some(&folds));
+        let pre = ctgrade::segment::preprocess::preprocess(
+            std::slice::from_ref(&ct),
+            &m.plans,
+            &m.path.join("plans.json"),
+            &m.configuration,
+            &m.configuration_name,
+        )
+        .expect("preprocess");
+        let opts = ctgrade::segment::predict::PredictOptions {
+            tile_step_size: run.tile_step_size,
+            use_gaussian: true,
+            use_mirroring: run.mirroring,
+        };
+        let logits = ctgrade::segment::predict::predict_logits(&m, &pre, &opts, &Device::Cpu)
+            .expect("predict");
+        let out = ctgrade::segment::predict::export(&m, &pre, &logits).expect("export");
+        let seg = ctgrade::volume::read(&Path::new(FIX).join(&run.segmentation)).expect("seg");
+        let probs: Vec<Vec<f32>> = run
+            .probabilities
+            .iter()
+            .map(|f| {
+                ctgrade::volume::read(&Path::new(FIX).join(f))
+                    .expect("prob")
+                    .data
+            })
+            .collect();
+        assert_eq!(out.probabilities.len(), probs.len(), "{}", run.name);
+        let n = seg.data.len();
+        // Voxels where nnU-Net's two largest probabilities differ by at least 0.02.
+        let (mut decided, mut same) = (0usize, 0usize);
+        let mut all_same = 0usize;
+        for v in 0..n {
+            let mut p: Vec<f32> = probs.iter().map(|c| c[v]).collect();
+            p.sort_by(|a, b| b.total_cmp(a));
+            let agree = f32::from(out.labels[v]) == seg.data[v];
+            all_same += usize::from(agree);
+            if p[0] - p[1] >= 0.02 {
+                decided += 1;
+                same += usize::from(agree);
+            }
+        }
+        let (mut max, mut mean) = (0f32, 0f64);
+        for (got, want) in out.probabilities.iter().zip(&probs) {
+            let (a, b) = stats(got, want);
+            max = max.max(a);
+            mean += b / probs.len() as f64;
+        }
+        let agree = same as f64 / decided.max(1) as f64;
+        eprintln!(
+            "{}: labels agree in {:.4}% of {decided} decided voxels ({:.4}% of all {n}); probabilities max |difference| {max:.3e}, mean {mean:.3e}",
+            run.name,
+            agree * 100.0,
+            all_same as f64 / n as f64 * 100.0
+        );
+        // The targets of issue 27: the same label in 99.9 % of decided voxels, probabilities
+        // within 0.02 everywhere and 1e-3 on average.
+        assert!(agree >= 0.999, "{}: {agree}", run.name);
+        assert!(max <= 0.02, "{}: {max}", run.name);
+        assert!(mean <= 1e-3, "{}: {mean}", run.name);
+        // Measured well inside them (float16 emulated as nnU-Net accumulates): a regression
+        // shows long before the targets would.
+        assert!(max <= 2e-3 && mean <= 1e-5, "{}: {max} {mean}", run.name);
+    }
+}
+
+/// A copy of the plain model whose plans.json `edit` changes; the error of loading it.
+fn load_edited(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = Path::new(FIX).join("plain");
+    std::fs::copy(src.join("dataset.json"), dir.path().join("dataset.json")).expect("copy");
+    let text = std::fs::read_to_string(src.join("plans.json")).expect("plans");
+    let mut plans: serde_json::Value = serde_json::from_str(&text).expect("json");
+    edit(&mut plans);
+    std::fs::write(dir.path().join("plans.json"), plans.to_string()).expect("write");
+    std::fs::create_dir(dir.path().join("fold_0")).expect("mkdir");
+    std::fs::copy(
+        src.join("fold_0/checkpoint_final.pth"),
+        dir.path().join("fold_0/checkpoint_final.pth"),
+    )
+    .expect("copy");
+    match ModelFolder::load(dir.path(), None, &Device::Cpu) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn cfg(p: &mut serde_json::Value) -> &mut serde_json::Value {
+    &mut p["configurations"]["3d_fullres"]
+}
+
+#[test]
+fn unknown_plans_entries_are_named_with_their_file_and_field() {
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|p| cfg(p)["architecture"]["network_class_name"] = "foo.MedNeXt".into()),
+            "network_class_name",
+        ),
+        (
+            Box::new(|p| {
+                cfg(p)["architecture"]["arch_kwargs"]["norm_op"] =
+                    "torch.nn.modules.batchnorm.BatchNorm3d".into()
+            }),
+            "arch_kwargs.norm_op",
+        ),
+        (
+            Box::new(|p| {
+                cfg(p)["normalization_schemes"] = serde_json::json!(["FancyNormalization"])
+            }),
+            "configurations.3d_fullres",
+        ),
+        (
+            Box::new(|p| cfg(p)["resampling_fn_data"] = "resample_torch_fornnunet".into()),
+            "resampling_fn_data",
+        ),
+        (
+            Box::new(|p| p["transpose_backward"] = serde_json::json!([0, 1, 1])),
+            "transpose_backward",
+        ),
+        (
+            Box::new(|p| p["image_reader_writer"] = "NibabelIOWithReorient".into()),
+            "image_reader_writer",
+        ),
+    ];
+    for (edit, field) in cases {
+        let e = load_edited(edit);
+        assert!(
+            e.contains("plans.json") && e.contains(field),
+            "{field}: {e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
+#[test]
+fn a_ct_smaller_than_the_patch_is_padded() {
+    // Four slices against a patch 16 deep: nnU-Net pads with zeros and cuts the padding off.
+    let mut ct = ct();
+    let [sx, sy, _] = ct.size;
+    ct.data.truncate(sx * sy * 4);
+    ct.size[2] = 4;
+    let m = load("plain", Some(&["0".to_string()]));
+    let opts = ctgrade::segment::PredictOptions {
+        use_mirroring: false,
+        ..Default::default()
+    };
+    let seg = m
+        .segment(std::slice::from_ref(&ct), &opts, &Device::Cpu)
+        .expect("segment");
+    assert_eq!(seg.labels.size, ct.size);
+    assert_eq!(seg.probabilities.len(), 3);
+    for v in 0..seg.labels.data.len() {
+        let s: f32 = seg.probabilities.iter().map(|p| p[v]).sum();
+        assert!((s - 1.0).abs() < 1e-5, "{s}");
+    }
+}
