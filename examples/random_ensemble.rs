@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         head: Head::Continuous,
         input: InputSpec::default(),
         members: Vec::new(),
+        lesion_model: None,
     };
     ensemble::create(&out, manifest, &files)?;
     eprintln!("wrote {} members to {}", members, out.display());

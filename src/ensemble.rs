@@ -6,6 +6,11 @@
 //! checked is checked when the ensemble is opened, before any compute: the files, their hashes, and
 //! every tensor's name and shape. Members then run one after another, so memory holds one network,
 //! unless they are kept loaded ([`Ensemble::load_members`]) for a server that grades many cases.
+//!
+//! A manifest may name a lesion model (`lesion_model`): an nnU-Net v2 trained-model folder inside
+//! the ensemble whose segmentation, reduced to the union of the lesion labels, is the lesion map
+//! of the `ct_lesion_zeros` input when the job gives none (the paper's full model: a 3-D nnU-Net
+//! ahead of the DenseNets). It is loaded and checked with the manifest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -21,7 +26,9 @@ use crate::device::Precision;
 use crate::grading::Head;
 use crate::heatmap;
 use crate::model::{self, ModelError, Naming, NetworkConfig};
-use crate::preprocess::InputSpec;
+use crate::preprocess::{ChannelLayout, InputSpec};
+use crate::segment::{self, ModelFolder, PredictOptions};
+use crate::volume::Volume;
 
 /// File name of the manifest inside an ensemble folder.
 pub const MANIFEST_FILE: &str = "ensemble.json";
@@ -49,6 +56,52 @@ pub struct Manifest {
     pub input: InputSpec,
     /// The members, averaged with equal weight.
     pub members: Vec<MemberFile>,
+    /// The segmenter that computes the lesion channel when a job gives no lesion map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lesion_model: Option<LesionModelSpec>,
+}
+
+/// Where the lesion segmenter is and which of its labels are lesions (`ensemble.json`'s
+/// `lesion_model`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LesionModelSpec {
+    /// An nnU-Net v2 trained-model folder (`plans.json`, `dataset.json`,
+    /// `fold_N/checkpoint_final.pth`), relative to the manifest's folder and inside it.
+    pub path: String,
+    /// The label values (`dataset.json`'s `labels`) whose union is the lesion map: 1 where the
+    /// segmentation is any of them, 0 elsewhere.
+    pub lesion_labels: Vec<i64>,
+}
+
+/// The lesion segmenter of an ensemble, loaded and checked.
+pub struct LesionModel {
+    /// What the manifest says.
+    pub spec: LesionModelSpec,
+    /// The model folder, its networks on the CPU.
+    pub folder: ModelFolder,
+}
+
+impl LesionModel {
+    /// The model's segmentation of `ct` (label values of `dataset.json`) on the CT's own grid:
+    /// nnU-Net's default prediction (every fold, mirroring, step 0.5).
+    pub fn segment(&self, ct: &Volume) -> Result<Volume, segment::SegmentError> {
+        let seg = self.folder.segment(
+            std::slice::from_ref(ct),
+            &PredictOptions::default(),
+            &Device::Cpu,
+        )?;
+        Ok(seg.labels)
+    }
+
+    /// The lesion map of a segmentation: 1 where it is one of the lesion labels, 0 elsewhere.
+    pub fn lesion_map(&self, labels: &Volume) -> Volume {
+        let mut map = labels.clone();
+        for v in &mut map.data {
+            *v = f32::from(self.spec.lesion_labels.contains(&(*v as i64)) as u8);
+        }
+        map
+    }
 }
 
 /// One member's weights.
@@ -79,6 +132,14 @@ pub enum EnsembleError {
         path: PathBuf,
         /// The cause (in the message, not `source()`: `{:#}` would print it twice).
         error: std::io::Error,
+    },
+    /// The lesion model named by the manifest cannot be loaded or does not fit.
+    #[error("lesion model {path}: {reason}")]
+    LesionModel {
+        /// The model folder.
+        path: PathBuf,
+        /// What is wrong, naming the file and field.
+        reason: String,
     },
     /// A member's sha256 differs from the manifest's.
     #[error("ensemble member {path} has sha256 {found}, but the manifest says {expected}: the file is corrupt or not the one the manifest describes")]
@@ -262,6 +323,8 @@ pub struct Ensemble {
     pub dir: PathBuf,
     /// The manifest.
     pub manifest: Manifest,
+    /// The lesion segmenter, when the manifest names one.
+    pub lesion_model: Option<LesionModel>,
     /// The members' networks when kept in memory ([`Ensemble::load_members`]).
     loaded: Option<LoadedMembers>,
 }
@@ -279,9 +342,83 @@ impl std::fmt::Debug for Ensemble {
         f.debug_struct("Ensemble")
             .field("dir", &self.dir)
             .field("manifest", &self.manifest)
+            .field(
+                "lesion_model",
+                &self.lesion_model.as_ref().map(|m| &m.folder.path),
+            )
             .field("loaded", &self.loaded.as_ref().map(|l| l.networks.len()))
             .finish()
     }
+}
+
+/// Loads the manifest's lesion model and checks that it fits: a folder inside the ensemble, a CT
+/// alone as input, lesion labels the model has, and an input layout that takes a lesion map.
+fn open_lesion_model(
+    dir: &Path,
+    manifest_path: &Path,
+    spec: &LesionModelSpec,
+    input: &InputSpec,
+) -> Result<LesionModel, EnsembleError> {
+    let field = |reason: String| EnsembleError::Manifest {
+        path: manifest_path.to_path_buf(),
+        reason: format!("lesion_model: {reason}"),
+    };
+    if input.channels != ChannelLayout::CtLesionZeros {
+        return Err(field(format!(
+            "the input layout {:?} takes no lesion map (input.channels must be \"ct_lesion_zeros\")",
+            input.channels
+        )));
+    }
+    let rel = Path::new(&spec.path);
+    let inside = !spec.path.is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside {
+        return Err(field(format!(
+            "path {:?} must be a folder inside the ensemble's folder",
+            spec.path
+        )));
+    }
+    let folder_path = dir.join(rel);
+    let lesion_err = |reason: String| EnsembleError::LesionModel {
+        path: folder_path.clone(),
+        reason,
+    };
+    if !folder_path.is_dir() {
+        return Err(lesion_err("no such folder".into()));
+    }
+    let folder = ModelFolder::load(&folder_path, None, &Device::Cpu)
+        .map_err(|e| lesion_err(e.to_string()))?;
+    if folder.dataset.num_input_channels() != 1 {
+        return Err(lesion_err(format!(
+            "dataset.json: channel_names: the model takes {} input channels; a lesion model \
+             takes the CT alone",
+            folder.dataset.num_input_channels()
+        )));
+    }
+    let known: Vec<i64> = folder
+        .dataset
+        .labels
+        .values()
+        .filter_map(serde_json::Value::as_i64)
+        .collect();
+    if spec.lesion_labels.is_empty() {
+        return Err(field("lesion_labels is empty".into()));
+    }
+    for label in &spec.lesion_labels {
+        if *label == 0 || !known.contains(label) {
+            return Err(field(format!(
+                "lesion_labels: {label} is not a foreground label of {} (labels {})",
+                folder_path.join("dataset.json").display(),
+                serde_json::to_string(&folder.dataset.labels).unwrap_or_default()
+            )));
+        }
+    }
+    Ok(LesionModel {
+        spec: spec.clone(),
+        folder,
+    })
 }
 
 impl Ensemble {
@@ -333,9 +470,14 @@ impl Ensemble {
                 })
             }
         })?;
+        let lesion_model = match &manifest.lesion_model {
+            Some(spec) => Some(open_lesion_model(dir, &path, spec, &manifest.input)?),
+            None => None,
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
+            lesion_model,
             loaded: None,
         })
     }
@@ -583,6 +725,33 @@ pub fn mean_output(members: &[Vec<f64>]) -> Vec<f64> {
     }
     let n = members.len().max(1) as f64;
     sum.into_iter().map(|s| s / n).collect()
+}
+
+/// Copies the nnU-Net v2 trained-model folder `src` into `out/<name>`, as a manifest's lesion
+/// model needs it: `dataset.json`, `plans.json` and every `fold_*/checkpoint_final.pth` (not the
+/// training logs or other checkpoints).
+pub fn copy_lesion_model(src: &Path, out: &Path, name: &str) -> Result<(), EnsembleError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| EnsembleError::Io { path, error }
+    };
+    let dst = out.join(name);
+    let mut files = vec![PathBuf::from("dataset.json"), PathBuf::from("plans.json")];
+    for fold in segment::detect_folds(src).map_err(|e| EnsembleError::LesionModel {
+        path: src.to_path_buf(),
+        reason: e.to_string(),
+    })? {
+        files.push(Path::new(&format!("fold_{fold}")).join("checkpoint_final.pth"));
+    }
+    for rel in files {
+        let (from, to) = (src.join(&rel), dst.join(&rel));
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        let bytes = std::fs::read(&from).map_err(io(&from))?;
+        ctgrade_fsio::write_atomic(&to, &bytes).map_err(io(&to))?;
+    }
+    Ok(())
 }
 
 /// Writes a manifest for `members` (copied into `out`), computing their hashes.

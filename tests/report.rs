@@ -77,6 +77,7 @@ fn spread_matches_members_run_alone() {
                 &dir.path().join(format!("member-{i}")),
                 Manifest {
                     members: Vec::new(),
+                    lesion_model: None,
                     ..manifest.clone()
                 },
                 &[weights.join(&m.file)],
@@ -370,6 +371,7 @@ fn heat_map_refused_for_2d_networks() {
         head: Head::Continuous,
         input: common::tiny_spec(),
         members: Vec::new(),
+        lesion_model: None,
     };
     ensemble::create(&weights, manifest, &[member]).unwrap();
     let input = dir.path().join("input");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
-use ctgrade::ensemble::{self, Ensemble, Manifest};
+use ctgrade::ensemble::{self, Ensemble, LesionModelSpec, Manifest};
 use ctgrade::grading::Head;
 use ctgrade::model::probe::resolve_config;
 use ctgrade::model::Arch;
@@ -43,11 +43,20 @@ pub enum EnsembleCommand {
         /// What the weights are and where they come from.
         #[arg(long, default_value = "")]
         description: String,
+        /// An nnU-Net v2 trained-model folder to compute the lesion channel with (the paper's full
+        /// model; the input specification must use "ct_lesion_zeros"): copied into the ensemble as
+        /// `lesion/`.
+        #[arg(long, requires = "lesion_labels")]
+        lesion_model: Option<PathBuf>,
+        /// The lesion model's label values whose union is the lesion map, e.g. 1,2.
+        #[arg(long, value_delimiter = ',', requires = "lesion_model")]
+        lesion_labels: Vec<i64>,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
     },
-    /// Check an ensemble folder (hashes, tensor names and shapes) without running it.
+    /// Check an ensemble folder (hashes, tensor names and shapes, the lesion model's plans and
+    /// checkpoints) without running it.
     Check {
         /// The folder holding ensemble.json.
         dir: PathBuf,
@@ -65,6 +74,8 @@ pub fn ensemble(cmd: EnsembleCommand) -> Result<()> {
             members,
             name,
             description,
+            lesion_model,
+            lesion_labels,
             out,
         } => {
             let network = resolve_config(arch, 3, head.num_outputs(), config.as_deref())?;
@@ -72,7 +83,7 @@ pub fn ensemble(cmd: EnsembleCommand) -> Result<()> {
                 Some(path) => super::read_json(path)?,
                 None => InputSpec::default(),
             };
-            let manifest = Manifest {
+            let mut manifest = Manifest {
                 name,
                 description,
                 demonstration: false,
@@ -80,7 +91,15 @@ pub fn ensemble(cmd: EnsembleCommand) -> Result<()> {
                 head,
                 input,
                 members: Vec::new(),
+                lesion_model: None,
             };
+            if let Some(src) = &lesion_model {
+                ensemble::copy_lesion_model(src, &out, "lesion")?;
+                manifest.lesion_model = Some(LesionModelSpec {
+                    path: "lesion".into(),
+                    lesion_labels,
+                });
+            }
             let manifest = ensemble::create(&out, manifest, &members)?;
             eprintln!(
                 "wrote {} with {} member(s)",
@@ -91,8 +110,17 @@ pub fn ensemble(cmd: EnsembleCommand) -> Result<()> {
         EnsembleCommand::Check { dir } => {
             let e = Ensemble::open(&dir)?;
             super::emit(&serde_json::to_string_pretty(&e.manifest)?)?;
+            let lesion = e.lesion_model.as_ref().map_or(String::new(), |m| {
+                format!(
+                    ", lesion model {} ({} fold(s), configuration {}, labels {:?} as lesions)",
+                    m.spec.path,
+                    m.folder.folds.len(),
+                    m.folder.configuration_name,
+                    m.spec.lesion_labels
+                )
+            });
             eprintln!(
-                "{}: {} member(s), all checks passed",
+                "{}: {} member(s){lesion}, all checks passed",
                 dir.display(),
                 e.len()
             );

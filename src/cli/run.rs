@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// Also write report.html: every case's answers, members, pictures and preprocessing facts.
     #[arg(long)]
     report: bool,
+    /// Also write the ensemble's lesion model's segmentation (its labels, uint8, on the CT's
+    /// grid) to images/covid-19-lesion-segmentation/<case>.mha, for cases where it ran.
+    #[arg(long)]
+    lesion_segmentation: bool,
     /// Largest scan accepted, in voxels; a larger one fails before it is read. Default: 2000 Mi
     /// (e.g. 1024 x 1024 x 2000, which fits a 16 GiB machine), lowered to fit the memory budget:
     /// the smallest of GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB, RLIMIT_DATA, RLIMIT_AS and the
@@ -114,6 +118,7 @@ pub(super) fn prepare(args: &RunArgs, keep_loaded: bool) -> Result<(Ensemble, De
         spread: args.spread,
         heat_map: args.heat_map,
         report: args.report,
+        lesion_segmentation: args.lesion_segmentation,
     };
     match &budget {
         Some(limit) => eprintln!(

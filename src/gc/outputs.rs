@@ -12,6 +12,9 @@ use crate::grading::Grade;
 pub const PROBABILITY_FILE: &str = "probability-covid-19.json";
 /// Output socket file of the CO-RADS score.
 pub const CO_RADS_FILE: &str = "co-rads-score.json";
+/// The share of the lungs the lesion map marks, in percent (a bare number), when a lesion map
+/// was used.
+pub const LUNG_AFFECTED_FILE: &str = "percentage-of-lung-affected.json";
 /// Legacy (evalutils) result file.
 pub const RESULTS_FILE: &str = "results.json";
 /// Summary of a local batch.

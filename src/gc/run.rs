@@ -49,6 +49,10 @@ pub struct RunOptions {
     pub heat_map: bool,
     /// Also write `report.html` into the output folder (`--report`).
     pub report: bool,
+    /// Also write the lesion model's segmentation (its labels) of each case to
+    /// `images/covid-19-lesion-segmentation/<case>.mha`, when the model ran
+    /// (`--lesion-segmentation`).
+    pub lesion_segmentation: bool,
 }
 
 /// Why the run as a whole could not proceed (a failing case is not one: it is recorded).
@@ -224,6 +228,10 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
             .output
             .join(outputs::HEAT_MAP_DIR)
             .join(format!("{}.mha", case.name));
+        let lesion_path = opts
+            .output
+            .join(super::LESION_SOCKET_DIR)
+            .join(format!("{}.mha", case.name));
         if let Some((p, c)) = opts
             .skip_done
             .then(|| shard::finished(&case_dir))
@@ -261,6 +269,7 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
                 let images = [
                     (graded.mask.take(), &mask_path, ElementType::UChar),
                     (graded.heat.take(), &heat_path, ElementType::Float),
+                    (graded.segmentation.take(), &lesion_path, ElementType::UChar),
                 ];
                 for (image, path, element) in images {
                     let Some(image) = image else { continue };
@@ -273,6 +282,10 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
                 // The answers last: a case whose other outputs failed leaves no answer behind.
                 if opts.spread {
                     outputs::write_spread(&case_dir, graded.spread).map_err(|e| e.to_string())?;
+                }
+                if let Some(p) = graded.lung_affected {
+                    outputs::write_json(&case_dir.join(outputs::LUNG_AFFECTED_FILE), &p)
+                        .map_err(|e| e.to_string())?;
                 }
                 outputs::write_sockets(&case_dir, &graded.grade).map_err(|e| e.to_string())?;
                 Ok(graded)
@@ -365,6 +378,11 @@ struct Graded {
     mask: Option<volume::Volume>,
     /// The heat map on the CT's grid, when `--heat-map` asks for it.
     heat: Option<volume::Volume>,
+    /// The lesion model's segmentation on the CT's grid, when it ran and
+    /// `--lesion-segmentation` asks for it.
+    segmentation: Option<volume::Volume>,
+    /// Lesion volume inside the lungs over lung volume, in percent, when a lesion map was used.
+    lung_affected: Option<f64>,
     /// The report's figures, when `--report` asks for them.
     figures: Option<CaseFigures>,
 }
@@ -424,6 +442,41 @@ fn grade_case(
             ct.spacing,
         ));
     }
+    // The lesion channel: the job's lesion map when it gives one, else the ensemble's lesion
+    // model on the CT (after the checks above, so a bad scan fails before the segmenter runs).
+    let mut segmentation = None;
+    let lesion = match (lesion, &ensemble.lesion_model) {
+        (Some(given), Some(_)) => {
+            log(
+                bar,
+                format!(
+                    "{}: lesion map given; the ensemble's lesion model is not run",
+                    case.name
+                ),
+            );
+            Some(given)
+        }
+        (None, Some(model)) => {
+            let t = Instant::now();
+            let labels = model.segment(&ct).map_err(|e| reason(case, e))?;
+            let map = model.lesion_map(&labels);
+            let lesion_voxels = map.data.iter().filter(|&&v| v > 0.0).count();
+            log(
+                bar,
+                format!(
+                    "{}: lesion map computed by {} in {:.2} s ({lesion_voxels} voxels, {:.2}% of \
+                     the scan)",
+                    case.name,
+                    model.spec.path,
+                    t.elapsed().as_secs_f64(),
+                    100.0 * lesion_voxels as f64 / map.data.len().max(1) as f64
+                ),
+            );
+            segmentation = opts.lesion_segmentation.then_some(labels);
+            Some(map)
+        }
+        (given, None) => given,
+    };
     let ct_grid = Grid::of(&ct);
     // The report's pictures are drawn on a display grid; the CT is resampled onto it before
     // preprocessing takes it.
@@ -440,6 +493,9 @@ fn grade_case(
     let prep = preprocess::preprocess_owned(ct, lesion.as_ref(), spec)
         .map_err(|e| in_context(e, warnings))?;
     let prep_s = t.elapsed().as_secs_f64();
+    let lung_affected = lesion
+        .as_ref()
+        .and_then(|l| percentage_affected(l, &prep.lung_mask));
     drop(lesion);
     let o = &prep.report.orientation;
     if prep.report.oblique_resampled {
@@ -554,6 +610,25 @@ fn grade_case(
         spread,
         mask,
         heat,
+        segmentation,
+        lung_affected,
         figures,
     })
+}
+
+/// The share of the lung mask's voxels that the lesion map marks, in percent; `None` when the
+/// two are not on one grid or the mask is empty.
+fn percentage_affected(lesion: &volume::Volume, lungs: &volume::Volume) -> Option<f64> {
+    if lesion.size != lungs.size {
+        return None;
+    }
+    let (lung, affected) = lungs
+        .data
+        .iter()
+        .zip(&lesion.data)
+        .filter(|(&m, _)| m > 0.5)
+        .fold((0usize, 0usize), |(n, a), (_, &l)| {
+            (n + 1, a + usize::from(l > 0.5))
+        });
+    (lung > 0).then(|| 100.0 * affected as f64 / lung as f64)
 }

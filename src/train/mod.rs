@@ -281,6 +281,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
         head: r.head,
         input: r.input.clone(),
         members: Vec::new(),
+        lesion_model: None,
     };
     let files: Vec<PathBuf> = (0..opts.members)
         .map(|i| opts.out.join(member_file(i)))

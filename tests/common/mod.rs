@@ -65,6 +65,7 @@ pub fn make_ensemble(dir: &Path, head: Head, members: usize) -> PathBuf {
         head,
         input: tiny_spec(),
         members: Vec::new(),
+        lesion_model: None,
     };
     ensemble::create(&out, manifest, &files).unwrap();
     out

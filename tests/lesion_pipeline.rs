@@ -1,0 +1,334 @@
+//! The paper's full model on the platform: an ensemble whose manifest names a lesion model (an
+//! nnU-Net v2 trained-model folder inside the ensemble) computes the lesion channel itself. Its
+//! answers equal `ctgrade segment` followed by `ctgrade run` with that map as the lesion socket;
+//! a bad lesion model is refused when the ensemble is opened, naming the field.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{ctgrade, run_args, s, tiny_network, tiny_spec};
+use ctgrade::ensemble::{self, LesionModelSpec, Manifest};
+use ctgrade::grading::Head;
+use ctgrade::preprocess::ChannelLayout;
+use ctgrade::synth::{phantom, PhantomConfig};
+use ctgrade::volume::{self, ElementType};
+
+const FIXTURE_MODEL: &str = "tests/fixtures/nnunet/plain";
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// The fixture's two-fold PlainConvUNet (random weights; labels background, GGO, consolidation)
+/// with a coarse target spacing, so that a whole phantom takes a few patches.
+fn lesion_model(dir: &Path) -> PathBuf {
+    let out = dir.join("lesion");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_MODEL),
+        &out,
+    );
+    let plans_path = out.join("plans.json");
+    let mut plans: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plans_path).unwrap()).unwrap();
+    plans["configurations"]["3d_fullres"]["spacing"] = serde_json::json!([12.0, 6.0, 6.0]);
+    std::fs::write(&plans_path, plans.to_string()).unwrap();
+    out
+}
+
+/// A tiny random ensemble taking CT, lesion map and zeros; with `lesion` its manifest names the
+/// lesion model (copied into the ensemble's folder) and those lesion labels.
+fn make_ensemble(dir: &Path, lesion: Option<&[i64]>) -> PathBuf {
+    let network = tiny_network(Head::Continuous);
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(
+        &varmap,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    );
+    ctgrade::model::build(&network, vb).unwrap();
+    let member = dir.join("member.safetensors");
+    varmap.save(&member).unwrap();
+    let out = dir.join("ensemble");
+    std::fs::create_dir_all(&out).unwrap();
+    let lesion_model = lesion.map(|labels| {
+        lesion_model(&out);
+        LesionModelSpec {
+            path: "lesion".into(),
+            lesion_labels: labels.to_vec(),
+        }
+    });
+    let manifest = Manifest {
+        name: "full-model-test".into(),
+        description: "random weights: the pipeline is under test".into(),
+        demonstration: false,
+        network,
+        head: Head::Continuous,
+        input: ctgrade::preprocess::InputSpec {
+            channels: ChannelLayout::CtLesionZeros,
+            ..tiny_spec()
+        },
+        members: Vec::new(),
+        lesion_model,
+    };
+    ensemble::create(&out, manifest, &[member]).unwrap();
+    out
+}
+
+fn write_phantom(path: &Path) {
+    let cfg = PhantomConfig {
+        size: [96, 96, 48],
+        spacing: [3.5, 3.5, 6.0],
+        seed: 5,
+        co_rads: 5,
+    };
+    let (ct, _) = phantom(&cfg).unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    volume::write(path, &ct, ElementType::Short).unwrap();
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn computed_lesion_channel_equals_segment_then_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = make_ensemble(dir.path(), Some(&[1, 2]));
+    let check = ctgrade(&["ensemble", "check", s(&weights)], &[]);
+    assert!(check.status.success(), "{}", stderr(&check));
+
+    // The platform gives only the CT: the lesion model runs inside `run`.
+    let input = dir.path().join("input");
+    write_phantom(&input.join("images/ct/case.mha"));
+    let computed = dir.path().join("computed");
+    let mut args = run_args(&input, &computed, &weights);
+    args.push("--lesion-segmentation");
+    let out = ctgrade(&args, &[]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("lesion map computed by lesion"), "{log}");
+    let labels =
+        volume::read(&computed.join("images/covid-19-lesion-segmentation/case.mha")).unwrap();
+    let ct = volume::read(&input.join("images/ct/case.mha")).unwrap();
+    assert_eq!((labels.size, labels.spacing), (ct.size, ct.spacing));
+
+    // The same model through `ctgrade segment`, its labels reduced to the union of the lesion
+    // labels and given to `run` as the lesion socket.
+    let segmented = dir.path().join("segmented");
+    let seg = ctgrade(
+        &[
+            "segment",
+            "--model",
+            s(&weights.join("lesion")),
+            "--input",
+            s(&input.join("images/ct/case.mha")),
+            "--output",
+            s(&segmented),
+        ],
+        &[],
+    );
+    assert!(seg.status.success(), "{}", stderr(&seg));
+    let mut union = volume::read(&segmented.join("case.mha")).unwrap();
+    assert_eq!(union.data, labels.data, "run and segment segment alike");
+    for v in &mut union.data {
+        *v = f32::from(*v == 1.0 || *v == 2.0);
+    }
+    let lesions = union.data.iter().filter(|&&v| v > 0.0).count();
+    assert!(
+        lesions > 0 && lesions < union.data.len(),
+        "{lesions} lesion voxels"
+    );
+    let given_input = dir.path().join("given-input");
+    write_phantom(&given_input.join("images/ct/case.mha"));
+    std::fs::create_dir_all(given_input.join("images/covid-19-lesion-segmentation")).unwrap();
+    volume::write(
+        &given_input.join("images/covid-19-lesion-segmentation/case.mha"),
+        &union,
+        ElementType::UChar,
+    )
+    .unwrap();
+    let given = dir.path().join("given");
+    let out = ctgrade(&run_args(&given_input, &given, &weights), &[]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("lesion map given; the ensemble's lesion model is not run"),
+        "{log}"
+    );
+    for f in [
+        "probability-covid-19.json",
+        "co-rads-score.json",
+        "percentage-of-lung-affected.json",
+    ] {
+        assert_eq!(
+            std::fs::read(computed.join(f)).unwrap(),
+            std::fs::read(given.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let affected: f64 = std::fs::read_to_string(computed.join("percentage-of-lung-affected.json"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((0.0..=100.0).contains(&affected), "{affected}");
+}
+
+/// A lesion model that does not fit is refused when the ensemble is opened, naming the field.
+#[test]
+fn bad_lesion_models_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = make_ensemble(dir.path(), Some(&[1, 2]));
+    let manifest_path = weights.join("ensemble.json");
+    let good: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let cases: [(&str, serde_json::Value, &str); 5] = [
+        (
+            "unknown label",
+            serde_json::json!({"path": "lesion", "lesion_labels": [1, 7]}),
+            "lesion_labels: 7 is not a foreground label",
+        ),
+        (
+            "background",
+            serde_json::json!({"path": "lesion", "lesion_labels": [0]}),
+            "lesion_labels: 0 is not a foreground label",
+        ),
+        (
+            "outside the ensemble",
+            serde_json::json!({"path": "../lesion", "lesion_labels": [1]}),
+            "must be a folder inside the ensemble's folder",
+        ),
+        (
+            "missing folder",
+            serde_json::json!({"path": "nowhere", "lesion_labels": [1]}),
+            "nowhere: no such folder",
+        ),
+        (
+            "unknown field",
+            serde_json::json!({"path": "lesion", "lesion_labels": [1], "labels": [1]}),
+            "unknown field `labels`",
+        ),
+    ];
+    for (what, spec, expected) in cases {
+        let mut m = good.clone();
+        m["lesion_model"] = spec;
+        std::fs::write(&manifest_path, m.to_string()).unwrap();
+        let out = ctgrade(&["ensemble", "check", s(&weights)], &[]);
+        let log = stderr(&out);
+        assert!(!out.status.success(), "{what}: accepted");
+        let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+        assert!(last.contains(expected), "{what}: {last}");
+    }
+    // A model whose input layout takes no lesion map.
+    let mut m = good.clone();
+    m["input"]["channels"] = serde_json::json!("ct_x3");
+    std::fs::write(&manifest_path, m.to_string()).unwrap();
+    let out = ctgrade(&["ensemble", "check", s(&weights)], &[]);
+    assert!(
+        stderr(&out).contains("takes no lesion map"),
+        "{}",
+        stderr(&out)
+    );
+    // A checkpoint that does not fit the plans: refused with the file.
+    std::fs::write(&manifest_path, good.to_string()).unwrap();
+    let plans_path = weights.join("lesion/plans.json");
+    let mut plans: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plans_path).unwrap()).unwrap();
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] =
+        serde_json::json!([8, 16, 24, 32]);
+    std::fs::write(&plans_path, plans.to_string()).unwrap();
+    let out = ctgrade(&["ensemble", "check", s(&weights)], &[]);
+    let log = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        log.contains("checkpoint_final.pth") && log.contains("network_weights"),
+        "{log}"
+    );
+}
+
+/// `ensemble new --lesion-model DIR --lesion-labels 1,2` copies the nnU-Net folder into the
+/// ensemble (only what prediction needs) and writes the manifest field; the result passes
+/// `ensemble check`.
+#[test]
+fn ensemble_new_takes_a_lesion_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = tiny_network(Head::Continuous);
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(
+        &varmap,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    );
+    ctgrade::model::build(&network, vb).unwrap();
+    let member = dir.path().join("member.safetensors");
+    varmap.save(&member).unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"growth_rate": 4, "block_config": [1, 1], "bn_size": 2, "init_features": 8}"#,
+    )
+    .unwrap();
+    let spec = dir.path().join("spec.json");
+    let input = ctgrade::preprocess::InputSpec {
+        channels: ChannelLayout::CtLesionZeros,
+        ..tiny_spec()
+    };
+    std::fs::write(&spec, serde_json::to_string(&input).unwrap()).unwrap();
+    let source = lesion_model(dir.path());
+    std::fs::write(source.join("fold_0/debug.json"), "{}").unwrap();
+    let out = dir.path().join("made");
+    let made = ctgrade(
+        &[
+            "ensemble",
+            "new",
+            "--arch",
+            "densenet121-3d",
+            "--config",
+            s(&config),
+            "--input-spec",
+            s(&spec),
+            "--members",
+            s(&member),
+            "--lesion-model",
+            s(&source),
+            "--lesion-labels",
+            "1,2",
+            "--out",
+            s(&out),
+        ],
+        &[],
+    );
+    assert!(made.status.success(), "{}", stderr(&made));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("ensemble.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["lesion_model"],
+        serde_json::json!({"path": "lesion", "lesion_labels": [1, 2]})
+    );
+    for f in [
+        "dataset.json",
+        "plans.json",
+        "fold_0/checkpoint_final.pth",
+        "fold_1/checkpoint_final.pth",
+    ] {
+        assert!(out.join("lesion").join(f).is_file(), "{f}");
+    }
+    assert!(!out.join("lesion/fold_0/debug.json").exists());
+    let check = ctgrade(&["ensemble", "check", s(&out)], &[]);
+    let log = stderr(&check);
+    assert!(check.status.success(), "{log}");
+    assert!(
+        log.contains("lesion model lesion (2 fold(s), configuration 3d_fullres"),
+        "{log}"
+    );
+}
