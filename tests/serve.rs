@@ -252,3 +252,46 @@ fn serve_refuses_bad_weights_at_start() {
     let last = stderr.lines().last().unwrap_or("");
     assert!(last.contains("ensemble.json"), "{stderr}");
 }
+
+/// With a lesion model in the ensemble, the server loads it once at start and computes each job's
+/// lesion channel as `ctgrade run` does: the same bytes.
+#[test]
+fn serve_computes_the_lesion_channel_like_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = common::make_lesion_ensemble(dir.path(), Some(&[1, 2]));
+    let (input, output) = (dir.path().join("input"), dir.path().join("output"));
+    clear(&input);
+    clear(&output);
+    let server = Server::start(&input, &output, &weights);
+    server.wait_healthy();
+    for seed in [6, 7] {
+        provision(&input, "ct.mha", &chest(seed, 4), "socket");
+        clear(&output);
+        let (status, body) = server.call("POST", "/invoke");
+        assert_eq!(status, 201, "{body}\n{:?}", server.log());
+        server.wait_log("the lesion model ran", |log| {
+            log.iter()
+                .filter(|l| l.contains("lesion map computed by lesion"))
+                .count()
+                == (seed - 5) as usize
+        });
+        let run_out = dir.path().join(format!("run{seed}"));
+        let out = ctgrade(&run_args(&input, &run_out, &weights), &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for f in [
+            "probability-covid-19.json",
+            "co-rads-score.json",
+            "percentage-of-lung-affected.json",
+        ] {
+            assert_eq!(
+                std::fs::read(run_out.join(f)).unwrap(),
+                std::fs::read(output.join(f)).unwrap(),
+                "{f}"
+            );
+        }
+    }
+}

@@ -191,3 +191,74 @@ pub fn write_series(vol: &Volume, dir: &Path) {
             .unwrap();
     }
 }
+
+/// The nnU-Net fixture the lesion-model tests start from (tools/make_nnunet_fixtures.py).
+pub const FIXTURE_MODEL: &str = "tests/fixtures/nnunet/plain";
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// The fixture's two-fold PlainConvUNet (random weights; labels background, GGO, consolidation)
+/// with a coarse target spacing, so that a whole phantom takes a few patches.
+pub fn lesion_model(dir: &Path) -> PathBuf {
+    let out = dir.join("lesion");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_MODEL),
+        &out,
+    );
+    let plans_path = out.join("plans.json");
+    let mut plans: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plans_path).unwrap()).unwrap();
+    plans["configurations"]["3d_fullres"]["spacing"] = serde_json::json!([12.0, 6.0, 6.0]);
+    std::fs::write(&plans_path, plans.to_string()).unwrap();
+    out
+}
+
+/// A tiny random ensemble taking CT, lesion map and zeros; with `lesion` its manifest names the
+/// lesion model (copied into the ensemble's folder) and those lesion labels.
+pub fn make_lesion_ensemble(dir: &Path, lesion: Option<&[i64]>) -> PathBuf {
+    let network = tiny_network(Head::Continuous);
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(
+        &varmap,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    );
+    ctgrade::model::build(&network, vb).unwrap();
+    let member = dir.join("member.safetensors");
+    varmap.save(&member).unwrap();
+    let out = dir.join("ensemble");
+    std::fs::create_dir_all(&out).unwrap();
+    let lesion_model = lesion.map(|labels| {
+        lesion_model(&out);
+        ensemble::LesionModelSpec {
+            path: "lesion".into(),
+            lesion_labels: labels.to_vec(),
+        }
+    });
+    let manifest = Manifest {
+        name: "full-model-test".into(),
+        description: "random weights: the pipeline is under test".into(),
+        demonstration: false,
+        network,
+        head: Head::Continuous,
+        input: InputSpec {
+            channels: ChannelLayout::CtLesionZeros,
+            ..tiny_spec()
+        },
+        members: Vec::new(),
+        lesion_model,
+    };
+    ensemble::create(&out, manifest, &[member]).unwrap();
+    out
+}
