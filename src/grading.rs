@@ -166,6 +166,36 @@ fn grade_categorical(probs: &[f64]) -> Grade {
     }
 }
 
+/// The outcome of one case (graded, failed or skipped by `--skip-done`), as the summaries,
+/// `results.json` and the report list it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseResult {
+    /// Case name (input file name without extension).
+    pub case: String,
+    /// Input file name.
+    pub file: String,
+    /// COVID-19 probability, when the case succeeded.
+    pub probability: Option<f64>,
+    /// CO-RADS score, when the case succeeded.
+    pub co_rads: Option<u8>,
+    /// Each member's COVID-19 probability (as if it were a one-member ensemble), when graded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_probabilities: Vec<f64>,
+    /// Population standard deviation of `member_probabilities`, when graded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<f64>,
+    /// Why the case failed, when it did.
+    pub error: Option<String>,
+    /// What looked wrong with the input without stopping it (NaN voxels, a non-HU range).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Graded by an earlier run (`--skip-done`): the answer is the one it left.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+    /// Wall time of the case in seconds.
+    pub seconds: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

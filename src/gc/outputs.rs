@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use crate::grading::CaseResult;
 use crate::grading::Grade;
 
 /// Output socket file of the COVID-19 probability.
@@ -68,35 +69,6 @@ pub fn write_sockets(dir: &Path, grade: &Grade) -> Result<(), WriteError> {
 /// Writes the ensemble's spread (a bare number) into `dir`.
 pub fn write_spread(dir: &Path, spread: f64) -> Result<(), WriteError> {
     write_json(&dir.join(SPREAD_FILE), &spread)
-}
-
-/// The outcome of one case, for the summary and `results.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CaseResult {
-    /// Case name (input file name without extension).
-    pub case: String,
-    /// Input file name.
-    pub file: String,
-    /// COVID-19 probability, when the case succeeded.
-    pub probability: Option<f64>,
-    /// CO-RADS score, when the case succeeded.
-    pub co_rads: Option<u8>,
-    /// Each member's COVID-19 probability (as if it were a one-member ensemble), when graded.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub member_probabilities: Vec<f64>,
-    /// Population standard deviation of `member_probabilities`, when graded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spread: Option<f64>,
-    /// Why the case failed, when it did.
-    pub error: Option<String>,
-    /// What looked wrong with the input without stopping it (NaN voxels, a non-HU range).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-    /// Graded by an earlier run (`--skip-done`): the answer is the one it left.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub skipped: bool,
-    /// Wall time of the case in seconds.
-    pub seconds: f64,
 }
 
 /// Writes the legacy evalutils `results.json`: one entry per case with its outputs, inputs and

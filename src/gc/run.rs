@@ -357,11 +357,9 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
     }
     if opts.report {
         let info = report::RunInfo::of(ensemble, &opts.input);
-        report::write(
+        outputs::write_atomic(
             &opts.output.join(outputs::REPORT_FILE),
-            &info,
-            &results,
-            &figures,
+            report::render_html(&info, &results, &figures).as_bytes(),
         )?;
     }
     Ok(RunReport { results, figures })

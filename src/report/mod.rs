@@ -18,7 +18,7 @@ use std::path::Path;
 use base64::Engine as _;
 
 use crate::ensemble::Ensemble;
-use crate::gc::outputs::{self, CaseResult, WriteError};
+use crate::grading::CaseResult;
 use crate::preprocess::resample::{Grid, IndexMap};
 use crate::preprocess::PreprocessReport;
 use crate::volume::Volume;
@@ -634,16 +634,6 @@ fn heat_bar_svg() -> String {
         w = W + 2.0 * X0,
         below = 0.1 * W,
     )
-}
-
-/// Writes the page to `path` atomically.
-pub fn write(
-    path: &Path,
-    info: &RunInfo,
-    results: &[CaseResult],
-    figures: &[Option<CaseFigures>],
-) -> Result<(), WriteError> {
-    outputs::write_atomic(path, render_html(info, results, figures).as_bytes())
 }
 
 #[cfg(test)]
