@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    ctgrade, lesion_model, make_lesion_ensemble as make_ensemble, run_args, s, tiny_network,
-    tiny_spec,
+    ctgrade, lesion_model, make_lesion_ensemble as make_ensemble, random_member, run_args, s,
+    tiny_network, tiny_spec,
 };
 use ctgrade::grading::Head;
 use ctgrade::preprocess::ChannelLayout;
@@ -194,16 +194,10 @@ fn bad_lesion_models_are_refused_at_load() {
 #[test]
 fn ensemble_new_takes_a_lesion_model() {
     let dir = tempfile::tempdir().unwrap();
-    let network = tiny_network(Head::Continuous);
-    let varmap = candle_nn::VarMap::new();
-    let vb = candle_nn::VarBuilder::from_varmap(
-        &varmap,
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
+    let member = random_member(
+        &tiny_network(Head::Continuous),
+        &dir.path().join("member.safetensors"),
     );
-    ctgrade::model::build(&network, vb).unwrap();
-    let member = dir.path().join("member.safetensors");
-    varmap.save(&member).unwrap();
     let config = dir.path().join("config.json");
     std::fs::write(
         &config,

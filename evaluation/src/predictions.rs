@@ -30,6 +30,29 @@ pub struct Prediction {
     pub origin: String,
 }
 
+impl Prediction {
+    /// A prediction from JSON values, each checked (a probability in [0, 1], a CO-RADS of 1-5;
+    /// a missing or null CO-RADS is none).
+    fn from_json(
+        case: String,
+        probability: &Value,
+        co_rads: Option<&Value>,
+        origin: String,
+    ) -> Result<Self> {
+        let probability = probability_from_json(probability, &case, &origin)?;
+        let co_rads = match co_rads.filter(|v| !v.is_null()) {
+            Some(v) => Some(co_rads_from_json(v, &case, &origin)?),
+            None => None,
+        };
+        Ok(Self {
+            case,
+            probability,
+            co_rads,
+            origin,
+        })
+    }
+}
+
 /// A case (or job) for which no prediction was produced.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Failed {
@@ -71,6 +94,22 @@ pub struct PredictionSet {
 }
 
 impl PredictionSet {
+    /// The set, refused when two predictions name one case.
+    fn checked(
+        source: PathBuf,
+        format: PredictionFormat,
+        predictions: Vec<Prediction>,
+        failed: Vec<Failed>,
+    ) -> Result<Self> {
+        check_unique(&predictions)?;
+        Ok(Self {
+            source,
+            format,
+            predictions,
+            failed,
+        })
+    }
+
     /// Whether any prediction carries a CO-RADS score.
     pub fn has_co_rads(&self) -> bool {
         self.predictions.iter().any(|p| p.co_rads.is_some())
@@ -157,34 +196,25 @@ fn load_legacy(path: &Path, doc: &Value) -> Result<PredictionSet> {
                 .find(|o| o.get("name").and_then(Value::as_str) == Some(name))?
                 .get("value")
         };
-        let probability = probability_from_json(
-            output(PROBABILITY_SLUG).ok_or_else(|| {
-                EvalError::format(
-                    path,
-                    format!("[{k}] ({file}): no output named '{PROBABILITY_SLUG}'"),
-                )
-            })?,
-            &case,
-            &origin,
-        )?;
-        let co_rads = match output(CO_RADS_SLUG).filter(|v| !v.is_null()) {
-            Some(v) => Some(co_rads_from_json(v, &case, &origin)?),
-            None => None,
-        };
-        predictions.push(Prediction {
+        let probability = output(PROBABILITY_SLUG).ok_or_else(|| {
+            EvalError::format(
+                path,
+                format!("[{k}] ({file}): no output named '{PROBABILITY_SLUG}'"),
+            )
+        })?;
+        predictions.push(Prediction::from_json(
             case,
             probability,
-            co_rads,
+            output(CO_RADS_SLUG),
             origin,
-        });
+        )?);
     }
-    check_unique(&predictions)?;
-    Ok(PredictionSet {
-        source: path.to_path_buf(),
-        format: PredictionFormat::LegacyResults,
+    PredictionSet::checked(
+        path.to_path_buf(),
+        PredictionFormat::LegacyResults,
         predictions,
         failed,
-    })
+    )
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -377,13 +407,12 @@ fn load_platform(path: &Path, doc: &Value) -> Result<PredictionSet> {
             origin: format!("job {pk} (image {name})"),
         });
     }
-    check_unique(&predictions)?;
-    Ok(PredictionSet {
-        source: path.to_path_buf(),
-        format: PredictionFormat::Platform,
+    PredictionSet::checked(
+        path.to_path_buf(),
+        PredictionFormat::Platform,
         predictions,
         failed,
-    })
+    )
 }
 
 /// Reads a `ctgrade run` batch summary `{"cases": [{"case", "probability", "co_rads", "error"}]}`.
@@ -409,26 +438,19 @@ fn load_summary(path: &Path, doc: &Value) -> Result<PredictionSet> {
             });
             continue;
         }
-        let probability =
-            probability_from_json(e.get("probability").unwrap_or(&Value::Null), &case, &origin)?;
-        let co_rads = match e.get("co_rads").filter(|v| !v.is_null()) {
-            Some(v) => Some(co_rads_from_json(v, &case, &origin)?),
-            None => None,
-        };
-        predictions.push(Prediction {
+        predictions.push(Prediction::from_json(
             case,
-            probability,
-            co_rads,
+            e.get("probability").unwrap_or(&Value::Null),
+            e.get("co_rads"),
             origin,
-        });
+        )?);
     }
-    check_unique(&predictions)?;
-    Ok(PredictionSet {
-        source: path.to_path_buf(),
-        format: PredictionFormat::RunSummary,
+    PredictionSet::checked(
+        path.to_path_buf(),
+        PredictionFormat::RunSummary,
         predictions,
         failed,
-    })
+    )
 }
 
 /// Reads a folder: `predictions.json`, `summary.json`, `results.json`, or
@@ -501,13 +523,12 @@ fn load_folder(dir: &Path) -> Result<PredictionSet> {
             ),
         ));
     }
-    check_unique(&predictions)?;
-    Ok(PredictionSet {
-        source: dir.to_path_buf(),
-        format: PredictionFormat::RunFolder,
+    PredictionSet::checked(
+        dir.to_path_buf(),
+        PredictionFormat::RunFolder,
         predictions,
         failed,
-    })
+    )
 }
 
 /// Finds a column by any of its accepted names (case-insensitive, trimmed).
@@ -585,11 +606,10 @@ fn load_csv(path: &Path) -> Result<PredictionSet> {
             origin,
         });
     }
-    check_unique(&predictions)?;
-    Ok(PredictionSet {
-        source: path.to_path_buf(),
-        format: PredictionFormat::Csv,
+    PredictionSet::checked(
+        path.to_path_buf(),
+        PredictionFormat::Csv,
         predictions,
-        failed: Vec::new(),
-    })
+        Vec::new(),
+    )
 }

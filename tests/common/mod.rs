@@ -43,18 +43,20 @@ pub fn tiny_spec() -> InputSpec {
     }
 }
 
+/// Writes a member of random weights (the constructor's initialisation) for `network` to `path`.
+pub fn random_member(network: &NetworkConfig, path: &Path) -> PathBuf {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    model::build(network, vb).unwrap();
+    varmap.save(path).unwrap();
+    path.to_path_buf()
+}
+
 /// Writes an ensemble of `members` random-weight tiny networks to `dir/ensemble` and returns it.
 pub fn make_ensemble(dir: &Path, head: Head, members: usize) -> PathBuf {
     let network = tiny_network(head);
     let files: Vec<PathBuf> = (0..members)
-        .map(|i| {
-            let varmap = VarMap::new();
-            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-            model::build(&network, vb).unwrap();
-            let path = dir.join(format!("random-{i}.safetensors"));
-            varmap.save(&path).unwrap();
-            path
-        })
+        .map(|i| random_member(&network, &dir.join(format!("random-{i}.safetensors"))))
         .collect();
     let out = dir.join("ensemble");
     let manifest = Manifest {
@@ -228,15 +230,7 @@ pub fn lesion_model(dir: &Path) -> PathBuf {
 /// lesion model (copied into the ensemble's folder) and those lesion labels.
 pub fn make_lesion_ensemble(dir: &Path, lesion: Option<&[i64]>) -> PathBuf {
     let network = tiny_network(Head::Continuous);
-    let varmap = candle_nn::VarMap::new();
-    let vb = candle_nn::VarBuilder::from_varmap(
-        &varmap,
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
-    );
-    ctgrade::model::build(&network, vb).unwrap();
-    let member = dir.join("member.safetensors");
-    varmap.save(&member).unwrap();
+    let member = random_member(&network, &dir.join("member.safetensors"));
     let out = dir.join("ensemble");
     std::fs::create_dir_all(&out).unwrap();
     let lesion_model = lesion.map(|labels| {
