@@ -45,8 +45,15 @@ pub enum Nonlin {
 impl Nonlin {
     fn forward(self, x: &Tensor) -> Result<Tensor> {
         if fused_eligible(x) {
-            let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let v = v.into_iter().map(|a| self.apply(a)).collect::<Vec<_>>();
+            let mut v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            match self {
+                Nonlin::Relu => v.iter_mut().for_each(|a| *a = a.max(0.0)),
+                Nonlin::LeakyRelu(slope) => {
+                    let slope = slope as f32;
+                    v.iter_mut()
+                        .for_each(|a| *a = if *a > 0.0 { *a } else { *a * slope });
+                }
+            }
             return Tensor::from_vec(v, x.shape(), x.device());
         }
         match self {
@@ -54,20 +61,21 @@ impl Nonlin {
             Nonlin::Relu => x.relu(),
         }
     }
+}
 
-    /// One value, as PyTorch computes it in f32.
-    fn apply(self, a: f32) -> f32 {
-        match self {
-            Nonlin::LeakyRelu(slope) => {
-                if a > 0.0 {
-                    a
-                } else {
-                    a * slope as f32
-                }
-            }
-            Nonlin::Relu => a.max(0.0),
+/// The sum of `f(x)` over `p` in f64, in eight interleaved partial sums (independent chains the
+/// CPU can overlap; the order differs from a plain sum by f64 rounding only).
+fn sum_f64(p: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = p.chunks_exact(8);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for (a, &x) in acc.iter_mut().zip(ch) {
+            *a += f(f64::from(x));
         }
     }
+    let tail: f64 = rest.iter().map(|&x| f(f64::from(x))).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 /// Whether the fused CPU forms (one pass per plane instead of a chain of candle ops) apply: f32
@@ -465,24 +473,27 @@ impl InstanceNorm {
             .for_each(|(i, p)| {
                 let ch = i % c;
                 let len = p.len() as f64;
-                let mean = p.iter().map(|&a| f64::from(a)).sum::<f64>() / len;
-                let var = p
-                    .iter()
-                    .map(|&a| (f64::from(a) - mean).powi(2))
-                    .sum::<f64>()
-                    / len;
+                let mean = sum_f64(p, |a| a) / len;
+                let var = sum_f64(p, |a| (a - mean) * (a - mean)) / len;
                 let inv = 1.0 / (var + eps).sqrt();
                 let g = gamma.as_ref().map_or(1.0, |g| f64::from(g[ch]));
                 let b = beta.as_ref().map_or(0.0, |b| f64::from(b[ch]));
                 // y = (x - mean) * inv * g + b, as one scale and shift in f32.
                 let scale = (inv * g) as f32;
                 let shift = (b - mean * inv * g) as f32;
-                for a in p.iter_mut() {
-                    let y = *a * scale + shift;
-                    *a = match nonlin {
-                        Some(f) => f.apply(y),
-                        None => y,
-                    };
+                // One branch-free loop per case, so that each vectorises.
+                match nonlin {
+                    None => p.iter_mut().for_each(|a| *a = *a * scale + shift),
+                    Some(Nonlin::Relu) => p
+                        .iter_mut()
+                        .for_each(|a| *a = (*a * scale + shift).max(0.0)),
+                    Some(Nonlin::LeakyRelu(slope)) => {
+                        let slope = slope as f32;
+                        p.iter_mut().for_each(|a| {
+                            let y = *a * scale + shift;
+                            *a = if y > 0.0 { y } else { y * slope };
+                        })
+                    }
                 }
             });
         Tensor::from_vec(v, (n, c, d, h, w), x.device())
