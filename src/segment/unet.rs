@@ -752,6 +752,8 @@ struct TransposedConv {
     bias: Option<Tensor>,
     c_out: usize,
     stride: [usize; 3],
+    /// The weight and bias as f32 values for the CPU form, when they live on the CPU.
+    cpu: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl TransposedConv {
@@ -774,12 +776,80 @@ impl TransposedConv {
         } else {
             None
         };
+        let cpu = if weight.device().is_cpu() {
+            let w: Vec<f32> = weight
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            let b: Vec<f32> = match &bias {
+                Some(b) => b.to_dtype(candle_core::DType::F32)?.to_vec1()?,
+                None => vec![0.0; c_out],
+            };
+            Some((w, b))
+        } else {
+            None
+        };
         Ok(Self {
             weight,
             bias,
             c_out,
             stride,
+            cpu,
         })
+    }
+
+    /// The upsampled `x` concatenated with `skip` along the channels (the decoder's next input).
+    /// On the CPU both are written into one buffer; elsewhere candle ops and `cat`.
+    fn forward_cat(&self, x: &Tensor, skip: &Tensor) -> Result<Tensor> {
+        let (n, c_in, d, h, w) = x.dims5()?;
+        let [sd, sh, sw] = self.stride;
+        let out_sp = [d * sd, h * sh, w * sw];
+        let (sn, c_skip, od, oh, ow) = skip.dims5()?;
+        let fits = sn == n && [od, oh, ow] == out_sp;
+        let Some((wt, bias)) = self
+            .cpu
+            .as_ref()
+            .filter(|_| fits && fused_eligible(x) && fused_eligible(skip))
+        else {
+            return Tensor::cat(&[&self.forward(x)?, skip], 1);
+        };
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let ss: Vec<f32> = skip.flatten_all()?.to_vec1()?;
+        let k = sd * sh * sw;
+        let c_out = self.c_out;
+        let c_all = c_out + c_skip;
+        let op = od * oh * ow;
+        let ip = d * h * w;
+        let mut out = vec![0f32; n * c_all * op];
+        use rayon::prelude::*;
+        out.par_chunks_mut(op.max(1))
+            .enumerate()
+            .for_each(|(idx, plane)| {
+                let (b, c) = (idx / c_all, idx % c_all);
+                if c >= c_out {
+                    let src = (b * c_skip + c - c_out) * op;
+                    plane.copy_from_slice(&ss[src..src + op]);
+                    return;
+                }
+                plane.fill(bias[c]);
+                for t in 0..k {
+                    let (i, j, kk) = (t / (sh * sw), (t / sw) % sh, t % sw);
+                    let wrow = &wt[(c * k + t) * c_in..(c * k + t + 1) * c_in];
+                    for (ci, &wv) in wrow.iter().enumerate() {
+                        let xc = &xs[(b * c_in + ci) * ip..(b * c_in + ci + 1) * ip];
+                        for z in 0..d {
+                            for y in 0..h {
+                                let orow = ((z * sd + i) * oh + y * sh + j) * ow + kk;
+                                let xrow = &xc[(z * h + y) * w..(z * h + y + 1) * w];
+                                for (xi, &xv) in xrow.iter().enumerate() {
+                                    plane[orow + xi * sw] += wv * xv;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        Tensor::from_vec(out, (n, c_all, od, oh, ow), x.device())
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -941,8 +1011,7 @@ impl UNet {
         }
         let n = skips.len();
         for (s, (up, stage)) in self.transpconvs.iter().zip(&self.decoder).enumerate() {
-            let u = up.forward(&y)?;
-            y = stage.forward(&Tensor::cat(&[&u, &skips[n - s - 2]], 1)?)?;
+            y = stage.forward(&up.forward_cat(&y, &skips[n - s - 2])?)?;
         }
         let out = self.seg.forward(&y)?;
         if self.cfg.dims == 2 {
