@@ -54,7 +54,7 @@ Intermediates (intermediates.safetensors, float32), to localise a mismatch:
                           nnU-Net accumulates them): the
                           sliding-window logits before export, (C, Z, Y, X)
 
-Run (about 2 minutes on 2 cores):
+Run (about 2 minutes on 2 cores; writes about 8 MB):
   python3 -m venv /tmp/nnenv
   /tmp/nnenv/bin/pip install torch==2.15.0 nnunetv2==2.8.1 dynamic_network_architectures==0.4.4 \
       numpy==2.4.6 SimpleITK==2.5.7 scipy==1.17.1 scikit-image==0.26.0 safetensors==0.8.0
