@@ -400,7 +400,7 @@ fn unknown_plans_entries_are_named_with_their_file_and_field() {
             Box::new(|p| {
                 cfg(p)["normalization_schemes"] = serde_json::json!(["FancyNormalization"])
             }),
-            "configurations.3d_fullres",
+            "configurations.3d_fullres.normalization_schemes",
         ),
         (
             Box::new(|p| cfg(p)["resampling_fn_data"] = "resample_torch_fornnunet".into()),

@@ -54,10 +54,12 @@ Intermediates (intermediates.safetensors, float32), to localise a mismatch:
                           nnU-Net accumulates them): the
                           sliding-window logits before export, (C, Z, Y, X)
 
-Run (about 2 minutes on 2 cores):
+Run (about 2 minutes on 2 cores; writes about 8 MB):
   python3 -m venv /tmp/nnenv
   /tmp/nnenv/bin/pip install torch==2.15.0 nnunetv2==2.8.1 dynamic_network_architectures==0.4.4 \
-      numpy==2.4.6 SimpleITK==2.5.7 scipy==1.17.1 scikit-image==0.26.0 safetensors==0.8.0
+      numpy==2.4.6 SimpleITK==2.5.7 scipy==1.17.1 scikit-image==0.26.0 safetensors==0.8.0 \
+      acvl_utils==0.2.6 batchgenerators==0.25.5
+(PyPI's torch wheel; the predictor runs on the CPU, device=cpu.)
   /tmp/nnenv/bin/python tools/make_nnunet_fixtures.py [path/to/lung1.mha]
 The CT defaults to tests/data/real_ct/lung1.mha, else ../shared/data/real_ct/lung1.mha.
 """
@@ -77,6 +79,9 @@ PINS = {
     "scipy": "1.17.1",
     "scikit-image": "0.26.0",
     "safetensors": "0.8.0",
+    # nnunetv2's own dependencies whose code computes results (padding, cropping).
+    "acvl_utils": "0.2.6",
+    "batchgenerators": "0.25.5",
 }
 
 

@@ -5,9 +5,13 @@
 //!   `inherits_from` as nnU-Net's `PlansManager` does;
 //! - [`checkpoint`]: `checkpoint_final.pth` (a torch zip pickle): the trainer, the configuration,
 //!   the mirroring axes and the state dict;
-//! - [`unet`]: `PlainConvUNet` and `ResidualEncoderUNet` of dynamic_network_architectures, with the
-//!   checkpoint's tensor names;
-//! - [`ModelFolder`]: all of it checked together at load time.
+//! - [`unet`]: `PlainConvUNet` and `ResidualEncoderUNet` of dynamic_network_architectures, 2-D and
+//!   3-D, with the checkpoint's tensor names;
+//! - [`preprocess`]: `DefaultPreprocessor` (transpose, crop, normalise, resample);
+//! - [`resample`]: nnU-Net's resampling (scipy's spline zoom as skimage calls it, separate z);
+//! - [`predict`]: the sliding window over every fold, and the export back to the CT's grid;
+//! - [`ModelFolder`]: all of it checked together at load time; [`ModelFolder::segment`] runs a
+//!   case.
 //!
 //! The reference is nnunetv2's `nnUNetPredictor`; tests/nnunet_parity.rs compares with its outputs
 //! (tools/make_nnunet_fixtures.py).

@@ -100,7 +100,7 @@ pub struct Architecture {
 }
 
 /// One configuration of `plans.json` after inheritance.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct Configuration {
     /// The network's input patch (spatial axes of the preprocessed array).
     pub patch_size: Vec<usize>,
@@ -109,7 +109,6 @@ pub struct Configuration {
     /// One normalisation per input channel.
     pub normalization_schemes: Vec<Normalization>,
     /// Per channel: normalise only inside the non-zero mask.
-    #[serde(default)]
     pub use_mask_for_norm: Vec<bool>,
     /// The data resampling function's name.
     pub resampling_fn_data: String,
@@ -122,15 +121,24 @@ pub struct Configuration {
     /// The network.
     pub architecture: Architecture,
     /// The preprocessor's class name.
-    #[serde(default = "default_preprocessor")]
     pub preprocessor_name: String,
     /// The cascade's previous stage, whose segmentation this configuration takes as input.
-    #[serde(default)]
     pub previous_stage: Option<String>,
 }
 
-fn default_preprocessor() -> String {
-    "DefaultPreprocessor".into()
+/// One field of a configuration, typed; `default` where nnU-Net has one. Field by field, so that
+/// an error names the field (serde's own message for an unknown variant does not).
+fn typed<T: serde::de::DeserializeOwned>(
+    m: &Map<String, Value>,
+    key: &str,
+    default: Option<T>,
+    bad: &impl Fn(&str, String) -> SegmentError,
+) -> Result<T, SegmentError> {
+    match (m.get(key), default) {
+        (Some(v), _) => serde_json::from_value(v.clone()).map_err(|e| bad(key, e.to_string())),
+        (None, Some(d)) => Ok(d),
+        (None, None) => Err(bad(key, "missing".into())),
+    }
 }
 
 /// The resampling functions ctgrade implements (nnU-Net's default).
@@ -200,16 +208,34 @@ impl Plans {
     pub fn configuration(&self, path: &Path, name: &str) -> Result<Configuration, SegmentError> {
         let merged = self.resolve(path, name, &mut Vec::new())?;
         let field = format!("configurations.{name}");
-        let cfg: Configuration =
-            serde_json::from_value(Value::Object(merged)).map_err(|e| SegmentError::Field {
-                path: path.into(),
-                field: field.clone(),
-                msg: e.to_string(),
-            })?;
         let bad = |sub: &str, msg: String| SegmentError::Field {
             path: path.into(),
             field: format!("{field}.{sub}"),
             msg,
+        };
+        let m = &merged;
+        let cfg = Configuration {
+            patch_size: typed(m, "patch_size", None, &bad)?,
+            spacing: typed(m, "spacing", None, &bad)?,
+            normalization_schemes: typed(m, "normalization_schemes", None, &bad)?,
+            use_mask_for_norm: typed(m, "use_mask_for_norm", Some(Vec::new()), &bad)?,
+            resampling_fn_data: typed(m, "resampling_fn_data", None, &bad)?,
+            resampling_fn_data_kwargs: typed(m, "resampling_fn_data_kwargs", None, &bad)?,
+            resampling_fn_probabilities: typed(m, "resampling_fn_probabilities", None, &bad)?,
+            resampling_fn_probabilities_kwargs: typed(
+                m,
+                "resampling_fn_probabilities_kwargs",
+                None,
+                &bad,
+            )?,
+            architecture: typed(m, "architecture", None, &bad)?,
+            preprocessor_name: typed(
+                m,
+                "preprocessor_name",
+                Some("DefaultPreprocessor".to_string()),
+                &bad,
+            )?,
+            previous_stage: typed(m, "previous_stage", Some(None), &bad)?,
         };
         if cfg.patch_size.len() != cfg.spacing.len() || !(2..=3).contains(&cfg.patch_size.len()) {
             return Err(bad(

@@ -45,8 +45,15 @@ pub enum Nonlin {
 impl Nonlin {
     fn forward(self, x: &Tensor) -> Result<Tensor> {
         if fused_eligible(x) {
-            let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let v = v.into_iter().map(|a| self.apply(a)).collect::<Vec<_>>();
+            let mut v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            match self {
+                Nonlin::Relu => v.iter_mut().for_each(|a| *a = a.max(0.0)),
+                Nonlin::LeakyRelu(slope) => {
+                    let slope = slope as f32;
+                    v.iter_mut()
+                        .for_each(|a| *a = if *a > 0.0 { *a } else { *a * slope });
+                }
+            }
             return Tensor::from_vec(v, x.shape(), x.device());
         }
         match self {
@@ -54,20 +61,21 @@ impl Nonlin {
             Nonlin::Relu => x.relu(),
         }
     }
+}
 
-    /// One value, as PyTorch computes it in f32.
-    fn apply(self, a: f32) -> f32 {
-        match self {
-            Nonlin::LeakyRelu(slope) => {
-                if a > 0.0 {
-                    a
-                } else {
-                    a * slope as f32
-                }
-            }
-            Nonlin::Relu => a.max(0.0),
+/// The sum of `f(x)` over `p` in f64, in eight interleaved partial sums (independent chains the
+/// CPU can overlap; the order differs from a plain sum by f64 rounding only).
+fn sum_f64(p: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = p.chunks_exact(8);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for (a, &x) in acc.iter_mut().zip(ch) {
+            *a += f(f64::from(x));
         }
     }
+    let tail: f64 = rest.iter().map(|&x| f(f64::from(x))).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 /// Whether the fused CPU forms (one pass per plane instead of a chain of candle ops) apply: f32
@@ -465,24 +473,27 @@ impl InstanceNorm {
             .for_each(|(i, p)| {
                 let ch = i % c;
                 let len = p.len() as f64;
-                let mean = p.iter().map(|&a| f64::from(a)).sum::<f64>() / len;
-                let var = p
-                    .iter()
-                    .map(|&a| (f64::from(a) - mean).powi(2))
-                    .sum::<f64>()
-                    / len;
+                let mean = sum_f64(p, |a| a) / len;
+                let var = sum_f64(p, |a| (a - mean) * (a - mean)) / len;
                 let inv = 1.0 / (var + eps).sqrt();
                 let g = gamma.as_ref().map_or(1.0, |g| f64::from(g[ch]));
                 let b = beta.as_ref().map_or(0.0, |b| f64::from(b[ch]));
                 // y = (x - mean) * inv * g + b, as one scale and shift in f32.
                 let scale = (inv * g) as f32;
                 let shift = (b - mean * inv * g) as f32;
-                for a in p.iter_mut() {
-                    let y = *a * scale + shift;
-                    *a = match nonlin {
-                        Some(f) => f.apply(y),
-                        None => y,
-                    };
+                // One branch-free loop per case, so that each vectorises.
+                match nonlin {
+                    None => p.iter_mut().for_each(|a| *a = *a * scale + shift),
+                    Some(Nonlin::Relu) => p
+                        .iter_mut()
+                        .for_each(|a| *a = (*a * scale + shift).max(0.0)),
+                    Some(Nonlin::LeakyRelu(slope)) => {
+                        let slope = slope as f32;
+                        p.iter_mut().for_each(|a| {
+                            let y = *a * scale + shift;
+                            *a = if y > 0.0 { y } else { y * slope };
+                        })
+                    }
                 }
             });
         Tensor::from_vec(v, (n, c, d, h, w), x.device())
@@ -741,6 +752,8 @@ struct TransposedConv {
     bias: Option<Tensor>,
     c_out: usize,
     stride: [usize; 3],
+    /// The weight and bias as f32 values for the CPU form, when they live on the CPU.
+    cpu: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl TransposedConv {
@@ -763,12 +776,80 @@ impl TransposedConv {
         } else {
             None
         };
+        let cpu = if weight.device().is_cpu() {
+            let w: Vec<f32> = weight
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            let b: Vec<f32> = match &bias {
+                Some(b) => b.to_dtype(candle_core::DType::F32)?.to_vec1()?,
+                None => vec![0.0; c_out],
+            };
+            Some((w, b))
+        } else {
+            None
+        };
         Ok(Self {
             weight,
             bias,
             c_out,
             stride,
+            cpu,
         })
+    }
+
+    /// The upsampled `x` concatenated with `skip` along the channels (the decoder's next input).
+    /// On the CPU both are written into one buffer; elsewhere candle ops and `cat`.
+    fn forward_cat(&self, x: &Tensor, skip: &Tensor) -> Result<Tensor> {
+        let (n, c_in, d, h, w) = x.dims5()?;
+        let [sd, sh, sw] = self.stride;
+        let out_sp = [d * sd, h * sh, w * sw];
+        let (sn, c_skip, od, oh, ow) = skip.dims5()?;
+        let fits = sn == n && [od, oh, ow] == out_sp;
+        let Some((wt, bias)) = self
+            .cpu
+            .as_ref()
+            .filter(|_| fits && fused_eligible(x) && fused_eligible(skip))
+        else {
+            return Tensor::cat(&[&self.forward(x)?, skip], 1);
+        };
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let ss: Vec<f32> = skip.flatten_all()?.to_vec1()?;
+        let k = sd * sh * sw;
+        let c_out = self.c_out;
+        let c_all = c_out + c_skip;
+        let op = od * oh * ow;
+        let ip = d * h * w;
+        let mut out = vec![0f32; n * c_all * op];
+        use rayon::prelude::*;
+        out.par_chunks_mut(op.max(1))
+            .enumerate()
+            .for_each(|(idx, plane)| {
+                let (b, c) = (idx / c_all, idx % c_all);
+                if c >= c_out {
+                    let src = (b * c_skip + c - c_out) * op;
+                    plane.copy_from_slice(&ss[src..src + op]);
+                    return;
+                }
+                plane.fill(bias[c]);
+                for t in 0..k {
+                    let (i, j, kk) = (t / (sh * sw), (t / sw) % sh, t % sw);
+                    let wrow = &wt[(c * k + t) * c_in..(c * k + t + 1) * c_in];
+                    for (ci, &wv) in wrow.iter().enumerate() {
+                        let xc = &xs[(b * c_in + ci) * ip..(b * c_in + ci + 1) * ip];
+                        for z in 0..d {
+                            for y in 0..h {
+                                let orow = ((z * sd + i) * oh + y * sh + j) * ow + kk;
+                                let xrow = &xc[(z * h + y) * w..(z * h + y + 1) * w];
+                                for (xi, &xv) in xrow.iter().enumerate() {
+                                    plane[orow + xi * sw] += wv * xv;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        Tensor::from_vec(out, (n, c_all, od, oh, ow), x.device())
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -930,8 +1011,7 @@ impl UNet {
         }
         let n = skips.len();
         for (s, (up, stage)) in self.transpconvs.iter().zip(&self.decoder).enumerate() {
-            let u = up.forward(&y)?;
-            y = stage.forward(&Tensor::cat(&[&u, &skips[n - s - 2]], 1)?)?;
+            y = stage.forward(&up.forward_cat(&y, &skips[n - s - 2])?)?;
         }
         let out = self.seg.forward(&y)?;
         if self.cfg.dims == 2 {
