@@ -234,9 +234,19 @@ fn os_errors_are_printed_once() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
     let weights = make_ensemble(dir.path(), Head::Continuous, 1);
+    let out = dir.path().join("out");
     for args in [
-        run_args(&missing, &dir.path().join("out"), &weights),
+        run_args(&missing, &out, &weights),
         vec!["info", s(&missing)],
+        vec![
+            "segment",
+            "--model",
+            s(&missing),
+            "--input",
+            s(&missing),
+            "--output",
+            s(&out),
+        ],
     ] {
         let out = ctgrade(&args, &[]);
         assert!(!out.status.success());

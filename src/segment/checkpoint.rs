@@ -155,9 +155,9 @@ fn zip_err(path: &Path, e: impl std::fmt::Display) -> SegmentError {
 
 /// The checkpoint's pickle (`<archive>/data.pkl`) as candle's object tree.
 fn read_pickle(path: &Path) -> Result<Object, SegmentError> {
-    let file = std::fs::File::open(path).map_err(|source| SegmentError::Io {
+    let file = std::fs::File::open(path).map_err(|error| SegmentError::Io {
         path: path.into(),
-        source,
+        error,
     })?;
     let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| zip_err(path, e))?;
     let name: Option<String> = zip

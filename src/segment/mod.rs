@@ -39,12 +39,12 @@ pub use unet::{UNet, UNetConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
     /// A file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not `source()`: `{:#}` would print it twice).
+        error: std::io::Error,
     },
     /// A JSON file is not valid JSON or lacks a field of the right type.
     #[error("{path}: {msg}")]
@@ -274,9 +274,9 @@ impl ModelFolder {
 /// The folds present in `dir`, as nnU-Net's `auto_detect_available_folds` finds them: every
 /// `fold_N` with a `checkpoint_final.pth`, `fold_all` excluded, in numeric order.
 pub fn detect_folds(dir: &Path) -> Result<Vec<String>, SegmentError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| SegmentError::Io {
+    let entries = std::fs::read_dir(dir).map_err(|error| SegmentError::Io {
         path: dir.into(),
-        source,
+        error,
     })?;
     let mut folds: Vec<u64> = Vec::new();
     for e in entries.flatten() {

@@ -145,9 +145,9 @@ fn typed<T: serde::de::DeserializeOwned>(
 const RESAMPLING_FNS: &[&str] = &["resample_data_or_seg_to_shape"];
 
 fn read_text(path: &Path) -> Result<String, SegmentError> {
-    std::fs::read_to_string(path).map_err(|source| SegmentError::Io {
+    std::fs::read_to_string(path).map_err(|error| SegmentError::Io {
         path: path.into(),
-        source,
+        error,
     })
 }
 
