@@ -191,60 +191,44 @@ impl UNetConfig {
             Some(Value::Bool(b)) => *b,
             Some(v) => return Err(bad("arch_kwargs.conv_bias", format!("{v} is not a bool"))),
         };
-        let (norm_eps, norm_affine) = match kw.map.get("norm_op") {
-            None | Some(Value::Null) => (None, false),
-            Some(Value::String(op)) => match class_tail(op) {
-                "InstanceNorm3d" | "InstanceNorm2d" => {
-                    let nk = kw.map.get("norm_op_kwargs").and_then(Value::as_object);
-                    let eps = nk
-                        .and_then(|m| m.get("eps"))
-                        .and_then(Value::as_f64)
-                        .unwrap_or(1e-5);
-                    let affine = nk
-                        .and_then(|m| m.get("affine"))
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false);
-                    (Some(eps), affine)
-                }
-                other => {
-                    return Err(bad(
-                        "arch_kwargs.norm_op",
-                        format!("{other:?} is not supported (InstanceNorm2d, InstanceNorm3d)"),
-                    ))
-                }
-            },
-            Some(v) => {
+        let (norm_eps, norm_affine) = match kw.optional_class("norm_op")? {
+            None => (None, false),
+            Some("InstanceNorm3d" | "InstanceNorm2d") => {
+                let nk = kw.map.get("norm_op_kwargs").and_then(Value::as_object);
+                let eps = nk
+                    .and_then(|m| m.get("eps"))
+                    .and_then(Value::as_f64)
+                    .unwrap_or(1e-5);
+                let affine = nk
+                    .and_then(|m| m.get("affine"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                (Some(eps), affine)
+            }
+            Some(other) => {
                 return Err(bad(
                     "arch_kwargs.norm_op",
-                    format!("{v} is not a class name"),
+                    format!("{other:?} is not supported (InstanceNorm2d, InstanceNorm3d)"),
                 ))
             }
         };
-        let nonlin = match kw.map.get("nonlin") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(op)) => match class_tail(op) {
-                "LeakyReLU" => {
-                    let slope = kw
-                        .map
-                        .get("nonlin_kwargs")
-                        .and_then(Value::as_object)
-                        .and_then(|m| m.get("negative_slope"))
-                        .and_then(Value::as_f64)
-                        .unwrap_or(0.01);
-                    Some(Nonlin::LeakyRelu(slope))
-                }
-                "ReLU" => Some(Nonlin::Relu),
-                other => {
-                    return Err(bad(
-                        "arch_kwargs.nonlin",
-                        format!("{other:?} is not supported (LeakyReLU, ReLU)"),
-                    ))
-                }
-            },
-            Some(v) => {
+        let nonlin = match kw.optional_class("nonlin")? {
+            None => None,
+            Some("LeakyReLU") => {
+                let slope = kw
+                    .map
+                    .get("nonlin_kwargs")
+                    .and_then(Value::as_object)
+                    .and_then(|m| m.get("negative_slope"))
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.01);
+                Some(Nonlin::LeakyRelu(slope))
+            }
+            Some("ReLU") => Some(Nonlin::Relu),
+            Some(other) => {
                 return Err(bad(
                     "arch_kwargs.nonlin",
-                    format!("{v} is not a class name"),
+                    format!("{other:?} is not supported (LeakyReLU, ReLU)"),
                 ))
             }
         };
@@ -346,6 +330,19 @@ impl<F: Fn(&str, String) -> SegmentError> Kwargs<'_, F> {
         v.as_u64()
             .and_then(|v| usize::try_from(v).ok())
             .ok_or_else(|| (self.bad)(&format!("arch_kwargs.{key}"), format!("{v} is not a count")))
+    }
+
+    /// The class name (its last dotted part) of an optional `*_op` field: `None` when absent or
+    /// null.
+    fn optional_class(&self, key: &str) -> std::result::Result<Option<&str>, SegmentError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(op)) => Ok(Some(class_tail(op))),
+            Some(v) => Err((self.bad)(
+                &format!("arch_kwargs.{key}"),
+                format!("{v} is not a class name"),
+            )),
+        }
     }
 
     fn usize(&self, key: &str) -> std::result::Result<usize, SegmentError> {
