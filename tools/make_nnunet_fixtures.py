@@ -27,7 +27,7 @@ generator, with InstanceNorm affine parameters and every bias drawn away from th
 so that each term shows; the last segmentation layer's bias then centres each class's mean logit
 over the CT's first patch, so that the labels vary.
 
-Input: ct.mha, cut from the repository's real CT (shared/data/real_ct/lung1.mha, pyradiomics'
+Input: ct.mha, cut from the repository's real CT (tests/data/real_ct/lung1.mha, pyradiomics'
 lung1, BSD-3-Clause): slices 16..31, an in-plane window of 160 x 160 voxels from (176, 170)
 averaged 2 x 2 to 80 x 80 at 1.140625 mm (z spacing 5 mm), int16 HU. Its first three columns and last two rows are
 set to 0 and a 3 x 6 x 6 block inside is set to 0, so nnU-Net's crop to the non-zero region cuts
@@ -61,7 +61,7 @@ Run (about 2 minutes on 2 cores; writes about 8 MB):
       acvl_utils==0.2.6 batchgenerators==0.25.5
 (PyPI's torch wheel; the predictor runs on the CPU, device=cpu.)
   /tmp/nnenv/bin/python tools/make_nnunet_fixtures.py [path/to/lung1.mha]
-The CT defaults to tests/data/real_ct/lung1.mha, else ../shared/data/real_ct/lung1.mha.
+The CT defaults to the repository's tests/data/real_ct/lung1.mha.
 """
 
 import json
@@ -119,14 +119,10 @@ LEAKY = {"inplace": True}  # nnU-Net's plans; the slope is LeakyReLU's default 0
 def find_ct():
     if len(sys.argv) > 1:
         return sys.argv[1]
-    for p in (
-        os.path.join(ROOT, "tests", "data", "real_ct", "lung1.mha"),
-        os.path.join(ROOT, "..", "shared", "data", "real_ct", "lung1.mha"),
-        "/work/shared/data/real_ct/lung1.mha",
-    ):
-        if os.path.exists(p):
-            return p
-    sys.exit("lung1.mha not found: pass its path")
+    p = os.path.join(ROOT, "tests", "data", "real_ct", "lung1.mha")
+    if os.path.exists(p):
+        return p
+    sys.exit(f"{p} not found: pass the CT's path")
 
 
 def make_ct(src, dst):
