@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    ctgrade, lesion_model, make_lesion_ensemble as make_ensemble, random_member, run_args, s,
-    tiny_network, tiny_spec,
+    assert_same_files, ctgrade, lesion_model, make_lesion_ensemble as make_ensemble, random_member,
+    run_args, run_ok, s, tiny_network, tiny_spec,
 };
 use ctgrade::grading::Head;
 use ctgrade::preprocess::ChannelLayout;
@@ -90,24 +90,20 @@ fn computed_lesion_channel_equals_segment_then_run() {
     )
     .unwrap();
     let given = dir.path().join("given");
-    let out = ctgrade(&run_args(&given_input, &given, &weights), &[]);
-    let log = stderr(&out);
-    assert!(out.status.success(), "{log}");
+    let log = run_ok(&given_input, &given, &weights);
     assert!(
         log.contains("lesion map given; the ensemble's lesion model is not run"),
         "{log}"
     );
-    for f in [
-        "probability-covid-19.json",
-        "co-rads-score.json",
-        "percentage-of-lung-affected.json",
-    ] {
-        assert_eq!(
-            std::fs::read(computed.join(f)).unwrap(),
-            std::fs::read(given.join(f)).unwrap(),
-            "{f}"
-        );
-    }
+    assert_same_files(
+        &computed,
+        &given,
+        &[
+            "probability-covid-19.json",
+            "co-rads-score.json",
+            "percentage-of-lung-affected.json",
+        ],
+    );
     let affected: f64 = std::fs::read_to_string(computed.join("percentage-of-lung-affected.json"))
         .unwrap()
         .trim()

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ctgrade, make_ensemble, run_args, s};
+use common::{assert_same_files, make_ensemble, run_ok, s};
 use ctgrade::grading::Head;
 use ctgrade::synth::{phantom, PhantomConfig};
 use ctgrade::volume::{self, ElementType};
@@ -180,12 +180,7 @@ fn serve_grades_jobs_like_run() {
 
         // `ctgrade run` on the same input writes the same bytes.
         let run_out = dir.path().join(format!("run{seed}"));
-        let out = ctgrade(&run_args(&input, &run_out, &weights), &[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(&input, &run_out, &weights);
         for (f, bytes) in ["probability-covid-19.json", "co-rads-score.json"]
             .iter()
             .zip(&served)
@@ -276,22 +271,15 @@ fn serve_computes_the_lesion_channel_like_run() {
                 == (seed - 5) as usize
         });
         let run_out = dir.path().join(format!("run{seed}"));
-        let out = ctgrade(&run_args(&input, &run_out, &weights), &[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(&input, &run_out, &weights);
+        assert_same_files(
+            &run_out,
+            &output,
+            &[
+                "probability-covid-19.json",
+                "co-rads-score.json",
+                "percentage-of-lung-affected.json",
+            ],
         );
-        for f in [
-            "probability-covid-19.json",
-            "co-rads-score.json",
-            "percentage-of-lung-affected.json",
-        ] {
-            assert_eq!(
-                std::fs::read(run_out.join(f)).unwrap(),
-                std::fs::read(output.join(f)).unwrap(),
-                "{f}"
-            );
-        }
     }
 }

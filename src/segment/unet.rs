@@ -349,15 +349,21 @@ impl<F: Fn(&str, String) -> SegmentError> Kwargs<'_, F> {
         self.count(key, self.get(key)?)
     }
 
-    /// A per-stage list of counts, or one count for every stage (as the constructors accept).
-    fn per_stage(&self, key: &str, n: usize) -> std::result::Result<Vec<usize>, SegmentError> {
+    /// `n` per-stage values of `key`: a list of `n`, or one value for every stage (as the
+    /// constructors accept), each read by `item`.
+    fn per_stage_of<T: Clone>(
+        &self,
+        key: &str,
+        n: usize,
+        item: impl Fn(&Value) -> std::result::Result<T, SegmentError>,
+    ) -> std::result::Result<Vec<T>, SegmentError> {
         let v = self.get(key)?;
         let out = match v {
             Value::Array(a) => a
                 .iter()
-                .map(|x| self.count(key, x))
+                .map(item)
                 .collect::<std::result::Result<Vec<_>, _>>()?,
-            _ => vec![self.count(key, v)?; n],
+            _ => vec![item(v)?; n],
         };
         if out.len() != n {
             return Err((self.bad)(
@@ -368,6 +374,11 @@ impl<F: Fn(&str, String) -> SegmentError> Kwargs<'_, F> {
         Ok(out)
     }
 
+    /// A per-stage list of counts, or one count for every stage.
+    fn per_stage(&self, key: &str, n: usize) -> std::result::Result<Vec<usize>, SegmentError> {
+        self.per_stage_of(key, n, |x| self.count(key, x))
+    }
+
     /// Per-stage kernel sizes or strides: a list of per-axis lists, a list of scalars or one
     /// scalar; as 3-D (depth 1 first for 2-D).
     fn per_stage_axes(
@@ -376,7 +387,6 @@ impl<F: Fn(&str, String) -> SegmentError> Kwargs<'_, F> {
         n: usize,
         dims: usize,
     ) -> std::result::Result<Vec<[usize; 3]>, SegmentError> {
-        let v = self.get(key)?;
         let one = |x: &Value| -> std::result::Result<[usize; 3], SegmentError> {
             let axes: Vec<usize> = match x {
                 Value::Array(a) => a
@@ -397,20 +407,7 @@ impl<F: Fn(&str, String) -> SegmentError> Kwargs<'_, F> {
                 [axes[0], axes[1], axes[2]]
             })
         };
-        let out = match v {
-            Value::Array(a) => a
-                .iter()
-                .map(one)
-                .collect::<std::result::Result<Vec<_>, _>>()?,
-            _ => vec![one(v)?; n],
-        };
-        if out.len() != n {
-            return Err((self.bad)(
-                &format!("arch_kwargs.{key}"),
-                format!("{} entries, expected {n}", out.len()),
-            ));
-        }
-        Ok(out)
+        self.per_stage_of(key, n, one)
     }
 }
 

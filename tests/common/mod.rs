@@ -85,6 +85,25 @@ pub fn ctgrade(args: &[&str], env: &[(&str, &str)]) -> Output {
         .unwrap()
 }
 
+/// `ctgrade run` on the CPU that must succeed; returns its stderr.
+pub fn run_ok(input: &Path, output: &Path, weights: &Path) -> String {
+    let out = ctgrade(&run_args(input, output, weights), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+/// Asserts that `files` hold the same bytes in folders `a` and `b`.
+pub fn assert_same_files(a: &Path, b: &Path, files: &[&str]) {
+    for f in files {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
 /// A path as `&str` (test paths are UTF-8).
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
