@@ -74,3 +74,114 @@ fn segment_names_a_missing_fold_and_writes_nothing() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!dest.exists(), "nothing written");
 }
+
+/// `convert --from-nnunet` writes the compact form, which `segment` runs to the same bytes as
+/// the nnU-Net folder it came from (resenc: a configuration that inherits from another).
+#[test]
+fn the_compact_form_segments_like_the_nnunet_folder() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let compact = tmp.path().join("compact");
+    let s = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    let o = ctgrade(&[
+        "convert",
+        "--from-nnunet",
+        &format!("{FIX}/resenc"),
+        "--out",
+        &s(&compact),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(manifest["configuration"], "3d_fullres_resenc");
+    assert_eq!(manifest["folds"][0]["file"], "fold_0.safetensors");
+    let plans: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(compact.join("plans.json")).expect("plans"))
+            .expect("json");
+    let configs = plans["configurations"].as_object().expect("configurations");
+    assert_eq!(configs.len(), 1);
+    assert!(configs["3d_fullres_resenc"].get("inherits_from").is_none());
+    let size = |p: &Path| std::fs::metadata(p).expect("size").len();
+    assert!(
+        size(&compact.join("fold_0.safetensors"))
+            < size(&Path::new(FIX).join("resenc/fold_0/checkpoint_final.pth"))
+    );
+
+    let mut outs = Vec::new();
+    for (name, model) in [("a", format!("{FIX}/resenc")), ("b", s(&compact))] {
+        let out = tmp.path().join(name);
+        let o = ctgrade(&[
+            "segment",
+            "--model",
+            &model,
+            "--input",
+            &format!("{FIX}/ct.mha"),
+            "--output",
+            &s(&out),
+            "--no-mirroring",
+            "--probabilities",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        outs.push(out);
+    }
+    for f in ["ct.mha", "ct-probabilities.mha"] {
+        assert_eq!(
+            std::fs::read(outs[0].join(f)).expect("a"),
+            std::fs::read(outs[1].join(f)).expect("b"),
+            "{f}"
+        );
+    }
+}
+
+/// A compact weights file that is not the one converted is refused by its digest, naming it.
+#[test]
+fn a_changed_compact_weights_file_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let compact = tmp.path().join("compact");
+    let s = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    let o = ctgrade(&[
+        "convert",
+        "--from-nnunet",
+        &format!("{FIX}/plain"),
+        "--folds",
+        "1",
+        "--out",
+        &s(&compact),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let weights = compact.join("fold_1.safetensors");
+    let mut bytes = std::fs::read(&weights).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, bytes).expect("write");
+    let out = tmp.path().join("out");
+    let o = ctgrade(&[
+        "segment",
+        "--model",
+        &s(&compact),
+        "--input",
+        &format!("{FIX}/ct.mha"),
+        "--output",
+        &s(&out),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("fold_1.safetensors") && err.contains("sha256"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // A fold the compact form does not hold is named.
+    let o = ctgrade(&[
+        "segment",
+        "--model",
+        &s(&compact),
+        "--folds",
+        "0",
+        "--input",
+        &format!("{FIX}/ct.mha"),
+        "--output",
+        &s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no fold_0"), "{err}");
+    assert!(!out.join("ct.mha").exists());
+}

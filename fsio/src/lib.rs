@@ -10,9 +10,11 @@
 //! manifests, metrics; it also creates missing parent folders), [`write_atomic_with`] for content
 //! streamed through a buffered writer (large volumes), and [`write_atomic_by_path`] for libraries
 //! that insist on writing to a path themselves. The last two need the folder to exist.
+//!
+//! [`sha256_file`] is the digest ctgrade's manifests record for every weights file.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -97,6 +99,26 @@ fn temp_path(dir: &Path, suffix: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     dir.join(format!(".tmp-{}-{n}{suffix}", std::process::id()))
+}
+
+/// Lower-case hex sha256 of a file, read in 1 MiB pieces.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Makes the written temporary file readable by everyone, syncs it and renames it over `path`.

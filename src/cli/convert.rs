@@ -1,4 +1,5 @@
-//! `ctgrade convert`: a PyTorch checkpoint or safetensors file to the engine's names.
+//! `ctgrade convert`: a PyTorch checkpoint or safetensors file to the engine's names, or an
+//! nnU-Net model folder to ctgrade's compact form.
 
 use std::path::PathBuf;
 
@@ -6,16 +7,26 @@ use anyhow::Result;
 
 use ctgrade::model::convert::{self, ConvertOptions, NamingArg, OutDType};
 use ctgrade::model::Arch;
+use ctgrade::segment::compact;
 
 /// Arguments of `ctgrade convert`.
 #[derive(clap::Args, Debug)]
 pub struct ConvertArgs {
     /// The checkpoint: a torch.save zip file (.pth, .pt, .bin) or a safetensors file.
-    #[arg(long)]
-    from: PathBuf,
+    #[arg(long, required_unless_present = "from_nnunet", requires = "arch")]
+    from: Option<PathBuf>,
+    /// An nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_N/checkpoint_final.pth)
+    /// to write in ctgrade's compact form into the folder --out: each fold's weights as
+    /// safetensors with their sha256 in ctgrade-nnunet.json, the plans' one configuration, no
+    /// optimizer state. `segment` and an ensemble's lesion_model take either form.
+    #[arg(long, conflicts_with_all = ["from", "arch", "config", "naming", "key", "num_outputs", "drop_unexpected", "dtype"])]
+    from_nnunet: Option<PathBuf>,
+    /// With --from-nnunet: the folds to keep, comma-separated (default: every fold_N).
+    #[arg(long, value_delimiter = ',', requires = "from_nnunet")]
+    folds: Option<Vec<String>>,
     /// Architecture, e.g. densenet201-3d.
     #[arg(long)]
-    arch: Arch,
+    arch: Option<Arch>,
     /// JSON object overriding NetworkConfig fields (growth_rate, block_config, bn_size,
     /// init_features, width_divisor, conv1_t_stride, no_max_pool, i3d_head, in_channels,
     /// num_outputs, ...); in_channels and num_outputs default to the checkpoint's, i3d_head to
@@ -39,16 +50,30 @@ pub struct ConvertArgs {
     /// Element type of the written file.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DTypeChoice,
-    /// The safetensors file to write.
+    /// The safetensors file to write (with --from-nnunet: the folder).
     #[arg(long)]
     out: PathBuf,
 }
 
-/// Converts the checkpoint and prints the report as JSON.
+/// Converts the checkpoint (or model folder) and prints the report (the compact form's
+/// manifest) as JSON.
 pub fn convert(args: ConvertArgs) -> Result<()> {
+    let (Some(from), Some(arch)) = (args.from, args.arch) else {
+        let Some(src) = args.from_nnunet else {
+            anyhow::bail!("give --from and --arch, or --from-nnunet");
+        };
+        let manifest = compact::write(&src, args.folds.as_deref(), &args.out)?;
+        eprintln!(
+            "wrote {} ({} fold(s), configuration {})",
+            args.out.display(),
+            manifest.folds.len(),
+            manifest.configuration
+        );
+        return super::emit(&serde_json::to_string_pretty(&manifest)?);
+    };
     let report = convert::convert(&ConvertOptions {
-        from: args.from,
-        arch: args.arch,
+        from,
+        arch,
         config: args.config,
         naming: args.naming.into(),
         key: args.key,

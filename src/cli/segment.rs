@@ -13,7 +13,8 @@ use ctgrade::volume::{self, ElementType};
 /// Arguments of `ctgrade segment`.
 #[derive(clap::Args)]
 pub struct SegmentArgs {
-    /// An nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_N/checkpoint_final.pth).
+    /// An nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_N/checkpoint_final.pth)
+    /// or its compact form (`ctgrade convert --from-nnunet`).
     #[arg(long)]
     model: PathBuf,
     /// A CT file, or a folder of them (.mha, .mhd, .nii, .nii.gz). A model with several input

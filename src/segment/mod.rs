@@ -5,6 +5,8 @@
 //!   `inherits_from` as nnU-Net's `PlansManager` does;
 //! - [`checkpoint`]: `checkpoint_final.pth` (a torch zip pickle): the trainer, the configuration,
 //!   the mirroring axes and the state dict;
+//! - [`compact`]: the same as ctgrade ships it (safetensors weights with their sha256, the plans'
+//!   one configuration);
 //! - [`unet`]: `PlainConvUNet` and `ResidualEncoderUNet` of dynamic_network_architectures, 2-D and
 //!   3-D, with the checkpoint's tensor names;
 //! - [`preprocess`]: `DefaultPreprocessor` (transpose, crop, normalise, resample);
@@ -17,6 +19,7 @@
 //! (tools/make_nnunet_fixtures.py).
 
 pub mod checkpoint;
+pub mod compact;
 pub mod plans;
 pub mod predict;
 pub mod preprocess;
@@ -110,59 +113,106 @@ pub struct ModelFolder {
     /// The axes mirroring may flip (spatial axes of the preprocessed array), from the first
     /// checkpoint; `None` where the checkpoint names none (nnU-Net then does not mirror).
     pub mirroring_axes: Option<Vec<usize>>,
+    /// The file the mirroring axes were read from (for errors).
+    pub mirroring_source: PathBuf,
     /// The folds loaded, in order.
     pub folds: Vec<String>,
     /// One network per fold.
     pub nets: Vec<UNet>,
 }
 
+/// One fold's checkpoint and the file it came from.
+pub struct FoldCheckpoint {
+    /// The fold's name (`0`, `1`, ..., `all`).
+    pub fold: String,
+    /// `fold_<f>/checkpoint_final.pth`, or the compact form's safetensors file.
+    pub path: PathBuf,
+    /// Its contents.
+    pub checkpoint: Checkpoint,
+}
+
+/// `plans.json`, `dataset.json` and the chosen folds' checkpoints of a model folder in either
+/// form (see [`ModelFolder::load`]), read but not yet checked against each other.
+pub(crate) fn read_folder(
+    dir: &Path,
+    folds: Option<&[String]>,
+    device: &Device,
+) -> Result<(Plans, DatasetJson, Vec<FoldCheckpoint>), SegmentError> {
+    let plans = Plans::read(&dir.join("plans.json"))?;
+    let dataset = DatasetJson::read(&dir.join("dataset.json"))?;
+    let checkpoints = match compact::Manifest::read_in(dir)? {
+        Some(manifest) => manifest.checkpoints(dir, folds, device)?,
+        None => {
+            let folds: Vec<String> = match folds {
+                Some(f) => f.to_vec(),
+                None => detect_folds(dir)?,
+            };
+            let mut v = Vec::with_capacity(folds.len());
+            for fold in folds {
+                let path = dir
+                    .join(format!("fold_{fold}"))
+                    .join("checkpoint_final.pth");
+                let checkpoint = Checkpoint::read(&path, device)?;
+                v.push(FoldCheckpoint {
+                    fold,
+                    path,
+                    checkpoint,
+                });
+            }
+            v
+        }
+    };
+    if checkpoints.is_empty() {
+        return Err(SegmentError::Folder {
+            path: dir.into(),
+            msg: format!(
+                "no fold_N/checkpoint_final.pth (nor a {} of ctgrade's compact form)",
+                compact::MANIFEST_FILE
+            ),
+        });
+    }
+    Ok((plans, dataset, checkpoints))
+}
+
 impl ModelFolder {
-    /// Loads `dir`: `plans.json`, `dataset.json` and `fold_<f>/checkpoint_final.pth` for each of
-    /// `folds` (every `fold_N` present when `None`, in numeric order, `fold_all` excluded as
-    /// nnU-Net does). Every checkpoint's tensors are checked against the plans here, before any
-    /// case is read.
+    /// Loads `dir`, an nnU-Net v2 trained-model folder (`plans.json`, `dataset.json`,
+    /// `fold_<f>/checkpoint_final.pth`) or its compact form ([`compact`]), with the folds
+    /// `folds` (every fold when `None`: for nnU-Net's folders every `fold_N` present, in numeric
+    /// order, `fold_all` excluded as nnU-Net does). Every fold's trainer and tensors are checked
+    /// against the plans here, before any case is read.
     pub fn load(
         dir: &Path,
         folds: Option<&[String]>,
         device: &Device,
     ) -> Result<Self, SegmentError> {
+        let (plans, dataset, checkpoints) = read_folder(dir, folds, device)?;
+        Self::assemble(dir, plans, dataset, checkpoints, device)
+    }
+
+    /// Builds one network per fold from the plans, checking trainer and tensors.
+    pub(crate) fn assemble(
+        dir: &Path,
+        plans: Plans,
+        dataset: DatasetJson,
+        checkpoints: Vec<FoldCheckpoint>,
+        device: &Device,
+    ) -> Result<Self, SegmentError> {
         let plans_path = dir.join("plans.json");
         let dataset_path = dir.join("dataset.json");
-        let plans = Plans::read(&plans_path)?;
-        let dataset = DatasetJson::read(&dataset_path)?;
-        let folds: Vec<String> = match folds {
-            Some(f) => f.to_vec(),
-            None => detect_folds(dir)?,
-        };
-        if folds.is_empty() {
-            return Err(SegmentError::Folder {
-                path: dir.into(),
-                msg: "no fold_N/checkpoint_final.pth".into(),
-            });
-        }
-        let mut checkpoints = Vec::with_capacity(folds.len());
-        for fold in &folds {
-            let path = dir
-                .join(format!("fold_{fold}"))
-                .join("checkpoint_final.pth");
-            let ck = Checkpoint::read(&path, device)?;
-            checkpoint::check_trainer(&path, &ck.trainer_name)?;
-            checkpoints.push((path, ck));
+        for f in &checkpoints {
+            checkpoint::check_trainer(&f.path, &f.checkpoint.trainer_name)?;
         }
         // nnU-Net takes the trainer, configuration and mirroring axes of the first fold for all.
-        let (trainer_name, configuration_name, mirroring_axes) = match checkpoints.first() {
-            Some((_, ck)) => (
-                ck.trainer_name.clone(),
-                ck.configuration.clone(),
-                ck.mirroring_axes.clone(),
-            ),
-            None => {
-                return Err(SegmentError::Folder {
-                    path: dir.into(),
-                    msg: "no fold_N/checkpoint_final.pth".into(),
-                })
-            }
+        let Some(first) = checkpoints.first() else {
+            return Err(SegmentError::Folder {
+                path: dir.into(),
+                msg: "no fold".into(),
+            });
         };
+        let trainer_name = first.checkpoint.trainer_name.clone();
+        let configuration_name = first.checkpoint.configuration.clone();
+        let mirroring_axes = first.checkpoint.mirroring_axes.clone();
+        let mirroring_source = first.path.clone();
         let configuration = plans.configuration(&plans_path, &configuration_name)?;
         let network = UNetConfig::from_plans(
             &plans_path,
@@ -172,13 +222,15 @@ impl ModelFolder {
             dataset.num_segmentation_heads(&dataset_path)?,
         )?;
         let mut nets = Vec::with_capacity(checkpoints.len());
-        for (path, ck) in checkpoints {
-            let vb = candle_nn::VarBuilder::from_tensors(ck.weights, DType::F32, device);
+        let mut folds = Vec::with_capacity(checkpoints.len());
+        for f in checkpoints {
+            let vb = candle_nn::VarBuilder::from_tensors(f.checkpoint.weights, DType::F32, device);
             let net = UNet::new(&network, vb).map_err(|e| SegmentError::Weights {
-                path: path.clone(),
+                path: f.path.clone(),
                 msg: e.to_string(),
             })?;
             nets.push(net);
+            folds.push(f.fold);
         }
         Ok(Self {
             path: dir.into(),
@@ -189,6 +241,7 @@ impl ModelFolder {
             network,
             trainer_name,
             mirroring_axes,
+            mirroring_source,
             folds,
             nets,
         })

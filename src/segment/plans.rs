@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::SegmentError;
 
 /// `plans.json`: the fields inference needs.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Plans {
     /// The dataset the model was planned for.
     pub dataset_name: String,
@@ -45,7 +45,7 @@ fn default_reader() -> String {
 const READERS: &[&str] = &["SimpleITKIO", "NibabelIO"];
 
 /// Foreground intensity statistics of one channel over the training set.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct IntensityProperties {
     /// Mean.
     pub mean: f64,
@@ -206,7 +206,7 @@ impl Plans {
 
     /// The configuration `name`, its `inherits_from` chain resolved, typed and checked.
     pub fn configuration(&self, path: &Path, name: &str) -> Result<Configuration, SegmentError> {
-        let merged = self.resolve(path, name, &mut Vec::new())?;
+        let merged = self.resolved(path, name)?;
         let field = format!("configurations.{name}");
         let bad = |sub: &str, msg: String| SegmentError::Field {
             path: path.into(),
@@ -287,6 +287,12 @@ impl Plans {
         Ok(cfg)
     }
 
+    /// The configuration `name` as JSON, its `inherits_from` chain resolved (the field itself
+    /// kept).
+    pub fn resolved(&self, path: &Path, name: &str) -> Result<Map<String, Value>, SegmentError> {
+        self.resolve(path, name, &mut Vec::new())
+    }
+
     fn resolve(
         &self,
         path: &Path,
@@ -351,7 +357,7 @@ fn is_permutation(p: &[usize]) -> bool {
 }
 
 /// `dataset.json`: the fields inference needs.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct DatasetJson {
     /// Input channels by index (`{"0": "CT"}`).
     #[serde(alias = "modality")]

@@ -270,10 +270,7 @@ pub fn predict_logits(
             let n_axes = if two_d { 2 } else { 3 };
             if axes.iter().any(|&a| a >= n_axes) {
                 return Err(SegmentError::Field {
-                    path: model
-                        .path
-                        .join(format!("fold_{}", model.folds[0]))
-                        .join("checkpoint_final.pth"),
+                    path: model.mirroring_source.clone(),
                     field: "inference_allowed_mirroring_axes".into(),
                     msg: format!("{axes:?} do not fit a {n_axes}-D network"),
                 });
