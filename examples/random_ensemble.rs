@@ -42,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         input: InputSpec::default(),
         members: Vec::new(),
         lesion_model: None,
+        lobe_model: None,
     };
     ensemble::create(&out, manifest, &files)?;
     eprintln!("wrote {} members to {}", members, out.display());

@@ -10,7 +10,9 @@
 //! A manifest may name a lesion model (`lesion_model`): an nnU-Net v2 trained-model folder inside
 //! the ensemble whose segmentation, reduced to the union of the lesion labels, is the lesion map
 //! of the `ct_lesion_zeros` input when the job gives none (the paper's full model: a 3-D nnU-Net
-//! ahead of the DenseNets). It is loaded and checked with the manifest.
+//! ahead of the DenseNets), and a lobe model (`lobe_model`), whose five lobes with the lesion
+//! map give the CT severity score ([`crate::burden`]). Both are loaded and checked with the
+//! manifest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -20,8 +22,8 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::burden::{self, Lobe};
 use crate::device::Precision;
 use crate::grading::Head;
 use crate::heatmap;
@@ -59,6 +61,9 @@ pub struct Manifest {
     /// The segmenter that computes the lesion channel when a job gives no lesion map.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lesion_model: Option<LesionModelSpec>,
+    /// The lobe segmenter: with a lesion map, the per-lobe shares and the CT severity score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lobe_model: Option<LobeModelSpec>,
 }
 
 /// Where the lesion segmenter is and which of its labels are lesions (`ensemble.json`'s
@@ -67,7 +72,8 @@ pub struct Manifest {
 #[serde(deny_unknown_fields)]
 pub struct LesionModelSpec {
     /// An nnU-Net v2 trained-model folder (`plans.json`, `dataset.json`,
-    /// `fold_N/checkpoint_final.pth`), relative to the manifest's folder and inside it.
+    /// `fold_N/checkpoint_final.pth`) or its compact form, relative to the manifest's folder and
+    /// inside it.
     pub path: String,
     /// The label values (`dataset.json`'s `labels`) whose union is the lesion map: 1 where the
     /// segmentation is any of them, 0 elsewhere.
@@ -82,16 +88,21 @@ pub struct LesionModel {
     pub folder: ModelFolder,
 }
 
+/// `folder`'s segmentation of `ct` (label values of `dataset.json`) on the CT's own grid:
+/// nnU-Net's default prediction (every fold, mirroring, step 0.5).
+fn segment_ct(folder: &ModelFolder, ct: &Volume) -> Result<Volume, segment::SegmentError> {
+    let seg = folder.segment(
+        std::slice::from_ref(ct),
+        &PredictOptions::default(),
+        &Device::Cpu,
+    )?;
+    Ok(seg.labels)
+}
+
 impl LesionModel {
-    /// The model's segmentation of `ct` (label values of `dataset.json`) on the CT's own grid:
-    /// nnU-Net's default prediction (every fold, mirroring, step 0.5).
+    /// The model's segmentation of `ct` on the CT's own grid.
     pub fn segment(&self, ct: &Volume) -> Result<Volume, segment::SegmentError> {
-        let seg = self.folder.segment(
-            std::slice::from_ref(ct),
-            &PredictOptions::default(),
-            &Device::Cpu,
-        )?;
-        Ok(seg.labels)
+        segment_ct(&self.folder, ct)
     }
 
     /// The lesion map of a segmentation: 1 where it is one of the lesion labels, 0 elsewhere.
@@ -101,6 +112,32 @@ impl LesionModel {
             *v = f32::from(self.spec.lesion_labels.contains(&(*v as i64)) as u8);
         }
         map
+    }
+}
+
+/// Where the lobe segmenter is (`ensemble.json`'s `lobe_model`): an nnU-Net model folder whose
+/// label names name the five lobes (see [`Lobe::from_label_name`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LobeModelSpec {
+    /// The model folder, relative to the manifest's folder and inside it.
+    pub path: String,
+}
+
+/// The lobe segmenter of an ensemble, loaded and checked.
+pub struct LobeModel {
+    /// What the manifest says.
+    pub spec: LobeModelSpec,
+    /// The model folder, its networks on the CPU.
+    pub folder: ModelFolder,
+    /// The label value of each lobe.
+    pub labels: BTreeMap<Lobe, i64>,
+}
+
+impl LobeModel {
+    /// The model's segmentation of `ct` on the CT's own grid.
+    pub fn segment(&self, ct: &Volume) -> Result<Volume, segment::SegmentError> {
+        segment_ct(&self.folder, ct)
     }
 }
 
@@ -133,9 +170,12 @@ pub enum EnsembleError {
         /// The cause (in the message, not `source()`: `{:#}` would print it twice).
         error: std::io::Error,
     },
-    /// The lesion model named by the manifest cannot be loaded or does not fit.
-    #[error("lesion model {path}: {reason}")]
-    LesionModel {
+    /// A segmenter named by the manifest (its lesion or lobe model) cannot be loaded or does not
+    /// fit.
+    #[error("{role} model {path}: {reason}")]
+    Segmenter {
+        /// `lesion` or `lobe`.
+        role: &'static str,
         /// The model folder.
         path: PathBuf,
         /// What is wrong, naming the file and field.
@@ -238,25 +278,10 @@ fn find_manifest_dir(dir: &Path) -> Option<PathBuf> {
 
 /// Lower-case hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String, EnsembleError> {
-    let io = |error| EnsembleError::Io {
+    ctgrade_fsio::sha256_file(path).map_err(|error| EnsembleError::Io {
         path: path.to_path_buf(),
         error,
-    };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    })
 }
 
 /// Names, shapes and dtypes in a safetensors file's header, read without loading the data.
@@ -325,6 +350,8 @@ pub struct Ensemble {
     pub manifest: Manifest,
     /// The lesion segmenter, when the manifest names one.
     pub lesion_model: Option<LesionModel>,
+    /// The lobe segmenter, when the manifest names one.
+    pub lobe_model: Option<LobeModel>,
     /// The members' networks when kept in memory ([`Ensemble::load_members`]).
     loaded: Option<LoadedMembers>,
 }
@@ -351,8 +378,50 @@ impl std::fmt::Debug for Ensemble {
     }
 }
 
-/// Loads the manifest's lesion model and checks that it fits: a folder inside the ensemble, a CT
-/// alone as input, lesion labels the model has, and an input layout that takes a lesion map.
+/// Loads a segmenter the manifest names (`role` model at `rel_path`): a folder inside the
+/// ensemble, a model folder in either form, the CT alone as input.
+fn open_segmenter(
+    dir: &Path,
+    manifest_path: &Path,
+    role: &'static str,
+    rel_path: &str,
+) -> Result<ModelFolder, EnsembleError> {
+    let rel = Path::new(rel_path);
+    let inside = !rel_path.is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside {
+        return Err(EnsembleError::Manifest {
+            path: manifest_path.to_path_buf(),
+            reason: format!(
+                "{role}_model: path {rel_path:?} must be a folder inside the ensemble's folder"
+            ),
+        });
+    }
+    let folder_path = dir.join(rel);
+    let err = |reason: String| EnsembleError::Segmenter {
+        role,
+        path: folder_path.clone(),
+        reason,
+    };
+    if !folder_path.is_dir() {
+        return Err(err("no such folder".into()));
+    }
+    let folder =
+        ModelFolder::load(&folder_path, None, &Device::Cpu).map_err(|e| err(e.to_string()))?;
+    if folder.dataset.num_input_channels() != 1 {
+        return Err(err(format!(
+            "dataset.json: channel_names: the model takes {} input channels; a {role} model \
+             takes the CT alone",
+            folder.dataset.num_input_channels()
+        )));
+    }
+    Ok(folder)
+}
+
+/// Loads the manifest's lesion model and checks that it fits: see [`open_segmenter`], lesion
+/// labels the model has, and an input layout that takes a lesion map.
 fn open_lesion_model(
     dir: &Path,
     manifest_path: &Path,
@@ -369,34 +438,7 @@ fn open_lesion_model(
             input.channels
         )));
     }
-    let rel = Path::new(&spec.path);
-    let inside = !spec.path.is_empty()
-        && rel
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if !inside {
-        return Err(field(format!(
-            "path {:?} must be a folder inside the ensemble's folder",
-            spec.path
-        )));
-    }
-    let folder_path = dir.join(rel);
-    let lesion_err = |reason: String| EnsembleError::LesionModel {
-        path: folder_path.clone(),
-        reason,
-    };
-    if !folder_path.is_dir() {
-        return Err(lesion_err("no such folder".into()));
-    }
-    let folder = ModelFolder::load(&folder_path, None, &Device::Cpu)
-        .map_err(|e| lesion_err(e.to_string()))?;
-    if folder.dataset.num_input_channels() != 1 {
-        return Err(lesion_err(format!(
-            "dataset.json: channel_names: the model takes {} input channels; a lesion model \
-             takes the CT alone",
-            folder.dataset.num_input_channels()
-        )));
-    }
+    let folder = open_segmenter(dir, manifest_path, "lesion", &spec.path)?;
     let known: Vec<i64> = folder
         .dataset
         .labels
@@ -410,7 +452,7 @@ fn open_lesion_model(
         if *label == 0 || !known.contains(label) {
             return Err(field(format!(
                 "lesion_labels: {label} is not a foreground label of {} (labels {})",
-                folder_path.join("dataset.json").display(),
+                folder.path.join("dataset.json").display(),
                 serde_json::to_string(&folder.dataset.labels).unwrap_or_default()
             )));
         }
@@ -418,6 +460,31 @@ fn open_lesion_model(
     Ok(LesionModel {
         spec: spec.clone(),
         folder,
+    })
+}
+
+/// Loads the manifest's lobe model: see [`open_segmenter`], and labels that name the five lobes.
+fn open_lobe_model(
+    dir: &Path,
+    manifest_path: &Path,
+    spec: &LobeModelSpec,
+) -> Result<LobeModel, EnsembleError> {
+    let folder = open_segmenter(dir, manifest_path, "lobe", &spec.path)?;
+    let labels: BTreeMap<String, i64> = folder
+        .dataset
+        .labels
+        .iter()
+        .filter_map(|(k, v)| v.as_i64().map(|v| (k.clone(), v)))
+        .collect();
+    let labels = burden::lobe_labels(&labels).map_err(|reason| EnsembleError::Segmenter {
+        role: "lobe",
+        path: folder.path.clone(),
+        reason: format!("dataset.json: labels: {reason}"),
+    })?;
+    Ok(LobeModel {
+        spec: spec.clone(),
+        folder,
+        labels,
     })
 }
 
@@ -474,10 +541,15 @@ impl Ensemble {
             Some(spec) => Some(open_lesion_model(dir, &path, spec, &manifest.input)?),
             None => None,
         };
+        let lobe_model = match &manifest.lobe_model {
+            Some(spec) => Some(open_lobe_model(dir, &path, spec)?),
+            None => None,
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
             lesion_model,
+            lobe_model,
             loaded: None,
         })
     }
@@ -727,30 +799,20 @@ pub fn mean_output(members: &[Vec<f64>]) -> Vec<f64> {
     sum.into_iter().map(|s| s / n).collect()
 }
 
-/// Copies the nnU-Net v2 trained-model folder `src` into `out/<name>`, as a manifest's lesion
-/// model needs it: `dataset.json`, `plans.json` and every `fold_*/checkpoint_final.pth` (not the
-/// training logs or other checkpoints).
-pub fn copy_lesion_model(src: &Path, out: &Path, name: &str) -> Result<(), EnsembleError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |error| EnsembleError::Io { path, error }
-    };
-    let dst = out.join(name);
-    let mut files = vec![PathBuf::from("dataset.json"), PathBuf::from("plans.json")];
-    for fold in segment::detect_folds(src).map_err(|e| EnsembleError::LesionModel {
+/// Writes the nnU-Net model folder `src` (either form; a `role` model, for errors) into
+/// `out/<name>` in ctgrade's compact form ([`segment::compact`]): the weights of every fold with their sha256 and the plans' one
+/// configuration, without optimizer state, logs or other checkpoints.
+pub fn copy_segmenter(
+    src: &Path,
+    out: &Path,
+    name: &str,
+    role: &'static str,
+) -> Result<(), EnsembleError> {
+    segment::compact::write(src, None, &out.join(name)).map_err(|e| EnsembleError::Segmenter {
+        role,
         path: src.to_path_buf(),
         reason: e.to_string(),
-    })? {
-        files.push(Path::new(&format!("fold_{fold}")).join("checkpoint_final.pth"));
-    }
-    for rel in files {
-        let (from, to) = (src.join(&rel), dst.join(&rel));
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        let bytes = std::fs::read(&from).map_err(io(&from))?;
-        ctgrade_fsio::write_atomic(&to, &bytes).map_err(io(&to))?;
-    }
+    })?;
     Ok(())
 }
 

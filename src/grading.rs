@@ -10,6 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::burden::Burden;
+
 /// Number of CO-RADS categories.
 pub const CO_RADS_CLASSES: usize = 5;
 
@@ -184,6 +186,10 @@ pub struct CaseResult {
     /// Population standard deviation of `member_probabilities`, when graded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<f64>,
+    /// The share of the lungs (per lung, per lobe) a lesion map covers and the CT severity
+    /// score, when the case had a lesion map (given or computed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lesions: Option<Burden>,
     /// Why the case failed, when it did.
     pub error: Option<String>,
     /// What looked wrong with the input without stopping it (NaN voxels, a non-HU range).

@@ -3,9 +3,12 @@
 //! Tomography Scans: A Systematic Comparison", IEEE TAI 2021.
 //!
 //! The modules follow the pipeline:
-//! [`volume`] (CT I/O) -> `preprocess` (the paper's input) -> `model` (3-D layers and networks)
-//! -> `ensemble` (weights, members); `segment` runs nnU-Net v2 models -> `grading` (probability and CO-RADS) -> `gc` (grand-challenge I/O).
+//! [`volume`] (CT I/O) -> `preprocess` (the paper's input) -> `segment` (nnU-Net v2 models: the
+//! lesion map, lobes) -> `model` (3-D layers and networks) -> `ensemble` (weights, members, the
+//! segmenters it names) -> `grading` (probability and CO-RADS) and `burden` (share of lung
+//! affected, CT severity score) -> `gc` (grand-challenge I/O).
 
+pub mod burden;
 pub mod device;
 pub mod ensemble;
 pub mod gc;

@@ -215,6 +215,7 @@ fn safetensors_reconvert_to_f16_and_join_an_ensemble() {
         input: InputSpec::default(),
         members: Vec::new(),
         lesion_model: None,
+        lobe_model: None,
     };
     let made = ensemble::create(&dir.path().join("ens"), manifest, &[f16_file]).unwrap();
     assert_eq!(made.members.len(), 1);

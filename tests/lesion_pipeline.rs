@@ -35,7 +35,7 @@ fn stderr(out: &std::process::Output) -> String {
 #[test]
 fn computed_lesion_channel_equals_segment_then_run() {
     let dir = tempfile::tempdir().unwrap();
-    let weights = make_ensemble(dir.path(), Some(&[1, 2]));
+    let weights = make_ensemble(dir.path(), Some(&[1, 2]), false);
     let check = ctgrade(&["ensemble", "check", s(&weights)], &[]);
     assert!(check.status.success(), "{}", stderr(&check));
 
@@ -116,7 +116,7 @@ fn computed_lesion_channel_equals_segment_then_run() {
 #[test]
 fn bad_lesion_models_are_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
-    let weights = make_ensemble(dir.path(), Some(&[1, 2]));
+    let weights = make_ensemble(dir.path(), Some(&[1, 2]), false);
     let manifest_path = weights.join("ensemble.json");
     let good: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
@@ -240,17 +240,147 @@ fn ensemble_new_takes_a_lesion_model() {
     for f in [
         "dataset.json",
         "plans.json",
-        "fold_0/checkpoint_final.pth",
-        "fold_1/checkpoint_final.pth",
+        "fold_0.safetensors",
+        "fold_1.safetensors",
+        "ctgrade-nnunet.json",
     ] {
         assert!(out.join("lesion").join(f).is_file(), "{f}");
     }
-    assert!(!out.join("lesion/fold_0/debug.json").exists());
+    assert!(!out.join("lesion/fold_0").exists());
     let check = ctgrade(&["ensemble", "check", s(&out)], &[]);
     let log = stderr(&check);
     assert!(check.status.success(), "{log}");
     assert!(
         log.contains("lesion model lesion (2 fold(s), configuration 3d_fullres"),
+        "{log}"
+    );
+}
+
+/// With a lobe model, `run` writes the CT severity score: each lobe scored by the share of it
+/// the lesion map covers, as counted here from `ctgrade segment`'s lobes and the lesion labels
+/// `run` wrote; the summary carries the per-lobe shares and the per-lung figures.
+#[test]
+fn a_lobe_model_gives_the_ct_severity_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = make_ensemble(dir.path(), Some(&[1, 2]), true);
+    let check = ctgrade(&["ensemble", "check", s(&weights)], &[]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        stderr(&check).contains("lobe model lobes"),
+        "{}",
+        stderr(&check)
+    );
+
+    let input = dir.path().join("input");
+    write_phantom(&input.join("case.mha"));
+    let out = dir.path().join("out");
+    let mut args = run_args(&input, &out, &weights);
+    args.extend(["--lesion-segmentation", "--report"]);
+    let run = ctgrade(&args, &[]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let score: u8 = std::fs::read_to_string(out.join("case/ct-severity-score.json"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let lobes_out = dir.path().join("lobes");
+    let seg = ctgrade(
+        &[
+            "segment",
+            "--model",
+            s(&weights.join("lobes")),
+            "--input",
+            s(&input.join("case.mha")),
+            "--output",
+            s(&lobes_out),
+        ],
+        &[],
+    );
+    assert!(seg.status.success(), "{}", stderr(&seg));
+    let lobes = volume::read(&lobes_out.join("case.mha")).unwrap();
+    let lesion_labels =
+        volume::read(&out.join("images/covid-19-lesion-segmentation/case.mha")).unwrap();
+    let mut want_shares = Vec::new();
+    let mut want_score = 0u8;
+    for lobe in 1..=5 {
+        let (mut n, mut hit) = (0usize, 0usize);
+        for (&l, &s) in lobes.data.iter().zip(&lesion_labels.data) {
+            if l == lobe as f32 {
+                n += 1;
+                hit += usize::from(s == 1.0 || s == 2.0);
+            }
+        }
+        let share = if n == 0 {
+            0.0
+        } else {
+            100.0 * hit as f64 / n as f64
+        };
+        want_score += match share {
+            0.0 => 0,
+            p if p < 5.0 => 1,
+            p if p <= 25.0 => 2,
+            p if p <= 50.0 => 3,
+            p if p <= 75.0 => 4,
+            _ => 5,
+        };
+        want_shares.push(share);
+    }
+    assert_eq!(score, want_score);
+    assert!(
+        lobes.data.iter().any(|&v| v > 0.0),
+        "the random lobe model labels some voxels as lobes"
+    );
+
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let lesions = &summary["cases"][0]["lesions"];
+    let shares: Vec<f64> = lesions["lobes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["affected_pct"].as_f64().unwrap())
+        .collect();
+    for (got, want) in shares.iter().zip(&want_shares) {
+        assert!((got - want).abs() < 1e-9, "{shares:?} vs {want_shares:?}");
+    }
+    assert_eq!(lesions["ct_severity_score"], score);
+    let lungs = lesions["lung_affected_pct"].as_f64().unwrap();
+    let affected: f64 = std::fs::read_to_string(out.join("case/percentage-of-lung-affected.json"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(lungs, affected);
+    // The phantom's lungs are two components: per-lung figures, bracketing the whole.
+    let right = lesions["right_lung_affected_pct"].as_f64().unwrap();
+    let left = lesions["left_lung_affected_pct"].as_f64().unwrap();
+    assert!(
+        right.min(left) <= lungs && lungs <= right.max(left),
+        "{lesions}"
+    );
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with("ct_severity_score,lobe_affected_pct"));
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains("CT severity score") && report.contains("lesion outlines"));
+
+    // A lobe model whose labels do not name all five lobes is refused at load.
+    let dataset_path = weights.join("lobes/dataset.json");
+    let mut dataset: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dataset_path).unwrap()).unwrap();
+    dataset["labels"] =
+        serde_json::json!({"background": 0, "RUL": 1, "RML": 2, "RLL": 3, "LUL": 4, "airway": 5});
+    std::fs::write(&dataset_path, dataset.to_string()).unwrap();
+    let check = ctgrade(&["ensemble", "check", s(&weights)], &[]);
+    let log = stderr(&check);
+    assert!(!check.status.success());
+    assert!(
+        log.contains("lobe model")
+            && log.contains("dataset.json: labels: no label names the left lower lobe"),
         "{log}"
     );
 }

@@ -413,6 +413,7 @@ fn manifests_state_the_resolved_configuration() {
             input: InputSpec::default(),
             members: Vec::new(),
             lesion_model: None,
+            lobe_model: None,
         };
         ensemble::create(&ens, manifest, &[w]).unwrap();
         let text = std::fs::read_to_string(ens.join(ensemble::MANIFEST_FILE)).unwrap();

@@ -78,6 +78,7 @@ fn spread_matches_members_run_alone() {
                 Manifest {
                     members: Vec::new(),
                     lesion_model: None,
+                    lobe_model: None,
                     ..manifest.clone()
                 },
                 &[weights.join(&m.file)],
@@ -89,7 +90,7 @@ fn spread_matches_members_run_alone() {
         }
         let csv = std::fs::read_to_string(output.join("summary.csv")).unwrap();
         assert!(csv.starts_with(
-            "case,file,probability,co_rads,error,seconds,spread,member_probabilities\n"
+            "case,file,probability,co_rads,error,seconds,spread,member_probabilities,"
         ));
         for (k, case) in cases.iter().enumerate() {
             let name = case["case"].as_str().unwrap();
@@ -372,6 +373,7 @@ fn heat_map_refused_for_2d_networks() {
         input: common::tiny_spec(),
         members: Vec::new(),
         lesion_model: None,
+        lobe_model: None,
     };
     ensemble::create(&weights, manifest, &[member]).unwrap();
     let input = dir.path().join("input");

@@ -551,11 +551,13 @@ fn content_problems_in_one_batch_and_determinism() {
                     .lines()
                     .map(|l| l.split("\"seconds\"").next().unwrap_or(l).to_string())
                     .map(|l| {
-                        // CSV: drop the seconds column (the third from the end, before
-                        // spread and member_probabilities, which hold no commas).
-                        let parts: Vec<&str> = l.rsplitn(4, ',').collect();
-                        if name.ends_with(".csv") && parts.len() == 4 {
-                            format!("{},{},{}", parts[3], parts[1], parts[0])
+                        // CSV: drop the seconds column (the eighth from the end; the seven
+                        // after it hold no commas).
+                        let mut parts: Vec<&str> = l.rsplitn(9, ',').collect();
+                        if name.ends_with(".csv") && parts.len() == 9 {
+                            parts.remove(7);
+                            parts.reverse();
+                            parts.join(",")
                         } else {
                             l
                         }

@@ -253,7 +253,7 @@ fn serve_refuses_bad_weights_at_start() {
 #[test]
 fn serve_computes_the_lesion_channel_like_run() {
     let dir = tempfile::tempdir().unwrap();
-    let weights = common::make_lesion_ensemble(dir.path(), Some(&[1, 2]));
+    let weights = common::make_lesion_ensemble(dir.path(), Some(&[1, 2]), false);
     let (input, output) = (dir.path().join("input"), dir.path().join("output"));
     clear(&input);
     clear(&output);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
-use ctgrade::ensemble::{self, Ensemble, LesionModelSpec, Manifest};
+use ctgrade::ensemble::{self, Ensemble, LesionModelSpec, LobeModelSpec, Manifest};
 use ctgrade::grading::Head;
 use ctgrade::model::probe::resolve_config;
 use ctgrade::model::Arch;
@@ -51,12 +51,16 @@ pub enum EnsembleCommand {
         /// The lesion model's label values whose union is the lesion map, e.g. 1,2.
         #[arg(long, value_delimiter = ',', requires = "lesion_model")]
         lesion_labels: Vec<i64>,
+        /// An nnU-Net model folder whose labels name the five lung lobes: with a lesion map it
+        /// gives the per-lobe shares and the CT severity score. Copied as `lobes/`.
+        #[arg(long)]
+        lobe_model: Option<PathBuf>,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
     },
-    /// Check an ensemble folder (hashes, tensor names and shapes, the lesion model's plans and
-    /// checkpoints) without running it.
+    /// Check an ensemble folder (hashes, tensor names and shapes, the lesion and lobe models'
+    /// plans and weights) without running it.
     Check {
         /// The folder holding ensemble.json.
         dir: PathBuf,
@@ -76,6 +80,7 @@ pub fn ensemble(cmd: EnsembleCommand) -> Result<()> {
             description,
             lesion_model,
             lesion_labels,
+            lobe_model,
             out,
         } => {
             let network = resolve_config(arch, 3, head.num_outputs(), config.as_deref())?;
@@ -92,12 +97,19 @@ pub fn ensemble(cmd: EnsembleCommand) -> Result<()> {
                 input,
                 members: Vec::new(),
                 lesion_model: None,
+                lobe_model: None,
             };
             if let Some(src) = &lesion_model {
-                ensemble::copy_lesion_model(src, &out, "lesion")?;
+                ensemble::copy_segmenter(src, &out, "lesion", "lesion")?;
                 manifest.lesion_model = Some(LesionModelSpec {
                     path: "lesion".into(),
                     lesion_labels,
+                });
+            }
+            if let Some(src) = &lobe_model {
+                ensemble::copy_segmenter(src, &out, "lobes", "lobe")?;
+                manifest.lobe_model = Some(LobeModelSpec {
+                    path: "lobes".into(),
                 });
             }
             let manifest = ensemble::create(&out, manifest, &members)?;
@@ -119,8 +131,16 @@ pub fn ensemble(cmd: EnsembleCommand) -> Result<()> {
                     m.spec.lesion_labels
                 )
             });
+            let lobes = e.lobe_model.as_ref().map_or(String::new(), |m| {
+                format!(
+                    ", lobe model {} ({} fold(s), configuration {})",
+                    m.spec.path,
+                    m.folder.folds.len(),
+                    m.folder.configuration_name,
+                )
+            });
             eprintln!(
-                "{}: {} member(s){lesion}, all checks passed",
+                "{}: {} member(s){lesion}{lobes}, all checks passed",
                 dir.display(),
                 e.len()
             );

@@ -37,7 +37,8 @@ pub struct RunArgs {
     /// README for their measured accuracy).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
-    /// Also write each case's lung mask to images/lung-segmentation/<case>.mha.
+    /// Also write each case's lung mask to images/lung-segmentation/<case>.mha (uint8: 1 right
+    /// lung, 2 left lung).
     #[arg(long)]
     lung_mask: bool,
     /// Also write the standard deviation of the members' probabilities to

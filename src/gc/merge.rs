@@ -199,6 +199,7 @@ mod tests {
             co_rads: Some(grading_of(p)),
             member_probabilities: vec![p],
             spread: Some(0.0),
+            lesions: None,
             error: None,
             warnings: Vec::new(),
             skipped: false,

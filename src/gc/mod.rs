@@ -12,6 +12,7 @@
 //! them all (the legacy layout also writes `results.json`). Only the socket layout writes the
 //! answers directly into the output folder.
 
+pub mod case;
 pub mod memory;
 pub mod merge;
 pub mod outputs;

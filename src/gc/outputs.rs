@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::burden::{Burden, Lobe};
 pub use crate::grading::CaseResult;
 use crate::grading::Grade;
 
@@ -16,6 +17,8 @@ pub const CO_RADS_FILE: &str = "co-rads-score.json";
 /// The share of the lungs the lesion map marks, in percent (a bare number), when a lesion map
 /// was used.
 pub const LUNG_AFFECTED_FILE: &str = "percentage-of-lung-affected.json";
+/// The CT severity score (a bare integer 0-25), when the ensemble has a lobe model.
+pub const SEVERITY_FILE: &str = "ct-severity-score.json";
 /// Legacy (evalutils) result file.
 pub const RESULTS_FILE: &str = "results.json";
 /// Summary of a local batch.
@@ -71,6 +74,16 @@ pub fn write_spread(dir: &Path, spread: f64) -> Result<(), WriteError> {
     write_json(&dir.join(SPREAD_FILE), &spread)
 }
 
+/// Writes the lesion burden's sockets into `dir`: the share of the lungs affected and, with
+/// lobes, the CT severity score (bare values).
+pub fn write_burden(dir: &Path, burden: &Burden) -> Result<(), WriteError> {
+    write_json(&dir.join(LUNG_AFFECTED_FILE), &burden.lung_affected_pct)?;
+    match burden.ct_severity_score {
+        Some(score) => write_json(&dir.join(SEVERITY_FILE), &score),
+        None => Ok(()),
+    }
+}
+
 /// Writes the legacy evalutils `results.json`: one entry per case with its outputs, inputs and
 /// error messages.
 pub fn write_results_json(dir: &Path, results: &[CaseResult]) -> Result<(), WriteError> {
@@ -114,8 +127,11 @@ pub fn write_summary_named(
         &serde_json::json!({ "cases": results }),
     )?;
     // New columns go last, so that readers of the first six keep working.
-    let mut csv =
-        String::from("case,file,probability,co_rads,error,seconds,spread,member_probabilities\n");
+    let mut csv = String::from(
+        "case,file,probability,co_rads,error,seconds,spread,member_probabilities,\
+         lung_affected_pct,right_lung_affected_pct,left_lung_affected_pct,ct_severity_score,\
+         lobe_affected_pct\n",
+    );
     for r in results {
         let field = |s: &str| {
             if s.contains([',', '"', '\n']) {
@@ -129,8 +145,20 @@ pub fn write_summary_named(
             .iter()
             .map(|p| p.to_string())
             .collect();
+        let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let lesions = r.lesions.as_ref();
+        // One field: the five lobes in `Lobe::ALL`'s order, separated by semicolons.
+        let lobes: Vec<String> = lesions
+            .map(|b| {
+                Lobe::ALL
+                    .iter()
+                    .filter_map(|l| b.lobes.iter().find(|x| x.lobe == *l))
+                    .map(|x| x.affected_pct.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
         csv.push_str(&format!(
-            "{},{},{},{},{},{:.3},{},{}\n",
+            "{},{},{},{},{},{:.3},{},{},{},{},{},{},{}\n",
             field(&r.case),
             field(&r.file),
             r.probability.map(|p| p.to_string()).unwrap_or_default(),
@@ -140,6 +168,14 @@ pub fn write_summary_named(
             r.spread.map(|s| s.to_string()).unwrap_or_default(),
             // One field: the members separated by semicolons.
             members.join(";"),
+            opt(lesions.map(|b| b.lung_affected_pct)),
+            opt(lesions.and_then(|b| b.right_lung_affected_pct)),
+            opt(lesions.and_then(|b| b.left_lung_affected_pct)),
+            lesions
+                .and_then(|b| b.ct_severity_score)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            lobes.join(";"),
         ));
     }
     write_atomic(&dir.join(format!("{stem}.csv")), csv.as_bytes())
@@ -176,6 +212,7 @@ mod tests {
                 co_rads: Some(5),
                 member_probabilities: vec![0.8, 1.0],
                 spread: Some(0.1),
+                lesions: None,
                 error: None,
                 warnings: Vec::new(),
                 skipped: false,
@@ -188,6 +225,7 @@ mod tests {
                 co_rads: None,
                 member_probabilities: Vec::new(),
                 spread: None,
+                lesions: None,
                 error: Some("no lungs found, \"b\"".into()),
                 warnings: Vec::new(),
                 skipped: false,
@@ -204,10 +242,13 @@ mod tests {
         assert_eq!(v[1]["outputs"].as_array().unwrap().len(), 0);
         let csv = std::fs::read_to_string(dir.path().join(SUMMARY_CSV_FILE)).unwrap();
         assert!(
-            csv.contains("b,b.mha,,,\"no lungs found, \"\"b\"\"\",0.500,,\n"),
+            csv.contains("b,b.mha,,,\"no lungs found, \"\"b\"\"\",0.500,,,,,,,\n"),
             "{csv}"
         );
-        assert!(csv.contains("a,a.mha,0.9,5,,1.000,0.1,0.8;1\n"), "{csv}");
+        assert!(
+            csv.contains("a,a.mha,0.9,5,,1.000,0.1,0.8;1,,,,,\n"),
+            "{csv}"
+        );
     }
 
     #[test]

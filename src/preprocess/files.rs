@@ -1,6 +1,6 @@
 //! The preprocessing of one CT file, written to files (`ctgrade preprocess`): runs
 //! [`preprocess`](super::preprocess) and writes `DIR/input.mha` (the CT channel of the network input, float32,
-//! `crop_x x crop_y x slices`), `DIR/lung_mask.mha` (uint8, on the input's grid),
+//! `crop_x x crop_y x slices`), `DIR/lung_mask.mha` (uint8 on the input's grid: 1 right lung, 2 left lung),
 //! `DIR/lesion.mha` (the lesion channel, when a lesion map is given) and `DIR/preprocess.json`
 //! (the [`PreprocessReport`]).
 

@@ -25,7 +25,11 @@
 //!    consolidations, large vessels) are filled. Closing each lung on its own keeps the
 //!    mediastinum out. Beyond the scan's first and last slice is background, so a lung cut by
 //!    the scan is not closed against that face (which would pull in, say, the liver dome).
-//!    The mask is the union of the processed components.
+//!    The mask is the union of the processed components, labelled by side as the lungmask
+//!    package labels its masks ([`RIGHT`] 1, [`LEFT`] 2): when exactly two components are
+//!    kept, each is one lung (the one further towards the patient's right, lower x in LPS, is
+//!    the right lung); otherwise (the lungs touch) each voxel takes the side of the
+//!    mid-sagittal line it lies on.
 //!
 //! Limitations: lungs cut by the lateral edge of the field of view touch the border and are
 //! lost in step 2; a consolidation wider than about 20 mm that lies against the chest wall
@@ -71,18 +75,24 @@ impl Default for LungMaskParams {
     }
 }
 
+/// Label of the patient's right lung in a lung mask.
+pub const RIGHT: u8 = 1;
+/// Label of the patient's left lung.
+pub const LEFT: u8 = 2;
+
 /// A lung mask on the grid of the CT it was computed from.
 #[derive(Debug, Clone)]
 pub struct LungMask {
-    /// 0/1 per voxel, in the CT's layout.
+    /// Per voxel 0 (not lung), [`RIGHT`] or [`LEFT`], in the CT's layout.
     pub mask: Vec<u8>,
-    /// Number of lung components kept (1 when the lungs touch, usually 2).
+    /// Number of lung components kept (1 when the lungs touch, usually 2). With exactly 2 the
+    /// sides are the components; otherwise they are split at the mid-sagittal line.
     pub components: usize,
     /// Mid-sagittal line (x index on the CT's grid).
     pub midline_x: f64,
-    /// Volume (mL) on the patient's right (x below the midline in LPS).
+    /// Volume (mL) of the voxels labelled [`RIGHT`].
     pub right_ml: f64,
-    /// Volume (mL) on the patient's left.
+    /// Volume (mL) of the voxels labelled [`LEFT`].
     pub left_ml: f64,
 }
 
@@ -166,7 +176,17 @@ pub fn segment(ct: &Volume, p: &LungMaskParams) -> Result<LungMask, PreprocessEr
 
     // 5. Per component: closing and hole filling inside a padded bounding box.
     let mut mask = vec![0u8; ct.len()];
+    let centre_x = |c: &super::morph::Component| (c.lo[0] + c.hi[0]) as f64 / 2.0;
+    let two_lungs = match kept.as_slice() {
+        [(_, a), (_, b)] => Some(centre_x(a).min(centre_x(b))),
+        _ => None,
+    };
     for &(label, comp) in &kept {
+        let side = match two_lungs {
+            Some(right_centre) if centre_x(comp) == right_centre => RIGHT,
+            Some(_) => LEFT,
+            None => RIGHT,
+        };
         // The box may stick out of the grid: beyond it is background, so a lung cut by the
         // scan's first or last slice is neither eroded nor closed against that face.
         let mut lo = [0i64; 3];
@@ -184,20 +204,23 @@ pub fn segment(ct: &Volume, p: &LungMaskParams) -> Result<LungMask, PreprocessEr
         drop(sub_labels);
         close_ball(&mut sub, bd, sp, p.closing_mm);
         fill_holes_3d(&mut sub, bd);
+        // The morphology works on 0/1; the side is set after it.
+        sub.par_iter_mut().for_each(|v| *v *= side);
         or_back(&mut mask, dims, lo, &sub, bd);
     }
 
     let (right, left) = mask
-        .par_chunks(nx)
+        .par_chunks_mut(nx)
         .map(|row| {
             let mut rl = (0usize, 0usize);
-            for (x, &m) in row.iter().enumerate() {
-                if m != 0 {
-                    if (x as f64) < midline_x {
-                        rl.0 += 1;
-                    } else {
-                        rl.1 += 1;
-                    }
+            for (x, m) in row.iter_mut().enumerate() {
+                if *m != 0 && two_lungs.is_none() {
+                    *m = if (x as f64) < midline_x { RIGHT } else { LEFT };
+                }
+                match *m {
+                    RIGHT => rl.0 += 1,
+                    LEFT => rl.1 += 1,
+                    _ => {}
                 }
             }
             rl

@@ -247,7 +247,8 @@ pub struct Preprocessed {
     pub input: Vec<f32>,
     /// `[3, slices, crop_xy[1], crop_xy[0]]`.
     pub shape: [usize; 4],
-    /// The lung mask on the original input grid (0/1).
+    /// The lung mask on the original input grid: 0, [`lung_mask::RIGHT`] or
+    /// [`lung_mask::LEFT`].
     pub lung_mask: Volume,
     /// Measurements and timings.
     pub report: PreprocessReport,
@@ -590,8 +591,8 @@ fn mask_bbox(mask: &[u8], size: [usize; 3]) -> ([usize; 3], [usize; 3]) {
         )
 }
 
-/// Maps a mask on `grid` to the grid of `target` by nearest neighbour; returns the volume and
-/// its voxel count.
+/// Maps a label mask on `grid` to the grid of `target` by nearest neighbour; returns the volume
+/// and its count of non-zero voxels.
 fn mask_to_grid(
     mask: &[u8],
     grid: &Grid,
@@ -610,8 +611,13 @@ fn mask_to_grid(
                 }
                 let mut n = 0usize;
                 for (o, x) in out.iter_mut().zip(tx.iter()) {
-                    if x.inside && mask[x.on + y.on + z.on] != 0 {
-                        *o = 1.0;
+                    let m = if x.inside {
+                        mask[x.on + y.on + z.on]
+                    } else {
+                        0
+                    };
+                    if m != 0 {
+                        *o = f32::from(m);
                         n += 1;
                     }
                 }
@@ -630,8 +636,9 @@ fn mask_to_grid(
                         let i = [0, 1, 2].map(|k| {
                             ((c[k] + 0.5).floor().max(0.0) as usize).min(grid.size[k] - 1)
                         });
-                        if mask[i[0] + grid.size[0] * (i[1] + grid.size[1] * i[2])] != 0 {
-                            *o = 1.0;
+                        let m = mask[i[0] + grid.size[0] * (i[1] + grid.size[1] * i[2])];
+                        if m != 0 {
+                            *o = f32::from(m);
                             n += 1;
                         }
                     }

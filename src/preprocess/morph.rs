@@ -452,7 +452,8 @@ pub(crate) fn crop<T: Copy + Send + Sync>(
     (out, bd)
 }
 
-/// ORs a box (as cut by [`crop`] at `lo`) back into a grid, skipping what lies outside.
+/// Merges a box (as cut by [`crop`] at `lo`) back into a grid by the larger value (OR for 0/1
+/// masks), skipping what lies outside.
 pub(crate) fn or_back(data: &mut [u8], dims: Dims, lo: [i64; 3], sub: &[u8], bd: Dims) {
     let plane = dims[0] * dims[1];
     data.par_chunks_mut(plane)
@@ -473,7 +474,8 @@ pub(crate) fn or_back(data: &mut [u8], dims: Dims, lo: [i64; 3], sub: &[u8], bd:
                         continue;
                     }
                     let s = sub[bx + bd[0] * (by + bd[1] * bz as usize)];
-                    slab[x as usize + dims[0] * y as usize] |= s;
+                    let d = &mut slab[x as usize + dims[0] * y as usize];
+                    *d = (*d).max(s);
                 }
             }
         });

@@ -16,6 +16,8 @@ pub struct Rgb {
 
 /// Lung-mask outline colour.
 pub const LUNG: [u8; 3] = [40, 220, 90];
+/// Lesion outline colour.
+pub const LESION: [u8; 3] = [255, 60, 200];
 /// Crop-box colour.
 pub const CROP: [u8; 3] = [255, 200, 0];
 

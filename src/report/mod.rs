@@ -17,6 +17,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 
+use crate::burden::Burden;
 use crate::ensemble::Ensemble;
 use crate::grading::CaseResult;
 use crate::preprocess::resample::{Grid, IndexMap};
@@ -77,6 +78,8 @@ pub fn display_grid(resampled: &Grid) -> Grid {
 pub struct Timings {
     /// Reading the files.
     pub read_s: f64,
+    /// The ensemble's segmenters (lesion and lobe models), when they ran.
+    pub segment_s: Option<f64>,
     /// Preprocessing.
     pub preprocess_s: f64,
     /// Running the members.
@@ -92,8 +95,10 @@ pub struct CaseImages<'a> {
     pub ct_grid: &'a Grid,
     /// The CT (HU).
     pub ct: &'a Volume,
-    /// The lung mask (0/1).
+    /// The lung mask (0, 1 right lung, 2 left lung).
     pub lungs: &'a Volume,
+    /// The lesion map (0/1), when the case had one.
+    pub lesions: Option<&'a Volume>,
     /// The heat map ([0, 1]), when computed.
     pub heat: Option<&'a Volume>,
     /// The size `[d, h, w]` of the grid the heat map was computed on (the last block's).
@@ -187,9 +192,12 @@ pub fn slice_label(view: View, at: usize, shown: &Grid, ct: &Grid) -> String {
 /// Draws and encodes a case's pictures.
 pub fn render_case(c: &CaseImages) -> Result<CaseFigures, ReportError> {
     let size = c.ct.size;
-    if c.lungs.size != size || c.heat.is_some_and(|h| h.size != size) {
+    if c.lungs.size != size
+        || c.heat.is_some_and(|h| h.size != size)
+        || c.lesions.is_some_and(|l| l.size != size)
+    {
         return Err(ReportError::Shape(
-            "the CT, lung mask and heat map are not on one grid".into(),
+            "the CT, lung mask, lesion map and heat map are not on one grid".into(),
         ));
     }
     let [channels, slices, ch, cw] = c.input_shape;
@@ -221,16 +229,20 @@ pub fn render_case(c: &CaseImages) -> Result<CaseFigures, ReportError> {
         let grey = draw::grey_slice(c.ct, view, at, LUNG_WINDOW);
         let mut img = grey.clone();
         draw::outline(&mut img, c.lungs, view, at, draw::LUNG);
+        if let Some(l) = c.lesions {
+            draw::outline(&mut img, l, view, at, draw::LESION);
+        }
         match view {
             View::Axial => img.rect(x0, y0, x1, y1, draw::CROP),
             View::Coronal => img.rect(x0, row_of_z(z1), x1, row_of_z(z0), draw::CROP),
             View::Sagittal => img.rect(y0, row_of_z(z1), y1, row_of_z(z0), draw::CROP),
         }
         let label = slice_label(view, at, &shown, c.ct_grid);
-        views.push(Figure::encode(
-            format!("{label}, lung outline and crop box"),
-            &img,
-        )?);
+        let what = match c.lesions {
+            Some(_) => "lung and lesion outlines and crop box",
+            None => "lung outline and crop box",
+        };
+        views.push(Figure::encode(format!("{label}, {what}"), &img)?);
         if let Some(h) = c.heat {
             let mut img = grey;
             draw::blend_heat(&mut img, h, view, at);
@@ -432,6 +444,9 @@ fn section(h: &mut String, r: &CaseResult, fig: Option<&CaseFigures>) {
                     r.spread.unwrap_or(0.0)
                 );
             }
+            if let Some(b) = &r.lesions {
+                burden_table(h, b);
+            }
             if r.skipped {
                 h.push_str("<p>Graded by an earlier run (--skip-done): no pictures.</p>\n");
             }
@@ -451,14 +466,49 @@ fn section(h: &mut String, r: &CaseResult, fig: Option<&CaseFigures>) {
     h.push_str("</section>\n");
 }
 
+/// The lesion burden: lungs affected (in all and per lung), and per lobe with the CT severity
+/// score when there are lobes.
+fn burden_table(h: &mut String, b: &Burden) {
+    let pct = |v: Option<f64>| {
+        v.map_or("n/a (lungs not separated)".to_string(), |v| {
+            format!("{v:.2} %")
+        })
+    };
+    let _ = writeln!(
+        h,
+        "<table class=\"facts\"><tr><th>lung affected</th><td>{:.2} %</td></tr>\
+         <tr><th>right lung</th><td>{}</td></tr><tr><th>left lung</th><td>{}</td></tr>",
+        b.lung_affected_pct,
+        pct(b.right_lung_affected_pct),
+        pct(b.left_lung_affected_pct),
+    );
+    for l in &b.lobes {
+        let _ = writeln!(
+            h,
+            "<tr><th>{} lobe</th><td>{:.2} %, score {}</td></tr>",
+            l.lobe.name().replace('_', " "),
+            l.affected_pct,
+            l.score
+        );
+    }
+    if let Some(s) = b.ct_severity_score {
+        let _ = writeln!(
+            h,
+            "<tr><th>CT severity score</th><td><b>{s}</b> of 25 (per lobe 0-5: none, under 5 %, \
+             5-25 %, 26-50 %, 51-75 %, over 75 % affected)</td></tr>"
+        );
+    }
+    h.push_str("</table>\n");
+}
+
 fn figures(h: &mut String, f: &CaseFigures) {
     let p = &f.preprocess;
     let _ = writeln!(
         h,
         "<h3>Lungs and crop</h3>\n<p>Slices through the most lung, on the resampled grid after \
          orientation (LPS: the patient's right on the left, anterior and superior at the top), \
-         shown at {:.2} mm; lung mask outlined in green, the network's crop box and kept slices in \
-         yellow.</p>",
+         shown at {:.2} mm; lung mask outlined in green, lesions (where the case had a lesion map) \
+         in magenta, the network's crop box and kept slices in yellow.</p>",
         f.display_spacing_mm
     );
     for v in &f.views {
@@ -573,8 +623,11 @@ fn figures(h: &mut String, f: &CaseFigures) {
         (
             "timings",
             format!(
-                "read {:.2} s, preprocess {:.2} s (resample {:.2}, lung mask {:.2}), ensemble {:.2} s{}",
+                "read {:.2} s, {}preprocess {:.2} s (resample {:.2}, lung mask {:.2}), ensemble {:.2} s{}",
                 f.timings.read_s,
+                f.timings
+                    .segment_s
+                    .map_or(String::new(), |s| format!("segmenters {s:.2} s, ")),
                 f.timings.preprocess_s,
                 p.seconds.resample,
                 p.seconds.lung_mask,

@@ -282,6 +282,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
         input: r.input.clone(),
         members: Vec::new(),
         lesion_model: None,
+        lobe_model: None,
     };
     let files: Vec<PathBuf> = (0..opts.members)
         .map(|i| opts.out.join(member_file(i)))

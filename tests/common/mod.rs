@@ -68,6 +68,7 @@ pub fn make_ensemble(dir: &Path, head: Head, members: usize) -> PathBuf {
         input: tiny_spec(),
         members: Vec::new(),
         lesion_model: None,
+        lobe_model: None,
     };
     ensemble::create(&out, manifest, &files).unwrap();
     out
@@ -245,9 +246,60 @@ pub fn lesion_model(dir: &Path) -> PathBuf {
     out
 }
 
+/// A lobe model: [`lesion_model`] in ctgrade's compact form (written to `dir/lobes`) with its
+/// output layers redrawn for six classes, labelled background and the five lobes (random
+/// weights: which voxel gets which lobe is arbitrary but fixed).
+pub fn lobe_model(dir: &Path) -> PathBuf {
+    use candle_core::{DType, Device, Tensor};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = lesion_model(tmp.path());
+    let out = dir.join("lobes");
+    let manifest = ctgrade::segment::compact::write(&src, Some(&["0".to_string()]), &out).unwrap();
+    let file = out.join(&manifest.folds[0].file);
+    let mut weights = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let mut k = 0u64;
+    for (name, t) in weights.iter_mut() {
+        if name.starts_with("decoder.seg_layers.") {
+            let mut shape = t.dims().to_vec();
+            shape[0] = 6;
+            k += 1;
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = (0..n)
+                .map(|i| (((i as u64 + 1) * (k + 7) * 2654435761) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            *t = Tensor::from_vec(values, shape, &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+        }
+    }
+    candle_core::safetensors::save(&weights, &file).unwrap();
+    let mut m = manifest;
+    m.folds[0].sha256 = ctgrade_fsio::sha256_file(&file).unwrap();
+    std::fs::write(
+        out.join(ctgrade::segment::compact::MANIFEST_FILE),
+        serde_json::to_vec(&m).unwrap(),
+    )
+    .unwrap();
+    let dataset_path = out.join("dataset.json");
+    let mut dataset: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dataset_path).unwrap()).unwrap();
+    dataset["labels"] = serde_json::json!({
+        "background": 0,
+        "lung_upper_lobe_right": 1,
+        "lung_middle_lobe_right": 2,
+        "lung_lower_lobe_right": 3,
+        "lung_upper_lobe_left": 4,
+        "lung_lower_lobe_left": 5
+    });
+    std::fs::write(&dataset_path, dataset.to_string()).unwrap();
+    out
+}
+
 /// A tiny random ensemble taking CT, lesion map and zeros; with `lesion` its manifest names the
-/// lesion model (copied into the ensemble's folder) and those lesion labels.
-pub fn make_lesion_ensemble(dir: &Path, lesion: Option<&[i64]>) -> PathBuf {
+/// lesion model (copied into the ensemble's folder) and those lesion labels, with `lobes` a lobe
+/// model ([`lobe_model`]).
+pub fn make_lesion_ensemble(dir: &Path, lesion: Option<&[i64]>, lobes: bool) -> PathBuf {
     let network = tiny_network(Head::Continuous);
     let member = random_member(&network, &dir.join("member.safetensors"));
     let out = dir.join("ensemble");
@@ -271,6 +323,12 @@ pub fn make_lesion_ensemble(dir: &Path, lesion: Option<&[i64]>) -> PathBuf {
         },
         members: Vec::new(),
         lesion_model,
+        lobe_model: lobes.then(|| {
+            lobe_model(&out);
+            ensemble::LobeModelSpec {
+                path: "lobes".into(),
+            }
+        }),
     };
     ensemble::create(&out, manifest, &[member]).unwrap();
     out
