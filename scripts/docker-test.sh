@@ -12,6 +12,7 @@
 #   docker build -t ctgrade . && IMAGE=ctgrade SKIP_BUILD=1 scripts/docker-test.sh
 #
 #   scripts/docker-test.sh [algorithm|evaluation|simulate|shards|all]     (default: all)
+# (`algorithm` includes the full model: a lesion model inside the model tarball.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -214,6 +215,57 @@ algorithm() {
     || { cat "$work/log4"; fail "--memory 1500m: exit $status, last line: $last"; }
   grep -q "memory budget 1500 MiB" "$work/log4" || { cat "$work/log4"; fail "the cgroup limit was not the budget"; }
   echo "docker-test: --memory 1500m: refused cleanly (exit 1): ${last:0:120}..."
+}
+
+# The paper's full model from a model tarball: the demo members re-labelled to take the lesion
+# channel, with the nnU-Net fixture (at a coarse spacing, so that a case takes seconds) as the
+# ensemble's lesion model in ctgrade's compact form. The invoke server and an exec container both
+# compute the lesion map inside the container; their answers, the share of lung affected included,
+# equal `ctgrade run` on this machine with the same weights.
+full_model() {
+  local image=${IMAGE:-ctgrade:test} exec_image=${EXEC_IMAGE:-ctgrade:test-exec}
+  local bin=target/release/ctgrade full="$work/full" model="$work/full/model"
+  mkdir -p "$full/nnunet" "$model"
+  cp -r tests/fixtures/nnunet/plain/. "$full/nnunet/"
+  perl -0pi -e 's/"spacing": \[\s*4\.0,\s*1\.25,\s*1\.25\s*\]/"spacing": [12.0, 6.0, 6.0]/' "$full/nnunet/plans.json"
+  grep -q '"spacing": \[12.0, 6.0, 6.0\]' "$full/nnunet/plans.json" || fail "could not coarsen the lesion model"
+  cp weights/default/member-*.safetensors weights/default/ensemble.json "$model/"
+  perl -0pi -e 's/"channels": "ct_x3"/"channels": "ct_lesion_zeros"/; s/\}\s*\z/, "lesion_model": {"path": "lesion", "lesion_labels": [1, 2]}\n}\n/' \
+    "$model/ensemble.json"
+  "$bin" convert --from-nnunet "$full/nnunet" --out "$model/lesion" >/dev/null 2>&1 \
+    || fail "ctgrade convert --from-nnunet failed"
+  "$bin" ensemble check "$model" >/dev/null 2>"$full/check.log" || { cat "$full/check.log"; fail "the full model does not check"; }
+  tar -czf "$full/model.tar.gz" -C "$model" .
+  mkdir -p "$full/opt-ml-model" "$full/host" "$full/exec" "$full/in" "$full/out"
+  tar -xzf "$full/model.tar.gz" -C "$full/opt-ml-model"
+  chmod 755 "$full/in"; chmod 777 "$full/exec" "$full/out"
+  cp -r test_inputs/images test_inputs/inputs.json "$full/in/"
+
+  "$bin" run --input "$full/in" --output "$full/host" --weights "$model" --device cpu 2>"$full/host.log" \
+    || { cat "$full/host.log"; fail "ctgrade run with the full model failed"; }
+  grep -q "lesion map computed by lesion" "$full/host.log" || { cat "$full/host.log"; fail "the host run computed no lesion map"; }
+  docker run "${run_args[@]}" -v "$full/in:/input:ro" -v "$full/exec:/output" \
+    -v "$full/opt-ml-model:/opt/ml/model:ro" "$exec_image" 2>"$full/exec.log" \
+    || { cat "$full/exec.log"; fail "exec: the full model failed"; }
+  grep -q "lesion map computed by lesion" "$full/exec.log" || { cat "$full/exec.log"; fail "exec: no lesion map computed"; }
+
+  local net="$prefix-full" srv="$prefix-full-srv" tester f
+  docker network create --internal "$net" >/dev/null
+  docker run -d --name "$srv" --network "$net" --memory 8g --memory-swap 8g "${flags[@]}" \
+    -v "$full/in:/input:ro" -v "$full/out:/output" -v "$full/opt-ml-model:/opt/ml/model:ro" \
+    "$image" >/dev/null
+  start_tester "$net"
+  wait_healthy "$tester" "$srv"
+  local code; code=$(invoke "$tester" "$srv")
+  [ "$code" = 201 ] || { docker logs "$srv"; fail "invoke: the full model answered $code"; }
+  for f in probability-covid-19.json co-rads-score.json percentage-of-lung-affected.json; do
+    [ -s "$full/host/$f" ] || fail "the full model wrote no $f"
+    cmp -s "$full/exec/$f" "$full/host/$f" || fail "exec: full model $f differs from ctgrade run's"
+    cmp -s "$full/out/$f" "$full/host/$f" || fail "invoke: full model $f differs from ctgrade run's"
+  done
+  docker stop -t 30 "$srv" >/dev/null
+  echo "docker-test: full model from the tarball (lesion model inside): exec and invoke equal ctgrade run" \
+    "(probability $(cat "$full/host/probability-covid-19.json"), lung affected $(cat "$full/host/percentage-of-lung-affected.json") %)"
 }
 
 # The image's API method label: "invoke", or empty when the image has none (exec).
@@ -475,10 +527,10 @@ shards() {
 }
 
 case "$what" in
-  algorithm) algorithm ;;
+  algorithm) algorithm; full_model ;;
   evaluation) evaluation ;;
   simulate) simulate ;;
   shards) shards ;;
-  all) algorithm; evaluation; simulate; shards ;;
+  all) algorithm; full_model; evaluation; simulate; shards ;;
   *) fail "unknown target $what (algorithm, evaluation, simulate, shards or all)" ;;
 esac

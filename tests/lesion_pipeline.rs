@@ -384,3 +384,36 @@ fn a_lobe_model_gives_the_ct_severity_score() {
         "{log}"
     );
 }
+
+/// Under a memory budget the segmenters' estimate is held to it before they run: a budget that
+/// grades the scan with a given lesion map refuses it, with the reason, when the lesion model
+/// would have to run; nothing is written for the refused case.
+#[test]
+fn segmenters_are_held_to_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = make_ensemble(dir.path(), Some(&[1, 2]), false);
+    let budget = [("GRAND_CHALLENGE_COMPONENT_MAX_MEMORY_MB", "520")];
+
+    let input = dir.path().join("input");
+    write_phantom(&input.join("images/ct/case.mha"));
+    let out = dir.path().join("out");
+    let run = ctgrade(&run_args(&input, &out, &weights), &budget);
+    let log = stderr(&run);
+    assert!(!run.status.success(), "{log}");
+    let last = log.trim().lines().last().unwrap();
+    assert!(
+        last.contains("case.mha") && last.contains("the ensemble's segmenters would need about"),
+        "{last}"
+    );
+    assert!(!out.join("probability-covid-19.json").exists());
+
+    // The same scan with its lesion map given: nothing to segment, graded within the budget.
+    let lesion_dir = input.join("images/covid-19-lesion-segmentation");
+    std::fs::create_dir_all(&lesion_dir).unwrap();
+    let ct = volume::read(&input.join("images/ct/case.mha")).unwrap();
+    let mut map = ct.clone();
+    map.data.iter_mut().for_each(|v| *v = 0.0);
+    volume::write(&lesion_dir.join("case.mha"), &map, ElementType::UChar).unwrap();
+    let run = ctgrade(&run_args(&input, &out, &weights), &budget);
+    assert!(run.status.success(), "{}", stderr(&run));
+}

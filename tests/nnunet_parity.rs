@@ -447,3 +447,24 @@ fn a_ct_smaller_than_the_patch_is_padded() {
         assert!((s - 1.0).abs() < 1e-5, "{s}");
     }
 }
+
+/// The memory estimate covers at least the arrays a case certainly holds on the CT's grid (the
+/// CT, per class the probabilities, the labels) and those on the model's grid; printed for the
+/// real CT's geometry (lung1: 512 x 512 x 48 at 0.57 x 0.57 x 5 mm) with the two-fold model.
+#[test]
+fn the_memory_estimate_covers_the_case_arrays() {
+    let m = load("plain", None);
+    let (size, spacing) = ([512, 512, 48], [0.5703125, 0.5703125, 5.0]);
+    let n = (512 * 512 * 48) as u64;
+    let peak = m.peak_bytes(size, spacing);
+    let classes = m.network.num_classes as u64;
+    let on_ct = n * (4 * classes + 1);
+    let target = (n as f64 * (5.0 / 4.0) * (0.5703125f64 / 1.25).powi(2)) as u64;
+    eprintln!(
+        "lung1 with the plain model: estimate {} MB (CT-grid arrays {} MB, model-grid voxels {target})",
+        (peak + 4 * n) >> 20,
+        on_ct >> 20
+    );
+    assert!(peak >= on_ct + 4 * target * classes, "{peak}");
+    assert!(peak < 100 * n, "{peak}");
+}

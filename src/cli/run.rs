@@ -110,6 +110,7 @@ pub(super) fn prepare(args: &RunArgs, keep_loaded: bool) -> Result<(Ensemble, De
         lung_mask: args.lung_mask,
         limits: memory::read_limits(args.max_voxels, case_bytes),
         max_grid_voxels: memory::max_grid_voxels(case_bytes),
+        case_bytes,
         precision,
         shard: args
             .shard

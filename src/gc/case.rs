@@ -9,7 +9,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 
-use super::memory::BYTES_PER_GRID_VOXEL;
+use super::memory::{BYTES_PER_GRID_VOXEL, PROGRAM_BYTES};
 use super::run::{log, RunOptions};
 use super::Case;
 use crate::burden::{self, Burden};
@@ -58,6 +58,20 @@ pub enum CaseError {
         max_voxels: usize,
         /// The CT's own spacing.
         ct_spacing: [f64; 3],
+    },
+    /// The segmenters would need more memory than the case may use.
+    #[error("{}: the ensemble's segmenters would need about {} MB for this scan ({voxels} voxels), \
+             more than the container's memory allows ({} MB for a case)",
+             path.display(), need_bytes >> 20, budget_bytes >> 20)]
+    SegmenterMemory {
+        /// The CT.
+        path: PathBuf,
+        /// The CT's voxel count.
+        voxels: usize,
+        /// The estimate, program included.
+        need_bytes: u64,
+        /// What a case may use.
+        budget_bytes: u64,
     },
     /// A segmenter of the ensemble failed on the case.
     #[error("{}: {role} model: {error}", path.display())]
@@ -149,6 +163,7 @@ pub(super) fn grade_case(
     };
     let read_s = t.elapsed().as_secs_f64();
     let grid = check(case, opts, ensemble, &mut ct, bar, warnings)?;
+    check_segmenter_memory(case, opts, ensemble, &ct, given_lesion.is_some())?;
     let seg = segment(case, ensemble, &ct, given_lesion, bar)?;
     let ct_grid = Grid::of(&ct);
     // The report's pictures are drawn on a display grid; the CT is resampled onto it before
@@ -324,6 +339,46 @@ fn check(
         });
     }
     Ok(grid)
+}
+
+/// Refuses a case whose segmentation would not fit the memory a case may use: the CT, the
+/// segmenters that will run (the lobe model only with a lesion map) one after the other, the
+/// lesion labels and map kept meanwhile, and the program.
+fn check_segmenter_memory(
+    case: &Case,
+    opts: &RunOptions,
+    ensemble: &Ensemble,
+    ct: &Volume,
+    lesion_given: bool,
+) -> Result<(), CaseError> {
+    let Some(budget_bytes) = opts.case_bytes else {
+        return Ok(());
+    };
+    let lesion = ensemble.lesion_model.as_ref().filter(|_| !lesion_given);
+    let has_lesion_map = lesion_given || lesion.is_some();
+    let lobes = ensemble.lobe_model.as_ref().filter(|_| has_lesion_map);
+    if lesion.is_none() && lobes.is_none() {
+        return Ok(());
+    }
+    let voxels = ct.data.len();
+    let kept = if lesion.is_some() {
+        8 * voxels as u64
+    } else {
+        0
+    };
+    let peak = lesion
+        .map_or(0, |m| m.folder.peak_bytes(ct.size, ct.spacing))
+        .max(lobes.map_or(0, |m| m.folder.peak_bytes(ct.size, ct.spacing) + kept));
+    let need_bytes = 4 * voxels as u64 + peak + PROGRAM_BYTES;
+    if need_bytes > budget_bytes {
+        return Err(CaseError::SegmenterMemory {
+            path: case.image.clone(),
+            voxels,
+            need_bytes,
+            budget_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// What the segmenters gave for a case.

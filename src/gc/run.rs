@@ -34,6 +34,10 @@ pub struct RunOptions {
     /// or less when the memory budget could not hold the lung mask of a larger one
     /// ([`super::memory::max_grid_voxels`]).
     pub max_grid_voxels: usize,
+    /// Bytes a case may use (the budget less the members kept loaded), when a limit applies:
+    /// the segmenters' estimate ([`crate::segment::ModelFolder::peak_bytes`]) is held to it
+    /// before they run.
+    pub case_bytes: Option<u64>,
     /// Grade only the cases of this shard (`--shard`); the batch layout is used whatever the
     /// number of cases, and the summary is `summary-shard-I-of-N.json`.
     pub shard: Option<Shard>,

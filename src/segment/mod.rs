@@ -311,6 +311,30 @@ impl ModelFolder {
         })
     }
 
+    /// An upper estimate of the memory (bytes) [`ModelFolder::segment`] takes for a CT of
+    /// `size` voxels (x, y, z) at `spacing` mm, beside the CT itself. On the CT's grid: the
+    /// channels as f64 and their crop while preprocessing, then per class the resampled logits
+    /// and the probabilities (f32) and the labels; on the configuration's grid: the
+    /// preprocessed channels (f64), the logit sums and weights (f32) and the averaged logits
+    /// (f64). The networks' activations are patch-sized and not counted.
+    pub fn peak_bytes(&self, size: [usize; 3], spacing: [f64; 3]) -> u64 {
+        let n = size.iter().map(|&s| s as f64).product::<f64>();
+        let zyx = [spacing[2], spacing[1], spacing[0]];
+        let target = &self.configuration.spacing;
+        // A 2-D configuration resamples in-plane only.
+        let ratio: f64 = match *target.as_slice() {
+            [z, y, x] => (zyx[0] / z) * (zyx[1] / y) * (zyx[2] / x),
+            [y, x] => (zyx[1] / y) * (zyx[2] / x),
+            _ => 1.0,
+        };
+        let m = n * ratio.max(0.0);
+        let ch = self.dataset.num_input_channels() as f64;
+        let c = self.network.num_classes as f64;
+        let on_ct = n * (16.0 * ch).max(8.0 * c + 1.0) + 4.0 * n;
+        let on_target = m * (8.0 * ch + 4.0 * c + 4.0 + 8.0 * c);
+        (on_ct + on_target).ceil() as u64
+    }
+
     /// The label names by class index (`dataset.json`'s labels sorted by value).
     pub fn label_names(&self) -> Vec<String> {
         let mut v: Vec<(i64, &String)> = self
