@@ -417,3 +417,30 @@ fn segmenters_are_held_to_the_memory_budget() {
     let run = ctgrade(&run_args(&input, &out, &weights), &budget);
     assert!(run.status.success(), "{}", stderr(&run));
 }
+
+/// A lesion socket file that is not on the CT's grid fails the case with one line naming the
+/// lesion file, before any segmenter runs (the lobe model would otherwise run first).
+#[test]
+fn a_misshapen_lesion_socket_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = make_ensemble(dir.path(), Some(&[1, 2]), true);
+    let input = dir.path().join("input");
+    write_phantom(&input.join("images/ct/case.mha"));
+    let lesion = input.join("images/covid-19-lesion-segmentation/map.mha");
+    std::fs::create_dir_all(lesion.parent().unwrap()).unwrap();
+    let mut map = volume::read(&input.join("images/ct/case.mha")).unwrap();
+    map.size[2] -= 1;
+    map.data.truncate(map.size.iter().product());
+    volume::write(&lesion, &map, ElementType::UChar).unwrap();
+    let out = dir.path().join("out");
+    let run = ctgrade(&run_args(&input, &out, &weights), &[]);
+    let log = stderr(&run);
+    assert!(!run.status.success(), "{log}");
+    let last = log.trim().lines().last().unwrap();
+    assert!(
+        last.contains("map.mha") && last.contains("differs from the CT's"),
+        "{last}"
+    );
+    assert!(!log.contains("lesion map computed"), "{log}");
+    assert!(!out.join("probability-covid-19.json").exists());
+}

@@ -158,7 +158,16 @@ pub(super) fn grade_case(
     let t = Instant::now();
     let mut ct = volume::read_with_limits(&case.image, &opts.limits)?;
     let given_lesion = match &case.lesion {
-        Some(path) => Some(volume::read_with_limits(path, &opts.limits)?),
+        Some(path) => {
+            let lesion = volume::read_with_limits(path, &opts.limits)?;
+            // Checked here, so that a mis-shapen map fails before any segmenter runs.
+            preprocess::check_lesion_grid(&ct, &lesion).map_err(|e| CaseError::Input {
+                path: path.clone(),
+                error: Box::new(e),
+                context: String::new(),
+            })?;
+            Some(lesion)
+        }
         None => None,
     };
     let read_s = t.elapsed().as_secs_f64();

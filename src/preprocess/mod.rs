@@ -322,6 +322,19 @@ pub struct PreprocessReport {
 }
 
 /// Same grid within a small tolerance.
+/// Refuses a lesion map that is not on the CT's grid (size, spacing, origin, direction).
+pub fn check_lesion_grid(ct: &Volume, lesion: &Volume) -> Result<(), PreprocessError> {
+    if same_grid(ct, lesion) && lesion.data.len() == lesion.len() {
+        return Ok(());
+    }
+    Err(PreprocessError::LesionGrid {
+        ct_size: ct.size,
+        ct_spacing: ct.spacing,
+        lesion_size: lesion.size,
+        lesion_spacing: lesion.spacing,
+    })
+}
+
 fn same_grid(a: &Volume, b: &Volume) -> bool {
     let close = |x: f64, y: f64, tol: f64| (x - y).abs() <= tol * (1.0 + x.abs().max(y.abs()));
     a.size == b.size
@@ -398,14 +411,7 @@ fn preprocess_cow(
         return Err(PreprocessError::Spacing(ct.spacing));
     }
     if let Some(l) = lesion {
-        if !same_grid(&ct, l) || l.data.len() != l.len() {
-            return Err(PreprocessError::LesionGrid {
-                ct_size: ct.size,
-                ct_spacing: ct.spacing,
-                lesion_size: l.size,
-                lesion_spacing: l.spacing,
-            });
-        }
+        check_lesion_grid(&ct, l)?;
     }
     let lesion = match spec.channels {
         ChannelLayout::CtLesionZeros => Some(lesion.ok_or(PreprocessError::MissingLesion)?),
