@@ -177,14 +177,13 @@ pub(super) fn grade_case(
     let ct_grid = Grid::of(&ct);
     // The report's pictures are drawn on a display grid; the CT is resampled onto it before
     // preprocessing takes it.
-    let display = match opts.report {
-        true => {
-            let g = report::display_grid(&grid);
-            let v = resample::resample(&ct, &g, Interpolation::Linear, preprocess::PAD_HU)
-                .map_err(|e| input_error(case, e, warnings))?;
-            Some((g, v))
-        }
-        false => None,
+    let display = if opts.report {
+        let g = report::display_grid(&grid);
+        let v = resample::resample(&ct, &g, Interpolation::Linear, preprocess::PAD_HU)
+            .map_err(|e| input_error(case, e, warnings))?;
+        Some((g, v))
+    } else {
+        None
     };
     let t = Instant::now();
     // By value: the CT's voxels are freed once resampled (see `preprocess_owned`).
@@ -206,7 +205,7 @@ pub(super) fn grade_case(
         ),
         _ => None,
     };
-    drop(seg.lesion);
+    drop((seg.lesion, seg.lobes));
     let lungs_display = match &display {
         Some((g, _)) => Some(
             resample::resample(&prep.lung_mask, g, Interpolation::Nearest, 0.0)
