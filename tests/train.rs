@@ -254,6 +254,7 @@ fn options(data: &Path, out: &Path) -> TrainOptions {
             grad_checkpoint: false,
         },
         members: 2,
+        member: None,
         max_minutes: None,
         resume: false,
         checkpoint_every: 2,
@@ -325,6 +326,33 @@ fn resume_after_interruption_gives_the_same_weights() {
     o.recipe.seed = 12;
     let err = train(&o).unwrap_err().to_string();
     assert!(err.contains("other settings"), "{err}");
+
+    // Resumable per member: member 1 alone, interrupted after its step-2 checkpoint and resumed,
+    // is the whole run's member 1.
+    let task = dir.path().join("task");
+    let mut t = options(&data, &task);
+    t.member = Some(1);
+    t.interrupt_after = Some(3);
+    assert!(!train(&t).unwrap().completed);
+    t.interrupt_after = None;
+    let err = train(&t).unwrap_err().to_string();
+    assert!(
+        err.contains("of member 1") && err.contains("--resume"),
+        "{err}"
+    );
+    t.resume = true;
+    let r = train(&t).unwrap();
+    assert!(r.completed && r.manifest.is_none());
+    assert_eq!(r.members.len(), 1);
+    assert_eq!(r.members[0].member, 1);
+    assert!(
+        std::fs::read(task.join("member-01.safetensors")).unwrap()
+            == std::fs::read(whole.join("member-01.safetensors")).unwrap(),
+        "member 1 trained alone and resumed differs from the whole run's"
+    );
+    assert!(!task.join("member-00.safetensors").exists());
+    assert!(!task.join("ensemble.json").exists());
+    assert!(task.join("train-log-member-01.csv").is_file());
 }
 
 /// `--grad-checkpoint` trains the same members as the plain backward pass (its gradients are the
@@ -451,4 +479,176 @@ fn other_families_train_and_run_from_the_command_line() {
             assert!((0.0..=1.0).contains(&p), "{arch}: {c}");
         }
     }
+}
+
+/// `ctgrade train` on a cluster, through the command line as the tasks run it: members trained
+/// as separate `--member` processes (one by index, one by `auto` from JOB_COMPLETION_INDEX), then
+/// gathered, are the single run's members byte for byte, with the same manifest and log; the
+/// gather refuses a missing, duplicated or inconsistent member by name.
+#[test]
+fn members_trained_as_tasks_equal_the_single_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = phantom_data(dir.path(), 700);
+    let spec = write(
+        &dir.path().join("spec.json"),
+        &serde_json::to_string(&options(&data, dir.path()).recipe.input).unwrap(),
+    );
+    let config = write(
+        &dir.path().join("tiny.json"),
+        r#"{"growth_rate": 4, "block_config": [1, 1], "bn_size": 2, "init_features": 4}"#,
+    );
+    let ctgrade = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ctgrade"));
+        c.arg("train").arg("--out").arg(out).args(extra);
+        for v in [
+            "JOB_COMPLETION_INDEX",
+            "SLURM_ARRAY_TASK_ID",
+            "SLURM_ARRAY_TASK_MIN",
+        ] {
+            c.env_remove(v);
+        }
+        let out = c.envs(env.iter().copied()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+        (out.status.code(), stderr)
+    };
+    let run_args: Vec<String> = [
+        "--arch",
+        "densenet121-3d",
+        "--device",
+        "cpu",
+        "--seed",
+        "11",
+        "--members",
+        "2",
+        "--max-steps",
+        "6",
+        "--val-every",
+        "3",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "0",
+        "--lr",
+        "1e-3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "--data".into(),
+        data.display().to_string(),
+        "--labels".into(),
+        data.join("labels.csv").display().to_string(),
+        "--config".into(),
+        config.display().to_string(),
+        "--input-spec".into(),
+        spec.display().to_string(),
+    ])
+    .collect();
+    let train_with = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
+        let args: Vec<&str> = run_args
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect();
+        ctgrade(out, &args, env)
+    };
+    let ok = |(code, stderr): (Option<i32>, String)| assert_eq!(code, Some(0), "{stderr}");
+    let fails = |(code, stderr): (Option<i32>, String), want: &str| {
+        assert_eq!(code, Some(1), "{stderr}");
+        let last = stderr.lines().last().unwrap_or("");
+        assert!(
+            last.contains(want),
+            "wanted {want:?} on the last line: {stderr}"
+        );
+    };
+
+    let whole = dir.path().join("whole");
+    ok(train_with(&whole, &[], &[]));
+
+    let parts = dir.path().join("parts");
+    // The index must be below K, and auto needs a task index.
+    fails(
+        train_with(&parts, &["--member", "2"], &[]),
+        "--member 2: the index must be below --members 2",
+    );
+    fails(
+        train_with(&parts, &["--member", "auto"], &[]),
+        "neither JOB_COMPLETION_INDEX (Kubernetes Indexed Job) nor SLURM_ARRAY_TASK_ID",
+    );
+    ok(train_with(&parts, &["--member", "1"], &[]));
+    assert!(!parts.join("ensemble.json").exists());
+    assert!(!parts.join("member-00.safetensors").exists());
+    // Gathering before member 0 is there names it.
+    fails(
+        ctgrade(&parts, &["--gather"], &[]),
+        "1 of 2 member(s) missing: member-00 (not started)",
+    );
+    // Another task of the run with other settings is refused before it trains.
+    fails(
+        train_with(&parts, &["--member", "0", "--patience", "5"], &[]),
+        "every member of a run needs the same options",
+    );
+    ok(train_with(
+        &parts,
+        &["--member", "auto"],
+        &[("JOB_COMPLETION_INDEX", "0")],
+    ));
+    ok(ctgrade(&parts, &["--gather", "--members", "2"], &[]));
+
+    for m in 0..2 {
+        let name = format!("member-{m:02}.safetensors");
+        assert!(
+            std::fs::read(whole.join(&name)).unwrap() == std::fs::read(parts.join(&name)).unwrap(),
+            "{name} differs between the single run and the tasks"
+        );
+    }
+    // The same manifest (member hashes included) and log, but for the seconds column.
+    let manifest = |p: &Path| std::fs::read_to_string(p.join("ensemble.json")).unwrap();
+    assert_eq!(manifest(&whole), manifest(&parts));
+    let parsed: serde_json::Value = serde_json::from_str(&manifest(&parts)).unwrap();
+    assert_eq!(parsed["members"].as_array().map(Vec::len), Some(2));
+    let log = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p.join("train-log.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').map_or(l, |(a, _)| a).to_string())
+            .collect()
+    };
+    assert_eq!(log(&whole), log(&parts));
+    assert_eq!(log(&parts).len(), 1 + 4);
+    // A finished member resumed is left as it is.
+    ok(train_with(&parts, &["--member", "1", "--resume"], &[]));
+
+    // A duplicated member: member 1's checkpoint folder holding member 0's run.
+    let record = |m: usize| parts.join(format!("checkpoints/member-{m:02}/member.json"));
+    let saved = std::fs::read(record(1)).unwrap();
+    std::fs::copy(record(0), record(1)).unwrap();
+    fails(
+        ctgrade(&parts, &["--gather"], &[]),
+        "checkpoints/member-01 holds the run of member 0 (seed 11), not of member 1: a duplicated member",
+    );
+    // Trained with other settings (the record says so).
+    let mut other: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    other["recipe"]["max_steps"] = 7.into();
+    std::fs::write(record(1), other.to_string()).unwrap();
+    fails(
+        ctgrade(&parts, &["--gather"], &[]),
+        "member-01 was trained with other settings than member-00 (they differ in: max_steps)",
+    );
+    std::fs::write(record(1), &saved).unwrap();
+    // The same weights twice.
+    let file = |m: usize| parts.join(format!("member-{m:02}.safetensors"));
+    std::fs::copy(file(0), file(1)).unwrap();
+    fails(
+        ctgrade(&parts, &["--gather"], &[]),
+        "member-01.safetensors is the same file as member-00.safetensors: a duplicated member",
+    );
+    // Gathering more members than were trained names the missing ones.
+    std::fs::copy(whole.join("member-01.safetensors"), file(1)).unwrap();
+    fails(
+        ctgrade(&parts, &["--gather", "--members", "3"], &[]),
+        "1 of 3 member(s) missing: member-02 (not started)",
+    );
+    ok(ctgrade(&parts, &["--gather"], &[]));
+    assert_eq!(manifest(&whole), manifest(&parts));
 }

@@ -17,6 +17,8 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Buffer size of the streaming writer.
 const BUFFER: usize = 1 << 20;
@@ -98,7 +100,33 @@ fn folder_of(path: &Path) -> &Path {
 fn temp_path(dir: &Path, suffix: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(".tmp-{}-{n}{suffix}", std::process::id()))
+    dir.join(format!(".tmp-{}-{n}{suffix}", process_token()))
+}
+
+/// This process's part of temporary names. The process id alone does not tell writers apart
+/// when several containers share a folder (the tasks of a Kubernetes Indexed Job or a Slurm
+/// array on one volume): each is often process 1. A digest of the host name, the process id and
+/// the start time does.
+fn process_token() -> &'static str {
+    use sha2::{Digest, Sha256};
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| fs::read_to_string("/etc/hostname").ok())
+            .unwrap_or_default();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut h = Sha256::new();
+        h.update(host.trim().as_bytes());
+        h.update(std::process::id().to_le_bytes());
+        h.update(nanos.to_le_bytes());
+        h.finalize()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
 }
 
 /// Lower-case hex sha256 of a file, read in 1 MiB pieces.

@@ -9,21 +9,21 @@ use ctgrade::model::Arch;
 use ctgrade::preprocess::InputSpec;
 use ctgrade::train::augment::AugmentConfig;
 use ctgrade::train::optim::AdamConfig;
-use ctgrade::train::{Recipe, TrainError, TrainOptions, TrainReport};
+use ctgrade::train::{GatherOptions, MemberArg, Recipe, TrainError, TrainOptions, TrainReport};
 
 /// `ctgrade train`: train an ensemble with the paper's recipe.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
     /// Folder of scans `<case>.mha|.mhd|.nii|.nii.gz` (directly or in images/ct/).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "gather")]
+    pub data: Option<PathBuf>,
     /// Label CSV with a header: case,co_rads[,patient][,lesion].
-    #[arg(long)]
-    pub labels: PathBuf,
+    #[arg(long, required_unless_present = "gather")]
+    pub labels: Option<PathBuf>,
     /// Architecture: any of the registry's (3-D and 2-D DenseNets, ResNets and Inception-v1,
     /// covnet).
-    #[arg(long)]
-    pub arch: Arch,
+    #[arg(long, required_unless_present = "gather")]
+    pub arch: Option<Arch>,
     /// Network configuration JSON: fields overriding the architecture's hyper-parameters (as in
     /// `ctgrade forward --config`).
     #[arg(long)]
@@ -37,9 +37,22 @@ pub struct TrainArgs {
     /// Seed of member 0; member i uses seed + i (split, initialisation, sampling, augmentation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Ensemble members.
-    #[arg(long, default_value_t = 1)]
-    pub members: usize,
+    /// Ensemble members K (default 1). With --gather: the members to gather (default: as the
+    /// member runs recorded it).
+    #[arg(long, value_name = "K")]
+    pub members: Option<usize>,
+    /// Train member I alone (0 <= I < K), as one task of a cluster run: exactly the seed, split
+    /// and schedule it gets in a single run, into the shared --out, without the manifest. auto
+    /// takes I from JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID.
+    #[arg(long, value_name = "I|auto")]
+    pub member: Option<MemberArg>,
+    /// Write --out's ensemble.json and combined logs once every member 0..K-1 trained with
+    /// --member is there (fails naming a missing, unfinished, duplicated or inconsistent one). The
+    /// training options are read from the member runs.
+    #[arg(long, conflicts_with_all = [
+        "data", "labels", "arch", "config", "input_spec", "member", "resume", "init", "seed",
+    ])]
+    pub gather: bool,
     /// Output head.
     #[arg(long, value_parser = |s: &str| s.parse::<Head>(), default_value = "continuous")]
     pub head: Head,
@@ -118,20 +131,25 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, TrainE
 impl TrainArgs {
     /// The library options these arguments describe.
     pub fn options(&self) -> Result<TrainOptions, TrainError> {
-        let network = resolve_config(
-            self.arch,
-            3,
-            self.head.num_outputs(),
-            self.config.as_deref(),
-        )
-        .map_err(|e| TrainError::Options(e.to_string()))?;
+        // clap requires these unless --gather, which does not come here.
+        let required = |name: &str| TrainError::Options(format!("{name} is required"));
+        let arch = self.arch.ok_or_else(|| required("--arch"))?;
+        let data = self.data.clone().ok_or_else(|| required("--data"))?;
+        let labels = self.labels.clone().ok_or_else(|| required("--labels"))?;
+        let members = self.members.unwrap_or(1);
+        let member = self
+            .member
+            .map(|m| m.resolve(members, |name| std::env::var(name).ok()))
+            .transpose()?;
+        let network = resolve_config(arch, 3, self.head.num_outputs(), self.config.as_deref())
+            .map_err(|e| TrainError::Options(e.to_string()))?;
         let input: InputSpec = match &self.input_spec {
             Some(path) => read_json(path)?,
             None => InputSpec::default(),
         };
         Ok(TrainOptions {
-            data: self.data.clone(),
-            labels: self.labels.clone(),
+            data,
+            labels,
             out: self.out.clone(),
             recipe: Recipe {
                 network,
@@ -156,7 +174,8 @@ impl TrainArgs {
                 init: self.init.clone(),
                 grad_checkpoint: self.grad_checkpoint,
             },
-            members: self.members,
+            members,
+            member,
             max_minutes: self.max_minutes,
             resume: self.resume,
             checkpoint_every: self.checkpoint_every,
@@ -174,7 +193,22 @@ impl TrainArgs {
     }
 }
 
-/// Runs `ctgrade train`.
+/// Runs `ctgrade train`, or with --gather writes the ensemble of its member runs.
 pub fn train(args: &TrainArgs) -> Result<TrainReport, TrainError> {
+    if args.gather {
+        let report = ctgrade::train::gather(&GatherOptions {
+            out: args.out.clone(),
+            members: args.members,
+            name: args.name.clone(),
+            description: args.description.clone(),
+            demonstration: args.demonstration,
+        })?;
+        eprintln!(
+            "train: wrote {} ({} member(s))",
+            args.out.join(ctgrade::ensemble::MANIFEST_FILE).display(),
+            report.members.len()
+        );
+        return Ok(report);
+    }
     ctgrade::train::train(&args.options()?)
 }

@@ -77,41 +77,60 @@ impl FromStr for ShardArg {
 }
 
 impl ShardArg {
-    /// The shard: the given index, or for `auto` the first of [`INDEX_VARIABLES`] that `var`
-    /// returns. A Slurm array numbered from `SLURM_ARRAY_TASK_MIN` (e.g. `--array=1-8`) is counted
-    /// from there.
+    /// The shard: the given index, or for `auto` the task's index ([`task_index`]).
     pub fn resolve(self, var: impl Fn(&str) -> Option<String>) -> Result<Shard, ShardError> {
         let count = self.count;
         let index = match self.index {
             Some(i) => i,
-            None => {
-                let (name, value) = INDEX_VARIABLES
-                    .iter()
-                    .find_map(|name| var(name).map(|v| (*name, v)))
-                    .ok_or(ShardError::NoIndex(count))?;
-                let number = |name: &str, value: &str| {
-                    value
-                        .trim()
-                        .parse::<usize>()
-                        .map_err(|_| ShardError::BadVariable {
-                            name: name.to_string(),
-                            value: value.to_string(),
-                        })
-                };
-                let mut index = number(name, &value)?;
-                if name == "SLURM_ARRAY_TASK_ID" {
-                    if let Some(min) = var("SLURM_ARRAY_TASK_MIN") {
-                        index = index.saturating_sub(number("SLURM_ARRAY_TASK_MIN", &min)?);
-                    }
-                }
-                index
-            }
+            None => task_index(var)
+                .map_err(|e| ShardError::BadVariable {
+                    name: e.name,
+                    value: e.value,
+                })?
+                .ok_or(ShardError::NoIndex(count))?,
         };
         if index >= count {
             return Err(ShardError::OutOfRange { index, count });
         }
         Ok(Shard { index, count })
     }
+}
+
+/// An index variable (one of [`INDEX_VARIABLES`] or `SLURM_ARRAY_TASK_MIN`) that is not a
+/// number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}={value:?} is not a task index")]
+pub struct BadIndexVariable {
+    /// The variable.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+}
+
+/// The index of this task of a Kubernetes Indexed Job or a Slurm job array: the first of
+/// [`INDEX_VARIABLES`] that `var` returns, `None` when neither is set. A Slurm array numbered from
+/// `SLURM_ARRAY_TASK_MIN` (e.g. `--array=1-8`) is counted from there. Shared by `run --shard
+/// auto/N` and `train --member auto`, so both read a task's index the same way.
+pub fn task_index(var: impl Fn(&str) -> Option<String>) -> Result<Option<usize>, BadIndexVariable> {
+    let Some((name, value)) = INDEX_VARIABLES
+        .iter()
+        .find_map(|name| var(name).map(|v| (*name, v)))
+    else {
+        return Ok(None);
+    };
+    let number = |name: &str, value: &str| {
+        value.trim().parse::<usize>().map_err(|_| BadIndexVariable {
+            name: name.to_string(),
+            value: value.to_string(),
+        })
+    };
+    let mut index = number(name, &value)?;
+    if name == "SLURM_ARRAY_TASK_ID" {
+        if let Some(min) = var("SLURM_ARRAY_TASK_MIN") {
+            index = index.saturating_sub(number("SLURM_ARRAY_TASK_MIN", &min)?);
+        }
+    }
+    Ok(Some(index))
 }
 
 /// Shard `index` of `count`.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 
 use crate::ensemble;
+use crate::gc::shard::BadIndexVariable;
 use crate::model::ModelError;
 
 /// Errors of training.
@@ -41,6 +42,17 @@ pub enum TrainError {
     /// A checkpoint cannot be read or does not fit.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// `--member` cannot be used.
+    #[error(transparent)]
+    Member(#[from] MemberError),
+    /// The member runs in an output folder cannot be gathered into an ensemble.
+    #[error("cannot gather the ensemble in {out}: {msg}")]
+    Gather {
+        /// The shared output folder.
+        out: PathBuf,
+        /// What is missing or inconsistent, naming the member.
+        msg: String,
+    },
     /// An output cannot be written.
     #[error("cannot write {path}: {error}")]
     Write {
@@ -87,4 +99,26 @@ pub(super) fn save_tensors(
                 error,
             },
         })
+}
+
+/// Why `--member` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberError {
+    /// Neither a number nor `auto`.
+    #[error("--member {0:?}: expected a member index (0 <= I < --members) or auto")]
+    Syntax(String),
+    /// `auto` without a task index in the environment.
+    #[error("--member auto: neither JOB_COMPLETION_INDEX (Kubernetes Indexed Job) nor SLURM_ARRAY_TASK_ID (Slurm array) is set")]
+    NoIndex,
+    /// A task index variable that is not a number.
+    #[error("--member auto: {0}")]
+    BadVariable(#[from] BadIndexVariable),
+    /// I is not below K.
+    #[error("--member {index}: the index must be below --members {members} (members are numbered from 0)")]
+    OutOfRange {
+        /// I.
+        index: usize,
+        /// K.
+        members: usize,
+    },
 }

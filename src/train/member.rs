@@ -159,7 +159,8 @@ pub(super) fn train_member(
     let mut net = TrainNet::new(&r.network, seed, &opts.device)?;
     if let Some(init) = &r.init {
         let rep = net.load_init(init)?;
-        if m == 0 && opts.log_every > 0 {
+        // Once per process: the first member it trains.
+        if m == opts.member.unwrap_or(0) && opts.log_every > 0 {
             eprintln!(
                 "train: initial weights {}: {} tensors loaded, {} kept, {} head tensors skipped",
                 init.display(),

@@ -22,6 +22,9 @@
 //!   the member seed and the step ([`crate::rng`]) and the CPU kernels sum in a fixed order, so a resumed
 //!   run produces the same weights, bit for bit, as an uninterrupted one on the same machine and
 //!   thread count (a `--max-minutes` stop is the exception: it depends on the clock).
+//! - On a cluster, `--member I` (or `auto`: the task index of a Kubernetes Indexed Job or a
+//!   Slurm array) trains member I alone, exactly as the single run does, into a shared output
+//!   folder; `--gather` then checks the members and writes the manifest ([`cluster`]).
 //! - Progress lines (it/s, loss, validation QWK/AUC, time left), `train-log.csv`,
 //!   `train-log.json` and `loss.svg` in the output folder.
 //!
@@ -34,6 +37,7 @@
 
 pub mod augment;
 mod checkpoint;
+pub mod cluster;
 pub mod data;
 mod error;
 pub mod labels;
@@ -44,7 +48,7 @@ pub mod optim;
 pub mod report;
 pub mod synthdata;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
@@ -58,8 +62,9 @@ use augment::AugmentConfig;
 use optim::AdamConfig;
 use report::LogRow;
 
+pub use cluster::{gather, GatherOptions, MemberArg};
 pub(crate) use error::write_file;
-pub use error::TrainError;
+pub use error::{MemberError, TrainError};
 use member::{fmt_duration, train_member};
 
 /// Everything that determines the trained weights (a resumed run must use the same).
@@ -110,6 +115,9 @@ pub struct TrainOptions {
     pub recipe: Recipe,
     /// Number of members.
     pub members: usize,
+    /// Train only this member (below `members`), as a task of a cluster run: exactly as the
+    /// single run trains it, into the same folder, without the manifest ([`gather`] writes it).
+    pub member: Option<usize>,
     /// Wall-clock budget for the whole run (minutes); members share what is left equally.
     pub max_minutes: Option<f64>,
     /// Continue from the checkpoints in `out`.
@@ -166,9 +174,10 @@ pub struct MemberSummary {
 pub struct TrainReport {
     /// Finished members.
     pub members: Vec<MemberSummary>,
-    /// False when the run was interrupted (`interrupt_after`) before the ensemble was written.
+    /// False when the run was interrupted (`interrupt_after`) before the ensemble was written
+    /// (with `member`: before that member finished).
     pub completed: bool,
-    /// The ensemble manifest, when completed.
+    /// The ensemble manifest, when completed (never with `member`: [`gather`] writes it).
     pub manifest: Option<Manifest>,
 }
 
@@ -178,7 +187,7 @@ pub(super) fn member_file(i: usize) -> String {
     format!("member-{i:02}.safetensors")
 }
 
-/// The whole run: data, members, ensemble, logs.
+/// The whole run: data, members, ensemble, logs; with `opts.member`, that member alone.
 pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
     let started = Instant::now();
     let r = &opts.recipe;
@@ -187,10 +196,26 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
         path: opts.out.clone(),
         error,
     })?;
+    // A member task owns only its own checkpoints: the other tasks' are theirs.
+    let (existing, whose) = match opts.member {
+        None => (opts.out.join("checkpoints"), String::new()),
+        Some(m) => (
+            checkpoint::checkpoint_dir(&opts.out, m),
+            format!(" of member {m}"),
+        ),
+    };
+    if !opts.resume && existing.exists() {
+        return Err(TrainError::Options(format!(
+            "{} already holds a training run{whose}: pass --resume to continue it, or choose \
+             another --out",
+            opts.out.display()
+        )));
+    }
     let recipe_path = opts.out.join(RECIPE_FILE);
     let recipe_json = serde_json::to_string_pretty(r)
         .map_err(|e| TrainError::Options(format!("cannot serialise the recipe: {e}")))?;
-    if opts.resume && recipe_path.is_file() {
+    // The tasks of a cluster run share the folder: each checks the recipe another one wrote.
+    if (opts.resume || opts.member.is_some()) && recipe_path.is_file() {
         let old = std::fs::read_to_string(&recipe_path).map_err(|error| TrainError::Write {
             path: recipe_path.clone(),
             error,
@@ -199,18 +224,17 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
             .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", recipe_path.display())))?;
         if &old != r {
             return Err(TrainError::Checkpoint(format!(
-                "{} was written with other settings; resume with the same options or use \
-                 another --out (saved: {}, now: {})",
+                "{} was written with other settings; {} (saved: {}, now: {})",
                 recipe_path.display(),
+                if opts.member.is_some() {
+                    "every member of a run needs the same options, or use another --out"
+                } else {
+                    "resume with the same options or use another --out"
+                },
                 serde_json::to_string(&old).unwrap_or_default(),
                 serde_json::to_string(r).unwrap_or_default()
             )));
         }
-    } else if !opts.resume && opts.out.join("checkpoints").exists() {
-        return Err(TrainError::Options(format!(
-            "{} already holds a training run: pass --resume to continue it, or choose another --out",
-            opts.out.display()
-        )));
     }
     write_file(&recipe_path, format!("{recipe_json}\n").as_bytes())?;
 
@@ -220,6 +244,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
         }
     };
     let rows = labels::read_labels(&opts.labels)?;
+    let labels_sha256 = cluster::labels_sha256(&opts.labels)?;
     let cases = data::find_cases(&opts.data, &rows)?;
     log(format!(
         "{} labelled cases; preprocessing to {:?} at {} mm",
@@ -229,13 +254,17 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
     ));
     let cache = opts.cache.then(|| opts.out.join("cache"));
     let samples = data::load_samples(&cases, &r.input, cache.as_deref(), log)?;
+    let to_train: Vec<usize> = match opts.member {
+        Some(m) => vec![m],
+        None => (0..opts.members).collect(),
+    };
     let mut summaries = Vec::new();
     let mut all_rows: Vec<LogRow> = Vec::new();
     let mut steps_this_process = 0usize;
-    for m in 0..opts.members {
+    for (n, &m) in to_train.iter().enumerate() {
         let budget = opts.max_minutes.map(|mins| {
             let left = mins * 60.0 - started.elapsed().as_secs_f64();
-            left / (opts.members - m) as f64
+            left / (to_train.len() - n) as f64
         });
         let outcome = train_member(
             opts,
@@ -246,80 +275,90 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
             (&all_rows, &summaries),
         )?;
         all_rows.extend(outcome.rows.iter().cloned());
-        write_logs(opts, &all_rows, &summaries)?;
         match outcome.summary {
-            Some(s) => summaries.push(s),
+            Some(s) => {
+                cluster::write_record(opts, samples.len(), &labels_sha256, &s, &outcome.rows)?;
+                summaries.push(s);
+                write_logs(opts, &all_rows, &summaries)?;
+            }
             None => {
+                write_logs(opts, &all_rows, &summaries)?;
                 return Ok(TrainReport {
                     members: summaries,
                     completed: false,
                     manifest: None,
-                })
+                });
             }
         }
     }
-    write_logs(opts, &all_rows, &summaries)?;
-    let network = r.network.clone();
-    let description = if opts.description.is_empty() {
-        format!(
-            "{} member(s) of {} trained by `ctgrade train` (seeds {}..{}) on {} cases of {}",
+    if let Some(m) = opts.member {
+        log(format!(
+            "member {m} of {} finished in {}; once all are, `ctgrade train --gather --out {}` \
+             writes the ensemble",
             opts.members,
-            network.arch,
-            r.seed,
-            r.seed + opts.members as u64 - 1,
-            samples.len(),
-            opts.labels.display()
-        )
-    } else {
-        opts.description.clone()
-    };
-    let manifest = Manifest {
+            fmt_duration(started.elapsed().as_secs_f64()),
+            opts.out.display()
+        ));
+        return Ok(TrainReport {
+            members: summaries,
+            completed: true,
+            manifest: None,
+        });
+    }
+    // The single run's manifest and logs come from the members' records, as a cluster run's do.
+    let report = gather(&GatherOptions {
+        out: opts.out.clone(),
+        members: Some(opts.members),
         name: opts.name.clone(),
-        description,
+        description: opts.description.clone(),
         demonstration: opts.demonstration,
-        network,
-        head: r.head,
-        input: r.input.clone(),
-        members: Vec::new(),
-        lesion_model: None,
-        lobe_model: None,
-    };
-    let files: Vec<PathBuf> = (0..opts.members)
-        .map(|i| opts.out.join(member_file(i)))
-        .collect();
-    let manifest = ensemble::create(&opts.out, manifest, &files)?;
+    })?;
     log(format!(
         "wrote {} ({} member(s)) in {}",
         opts.out.join(ensemble::MANIFEST_FILE).display(),
-        files.len(),
+        opts.members,
         fmt_duration(started.elapsed().as_secs_f64())
     ));
-    Ok(TrainReport {
-        members: summaries,
-        completed: true,
-        manifest: Some(manifest),
-    })
+    Ok(report)
 }
 
+/// Writes the logs of `opts`'s run so far: `train-log.csv`, `train-log.json` and `loss.svg`, or
+/// with `opts.member` that member's `train-log-member-XX.*` and `loss-member-XX.svg` (the
+/// combined files are the gather's).
 pub(super) fn write_logs(
     opts: &TrainOptions,
     rows: &[LogRow],
     members: &[MemberSummary],
 ) -> Result<(), TrainError> {
-    report::write_csv(&opts.out.join("train-log.csv"), rows)?;
+    let tag = opts
+        .member
+        .map(|m| format!("-member-{m:02}"))
+        .unwrap_or_default();
+    write_logs_in(&opts.out, &tag, &opts.recipe, rows, members)
+}
+
+/// Writes `train-log{tag}.csv`, `train-log{tag}.json` and `loss{tag}.svg` in `out`.
+pub(super) fn write_logs_in(
+    out: &Path,
+    tag: &str,
+    recipe: &Recipe,
+    rows: &[LogRow],
+    members: &[MemberSummary],
+) -> Result<(), TrainError> {
+    report::write_csv(&out.join(format!("train-log{tag}.csv")), rows)?;
     let json = serde_json::json!({
-        "recipe": opts.recipe,
+        "recipe": recipe,
         "members": members,
         "log": rows,
     });
     write_file(
-        &opts.out.join("train-log.json"),
+        &out.join(format!("train-log{tag}.json")),
         format!("{json:#}\n").as_bytes(),
     )?;
     report::write_svg(
-        &opts.out.join("loss.svg"),
+        &out.join(format!("loss{tag}.svg")),
         rows,
-        &format!("ctgrade train: {}", opts.recipe.network.arch),
+        &format!("ctgrade train: {}", recipe.network.arch),
     )
 }
 
@@ -328,6 +367,13 @@ fn check_options(opts: &TrainOptions) -> Result<(), TrainError> {
     let bad = |m: String| Err(TrainError::Options(m));
     if opts.members == 0 {
         return bad("--members must be at least 1".into());
+    }
+    if let Some(index) = opts.member.filter(|&m| m >= opts.members) {
+        return Err(MemberError::OutOfRange {
+            index,
+            members: opts.members,
+        }
+        .into());
     }
     if r.batch_size == 0 || r.max_steps == 0 || r.val_every == 0 || opts.checkpoint_every == 0 {
         return bad(
