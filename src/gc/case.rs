@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 
 use super::memory::{BYTES_PER_GRID_VOXEL, PROGRAM_BYTES};
-use super::run::{log, RunOptions};
+use super::options::RunOptions;
 use super::Case;
 use crate::burden::{self, Burden};
 use crate::ensemble::{self, Ensemble, EnsembleError};
@@ -117,6 +117,15 @@ pub enum CaseError {
         /// The failure.
         error: String,
     },
+}
+
+/// Logs a line above the progress bar (or plainly when stderr is not a terminal).
+pub(super) fn log(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 /// What grading one case produced.

@@ -15,6 +15,7 @@
 pub mod case;
 pub mod memory;
 pub mod merge;
+pub mod options;
 pub mod outputs;
 pub mod run;
 pub mod shard;

@@ -8,52 +8,14 @@ use std::time::Instant;
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::case::{grade_case, CaseError};
+use super::case::{grade_case, log, CaseError};
+pub use super::options::RunOptions;
 use super::outputs::{self, CaseResult};
-use super::shard::{self, Shard};
+use super::shard;
 use super::{discover, Case, Layout};
-use crate::device::Precision;
 use crate::ensemble::Ensemble;
 use crate::report::{self, CaseFigures};
-use crate::volume::{self, ElementType, ReadLimits};
-
-/// Options of one run.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// Input folder (`/input`).
-    pub input: PathBuf,
-    /// Output folder (`/output`).
-    pub output: PathBuf,
-    /// Also write the lung mask of each case to `images/lung-segmentation/<case>.mha`.
-    pub lung_mask: bool,
-    /// Limits on the input files (a larger scan fails before anything is allocated for it).
-    pub limits: ReadLimits,
-    /// Compute precision of the networks (f32, the reference, unless asked otherwise).
-    pub precision: Precision,
-    /// Largest resampled grid (voxels) preprocessing may make: [`preprocess::MAX_GRID_VOXELS`],
-    /// or less when the memory budget could not hold the lung mask of a larger one
-    /// ([`super::memory::max_grid_voxels`]).
-    pub max_grid_voxels: usize,
-    /// Bytes a case may use (the budget less the members kept loaded), when a limit applies:
-    /// the segmenters' estimate ([`crate::segment::ModelFolder::peak_bytes`]) is held to it
-    /// before they run.
-    pub case_bytes: Option<u64>,
-    /// Grade only the cases of this shard (`--shard`); the batch layout is used whatever the
-    /// number of cases, and the summary is `summary-shard-I-of-N.json`.
-    pub shard: Option<Shard>,
-    /// Skip a case whose answers an earlier run left complete and valid (`--skip-done`).
-    pub skip_done: bool,
-    /// Also write the members' spread to `probability-covid-19-spread.json` (`--spread`).
-    pub spread: bool,
-    /// Also write a Grad-CAM heat map of each case to `images/covid-19-heat-map/<case>.mha`.
-    pub heat_map: bool,
-    /// Also write `report.html` into the output folder (`--report`).
-    pub report: bool,
-    /// Also write the lesion model's segmentation (its labels) of each case to
-    /// `images/covid-19-lesion-segmentation/<case>.mha`, when the model ran
-    /// (`--lesion-segmentation`).
-    pub lesion_segmentation: bool,
-}
+use crate::volume::{self, ElementType};
 
 /// Why the run as a whole could not proceed (a failing case is not one: it is recorded).
 #[derive(Debug, thiserror::Error)]
@@ -136,15 +98,6 @@ impl RunReport {
                 first.case,
             )
         })
-    }
-}
-
-/// Logs a line above the progress bar (or plainly when stderr is not a terminal).
-pub(super) fn log(bar: &ProgressBar, line: String) {
-    if bar.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        bar.println(line);
     }
 }
 
