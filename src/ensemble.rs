@@ -593,6 +593,17 @@ impl Ensemble {
         self.loaded.as_ref().map_or(0, |l| l.bytes)
     }
 
+    /// Bytes of the segmenters' weights, held from [`Ensemble::open`] on.
+    pub fn segmenter_bytes(&self) -> u64 {
+        self.lesion_model
+            .as_ref()
+            .map_or(0, |m| m.folder.weight_bytes)
+            + self
+                .lobe_model
+                .as_ref()
+                .map_or(0, |m| m.folder.weight_bytes)
+    }
+
     /// Number of members.
     pub fn len(&self) -> usize {
         self.manifest.members.len()

@@ -468,3 +468,27 @@ fn the_memory_estimate_covers_the_case_arrays() {
     assert!(peak >= on_ct + 4 * target * classes, "{peak}");
     assert!(peak < 100 * n, "{peak}");
 }
+
+/// A loaded fold holds the tensors its network reads, each once: nnU-Net's aliases are neither
+/// counted in `weight_bytes` nor kept by the compact form, which loads to the same count.
+#[test]
+fn aliased_tensors_are_held_once() {
+    let m = load("plain", None);
+    let all: u64 = ["0", "1"]
+        .iter()
+        .map(|f| {
+            let path = Path::new(FIX).join(format!("plain/fold_{f}/checkpoint_final.pth"));
+            let ck = ctgrade::segment::Checkpoint::read(&path, &Device::Cpu).expect("checkpoint");
+            ck.weights
+                .values()
+                .map(|t| 4 * t.elem_count() as u64)
+                .sum::<u64>()
+        })
+        .sum();
+    assert!(m.weight_bytes < all, "{} of {all}", m.weight_bytes);
+    let dir = tempfile::tempdir().expect("tempdir");
+    ctgrade::segment::compact::write(&Path::new(FIX).join("plain"), None, dir.path())
+        .expect("compact");
+    let c = ModelFolder::load(dir.path(), None, &Device::Cpu).expect("load compact");
+    assert_eq!(c.weight_bytes, m.weight_bytes);
+}

@@ -101,9 +101,11 @@ pub(super) fn prepare(args: &RunArgs, keep_loaded: bool) -> Result<(Ensemble, De
         );
     }
     let budget = memory::budget();
-    let case_bytes = budget
-        .as_ref()
-        .map(|b| b.bytes.saturating_sub(ensemble.loaded_bytes()));
+    // What a case may use: the budget less the weights held for the whole run.
+    let case_bytes = budget.as_ref().map(|b| {
+        b.bytes
+            .saturating_sub(ensemble.loaded_bytes() + ensemble.segmenter_bytes())
+    });
     let opts = RunOptions {
         input: args.input.clone(),
         output: args.output.clone(),

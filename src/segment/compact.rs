@@ -14,18 +14,15 @@
 //!
 //! [`super::ModelFolder::load`] reads either form; a folder with the manifest is compact.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::checkpoint::Checkpoint;
-use super::{FoldCheckpoint, ModelFolder, SegmentError, UNet, UNetConfig};
+use super::{FoldCheckpoint, ModelFolder, SegmentError, UNetConfig};
 
 /// The manifest's file name; its presence makes a folder compact.
 pub const MANIFEST_FILE: &str = "ctgrade-nnunet.json";
@@ -257,63 +254,11 @@ pub fn write(src: &Path, folds: Option<&[String]>, out: &Path) -> Result<Manifes
     Ok(manifest)
 }
 
-/// A `VarBuilder` backend over a checkpoint's tensors that records the names the network reads.
-struct Recording<'a> {
-    tensors: &'a HashMap<String, Tensor>,
-    used: &'a Mutex<BTreeSet<String>>,
-}
-
-impl Recording<'_> {
-    fn record(&self, name: &str) {
-        if let Ok(mut used) = self.used.lock() {
-            used.insert(name.to_string());
-        }
-    }
-}
-
-impl SimpleBackend for Recording<'_> {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.record(name);
-        SimpleBackend::get(self.tensors, s, name, h, dtype, dev)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.record(name);
-        SimpleBackend::get_unchecked(self.tensors, name, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        SimpleBackend::contains_tensor(self.tensors, name)
-    }
-}
-
-/// The tensors of `weights` the network of `config` reads. nnU-Net's state dicts hold some
-/// parameters under two names (dynamic_network_architectures registers modules twice: `conv`
-/// beside `all_modules.0`, the decoder's `encoder.` beside the encoder itself); torch.save
-/// stores such a storage once, and so does the compact form, by keeping the name ctgrade reads.
-/// (`weights` have been checked against `config`; should building fail, all are kept.)
+/// The tensors of `weights` the network of `config` reads ([`super::weights::build`]); all of
+/// them should building fail (they have been checked against `config` already).
 fn used_tensors(config: &UNetConfig, weights: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    let used = Mutex::new(BTreeSet::new());
-    let backend = Recording {
-        tensors: weights,
-        used: &used,
-    };
-    let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
-    let names = match UNet::new(config, vb) {
-        Ok(_) => used.into_inner().unwrap_or_default(),
-        Err(_) => return weights.clone(),
-    };
-    names
-        .into_iter()
-        .filter_map(|n| weights.get(&n).map(|t| (n, t.clone())))
-        .collect()
+    super::weights::build(config, weights, &Device::Cpu)
+        .map_or_else(|_| weights.clone(), |(_, used)| used)
 }
 
 fn same_folder(a: &Path, b: &Path) -> bool {

@@ -25,10 +25,11 @@ pub mod predict;
 pub mod preprocess;
 pub mod resample;
 pub mod unet;
+mod weights;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use crate::volume::Volume;
 
@@ -119,6 +120,8 @@ pub struct ModelFolder {
     pub folds: Vec<String>,
     /// One network per fold.
     pub nets: Vec<UNet>,
+    /// Bytes of the folds' weights held in memory (f32, the tensors the networks read).
+    pub weight_bytes: u64,
 }
 
 /// One fold's checkpoint and the file it came from.
@@ -223,12 +226,19 @@ impl ModelFolder {
         )?;
         let mut nets = Vec::with_capacity(checkpoints.len());
         let mut folds = Vec::with_capacity(checkpoints.len());
+        let mut weight_bytes = 0u64;
         for f in checkpoints {
-            let vb = candle_nn::VarBuilder::from_tensors(f.checkpoint.weights, DType::F32, device);
-            let net = UNet::new(&network, vb).map_err(|e| SegmentError::Weights {
-                path: f.path.clone(),
-                msg: e.to_string(),
-            })?;
+            let (net, read) =
+                weights::build(&network, &f.checkpoint.weights, device).map_err(|e| {
+                    SegmentError::Weights {
+                        path: f.path.clone(),
+                        msg: e.to_string(),
+                    }
+                })?;
+            weight_bytes += read
+                .values()
+                .map(|t| 4 * t.elem_count() as u64)
+                .sum::<u64>();
             nets.push(net);
             folds.push(f.fold);
         }
@@ -244,6 +254,7 @@ impl ModelFolder {
             mirroring_source,
             folds,
             nets,
+            weight_bytes,
         })
     }
 }
