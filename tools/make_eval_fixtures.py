@@ -5,7 +5,10 @@ Run from the repository root with the project's Python oracle environment:
 
     /work/pyenv/bin/python tools/make_eval_fixtures.py
 
-requirements: scikit-learn==1.9.1 scipy==1.17.1 numpy==2.4.6 (asserted below)
+requirements: scikit-learn==1.9.1 scipy==1.17.1 numpy==2.4.6 statsmodels==0.15.0 (asserted below)
+
+    python3 -m venv /tmp/evalenv
+    /tmp/evalenv/bin/pip install scikit-learn==1.9.1 scipy==1.17.1 numpy==2.4.6 statsmodels==0.15.0
 
 What it writes:
 - golden.json: metric cases (ties, one class missing -> error, perfect and inverted classifiers,
@@ -16,6 +19,16 @@ What it writes:
   bootstrap generator; numpy percentiles. Floats whose exact value matters (scores, ROC points,
   thresholds) are also stored as IEEE-754 bit patterns ("*_bits") so that the Rust side reads
   them exactly.
+- golden_calibration.json: calibration and operating-point cases (its own random stream, so
+  golden.json is unchanged): scikit-learn's brier_score_loss and calibration_curve (10 bins,
+  strategies "uniform" and "quantile", with the bin edges as bit patterns) and the expected
+  calibration errors from them; calibration intercept (logit p as offset) and slope (logit p as
+  the covariate) from statsmodels' unpenalised GLM Binomial, checked against scikit-learn's
+  LogisticRegression(C=inf), unpenalised; sensitivity at specificity 0.90/0.95 (numpy.interp on
+  roc_curve) and specificity at sensitivity 0.90/0.95 (numpy.interp on the roc_curve of the
+  flipped problem), with the attainable threshold of each; positive and negative predictive
+  values at the CO-RADS cut-offs (precision_score); decision-curve net benefit
+  (confusion_matrix at each threshold probability).
 - cases/<name>/: generic ground-truth CSVs and prediction CSVs (multi-scan patients, slice
   thickness, CO-RADS, a second predictor) with expected.json: the evaluator's aggregates
   recomputed here, the bootstrap re-implemented with the same xoshiro256++ generator and the
@@ -40,11 +53,16 @@ import numpy as np
 import scipy
 import scipy.stats
 import sklearn
-from sklearn.metrics import cohen_kappa_score, roc_auc_score, roc_curve
+import statsmodels
+import statsmodels.api as sm
+from sklearn.calibration import calibration_curve
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import brier_score_loss, cohen_kappa_score, confusion_matrix, precision_score, roc_auc_score, roc_curve
 
 assert sklearn.__version__ == "1.9.1", sklearn.__version__
 assert scipy.__version__ == "1.17.1", scipy.__version__
 assert np.__version__ == "2.4.6", np.__version__
+assert statsmodels.__version__ == "0.15.0", statsmodels.__version__
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "evaluation" / "tests" / "fixtures"
@@ -316,6 +334,233 @@ def percentile_reference(rng):
 
 
 # ---------------------------------------------------------------------------------------------
+# Calibration and operating points (golden_calibration.json, and the new keys of expected.json)
+
+N_BINS = 10
+# Probabilities are clipped to [LOGIT_EPS, 1 - LOGIT_EPS] before the logit (0 and 1 have none).
+LOGIT_EPS = 1e-6
+TARGETS = [90, 95]  # sensitivity / specificity targets, in percent
+CO_RADS_CUTOFFS = [2, 3, 4, 5]  # CO-RADS >= k called positive
+DCA_THRESHOLDS = [k / 100 for k in range(1, 100)]
+
+
+def clipped_logit(p):
+    p = np.clip(np.asarray(p, dtype=float), LOGIT_EPS, 1 - LOGIT_EPS)
+    return np.log(p / (1 - p))
+
+
+def calibration_bins(scores, labels, strategy):
+    """sklearn's calibration_curve plus what it does not return: the edges and the counts of the
+    non-empty bins (recomputed with the same searchsorted rule) and the ECE over them."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
+    prob_true, prob_pred = calibration_curve(labels, scores, n_bins=N_BINS, strategy=strategy)
+    if strategy == "quantile":
+        edges = np.percentile(scores, np.linspace(0, 1, N_BINS + 1) * 100)
+    else:
+        edges = np.linspace(0.0, 1.0, N_BINS + 1)
+    binids = np.searchsorted(edges[1:-1], scores)
+    total = np.bincount(binids, minlength=N_BINS)
+    nonzero = np.nonzero(total)[0]
+    counts = total[nonzero]
+    assert len(counts) == len(prob_true)
+    ece = float(np.sum(counts / len(scores) * np.abs(prob_true - prob_pred)))
+    return {
+        "bin_edges_bits": [bits(v) for v in edges],
+        "bin": [int(v) for v in nonzero],
+        "counts": [int(v) for v in counts],
+        "prob_true": [float(v) for v in prob_true],
+        "prob_pred": [float(v) for v in prob_pred],
+        "ece": ece,
+    }
+
+
+def separated(x, labels):
+    """Whether the logit (quasi-)separates the classes: then the slope has no finite MLE."""
+    labels = np.asarray(labels).astype(bool)
+    xp, xn = x[labels], x[~labels]
+    return not (xn.max() > xp.min() and xp.max() > xn.min())
+
+
+def calibration_fit(scores, labels):
+    """Calibration intercept (logit p as offset) and slope (logit p as covariate): unpenalised
+    maximum likelihood by statsmodels' GLM Binomial, checked against scikit-learn."""
+    y = np.asarray(labels, dtype=float)
+    x = clipped_logit(scores)
+    ones = np.ones((len(y), 1))
+    r = sm.GLM(y, ones, family=sm.families.Binomial(), offset=x).fit(tol=1e-13, maxiter=500)
+    assert r.converged
+    intercept = float(r.params[0])
+    slope = None
+    slope_intercept = None
+    if not separated(x, labels):
+        r = sm.GLM(y, sm.add_constant(x, has_constant="add"), family=sm.families.Binomial()).fit(tol=1e-13, maxiter=500)
+        assert r.converged
+        slope_intercept, slope = float(r.params[0]), float(r.params[1])
+        lr = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10000).fit(x[:, None], y.astype(int))
+        assert abs(lr.coef_[0][0] - slope) < 1e-5, (lr.coef_, slope)
+    return intercept, slope, slope_intercept
+
+
+def full_roc_counts(scores, labels):
+    labels = np.asarray(labels).astype(int)
+    fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
+    n_pos, n_neg = int(labels.sum()), int(len(labels) - labels.sum())
+    return fpr, tpr, thr, np.rint(fpr * n_neg).astype(int), np.rint(tpr * n_pos).astype(int), n_pos, n_neg
+
+
+def sens_at_spec_value(scores, labels, pct):
+    """Sensitivity at specificity pct/100: numpy.interp on the ROC curve at fpr = 1 - pct/100
+    (on a vertical step, the top: the highest sensitivity at that specificity)."""
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return float(np.interp((100 - pct) / 100, fpr, tpr))
+
+
+def spec_at_sens_value(scores, labels, pct):
+    """Specificity at sensitivity pct/100: the same interpolation on the ROC curve of the flipped
+    problem (labels 1 - y, scores -p), whose tpr is the specificity and fpr 1 - sensitivity."""
+    labels = np.asarray(labels).astype(int)
+    fpr, tpr, _ = roc_curve(1 - labels, -np.asarray(scores, dtype=float), drop_intermediate=False)
+    return float(np.interp((100 - pct) / 100, fpr, tpr))
+
+
+def sens_at_spec_point(scores, labels, pct):
+    """The attainable threshold: highest sensitivity with specificity >= pct/100 (ties: the
+    highest threshold)."""
+    fpr, tpr, thr, fp, tp, n_pos, n_neg = full_roc_counts(scores, labels)
+    valid = fp * 100 <= (100 - pct) * n_neg
+    last = int(np.nonzero(valid)[0].max())
+    k = int(np.nonzero(tp == tp[last])[0].min())
+    return thr[k]
+
+
+def spec_at_sens_point(scores, labels, pct):
+    """The attainable threshold: the highest with sensitivity >= pct/100."""
+    fpr, tpr, thr, fp, tp, n_pos, n_neg = full_roc_counts(scores, labels)
+    k = int(np.nonzero(tp * 100 >= pct * n_pos)[0].min())
+    return thr[k]
+
+
+def point_dict(scores, labels, thr):
+    c = counts_at(scores, labels, thr)
+    return {"threshold": fnum(thr),
+            "sensitivity": c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else None,
+            "specificity": c["tn"] / (c["tn"] + c["fp"]) if c["tn"] + c["fp"] else None, **c}
+
+
+def operating_points(scores, labels):
+    out = {}
+    for pct in TARGETS:
+        out[f"sensitivity_at_specificity_0_{pct}"] = {
+            "target": pct / 100, "value": sens_at_spec_value(scores, labels, pct),
+            "point": point_dict(scores, labels, sens_at_spec_point(scores, labels, pct))}
+    for pct in TARGETS:
+        out[f"specificity_at_sensitivity_0_{pct}"] = {
+            "target": pct / 100, "value": spec_at_sens_value(scores, labels, pct),
+            "point": point_dict(scores, labels, spec_at_sens_point(scores, labels, pct))}
+    return out
+
+
+def predictive_values(co_rads, labels):
+    labels = np.asarray(labels).astype(int)
+    out = []
+    for k in CO_RADS_CUTOFFS:
+        pred = (np.asarray(co_rads) >= k).astype(int)
+        tn, fp, fn, tp = (int(v) for v in confusion_matrix(labels, pred, labels=[0, 1]).ravel())
+        ppv = precision_score(labels, pred, zero_division=np.nan)
+        npv = precision_score(1 - labels, 1 - pred, zero_division=np.nan)
+        out.append({"cutoff": k, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "ppv": fnum(ppv), "npv": fnum(npv),
+                    "sensitivity": tp / (tp + fn) if tp + fn else None,
+                    "specificity": tn / (tn + fp) if tn + fp else None})
+    return out
+
+
+def decision_curve(scores, labels):
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=float)
+    n = len(labels)
+    prevalence = labels.sum() / n
+    nb, nb_all = [], []
+    for pt in DCA_THRESHOLDS:
+        tn, fp, fn, tp = confusion_matrix(labels, (scores >= pt).astype(int), labels=[0, 1]).ravel()
+        odds = pt / (1 - pt)
+        nb.append(float(tp / n - fp / n * odds))
+        nb_all.append(float(prevalence - (1 - prevalence) * odds))
+    return {"thresholds": DCA_THRESHOLDS, "net_benefit": nb, "net_benefit_treat_all": nb_all}
+
+
+def calibration_metrics(scores, labels):
+    """The calibration keys of the evaluator's metrics."""
+    intercept, slope, _ = calibration_fit(scores, labels)
+    uni, qua = calibration_bins(scores, labels, "uniform"), calibration_bins(scores, labels, "quantile")
+    return {
+        "brier": float(brier_score_loss(labels, scores)),
+        "ece_uniform_10": uni["ece"],
+        "ece_quantile_10": qua["ece"],
+        "calibration_intercept": intercept,
+        "calibration_slope": slope,
+        "calibration_curve_uniform_10": uni,
+        "calibration_curve_quantile_10": qua,
+    }
+
+
+def calibration_case(name, scores, labels, co_rads=None):
+    scores = [float(s) for s in scores]
+    labels = [int(v) for v in labels]
+    intercept, slope, slope_intercept = calibration_fit(scores, labels)
+    case = {"name": name, "scores_bits": [bits(s) for s in scores], "labels": labels,
+            "brier": float(brier_score_loss(labels, scores)),
+            "uniform": calibration_bins(scores, labels, "uniform"),
+            "quantile": calibration_bins(scores, labels, "quantile"),
+            "calibration_intercept": intercept, "calibration_slope": slope,
+            "calibration_slope_model_intercept": slope_intercept,
+            "operating_points": operating_points(scores, labels),
+            "youden_threshold_bits": bits(youden_np(scores, labels)[0]),
+            "decision_curve": decision_curve(scores, labels)}
+    if co_rads is not None:
+        case["co_rads"] = [int(v) for v in co_rads]
+        case["predictive_values"] = predictive_values(co_rads, labels)
+    return case
+
+
+def calibration_cases(rng):
+    cases = [
+        # scikit-learn's calibration_curve docstring example.
+        calibration_case("sklearn_docstring", [0.1, 0.2, 0.3, 0.4, 0.65, 0.7, 0.8, 0.9, 1.0], [0, 0, 0, 0, 1, 1, 1, 1, 1]),
+        # Scores on the uniform bin edges (searchsorted's left side), 0 and 1 (clipped logits).
+        calibration_case("on_edges", [0.0, 0.1, 0.2, 0.30000000000000004, 0.3, 0.5, 0.7, 0.9, 1.0, 0.6, 0.4, 0.8],
+                         [0, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0], co_rads=[1, 1, 2, 2, 2, 3, 4, 5, 5, 3, 3, 4]),
+        calibration_case("three_values", [0.2, 0.2, 0.2, 0.5, 0.5, 0.8, 0.8, 0.8], [0, 0, 1, 0, 1, 1, 1, 0]),
+        calibration_case("separated", np.linspace(0.05, 0.95, 12), [0] * 6 + [1] * 6, co_rads=[1] * 4 + [3] * 4 + [5] * 4),
+        calibration_case("all_tied", [0.5] * 6, [0, 1, 0, 1, 1, 0]),
+    ]
+    labels = rng.integers(0, 2, 60)
+    cases.append(calibration_case("ties_grid_0_1", np.round(rng.random(60) * 0.6 + 0.4 * labels, 1), labels))
+    labels = (rng.random(200) < 0.3).astype(int)
+    x = rng.normal(size=200) + 1.5 * labels
+    p = 1 / (1 + np.exp(-(0.8 * x - 0.7)))
+    cases.append(calibration_case("random_n200", p, labels, co_rads=np.clip(np.rint(1 + 4 * p), 1, 5)))
+    labels = rng.integers(0, 2, 500)
+    p = np.round(rng.beta(2, 3, 500) * 0.7 + 0.3 * labels, 2)
+    cases.append(calibration_case("ties_grid_0_01_n500", p, labels, co_rads=np.clip(np.rint(1 + 4 * p), 1, 5)))
+    labels = (rng.random(37) < 0.5).astype(int)
+    cases.append(calibration_case("uninformative_n37", rng.random(37), labels))
+    labels = (rng.random(150) < 0.4).astype(int)
+    p = 1 / (1 + np.exp(-(2.5 * (rng.normal(size=150) + 1.2 * labels) - 1.0)))  # overconfident
+    cases.append(calibration_case("overconfident_n150", p, labels))
+    return cases
+
+
+def calibration_golden():
+    rng = np.random.default_rng(20260413)
+    return {
+        "versions": {"scikit-learn": sklearn.__version__, "scipy": scipy.__version__, "numpy": np.__version__,
+                     "statsmodels": statsmodels.__version__},
+        "n_bins": N_BINS, "logit_eps": LOGIT_EPS,
+        "cases": calibration_cases(rng),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # The evaluator's aggregates, recomputed (used for cases/ and platform/)
 
 
@@ -341,7 +586,10 @@ def bootstrap(rows, iterations, seed, other=None):
     members, unit = make_clusters([r["patient"] for r in rows])
     rng = Xoshiro256pp(seed=seed)
     pairs = [k for k, r in enumerate(rows) if r["co_rads_true"] is not None and r["co_rads_pred"] is not None]
-    res = {k: [] for k in ["auc", "qwk", "auc_other", "qwk_other", "auc_diff", "qwk_diff"]}
+    res = {k: [] for k in ["auc", "qwk", "auc_other", "qwk_other", "auc_diff", "qwk_diff", "brier", "brier_other",
+                           "brier_diff", "youden_threshold"]
+           + [f"sens_{pct}" for pct in TARGETS] + [f"spec_{pct}" for pct in TARGETS]}
+    res["youden_undefined"] = 0
     rejected = qwk_undefined = 0
     for _ in range(iterations):
         while True:
@@ -356,6 +604,16 @@ def bootstrap(rows, iterations, seed, other=None):
         idx = np.repeat(np.arange(len(rows)), w)
         a = roc_auc_score(labels[idx], scores[idx])
         res["auc"].append(a)
+        b = brier_score_loss(labels[idx], scores[idx])
+        res["brier"].append(b)
+        for pct in TARGETS:
+            res[f"sens_{pct}"].append(sens_at_spec_value(scores[idx], labels[idx], pct))
+            res[f"spec_{pct}"].append(spec_at_sens_value(scores[idx], labels[idx], pct))
+        yt = youden_np(scores[idx], labels[idx])[0]
+        if math.isfinite(yt):
+            res["youden_threshold"].append(yt)
+        else:
+            res["youden_undefined"] += 1
         q = None
         if pairs:
             pidx = np.repeat(np.array(pairs), w[pairs])
@@ -371,6 +629,9 @@ def bootstrap(rows, iterations, seed, other=None):
             # sklearn's trapezoidal AUC can sit one rounding away from the exact rational; equal
             # AUCs must give a difference of exactly 0 (it decides the sign count of p-values).
             res["auc_diff"].append(round(a, 12) - round(ao, 12))
+            bo = brier_score_loss(labels[idx], oscores[idx])
+            res["brier_other"].append(bo)
+            res["brier_diff"].append(b - bo)
             opairs = [k for k, r in enumerate(rows) if r["co_rads_true"] is not None and other[k]["co_rads_pred"] is not None]
             if opairs:
                 pidx = np.repeat(np.array(opairs), w[opairs])
@@ -401,6 +662,12 @@ def metrics_of(rows, iterations, seed, other=None):
         "youden": {"threshold": fnum(thr), "j": j, **yc},
         "roc": {k: [fnum(v) for v in arr] for k, arr in zip(["fpr", "tpr", "thresholds"], roc_curve(labels, scores))},
     }
+    m.update(calibration_metrics(scores, labels))
+    m.update(operating_points(scores, labels))
+    with_co_rads = [r for r in rows if r["co_rads_pred"] is not None]
+    m["predictive_values_co_rads"] = predictive_values(
+        [r["co_rads_pred"] for r in with_co_rads], [r["label"] for r in with_co_rads]) if with_co_rads else None
+    m["decision_curve"] = decision_curve(scores, labels)
     if pairs:
         cm = np.zeros((5, 5), dtype=int)
         for r in pairs:
@@ -411,7 +678,13 @@ def metrics_of(rows, iterations, seed, other=None):
         m["auc_95ci"] = percentile_ci(res["auc"])
         m["qwk_95ci"] = percentile_ci(res["qwk"])
         m["bootstrap"] = {"iterations": iterations, "seed": seed, "unit": unit, "n_units": n_units,
-                          "rejected_resamples": rejected, "qwk_undefined_resamples": undefined}
+                          "rejected_resamples": rejected, "qwk_undefined_resamples": undefined,
+                          "youden_threshold_undefined_resamples": res["youden_undefined"]}
+        m["brier_95ci"] = percentile_ci(res["brier"])
+        m["youden_threshold_95ci"] = percentile_ci(res["youden_threshold"])
+        for pct in TARGETS:
+            m[f"sensitivity_at_specificity_0_{pct}"]["value_95ci"] = percentile_ci(res[f"sens_{pct}"])
+            m[f"specificity_at_sensitivity_0_{pct}"]["value_95ci"] = percentile_ci(res[f"spec_{pct}"])
         if other is not None:
             olabels = labels
             oscores = [o["probability"] for o in other]
@@ -434,6 +707,17 @@ def metrics_of(rows, iterations, seed, other=None):
                 "qwk_p_value": qp,
                 "qwk_p_value_one_sided": qp1,
             }
+            brier_other = float(brier_score_loss(olabels, oscores))
+            bp, bp1 = p_values([-d for d in res["brier_diff"]])
+            m["compare"].update({
+                "brier_other": brier_other,
+                "brier_other_95ci": percentile_ci(res["brier_other"]),
+                "brier_difference": m["brier"] - brier_other,
+                "brier_difference_95ci": percentile_ci(res["brier_diff"]),
+                # Lower is better: the one-sided alternative is "this Brier is smaller".
+                "brier_p_value": bp,
+                "brier_p_value_one_sided": bp1,
+            })
     return m
 
 
@@ -606,6 +890,9 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     with open(OUT / "golden.json", "w") as f:
         json.dump(golden, f)
+        f.write("\n")
+    with open(OUT / "golden_calibration.json", "w") as f:
+        json.dump(calibration_golden(), f)
         f.write("\n")
     generic_case("multiscan", rng, 45, 3, 0.4, True, True, True, 300, 7)
     generic_case("scans", rng, 70, 1, 0.35, False, False, False, 300, 2021)

@@ -6,13 +6,21 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::bootstrap::{percentile_interval, Clusters, Resampler};
+use crate::calibration::{
+    brier, brier_weighted, calibration_curve, calibration_intercept, calibration_slope,
+    BinStrategy, CalibrationCurve, N_BINS,
+};
 use crate::case::match_key;
 use crate::delong::{delong_test, DeLong};
 use crate::error::{name_list, EvalError, Result};
 use crate::metrics::{
     roc_curve, youden, BinaryCounts, CoRadsMatrix, RankedScores, RocCurve, N_CO_RADS,
 };
+use crate::operating::{
+    decision_curve, predictive_values, DecisionCurve, PredictiveValues, RocOrder, TARGETS_PERCENT,
+};
 use crate::predictions::{Prediction, PredictionFormat, PredictionSet};
+use crate::runtime::{summarize, RuntimeSummary};
 use crate::truth::{GroundTruth, TruthFormat};
 
 /// Slice thickness separating the paper's strata (<= 1.5 mm and > 1.5 mm).
@@ -195,7 +203,8 @@ pub struct OperatingPoint {
 }
 
 impl OperatingPoint {
-    fn new(threshold: f64, c: BinaryCounts) -> Self {
+    /// The point at `threshold` with counts `c`.
+    pub fn new(threshold: f64, c: BinaryCounts) -> Self {
         Self {
             threshold: threshold.is_finite().then_some(threshold),
             sensitivity: c.sensitivity(),
@@ -215,6 +224,20 @@ pub struct YoudenReport {
     pub j: f64,
     /// The operating point.
     #[serde(flatten)]
+    pub point: OperatingPoint,
+}
+
+/// Sensitivity at a target specificity, or specificity at a target sensitivity.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TargetPoint {
+    /// The target (0.90 or 0.95).
+    pub target: f64,
+    /// The other rate, interpolated on the ROC curve (see [`crate::operating`]).
+    pub value: f64,
+    /// Bootstrap percentile interval of `value`.
+    pub value_95ci: Option<[f64; 2]>,
+    /// The attainable operating point: the threshold meeting the target with the best other
+    /// rate, and its counts.
     pub point: OperatingPoint,
 }
 
@@ -246,6 +269,9 @@ pub struct BootstrapInfo {
     pub rejected_resamples: usize,
     /// Resamples in which the kappa was undefined (left out of its interval).
     pub qwk_undefined_resamples: usize,
+    /// Resamples whose Youden point calls every case negative (threshold +inf), left out of
+    /// the threshold's interval.
+    pub youden_threshold_undefined_resamples: usize,
 }
 
 /// Metrics of one set of cases.
@@ -285,6 +311,38 @@ pub struct Metrics {
     pub co_rads_by_label: Option<CountMatrix>,
     /// Bootstrap settings and diagnostics (null with --bootstrap 0).
     pub bootstrap: Option<BootstrapInfo>,
+    /// Brier score (mean squared error of the probability).
+    pub brier: f64,
+    /// Bootstrap percentile interval of the Brier score.
+    pub brier_95ci: Option<[f64; 2]>,
+    /// Expected calibration error over 10 equal-width bins.
+    pub ece_uniform_10: f64,
+    /// Expected calibration error over 10 equal-count bins.
+    pub ece_quantile_10: f64,
+    /// Calibration intercept: `a` in logit P(y) = a + logit(p) (null with one class).
+    pub calibration_intercept: Option<f64>,
+    /// Calibration slope: `b` in logit P(y) = a + b logit(p) (null when logit p separates the
+    /// classes: no finite estimate).
+    pub calibration_slope: Option<f64>,
+    /// Reliability curve over 10 equal-width bins.
+    pub calibration_curve_uniform_10: CalibrationCurve,
+    /// Reliability curve over 10 equal-count bins.
+    pub calibration_curve_quantile_10: CalibrationCurve,
+    /// Sensitivity at specificity 0.90.
+    pub sensitivity_at_specificity_0_90: TargetPoint,
+    /// Sensitivity at specificity 0.95.
+    pub sensitivity_at_specificity_0_95: TargetPoint,
+    /// Specificity at sensitivity 0.90.
+    pub specificity_at_sensitivity_0_90: TargetPoint,
+    /// Specificity at sensitivity 0.95.
+    pub specificity_at_sensitivity_0_95: TargetPoint,
+    /// Bootstrap percentile interval of the Youden threshold.
+    pub youden_threshold_95ci: Option<[f64; 2]>,
+    /// PPV and NPV with predicted CO-RADS >= 2, 3, 4, 5 called positive (null without CO-RADS
+    /// predictions; over the cases that have one).
+    pub predictive_values_co_rads: Option<Vec<PredictiveValues>>,
+    /// Decision-curve net benefit at threshold probabilities 0.01..0.99.
+    pub decision_curve: DecisionCurve,
 }
 
 /// Paired comparison with another prediction set.
@@ -319,6 +377,19 @@ pub struct Comparison {
     pub qwk_p_value: Option<f64>,
     /// One-sided p-value (alternative: this kappa is larger).
     pub qwk_p_value_one_sided: Option<f64>,
+    /// Brier score of the other predictions.
+    pub brier_other: f64,
+    /// Its bootstrap interval.
+    pub brier_other_95ci: Option<[f64; 2]>,
+    /// Brier (this) - Brier (other); negative when this system is better calibrated/sharper.
+    pub brier_difference: f64,
+    /// Bootstrap interval of the difference.
+    pub brier_difference_95ci: Option<[f64; 2]>,
+    /// Two-sided paired bootstrap p-value of the Brier difference.
+    pub brier_p_value: Option<f64>,
+    /// One-sided p-value (alternative: this Brier score is smaller, i.e. better): fraction of
+    /// resamples with a difference >= 0.
+    pub brier_p_value_one_sided: Option<f64>,
 }
 
 /// A stratum's metrics, or why there are none.
@@ -384,6 +455,9 @@ pub struct Aggregates {
     pub ground_truth: SourceInfo,
     /// The predictions read.
     pub predictions: SourceInfo,
+    /// Run time per algorithm job (platform `predictions.json` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeSummary>,
 }
 
 /// The whole `metrics.json`.
@@ -451,9 +525,22 @@ struct BootstrapSamples {
     qwk_other: Vec<f64>,
     auc_diff: Vec<f64>,
     qwk_diff: Vec<f64>,
+    brier: Vec<f64>,
+    brier_other: Vec<f64>,
+    /// Brier (this) - Brier (other).
+    brier_diff: Vec<f64>,
+    /// Sensitivity at each of [`TARGETS_PERCENT`] specificities.
+    sens_at_spec: [Vec<f64>; 2],
+    /// Specificity at each of [`TARGETS_PERCENT`] sensitivities.
+    spec_at_sens: [Vec<f64>; 2],
+    youden_threshold: Vec<f64>,
     rejected: usize,
     qwk_undefined: usize,
+    youden_undefined: usize,
 }
+
+/// Picks the k-th list of bootstrap values of a target operating point.
+type SampleColumn = fn(&BootstrapSamples, usize) -> &[f64];
 
 /// The other predictions aligned with `cases`.
 struct Other<'a> {
@@ -477,6 +564,7 @@ fn run_bootstrap(
     };
     let pairs = qwk_indices(cases, &co_rads);
     let pairs_other = other.map(|o| qwk_indices(cases, o.co_rads));
+    let roc_order = RocOrder::new(&scores, &labels)?;
     let (clusters, unit) = clusters_of(cases);
     let mut out = BootstrapSamples::default();
     let mut resampler = Resampler::new(&clusters, &labels, seed);
@@ -487,6 +575,22 @@ fn run_bootstrap(
         let q = (!pairs.is_empty()).then(|| qwk_weighted(&pairs, Some(&w)));
         if let Some(a) = a {
             out.auc.push(a);
+        }
+        let b = brier_weighted(&scores, &labels, &w);
+        if let Some(b) = b {
+            out.brier.push(b);
+        }
+        if let Some(roc) = roc_order.counts(Some(&w)) {
+            for (k, &pct) in TARGETS_PERCENT.iter().enumerate() {
+                out.sens_at_spec[k].push(roc.sensitivity_at_specificity(pct));
+                out.spec_at_sens[k].push(roc.specificity_at_sensitivity(pct));
+            }
+            let t = roc.youden_threshold();
+            if t.is_finite() {
+                out.youden_threshold.push(t);
+            } else {
+                out.youden_undefined += 1;
+            }
         }
         match q {
             Some(Some(v)) => out.qwk.push(v),
@@ -500,6 +604,15 @@ fn run_bootstrap(
             }
             if let (Some(a), Some(ao)) = (a, ao) {
                 out.auc_diff.push(a - ao);
+            }
+            if let Some(o) = other {
+                let bo = brier_weighted(o.scores, &labels, &w);
+                if let Some(bo) = bo {
+                    out.brier_other.push(bo);
+                }
+                if let (Some(b), Some(bo)) = (b, bo) {
+                    out.brier_diff.push(b - bo);
+                }
             }
             if !po.is_empty() {
                 let qo = qwk_weighted(po, Some(&w));
@@ -582,6 +695,7 @@ fn metrics_of(
             n_units: clusters.len(),
             rejected_resamples: s.rejected,
             qwk_undefined_resamples: s.qwk_undefined,
+            youden_threshold_undefined_resamples: s.youden_undefined,
         };
         (
             percentile_interval(&s.auc, opts.confidence),
@@ -592,7 +706,66 @@ fn metrics_of(
     } else {
         (None, None, None, None)
     };
+    let ci = |f: &dyn Fn(&BootstrapSamples) -> &[f64]| {
+        samples
+            .as_ref()
+            .and_then(|s| percentile_interval(f(s), opts.confidence))
+    };
+    let full = RocOrder::new(&scores, &labels)?
+        .counts(None)
+        .ok_or_else(|| EvalError::OneClass {
+            what: "ROC".into(),
+            n: cases.len(),
+            class: "absent",
+        })?;
+    let target = |k: usize, sens_at_spec: bool| {
+        let pct = TARGETS_PERCENT[k];
+        let (value, threshold, values): (f64, f64, SampleColumn) = if sens_at_spec {
+            (
+                full.sensitivity_at_specificity(pct),
+                full.threshold_at_specificity(pct),
+                |s, k| &s.sens_at_spec[k],
+            )
+        } else {
+            (
+                full.specificity_at_sensitivity(pct),
+                full.threshold_at_sensitivity(pct),
+                |s, k| &s.spec_at_sens[k],
+            )
+        };
+        TargetPoint {
+            target: f64::from(pct) / 100.0,
+            value,
+            value_95ci: ci(&|s| values(s, k)),
+            point: OperatingPoint::new(
+                threshold,
+                BinaryCounts::at_threshold(&scores, &labels, threshold),
+            ),
+        }
+    };
+    let with_co_rads: (Vec<u8>, Vec<bool>) = cases
+        .iter()
+        .filter_map(|c| Some((c.co_rads_pred?, c.label)))
+        .unzip();
+    let uniform = calibration_curve(&scores, &labels, N_BINS, BinStrategy::Uniform)?;
+    let quantile = calibration_curve(&scores, &labels, N_BINS, BinStrategy::Quantile)?;
     let metrics = Metrics {
+        brier: brier(&scores, &labels)?,
+        brier_95ci: ci(&|s| &s.brier),
+        ece_uniform_10: uniform.ece,
+        ece_quantile_10: quantile.ece,
+        calibration_intercept: calibration_intercept(&scores, &labels)?,
+        calibration_slope: calibration_slope(&scores, &labels)?.map(|(_, b)| b),
+        calibration_curve_uniform_10: uniform,
+        calibration_curve_quantile_10: quantile,
+        sensitivity_at_specificity_0_90: target(0, true),
+        sensitivity_at_specificity_0_95: target(1, true),
+        specificity_at_sensitivity_0_90: target(0, false),
+        specificity_at_sensitivity_0_95: target(1, false),
+        youden_threshold_95ci: ci(&|s| &s.youden_threshold),
+        predictive_values_co_rads: (!with_co_rads.0.is_empty())
+            .then(|| predictive_values(&with_co_rads.0, &with_co_rads.1)),
+        decision_curve: decision_curve(&scores, &labels)?,
         n_cases: cases.len(),
         n_positive: labels.iter().filter(|&&l| l).count(),
         n_negative: labels.iter().filter(|&&l| !l).count(),
@@ -739,6 +912,11 @@ pub fn evaluate(
             let s = samples.unwrap_or_default();
             let (auc_p, auc_p1) = paired_p_values(&s.auc_diff);
             let (qwk_p, qwk_p1) = paired_p_values(&s.qwk_diff);
+            // Lower is better: the p-values of the negated differences have the alternative
+            // "this Brier score is smaller".
+            let neg_brier_diff: Vec<f64> = s.brier_diff.iter().map(|d| -d).collect();
+            let (brier_p, brier_p1) = paired_p_values(&neg_brier_diff);
+            let brier_other = brier(o.scores, &labels)?;
             Some(Comparison {
                 other: src.source.display().to_string(),
                 auc_other,
@@ -754,6 +932,12 @@ pub fn evaluate(
                 qwk_difference_95ci: percentile_interval(&s.qwk_diff, opts.confidence),
                 qwk_p_value: qwk_p,
                 qwk_p_value_one_sided: qwk_p1,
+                brier_other,
+                brier_other_95ci: percentile_interval(&s.brier_other, opts.confidence),
+                brier_difference: metrics.brier - brier_other,
+                brier_difference_95ci: percentile_interval(&s.brier_diff, opts.confidence),
+                brier_p_value: brier_p,
+                brier_p_value_one_sided: brier_p1,
             })
         }
         _ => None,
@@ -808,6 +992,7 @@ pub fn evaluate(
             path: preds.source.display().to_string(),
             format: format_name(preds.format),
         },
+        runtime: (preds.format == PredictionFormat::Platform).then(|| summarize(&preds.timings)),
     };
     Ok(Report {
         case: joined.entries,

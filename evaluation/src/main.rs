@@ -7,6 +7,12 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use ctgrade_eval::atomic::write_atomic;
+use ctgrade_eval::calibration::{calibration_curve, BinStrategy, N_BINS};
+use ctgrade_eval::evaluate::{EvalCase, TargetPoint};
+use ctgrade_eval::figures::{
+    write_decision_curve, write_reliability, DecisionSeries, ReliabilitySeries,
+};
+use ctgrade_eval::operating::decision_curve;
 use ctgrade_eval::plot::{write_plot, RocSeries};
 use ctgrade_eval::simulate::{summarize_metrics, HealthPolicy, SimulateOptions, FAILED_JOBS_NOTE};
 use ctgrade_eval::{evaluate, load_ground_truth, load_predictions, EvalOptions, Report};
@@ -121,6 +127,14 @@ struct EvalArgs {
     /// Draw the ROC curve to this .svg or .png file (may be repeated).
     #[arg(long, value_name = "FILE")]
     plot: Vec<PathBuf>,
+    /// Draw the reliability diagram (10 equal-width bins, each bin's case count shown) to this
+    /// .svg or .png file (may be repeated).
+    #[arg(long, value_name = "FILE")]
+    plot_reliability: Vec<PathBuf>,
+    /// Draw the decision curve (net benefit by threshold probability) to this .svg or .png file
+    /// (may be repeated).
+    #[arg(long, value_name = "FILE")]
+    plot_decision_curve: Vec<PathBuf>,
     /// List and skip predictions that match no ground-truth case instead of failing.
     #[arg(long)]
     ignore_extra_predictions: bool,
@@ -185,6 +199,11 @@ fn fmt_p(p: Option<f64>, iterations: Option<usize>) -> String {
     }
 }
 
+/// "0.812 (95% CI ...)" of a sensitivity or specificity at a target.
+fn fmt_target(t: &TargetPoint) -> String {
+    format!("{:.3}{}", t.value, fmt_ci(t.value_95ci))
+}
+
 fn summary(report: &Report) -> String {
     let a = &report.aggregates;
     let m = &a.metrics;
@@ -211,7 +230,67 @@ fn summary(report: &Report) -> String {
         fmt_opt(m.youden.point.sensitivity),
         fmt_opt(m.youden.point.specificity),
     ));
+    lines.push(format!(
+        "Brier {:.3}{}; ECE {:.3} (10 equal-width bins), {:.3} (10 equal-count bins); \
+         calibration intercept {}, slope {}",
+        m.brier,
+        fmt_ci(m.brier_95ci),
+        m.ece_uniform_10,
+        m.ece_quantile_10,
+        fmt_opt(m.calibration_intercept),
+        fmt_opt(m.calibration_slope),
+    ));
+    lines.push(format!(
+        "sensitivity at specificity 0.90: {}, 0.95: {}; specificity at sensitivity 0.90: {}, \
+         0.95: {}",
+        fmt_target(&m.sensitivity_at_specificity_0_90),
+        fmt_target(&m.sensitivity_at_specificity_0_95),
+        fmt_target(&m.specificity_at_sensitivity_0_90),
+        fmt_target(&m.specificity_at_sensitivity_0_95),
+    ));
+    if let Some(pv) = &m.predictive_values_co_rads {
+        let cells: Vec<String> = pv
+            .iter()
+            .map(|p| {
+                format!(
+                    "CO-RADS >= {}: PPV {}, NPV {}",
+                    p.cutoff,
+                    fmt_opt(p.ppv),
+                    fmt_opt(p.npv)
+                )
+            })
+            .collect();
+        lines.push(cells.join("; "));
+    }
+    if let Some(r) = &a.runtime {
+        let stats = |what: &str, d: &ctgrade_eval::runtime::RuntimeStats| {
+            format!(
+                "{what} per job ({}, {} of {} jobs): median {:.1} s, 95th percentile {:.1} s, \
+                 maximum {:.1} s",
+                d.source, d.n_jobs, r.n_jobs, d.median_s, d.p95_s, d.max_s
+            )
+        };
+        lines.push(match &r.duration {
+            Some(d) => stats("run time", d),
+            None => format!(
+                "run time per job: not available (no job of {} has exec_duration or \
+                 invoke_duration)",
+                r.n_jobs
+            ),
+        });
+        if let Some(w) = &r.wall {
+            lines.push(stats("wall time", w));
+        }
+    }
     if let Some(c) = &a.compare {
+        lines.push(format!(
+            "vs {}: Brier {:.3}, difference {:+.3}{}, bootstrap p {}",
+            c.other,
+            c.brier_other,
+            c.brier_difference,
+            fmt_ci(c.brier_difference_95ci),
+            fmt_p(c.brier_p_value, m.bootstrap.as_ref().map(|b| b.iterations)),
+        ));
         lines.push(format!(
             "vs {}: AUC {:.3}, difference {:+.3}{}, bootstrap p {}, DeLong p {}",
             c.other,
@@ -246,12 +325,32 @@ fn run(cli: &EvalArgs) -> Result<()> {
     for case in &report.aggregates.ignored_predictions {
         eprintln!("warning: prediction for '{case}' matches no ground-truth case; skipped");
     }
+    for p in report.aggregates.runtime.iter().flat_map(|r| &r.problems) {
+        eprintln!("warning: run time: {p}");
+    }
 
     let json = serde_json::to_string_pretty(&report)? + "\n";
     write_atomic(&cli.output, json.as_bytes())?;
 
+    let any_plot = !(cli.plot.is_empty()
+        && cli.plot_reliability.is_empty()
+        && cli.plot_decision_curve.is_empty());
+    // The other predictions' cases, aligned with the ground truth, for their curves.
+    let other_cases: Option<Vec<EvalCase>> = match (&report.aggregates.compare, &other) {
+        (Some(_), Some(o)) if any_plot => {
+            Some(ctgrade_eval::evaluate::join(&truth, o, opts.ignore_extra_predictions)?.cases)
+        }
+        _ => None,
+    };
+    let scores_labels = |cases: &[EvalCase]| -> (Vec<f64>, Vec<bool>) {
+        cases.iter().map(|c| (c.probability, c.label)).unzip()
+    };
+    let m = &report.aggregates.metrics;
+    let counts_text = format!(
+        "n = {} ({} positive, {} negative)",
+        m.n_cases, m.n_positive, m.n_negative
+    );
     if !cli.plot.is_empty() {
-        let m = &report.aggregates.metrics;
         let mut series = vec![RocSeries {
             label: format!(
                 "{}: AUC {:.3}{}",
@@ -262,10 +361,8 @@ fn run(cli: &EvalArgs) -> Result<()> {
             fpr: m.roc.fpr.clone(),
             tpr: m.roc.tpr.clone(),
         }];
-        if let (Some(c), Some(o)) = (&report.aggregates.compare, &other) {
-            let joined = ctgrade_eval::evaluate::join(&truth, o, opts.ignore_extra_predictions)?;
-            let scores: Vec<f64> = joined.cases.iter().map(|c| c.probability).collect();
-            let labels: Vec<bool> = joined.cases.iter().map(|c| c.label).collect();
+        if let (Some(c), Some(o), Some(oc)) = (&report.aggregates.compare, &other, &other_cases) {
+            let (scores, labels) = scores_labels(oc);
             let roc = ctgrade_eval::metrics::roc_curve(&scores, &labels, true)?;
             series.push(RocSeries {
                 label: format!(
@@ -278,12 +375,60 @@ fn run(cli: &EvalArgs) -> Result<()> {
                 tpr: roc.tpr,
             });
         }
-        let title = format!(
-            "ROC, n = {} ({} positive, {} negative)",
-            m.n_cases, m.n_positive, m.n_negative
-        );
+        let title = format!("ROC, {counts_text}");
         for p in &cli.plot {
             write_plot(p, &title, &series)?;
+            println!("wrote {}", p.display());
+        }
+    }
+    if !cli.plot_reliability.is_empty() {
+        let mut series = vec![ReliabilitySeries {
+            label: format!(
+                "{}: Brier {:.3}, ECE {:.3}",
+                source_name(&cli.predictions),
+                m.brier,
+                m.ece_uniform_10
+            ),
+            curve: m.calibration_curve_uniform_10.clone(),
+        }];
+        if let (Some(o), Some(oc)) = (&other, &other_cases) {
+            let (scores, labels) = scores_labels(oc);
+            let curve = calibration_curve(&scores, &labels, N_BINS, BinStrategy::Uniform)?;
+            let brier = report
+                .aggregates
+                .compare
+                .as_ref()
+                .map_or(f64::NAN, |c| c.brier_other);
+            series.push(ReliabilitySeries {
+                label: format!(
+                    "{}: Brier {brier:.3}, ECE {:.3}",
+                    source_name(&o.source),
+                    curve.ece
+                ),
+                curve,
+            });
+        }
+        let title = format!("Reliability, {counts_text}, {N_BINS} equal-width bins");
+        for p in &cli.plot_reliability {
+            write_reliability(p, &title, &series)?;
+            println!("wrote {}", p.display());
+        }
+    }
+    if !cli.plot_decision_curve.is_empty() {
+        let mut series = vec![DecisionSeries {
+            label: source_name(&cli.predictions),
+            curve: m.decision_curve.clone(),
+        }];
+        if let (Some(o), Some(oc)) = (&other, &other_cases) {
+            let (scores, labels) = scores_labels(oc);
+            series.push(DecisionSeries {
+                label: source_name(&o.source),
+                curve: decision_curve(&scores, &labels)?,
+            });
+        }
+        let title = format!("Decision curve, {counts_text}");
+        for p in &cli.plot_decision_curve {
+            write_decision_curve(p, &title, &series)?;
             println!("wrote {}", p.display());
         }
     }
@@ -298,13 +443,27 @@ fn check_options(cli: &EvalArgs) -> Result<()> {
     if cli.output.file_name().is_none() {
         bail!("--output {} names no file", cli.output.display());
     }
-    for p in &cli.plot {
+    for (option, p) in cli
+        .plot
+        .iter()
+        .map(|p| ("--plot", p))
+        .chain(
+            cli.plot_reliability
+                .iter()
+                .map(|p| ("--plot-reliability", p)),
+        )
+        .chain(
+            cli.plot_decision_curve
+                .iter()
+                .map(|p| ("--plot-decision-curve", p)),
+        )
+    {
         let ext = p
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
         if !matches!(ext.as_deref(), Some("svg" | "png")) {
             bail!(
-                "--plot {}: the file name must end in .svg or .png",
+                "{option} {}: the file name must end in .svg or .png",
                 p.display()
             );
         }

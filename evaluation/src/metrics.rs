@@ -14,7 +14,8 @@ use crate::error::{EvalError, Result};
 /// Number of CO-RADS categories (1..=5).
 pub const N_CO_RADS: usize = 5;
 
-fn check_inputs(what: &'static str, scores: &[f64], labels: &[bool]) -> Result<()> {
+/// Checks parallel lengths, NaN scores and that both classes are present.
+pub(crate) fn check_inputs(what: &'static str, scores: &[f64], labels: &[bool]) -> Result<()> {
     if scores.len() != labels.len() {
         return Err(EvalError::LengthMismatch {
             what,

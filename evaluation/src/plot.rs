@@ -1,6 +1,7 @@
 //! ROC plots as SVG or PNG, drawn without a plotting library.
 //!
-//! Both formats render the same scene (axes, grid, chance diagonal, curves, legend). The PNG is
+//! Both formats render the same scene (axes, grid, chance diagonal, curves, legend); the other
+//! figures ([`crate::figures`]) build their scenes from the same shapes. The PNG is
 //! rasterised here at 4x and box-filtered down (anti-aliasing), with text from the public-domain
 //! 8x8 bitmap font of the `font8x8` crate, so it needs no system fonts and looks the same on every
 //! machine. The SVG leaves text to the viewer's sans-serif font.
@@ -22,33 +23,36 @@ pub struct RocSeries {
     pub tpr: Vec<f64>,
 }
 
-type Rgb = [u8; 3];
+/// An RGB colour.
+pub(crate) type Rgb = [u8; 3];
 
-const WIDTH: f64 = 640.0;
-const HEIGHT: f64 = 640.0;
-const PLOT_X0: f64 = 80.0;
-const PLOT_Y0: f64 = 50.0;
-const PLOT_SIZE: f64 = 530.0;
-const WHITE: Rgb = [255, 255, 255];
-const BLACK: Rgb = [0, 0, 0];
-const GRID: Rgb = [225, 225, 225];
-const CHANCE: Rgb = [140, 140, 140];
-const PALETTE: [Rgb; 4] = [
+pub(crate) const WIDTH: f64 = 640.0;
+pub(crate) const HEIGHT: f64 = 640.0;
+pub(crate) const PLOT_X0: f64 = 80.0;
+pub(crate) const PLOT_Y0: f64 = 50.0;
+pub(crate) const PLOT_SIZE: f64 = 530.0;
+pub(crate) const WHITE: Rgb = [255, 255, 255];
+pub(crate) const BLACK: Rgb = [0, 0, 0];
+pub(crate) const GRID: Rgb = [225, 225, 225];
+pub(crate) const CHANCE: Rgb = [140, 140, 140];
+pub(crate) const PALETTE: [Rgb; 4] = [
     [31, 119, 180],
     [214, 39, 40],
     [44, 160, 44],
     [148, 103, 189],
 ];
 
+/// Horizontal alignment of a text.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Anchor {
+pub(crate) enum Anchor {
     Start,
     Middle,
     End,
 }
 
+/// What a scene is made of, in canvas pixels.
 #[derive(Debug, Clone, PartialEq)]
-enum Shape {
+pub(crate) enum Shape {
     Line {
         pts: Vec<(f64, f64)>,
         color: Rgb,
@@ -76,10 +80,10 @@ enum Shape {
 }
 
 /// Legend text size (pixels).
-const LEGEND_TEXT: f64 = 11.0;
+pub(crate) const LEGEND_TEXT: f64 = 11.0;
 
 /// Horizontal advance of one bitmap-font character of nominal `size` (whole hi-res pixels).
-fn char_advance(size: f64) -> f64 {
+pub(crate) fn char_advance(size: f64) -> f64 {
     (size * SS as f64 / 8.0).floor().max(1.0) * 8.0 / SS as f64
 }
 
@@ -91,7 +95,7 @@ fn to_px(fpr: f64, tpr: f64) -> (f64, f64) {
 }
 
 /// Keeps text printable for the bitmap font (ASCII only).
-fn ascii(s: &str) -> String {
+pub(crate) fn ascii(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii() && !c.is_ascii_control() {
@@ -252,12 +256,17 @@ fn css(c: Rgb) -> String {
 
 /// Renders the ROC plot as an SVG document.
 pub fn render_svg(title: &str, series: &[RocSeries]) -> String {
+    svg_of(scene(title, series))
+}
+
+/// Renders a scene as an SVG document.
+pub(crate) fn svg_of(shapes: Vec<Shape>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="DejaVu Sans, Arial, Helvetica, sans-serif">"#
     );
-    for shape in scene(title, series) {
+    for shape in shapes {
         match shape {
             Shape::Rect {
                 x,
@@ -505,8 +514,13 @@ pub fn encode_png(w: usize, h: usize, rgb: &[u8]) -> Vec<u8> {
 
 /// Renders the ROC plot as a PNG file's bytes.
 pub fn render_png(title: &str, series: &[RocSeries]) -> Vec<u8> {
+    png_of(scene(title, series))
+}
+
+/// Renders a scene as a PNG file's bytes.
+pub(crate) fn png_of(shapes: Vec<Shape>) -> Vec<u8> {
     let mut c = Canvas::new(WIDTH as usize * SS, HEIGHT as usize * SS);
-    for shape in scene(title, series) {
+    for shape in shapes {
         match shape {
             Shape::Rect {
                 x,
@@ -546,13 +560,18 @@ pub fn render_png(title: &str, series: &[RocSeries]) -> Vec<u8> {
 
 /// Writes the plot to `path`; the format follows the extension (`.svg` or `.png`).
 pub fn write_plot(path: &Path, title: &str, series: &[RocSeries]) -> Result<()> {
+    write_scene(path, scene(title, series))
+}
+
+/// Writes a scene to `path` as SVG or PNG, by the extension.
+pub(crate) fn write_scene(path: &Path, shapes: Vec<Shape>) -> Result<()> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
     let bytes = match ext.as_str() {
-        "svg" => render_svg(title, series).into_bytes(),
-        "png" => render_png(title, series),
+        "svg" => svg_of(shapes).into_bytes(),
+        "png" => png_of(shapes),
         _ => {
             return Err(EvalError::Usage(format!(
                 "plot {}: the file name must end in .svg or .png",

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::case::case_name;
 use crate::error::{EvalError, Result};
 use crate::platform::socket_field;
+use crate::runtime::JobTiming;
 
 /// Slug (and file stem) of the probability output socket.
 pub const PROBABILITY_SLUG: &str = "probability-covid-19";
@@ -91,6 +92,8 @@ pub struct PredictionSet {
     pub predictions: Vec<Prediction>,
     /// Jobs or cases without a prediction (failed jobs, error entries).
     pub failed: Vec<Failed>,
+    /// Timing fields of the platform's jobs that gave a prediction (empty for other formats).
+    pub timings: Vec<JobTiming>,
 }
 
 impl PredictionSet {
@@ -107,6 +110,7 @@ impl PredictionSet {
             format,
             predictions,
             failed,
+            timings: Vec::new(),
         })
     }
 
@@ -363,6 +367,7 @@ fn load_platform(path: &Path, doc: &Value) -> Result<PredictionSet> {
     let jobs = doc.as_array().map(Vec::as_slice).unwrap_or_default();
     let mut predictions = Vec::new();
     let mut failed = Vec::new();
+    let mut timings = Vec::new();
     for (k, job) in jobs.iter().enumerate() {
         let pk = job_pk(job)
             .ok_or_else(|| EvalError::format(path, format!("job [{k}] has no \"pk\"")))?;
@@ -400,6 +405,7 @@ fn load_platform(path: &Path, doc: &Value) -> Result<PredictionSet> {
             }
             None => None,
         };
+        timings.push(JobTiming::from_job(job, &pk, &case));
         predictions.push(Prediction {
             case,
             probability,
@@ -407,12 +413,14 @@ fn load_platform(path: &Path, doc: &Value) -> Result<PredictionSet> {
             origin: format!("job {pk} (image {name})"),
         });
     }
-    PredictionSet::checked(
+    let mut set = PredictionSet::checked(
         path.to_path_buf(),
         PredictionFormat::Platform,
         predictions,
         failed,
-    )
+    )?;
+    set.timings = timings;
+    Ok(set)
 }
 
 /// Reads a `ctgrade run` batch summary `{"cases": [{"case", "probability", "co_rads", "error"}]}`.

@@ -1214,7 +1214,7 @@ pub fn summarize_metrics(metrics: &Value) -> Vec<String> {
         Some([l, h]) => format!(" (95% CI {} to {})", num(l), num(h)),
         _ => String::new(),
     };
-    vec![
+    let mut lines = vec![
         format!(
             "cases {}, positive {}, negative {}",
             a["n_cases"], a["n_positive"], a["n_negative"]
@@ -1231,7 +1231,27 @@ pub fn summarize_metrics(metrics: &Value) -> Vec<String> {
             num(&a["sensitivity"]),
             num(&a["specificity"])
         ),
-    ]
+    ];
+    // Keys of newer evaluators; an older evaluation image leaves them out.
+    if a.get("brier").is_some() {
+        lines.push(format!(
+            "Brier {}{}, ECE {} (10 equal-width bins)",
+            num(&a["brier"]),
+            ci(&a["brier_95ci"]),
+            num(&a["ece_uniform_10"])
+        ));
+    }
+    let d = &a["runtime"]["duration"];
+    if d.is_object() {
+        lines.push(format!(
+            "run time per job ({}): median {} s, 95th percentile {} s, maximum {} s",
+            d["source"].as_str().unwrap_or("?"),
+            num(&d["median_s"]),
+            num(&d["p95_s"]),
+            num(&d["max_s"])
+        ));
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -1500,5 +1520,19 @@ mod tests {
         let lines = summarize_metrics(&m);
         assert_eq!(lines[1], "AUC 0.8333 (95% CI 0.5000 to 1.0000)");
         assert_eq!(lines[2], "QWK 0.7000 over 5 case(s)");
+        assert_eq!(lines.len(), 4);
+        let m = serde_json::json!({"aggregates": {"brier": 0.125, "brier_95ci": [0.1, 0.15],
+            "ece_uniform_10": 0.05, "runtime": {"duration": {"source": "invoke_duration",
+            "median_s": 4.0, "p95_s": 5.5, "max_s": 6.0}}}});
+        let lines = summarize_metrics(&m);
+        assert_eq!(
+            lines[4],
+            "Brier 0.1250 (95% CI 0.1000 to 0.1500), ECE 0.0500 (10 equal-width bins)"
+        );
+        assert_eq!(
+            lines[5],
+            "run time per job (invoke_duration): median 4.0000 s, 95th percentile 5.5000 s, \
+             maximum 6.0000 s"
+        );
     }
 }

@@ -36,8 +36,90 @@ fn assert_ci(what: &str, got: Option<[f64; 2]>, expected: &Value) {
     }
 }
 
+/// Checks that every value of `expected` is in `got` (extra keys in `got` are fine): numbers
+/// within `tol`, `<key>_bits` as the bit patterns of `<key>`'s floats, the rest equal.
+pub fn assert_subset(what: &str, got: &Value, expected: &Value, tol: f64) {
+    match expected {
+        Value::Object(map) => {
+            for (k, e) in map {
+                if let Some(key) = k.strip_suffix("_bits") {
+                    let bits: Vec<u64> = got[key]
+                        .as_array()
+                        .unwrap_or_else(|| panic!("{what}.{key} missing"))
+                        .iter()
+                        .map(|v| v.as_f64().unwrap().to_bits())
+                        .collect();
+                    let e: Vec<u64> = e
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_u64().unwrap())
+                        .collect();
+                    assert_eq!(bits, e, "{what}.{key}");
+                } else {
+                    assert_subset(&format!("{what}.{k}"), &got[k.as_str()], e, tol);
+                }
+            }
+        }
+        Value::Array(items) => {
+            let g = got
+                .as_array()
+                .unwrap_or_else(|| panic!("{what}: got {got}, expected a list"));
+            assert_eq!(g.len(), items.len(), "{what} length");
+            for (i, (g, e)) in g.iter().zip(items).enumerate() {
+                assert_subset(&format!("{what}[{i}]"), g, e, tol);
+            }
+        }
+        Value::Number(n) => {
+            let (g, e) = (got.as_f64(), n.as_f64().unwrap());
+            assert!(
+                g.is_some_and(|g| (g - e).abs() <= tol),
+                "{what}: {got} vs {e}"
+            );
+        }
+        _ => assert_eq!(got, expected, "{what}"),
+    }
+}
+
+/// The calibration and operating-point keys, against scikit-learn and statsmodels.
+fn check_new_metrics(what: &str, m: &Metrics, e: &Value) {
+    let got = serde_json::to_value(m).unwrap();
+    let mut n = 0;
+    for (key, tol) in [
+        ("brier", 1e-9),
+        ("brier_95ci", 1e-9),
+        ("ece_uniform_10", 1e-9),
+        ("ece_quantile_10", 1e-9),
+        // Iterative fits: statsmodels' IRLS against this Newton iteration.
+        ("calibration_intercept", 1e-6),
+        ("calibration_slope", 1e-6),
+        ("calibration_curve_uniform_10", 1e-9),
+        ("calibration_curve_quantile_10", 1e-9),
+        ("sensitivity_at_specificity_0_90", 1e-9),
+        ("sensitivity_at_specificity_0_95", 1e-9),
+        ("specificity_at_sensitivity_0_90", 1e-9),
+        ("specificity_at_sensitivity_0_95", 1e-9),
+        ("youden_threshold_95ci", 1e-9),
+        ("predictive_values_co_rads", 1e-9),
+        ("decision_curve", 1e-9),
+    ] {
+        if let Some(x) = e.get(key) {
+            assert_subset(&format!("{what} {key}"), &got[key], x, tol);
+            n += 1;
+        }
+    }
+    assert!(n >= 11, "{what}: the fixture lacks the calibration keys");
+    if let Some(x) = e["bootstrap"].get("youden_threshold_undefined_resamples") {
+        assert_eq!(
+            &got["bootstrap"]["youden_threshold_undefined_resamples"], x,
+            "{what}"
+        );
+    }
+}
+
 /// Compares the metrics of one set with the oracle's.
 pub fn check_metrics(what: &str, m: &Metrics, e: &Value) {
+    check_new_metrics(what, m, e);
     assert_eq!(m.n_cases as u64, e["n_cases"].as_u64().unwrap(), "{what}");
     assert_eq!(
         m.n_positive as u64,
@@ -156,6 +238,17 @@ fn run_case(name: &str) {
         &ec["qwk_difference_95ci"],
     );
     assert_close("qwk_p_value", c.qwk_p_value, &ec["qwk_p_value"]);
+    let got = serde_json::to_value(c).unwrap();
+    for key in [
+        "brier_other",
+        "brier_other_95ci",
+        "brier_difference",
+        "brier_difference_95ci",
+        "brier_p_value",
+        "brier_p_value_one_sided",
+    ] {
+        assert_subset(&format!("{name} compare {key}"), &got[key], &ec[key], 1e-9);
+    }
 
     match (&a.strata, expected.get("le")) {
         (Some(s), Some(le)) => {

@@ -50,6 +50,55 @@ fn close(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// Every value of `expected` is in `got`: numbers within 1e-6 (the calibration fits) or 1e-9,
+/// `<key>_bits` as the bit patterns of `<key>`, the rest equal.
+fn assert_subset(what: &str, got: &Value, expected: &Value) {
+    match expected {
+        Value::Object(map) => {
+            for (k, e) in map {
+                match k.strip_suffix("_bits") {
+                    Some(key) => {
+                        let g: Vec<u64> = got[key]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.as_f64().unwrap().to_bits())
+                            .collect();
+                        let e: Vec<u64> = e
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.as_u64().unwrap())
+                            .collect();
+                        assert_eq!(g, e, "{what}.{key}");
+                    }
+                    None => assert_subset(&format!("{what}.{k}"), &got[k.as_str()], e),
+                }
+            }
+        }
+        Value::Array(items) => {
+            let g = got.as_array().unwrap_or_else(|| panic!("{what}: {got}"));
+            assert_eq!(g.len(), items.len(), "{what}");
+            for (i, (g, e)) in g.iter().zip(items).enumerate() {
+                assert_subset(&format!("{what}[{i}]"), g, e);
+            }
+        }
+        Value::Number(n) => {
+            let tol = if what.contains("calibration_") && !what.contains("curve") {
+                1e-6
+            } else {
+                1e-9
+            };
+            let e = n.as_f64().unwrap();
+            assert!(
+                got.as_f64().is_some_and(|g| (g - e).abs() <= tol),
+                "{what}: {got} vs {e}"
+            );
+        }
+        _ => assert_eq!(got, expected, "{what}"),
+    }
+}
+
 /// The platform fixture's metrics (bootstrap 200, seed 11) from `file` in its input folder equal
 /// the scikit-learn goldens.
 fn check_platform_fixture(file: &str) {
@@ -59,6 +108,8 @@ fn check_platform_fixture(file: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let metrics = tmp.path().join("out/metrics.json");
     let (svg, png) = (tmp.path().join("roc.svg"), tmp.path().join("plots/roc.png"));
+    let (rel_svg, rel_png) = (tmp.path().join("rel.svg"), tmp.path().join("rel.png"));
+    let (dca_svg, dca_png) = (tmp.path().join("dca.svg"), tmp.path().join("dca.png"));
     let r = run(&[
         "--predictions",
         s(&fx.join("input").join(file)),
@@ -74,9 +125,23 @@ fn check_platform_fixture(file: &str) {
         s(&svg),
         "--plot",
         s(&png),
+        "--plot-reliability",
+        s(&rel_svg),
+        "--plot-reliability",
+        s(&rel_png),
+        "--plot-decision-curve",
+        s(&dca_svg),
+        "--plot-decision-curve",
+        s(&dca_png),
     ]);
     assert!(r.ok, "{}", r.stderr);
     assert!(r.stdout.contains("AUC "), "{}", r.stdout);
+    assert!(r.stdout.contains("Brier "), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("sensitivity at specificity 0.90: "),
+        "{}",
+        r.stdout
+    );
     let m: Value = serde_json::from_str(&fs::read_to_string(&metrics).unwrap()).unwrap();
     let (a, e) = (&m["aggregates"], &expected["all"]);
     for k in [
@@ -107,6 +172,39 @@ fn check_platform_fixture(file: &str) {
     assert!(close(&a["youden"]["threshold"], &e["youden"]["threshold"]));
     assert_eq!(a["at_threshold_0_5"]["tp"], e["at_threshold_0_5"]["tp"]);
     assert_eq!(a["co_rads_by_label"]["matrix"], e["co_rads_by_label"]);
+    // Calibration and operating points against scikit-learn / statsmodels.
+    for k in [
+        "brier",
+        "brier_95ci",
+        "ece_uniform_10",
+        "ece_quantile_10",
+        "calibration_intercept",
+        "calibration_slope",
+        "calibration_curve_uniform_10",
+        "calibration_curve_quantile_10",
+        "sensitivity_at_specificity_0_90",
+        "sensitivity_at_specificity_0_95",
+        "specificity_at_sensitivity_0_90",
+        "specificity_at_sensitivity_0_95",
+        "youden_threshold_95ci",
+        "predictive_values_co_rads",
+        "decision_curve",
+    ] {
+        assert!(e.get(k).is_some(), "fixture lacks {k}");
+        assert_subset(k, &a[k], &e[k]);
+    }
+    // The fixture's jobs have started_at and completed_at (3 minutes each) but no durations:
+    // the run time is reported missing, the evaluation still completes.
+    let rt = &a["runtime"];
+    assert_eq!(rt["n_jobs"], 15);
+    assert!(rt["duration"].is_null());
+    assert_eq!(rt["wall"]["median_s"], 180.0);
+    assert!(rt["problems"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("15 of 15 job(s) have no readable exec_duration or invoke_duration"));
+    assert!(r.stderr.contains("warning: run time: 15 of 15 job(s)"));
+    assert!(r.stdout.contains("run time per job: not available"));
     assert_eq!(a["n_excluded"], expected["n_excluded"]);
     assert_eq!(a["excluded"], expected["excluded"]);
     assert_eq!(a["bootstrap"]["unit"], "patient");
@@ -125,6 +223,13 @@ fn check_platform_fixture(file: &str) {
     assert!(svg_text.contains("<polyline") && svg_text.contains("AUC"));
     let png_bytes = fs::read(&png).unwrap();
     assert_eq!(&png_bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let rel = fs::read_to_string(&rel_svg).unwrap();
+    assert!(rel.contains("Perfectly calibrated") && rel.contains("Brier"));
+    let dca = fs::read_to_string(&dca_svg).unwrap();
+    assert!(dca.contains("Treat all") && dca.contains("Net benefit"));
+    for p in [&rel_png, &dca_png] {
+        assert_eq!(&fs::read(p).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    }
 }
 
 #[test]
@@ -493,4 +598,84 @@ fn ctgrade_run_folders() {
         "{}",
         r.stderr
     );
+}
+
+/// Copies a folder tree.
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn run_time_per_job_from_predictions_json() {
+    let fx = fixtures().join("platform");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    copy_tree(&fx.join("input"), &input);
+    let file = input.join("predictions.json");
+    let mut jobs: Value = serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+    let jobs_list = jobs.as_array_mut().unwrap();
+    assert_eq!(jobs_list.len(), 15);
+    // Durations 1..14 s (exec mode, the platform's text format), one job without any and one
+    // with an unreadable value; one job in invoke mode.
+    for (k, job) in jobs_list.iter_mut().enumerate() {
+        let o = job.as_object_mut().unwrap();
+        match k {
+            0 => {}
+            1 => {
+                o.insert("exec_duration".into(), "soon".into());
+            }
+            2 => {
+                o.insert("invoke_duration".into(), "00:00:02.000000".into());
+                o.insert("exec_duration".into(), Value::Null);
+            }
+            _ => {
+                o.insert(
+                    "exec_duration".into(),
+                    format!("00:00:{k:02}.000000").into(),
+                );
+            }
+        }
+    }
+    fs::write(&file, serde_json::to_string(&jobs).unwrap()).unwrap();
+    let metrics = tmp.path().join("metrics.json");
+    let r = run(&[
+        "-p",
+        s(&file),
+        "-g",
+        s(&fx.join("ground_truth")),
+        "-o",
+        s(&metrics),
+        "--bootstrap",
+        "0",
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    let m: Value = serde_json::from_str(&fs::read_to_string(&metrics).unwrap()).unwrap();
+    let d = &m["aggregates"]["runtime"]["duration"];
+    // Seconds 2, 3, ..., 14: numpy.percentile(range(2, 15), [50, 95]) = [8.0, 13.4].
+    assert_eq!(d["n_jobs"], 13);
+    assert_eq!(d["source"], "exec_duration, invoke_duration");
+    assert_eq!(d["median_s"], 8.0);
+    assert!((d["p95_s"].as_f64().unwrap() - 13.4).abs() < 1e-12);
+    assert_eq!(d["max_s"], 14.0);
+    let problems = m["aggregates"]["runtime"]["problems"].as_array().unwrap();
+    assert!(problems[0]
+        .as_str()
+        .unwrap()
+        .starts_with("2 of 15 job(s) have no readable exec_duration or invoke_duration"));
+    assert!(problems.iter().any(|p| p
+        .as_str()
+        .unwrap()
+        .contains("exec_duration \"soon\" is not a duration")));
+    assert!(r.stdout.contains("run time per job (exec_duration, invoke_duration, 13 of 15 jobs): median 8.0 s, 95th percentile 13.4 s, maximum 14.0 s"), "{}", r.stdout);
+    // Everything else is still evaluated.
+    assert!(m["aggregates"]["auc"].is_number() && m["aggregates"]["brier"].is_number());
 }
