@@ -877,6 +877,114 @@ def platform_fixture(rng, iterations, seed):
         f.write("\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# Strata by any column (--strata): its own random stream, so no other fixture changes.
+
+STRATA_MIN_CASES = 10
+
+
+def delong_single(scores, labels):
+    """DeLong's variance of one AUC from the psi matrix (ddof = 1), checked against sklearn."""
+    s, labels = np.asarray(scores), np.asarray(labels).astype(bool)
+    x, y = s[labels], s[~labels]
+    if len(x) < 2 or len(y) < 2:
+        return None
+    psi = (x[:, None] > y[None, :]).astype(float) + 0.5 * (x[:, None] == y[None, :])
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    assert abs(psi.mean() - roc_auc_score(labels, s)) < 1e-12
+    return float(np.var(v10, ddof=1) / len(x) + np.var(v01, ddof=1) / len(y))
+
+
+def strata_fixture(iterations=200, seed=2021):
+    rng = np.random.default_rng(5150)
+    d = OUT / "strata"
+    rows, truth_rows, pred_rows, strata_rows = [], [], [], []
+    for p in range(70):
+        pid = f"S{p:03d}"
+        site = str(rng.choice(["A", "B", "C"], p=[0.45, 0.4, 0.15]))
+        vendor = str(rng.choice(["philips", "siemens"]))
+        tiny = "small" if p < 3 else "big"
+        label = int(rng.random() < 0.4)
+        for k in range(int(rng.integers(1, 3))):
+            case = f"strata_{pid}_s{k}"
+            prob = round(float(np.clip(0.3 * label + rng.beta(2, 3), 0, 1)), 3)
+            ct = int(np.clip(round(1 + 4 * prob + rng.normal(0, 0.8)), 1, 5)) if label else int(rng.integers(1, 4))
+            cp = int(np.clip(ct + rng.integers(-1, 2), 1, 5))
+            rows.append(dict(case=case, probability=prob, label=label, co_rads_true=ct, co_rads_pred=cp,
+                             patient=pid, site=site, vendor=vendor, sex="F", tiny=tiny))
+            truth_rows.append([case, label, ct, pid])
+            pred_rows.append([case, prob, cp])
+    for k, r in enumerate(rows):
+        if k % 31 == 5:
+            r["no_row"] = True  # no row in the strata file
+            continue
+        site = "" if k % 29 == 7 else r["site"]
+        if site == "":
+            r["site_missing"] = True
+        strata_rows.append([r["case"], site, r["vendor"], r["sex"], r["tiny"]])
+    strata_rows.insert(4, ["ghost_1", "A", "philips", "F", "big"])
+    strata_rows.append(["ghost_2", "B", "siemens", "F", "big"])
+    columns = ["site", "vendor", "sex", "tiny"]
+    write_csv(d / "ground_truth.csv", ["case", "label", "co_rads", "patient"], truth_rows)
+    write_csv(d / "predictions.csv", ["case", "probability", "co_rads"], pred_rows)
+    write_csv(d / "strata.csv", ["case"] + columns, strata_rows)
+    expected = {"iterations": iterations, "seed": seed, "min_cases": STRATA_MIN_CASES,
+                "unknown_cases": ["ghost_1", "ghost_2"],
+                "n_cases_without_row": sum(1 for r in rows if r.get("no_row")), "columns": []}
+    for i, col in enumerate(columns):
+        def value(r):
+            if r.get("no_row") or (col == "site" and r.get("site_missing")):
+                return None
+            return r[col]
+        values = sorted({value(r) for r in rows if value(r) is not None})
+        entry = {"column": col, "n_missing": sum(1 for r in rows if value(r) is None), "strata": []}
+        if len(values) < 2:
+            entry["skipped"] = True
+            entry["difference_test"] = None
+            expected["columns"].append(entry)
+            continue
+        comparable = []
+        for j, v in enumerate(values):
+            sub = [r for r in rows if value(r) == v]
+            labels = [r["label"] for r in sub]
+            scores = [r["probability"] for r in sub]
+            npos = sum(labels)
+            st = {"value": v, "n_cases": len(sub), "n_positive": npos, "n_negative": len(sub) - npos,
+                  "n_patients": len({r["patient"] for r in sub})}
+            if npos == 0 or npos == len(sub) or len(sub) < STRATA_MIN_CASES:
+                st.update(scored=False, auc=None, auc_95ci=None, auc_variance_delong=None, qwk=None, qwk_95ci=None)
+            else:
+                s_seed = seed + 1000 * (i + 1) + j
+                res, _, _, _, _ = bootstrap(sub, iterations, s_seed)
+                var = delong_single(scores, labels)
+                st.update(scored=True, auc=float(roc_auc_score(labels, scores)), auc_variance_delong=var,
+                          qwk=qwk_or_none([r["co_rads_true"] for r in sub], [r["co_rads_pred"] for r in sub]),
+                          auc_95ci=percentile_ci(res["auc"]), qwk_95ci=percentile_ci(res["qwk"]),
+                          bootstrap_seed=s_seed)
+                if var is not None:
+                    comparable.append((v, st["auc"], var))
+            entry["strata"].append(st)
+        if len(comparable) >= 2 and all(c[2] > 0 for c in comparable):
+            w = np.array([1 / c[2] for c in comparable])
+            a = np.array([c[1] for c in comparable])
+            mean = float(np.sum(w * a) / np.sum(w))
+            chi2 = float(np.sum(w * (a - mean) ** 2))
+            df = len(comparable) - 1
+            test = {"strata": [c[0] for c in comparable], "chi2": chi2, "df": df,
+                    "p_value": float(scipy.stats.chi2.sf(chi2, df)), "z": None}
+            if df == 1:
+                z = (a[0] - a[1]) / math.sqrt(comparable[0][2] + comparable[1][2])
+                assert abs(z * z - chi2) < 1e-9
+                test["z"] = float(z)
+            entry["difference_test"] = test
+        else:
+            entry["difference_test"] = None
+        expected["columns"].append(entry)
+    with open(d / "expected.json", "w") as f:
+        json.dump(expected, f, indent=1)
+        f.write("\n")
+
+
 def main():
     rng = np.random.default_rng(20211008)
     golden = {
@@ -898,9 +1006,15 @@ def main():
     generic_case("scans", rng, 70, 1, 0.35, False, False, False, 300, 2021)
     generic_case("rare", rng, 14, 2, 0.12, True, False, True, 200, 3)
     platform_fixture(rng, 200, 11)
+    strata_fixture()
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
     print(f"wrote fixtures under {OUT} ({total / 1024:.0f} KiB)")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:] == ["--strata-only"]:
+        strata_fixture()  # the strata fixture alone; every other fixture stays as committed
+    else:
+        main()

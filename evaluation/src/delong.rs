@@ -140,6 +140,35 @@ pub fn delong_test(scores_a: &[f64], scores_b: &[f64], labels: &[bool]) -> Resul
     })
 }
 
+/// DeLong's variance of one AUC, var(V10) / m + var(V01) / n (sample variances, denominators
+/// m - 1 and n - 1), with the AUC (the mean placement value). The per-stratum AUCs of
+/// `--strata` are independent samples, so their difference test adds these variances.
+/// `None` with fewer than 2 positives or 2 negatives.
+pub fn delong_variance(scores: &[f64], labels: &[bool]) -> Option<(f64, f64)> {
+    if scores.len() != labels.len() || scores.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    let pos: Vec<f64> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, &l)| l)
+        .map(|(&v, _)| v)
+        .collect();
+    let neg: Vec<f64> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, &l)| !l)
+        .map(|(&v, _)| v)
+        .collect();
+    if pos.len() < 2 || neg.len() < 2 {
+        return None;
+    }
+    let (v10, v01) = placements(&pos, &neg);
+    let variance =
+        covariance(&v10, &v10) / pos.len() as f64 + covariance(&v01, &v01) / neg.len() as f64;
+    Some((mean(&v10), variance))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

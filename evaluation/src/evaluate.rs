@@ -14,7 +14,8 @@ use crate::case::match_key;
 use crate::delong::{delong_test, DeLong};
 use crate::error::{name_list, EvalError, Result};
 use crate::metrics::{
-    roc_curve, youden, BinaryCounts, CoRadsMatrix, RankedScores, RocCurve, N_CO_RADS,
+    check_both_classes, roc_curve, youden, BinaryCounts, CoRadsMatrix, RankedScores, RocCurve,
+    N_CO_RADS,
 };
 use crate::operating::{
     decision_curve, predictive_values, DecisionCurve, PredictiveValues, RocOrder, TARGETS_PERCENT,
@@ -458,6 +459,9 @@ pub struct Aggregates {
     /// Run time per algorithm job (platform `predictions.json` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeSummary>,
+    /// Strata by any column (`--strata FILE.csv`; see [`crate::strata`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strata_by_column: Option<crate::strata_table::StrataByColumn>,
 }
 
 /// The whole `metrics.json`.
@@ -469,12 +473,12 @@ pub struct Report {
     pub aggregates: Aggregates,
 }
 
-fn n_patients(cases: &[EvalCase]) -> usize {
+pub(crate) fn n_patients(cases: &[EvalCase]) -> usize {
     let patients: Vec<Option<&str>> = cases.iter().map(|c| c.patient.as_deref()).collect();
     Clusters::from_patients(&patients).len()
 }
 
-fn clusters_of(cases: &[EvalCase]) -> (Clusters, &'static str) {
+pub(crate) fn clusters_of(cases: &[EvalCase]) -> (Clusters, &'static str) {
     if cases.iter().any(|c| c.patient.is_some()) {
         let patients: Vec<Option<&str>> = cases.iter().map(|c| c.patient.as_deref()).collect();
         (Clusters::from_patients(&patients), "patient")
@@ -484,7 +488,7 @@ fn clusters_of(cases: &[EvalCase]) -> (Clusters, &'static str) {
 }
 
 /// Indices of cases with both CO-RADS truth and prediction.
-fn qwk_indices(cases: &[EvalCase], preds: &[Option<u8>]) -> Vec<(usize, u8, u8)> {
+pub(crate) fn qwk_indices(cases: &[EvalCase], preds: &[Option<u8>]) -> Vec<(usize, u8, u8)> {
     cases
         .iter()
         .zip(preds)
@@ -493,7 +497,7 @@ fn qwk_indices(cases: &[EvalCase], preds: &[Option<u8>]) -> Vec<(usize, u8, u8)>
         .collect()
 }
 
-fn qwk_weighted(pairs: &[(usize, u8, u8)], weights: Option<&[u32]>) -> Option<f64> {
+pub(crate) fn qwk_weighted(pairs: &[(usize, u8, u8)], weights: Option<&[u32]>) -> Option<f64> {
     let truth: Vec<u8> = pairs.iter().map(|p| p.1).collect();
     let pred: Vec<u8> = pairs.iter().map(|p| p.2).collect();
     let w: Option<Vec<u32>> = weights.map(|w| {
@@ -791,31 +795,28 @@ fn metrics_of(
 }
 
 fn stratum(cases: Vec<EvalCase>, opts: &EvalOptions, seed: u64) -> Result<Stratum> {
-    let n_positive = cases.iter().filter(|c| c.label).count();
-    let n_negative = cases.len() - n_positive;
-    if n_positive == 0 || n_negative == 0 {
-        let error = if cases.is_empty() {
-            "no cases".to_string()
-        } else {
-            format!(
-                "only {} cases; AUC needs both classes",
-                if n_positive == 0 {
-                    "negative"
-                } else {
-                    "positive"
-                }
-            )
-        };
+    let labels: Vec<bool> = cases.iter().map(|c| c.label).collect();
+    if let Err(EvalError::OneClass { class, .. }) = check_both_classes("stratum", &labels) {
+        let n_positive = labels.iter().filter(|&&l| l).count();
         return Ok(Stratum::Undefined {
             n_cases: cases.len(),
             n_positive,
-            n_negative,
-            error,
+            n_negative: cases.len() - n_positive,
+            error: one_class_reason(class),
         });
     }
     Ok(Stratum::Metrics(Box::new(
         metrics_of(&cases, None, opts, seed)?.0,
     )))
+}
+
+/// Why a stratum with the class `class` (of [`EvalError::OneClass`]) has no metrics.
+pub(crate) fn one_class_reason(class: &str) -> String {
+    if class == "absent" {
+        "no cases".to_string()
+    } else {
+        format!("only {class} cases; AUC needs both classes")
+    }
 }
 
 fn check_co_rads(cases: &[EvalCase], has_co_rads: bool) -> Result<()> {
@@ -840,6 +841,35 @@ fn format_name(f: PredictionFormat) -> String {
         .unwrap_or_default()
 }
 
+/// The other system's curves for the figures (ROC, reliability over 10 equal-width bins,
+/// decision curve), on the ground-truth cases of the main evaluation. `--compare` recomputes
+/// them here only, for the plots and the HTML report alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtherCurves {
+    /// ROC curve (`drop_intermediate=True`).
+    pub roc: RocCurve,
+    /// Reliability curve over 10 equal-width bins.
+    pub reliability: CalibrationCurve,
+    /// Decision curve.
+    pub decision: DecisionCurve,
+}
+
+/// Joins `other` with `truth` as [`evaluate`] does and computes its curves.
+pub fn other_curves(
+    truth: &GroundTruth,
+    other: &PredictionSet,
+    opts: &EvalOptions,
+) -> Result<OtherCurves> {
+    let cases = join(truth, other, opts.ignore_extra_predictions)?.cases;
+    let (scores, labels): (Vec<f64>, Vec<bool>) =
+        cases.iter().map(|c| (c.probability, c.label)).unzip();
+    Ok(OtherCurves {
+        roc: roc_curve(&scores, &labels, true)?,
+        reliability: calibration_curve(&scores, &labels, N_BINS, BinStrategy::Uniform)?,
+        decision: decision_curve(&scores, &labels)?,
+    })
+}
+
 /// Evaluates `preds` (and optionally compares with `other`) against `truth`.
 pub fn evaluate(
     truth: &GroundTruth,
@@ -857,20 +887,7 @@ pub fn evaluate(
     let cases = joined.cases;
     check_co_rads(&cases, preds.has_co_rads())?;
     let labels: Vec<bool> = cases.iter().map(|c| c.label).collect();
-    let n_pos = labels.iter().filter(|&&l| l).count();
-    if n_pos == 0 || n_pos == labels.len() {
-        return Err(EvalError::OneClass {
-            what: format!("ground truth {}", truth.path.display()),
-            n: labels.len(),
-            class: if labels.is_empty() {
-                "absent"
-            } else if n_pos == 0 {
-                "negative"
-            } else {
-                "positive"
-            },
-        });
-    }
+    check_both_classes(&format!("ground truth {}", truth.path.display()), &labels)?;
 
     // The other predictions, aligned with `cases` (same ground truth, same order).
     let other_joined = match other {
@@ -993,6 +1010,7 @@ pub fn evaluate(
             format: format_name(preds.format),
         },
         runtime: (preds.format == PredictionFormat::Platform).then(|| summarize(&preds.timings)),
+        strata_by_column: None,
     };
     Ok(Report {
         case: joined.entries,

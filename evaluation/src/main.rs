@@ -7,14 +7,16 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use ctgrade_eval::atomic::write_atomic;
-use ctgrade_eval::calibration::{calibration_curve, BinStrategy, N_BINS};
-use ctgrade_eval::evaluate::{EvalCase, TargetPoint};
+use ctgrade_eval::calibration::N_BINS;
+use ctgrade_eval::evaluate::{other_curves, TargetPoint};
 use ctgrade_eval::figures::{
-    write_decision_curve, write_reliability, DecisionSeries, ReliabilitySeries,
+    decision_svg, reliability_svg, write_decision_curve, write_reliability, DecisionSeries,
+    ReliabilitySeries,
 };
-use ctgrade_eval::operating::decision_curve;
-use ctgrade_eval::plot::{write_plot, RocSeries};
+use ctgrade_eval::plot::{render_svg, write_plot, RocSeries};
+use ctgrade_eval::report::{render_html, ReportFigures};
 use ctgrade_eval::simulate::{summarize_metrics, HealthPolicy, SimulateOptions, FAILED_JOBS_NOTE};
+use ctgrade_eval::strata::{load_strata_table, strata_by_column};
 use ctgrade_eval::{evaluate, load_ground_truth, load_predictions, EvalOptions, Report};
 
 /// Ground-truth folder of the platform (the phase's ground-truth tarball is extracted here).
@@ -138,6 +140,14 @@ struct EvalArgs {
     /// List and skip predictions that match no ground-truth case instead of failing.
     #[arg(long)]
     ignore_extra_predictions: bool,
+    /// Strata by any column: a CSV `case,<column>,...` (site, vendor, sex, age band...); AUC
+    /// and QWK per value with intervals, and a test of the AUC difference between values.
+    #[arg(long, value_name = "FILE.csv")]
+    strata: Option<PathBuf>,
+    /// Write a self-contained HTML report (numbers with intervals, ROC, reliability diagram,
+    /// decision curve, strata, slowest and failed jobs) to this file.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
 }
 
 fn ground_truth_path(cli: &EvalArgs) -> PathBuf {
@@ -321,7 +331,19 @@ fn run(cli: &EvalArgs) -> Result<()> {
         ignore_extra_predictions: cli.ignore_extra_predictions,
         ..EvalOptions::default()
     };
-    let report = evaluate(&truth, &preds, other.as_ref(), &opts)?;
+    let mut report = evaluate(&truth, &preds, other.as_ref(), &opts)?;
+    if let Some(path) = &cli.strata {
+        // A bad strata file costs its table, not the evaluation.
+        match load_strata_table(path).and_then(|t| strata_by_column(&t, &truth, &preds, &opts)) {
+            Ok(s) => {
+                for w in &s.warnings {
+                    eprintln!("warning: strata: {w}");
+                }
+                report.aggregates.strata_by_column = Some(s);
+            }
+            Err(e) => eprintln!("warning: strata: {e}; no strata table"),
+        }
+    }
     for case in &report.aggregates.ignored_predictions {
         eprintln!("warning: prediction for '{case}' matches no ground-truth case; skipped");
     }
@@ -332,105 +354,94 @@ fn run(cli: &EvalArgs) -> Result<()> {
     let json = serde_json::to_string_pretty(&report)? + "\n";
     write_atomic(&cli.output, json.as_bytes())?;
 
-    let any_plot = !(cli.plot.is_empty()
-        && cli.plot_reliability.is_empty()
-        && cli.plot_decision_curve.is_empty());
-    // The other predictions' cases, aligned with the ground truth, for their curves.
-    let other_cases: Option<Vec<EvalCase>> = match (&report.aggregates.compare, &other) {
-        (Some(_), Some(o)) if any_plot => {
-            Some(ctgrade_eval::evaluate::join(&truth, o, opts.ignore_extra_predictions)?.cases)
-        }
+    let want_report = cli.report.is_some();
+    let any_plot = want_report
+        || !(cli.plot.is_empty()
+            && cli.plot_reliability.is_empty()
+            && cli.plot_decision_curve.is_empty());
+    // The other predictions' curves, computed once for the plots and the report.
+    let other_curves = match (&report.aggregates.compare, &other) {
+        (Some(_), Some(o)) if any_plot => Some((o, other_curves(&truth, o, &opts)?)),
         _ => None,
-    };
-    let scores_labels = |cases: &[EvalCase]| -> (Vec<f64>, Vec<bool>) {
-        cases.iter().map(|c| (c.probability, c.label)).unzip()
     };
     let m = &report.aggregates.metrics;
     let counts_text = format!(
         "n = {} ({} positive, {} negative)",
         m.n_cases, m.n_positive, m.n_negative
     );
-    if !cli.plot.is_empty() {
-        let mut series = vec![RocSeries {
+    let mut roc_series = vec![RocSeries {
+        label: format!(
+            "{}: AUC {:.3}{}",
+            source_name(&cli.predictions),
+            m.auc,
+            legend_ci(m.auc_95ci)
+        ),
+        fpr: m.roc.fpr.clone(),
+        tpr: m.roc.tpr.clone(),
+    }];
+    let mut reliability_series = vec![ReliabilitySeries {
+        label: format!(
+            "{}: Brier {:.3}, ECE {:.3}",
+            source_name(&cli.predictions),
+            m.brier,
+            m.ece_uniform_10
+        ),
+        curve: m.calibration_curve_uniform_10.clone(),
+    }];
+    let mut decision_series = vec![DecisionSeries {
+        label: source_name(&cli.predictions),
+        curve: m.decision_curve.clone(),
+    }];
+    if let (Some(c), Some((o, curves))) = (&report.aggregates.compare, &other_curves) {
+        roc_series.push(RocSeries {
             label: format!(
                 "{}: AUC {:.3}{}",
-                source_name(&cli.predictions),
-                m.auc,
-                legend_ci(m.auc_95ci)
+                source_name(&o.source),
+                c.auc_other,
+                legend_ci(c.auc_other_95ci)
             ),
-            fpr: m.roc.fpr.clone(),
-            tpr: m.roc.tpr.clone(),
-        }];
-        if let (Some(c), Some(o), Some(oc)) = (&report.aggregates.compare, &other, &other_cases) {
-            let (scores, labels) = scores_labels(oc);
-            let roc = ctgrade_eval::metrics::roc_curve(&scores, &labels, true)?;
-            series.push(RocSeries {
-                label: format!(
-                    "{}: AUC {:.3}{}",
-                    source_name(&o.source),
-                    c.auc_other,
-                    legend_ci(c.auc_other_95ci)
-                ),
-                fpr: roc.fpr,
-                tpr: roc.tpr,
-            });
-        }
-        let title = format!("ROC, {counts_text}");
-        for p in &cli.plot {
-            write_plot(p, &title, &series)?;
-            println!("wrote {}", p.display());
-        }
-    }
-    if !cli.plot_reliability.is_empty() {
-        let mut series = vec![ReliabilitySeries {
+            fpr: curves.roc.fpr.clone(),
+            tpr: curves.roc.tpr.clone(),
+        });
+        reliability_series.push(ReliabilitySeries {
             label: format!(
                 "{}: Brier {:.3}, ECE {:.3}",
-                source_name(&cli.predictions),
-                m.brier,
-                m.ece_uniform_10
+                source_name(&o.source),
+                c.brier_other,
+                curves.reliability.ece
             ),
-            curve: m.calibration_curve_uniform_10.clone(),
-        }];
-        if let (Some(o), Some(oc)) = (&other, &other_cases) {
-            let (scores, labels) = scores_labels(oc);
-            let curve = calibration_curve(&scores, &labels, N_BINS, BinStrategy::Uniform)?;
-            let brier = report
-                .aggregates
-                .compare
-                .as_ref()
-                .map_or(f64::NAN, |c| c.brier_other);
-            series.push(ReliabilitySeries {
-                label: format!(
-                    "{}: Brier {brier:.3}, ECE {:.3}",
-                    source_name(&o.source),
-                    curve.ece
-                ),
-                curve,
-            });
-        }
-        let title = format!("Reliability, {counts_text}, {N_BINS} equal-width bins");
-        for p in &cli.plot_reliability {
-            write_reliability(p, &title, &series)?;
-            println!("wrote {}", p.display());
-        }
+            curve: curves.reliability.clone(),
+        });
+        decision_series.push(DecisionSeries {
+            label: source_name(&o.source),
+            curve: curves.decision.clone(),
+        });
     }
-    if !cli.plot_decision_curve.is_empty() {
-        let mut series = vec![DecisionSeries {
-            label: source_name(&cli.predictions),
-            curve: m.decision_curve.clone(),
-        }];
-        if let (Some(o), Some(oc)) = (&other, &other_cases) {
-            let (scores, labels) = scores_labels(oc);
-            series.push(DecisionSeries {
-                label: source_name(&o.source),
-                curve: decision_curve(&scores, &labels)?,
-            });
-        }
-        let title = format!("Decision curve, {counts_text}");
-        for p in &cli.plot_decision_curve {
-            write_decision_curve(p, &title, &series)?;
-            println!("wrote {}", p.display());
-        }
+    let roc_title = format!("ROC, {counts_text}");
+    let reliability_title = format!("Reliability, {counts_text}, {N_BINS} equal-width bins");
+    let decision_title = format!("Decision curve, {counts_text}");
+    for p in &cli.plot {
+        write_plot(p, &roc_title, &roc_series)?;
+        println!("wrote {}", p.display());
+    }
+    for p in &cli.plot_reliability {
+        write_reliability(p, &reliability_title, &reliability_series)?;
+        println!("wrote {}", p.display());
+    }
+    for p in &cli.plot_decision_curve {
+        write_decision_curve(p, &decision_title, &decision_series)?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &cli.report {
+        let figures = ReportFigures {
+            roc_svg: render_svg(&roc_title, &roc_series),
+            reliability_svg: reliability_svg(&reliability_title, &reliability_series),
+            decision_svg: decision_svg(&decision_title, &decision_series),
+        };
+        let title = format!("ctgrade-eval: {}", source_name(&cli.predictions));
+        let html = render_html(&title, &report, &figures, &preds.timings);
+        write_atomic(p, html.as_bytes())?;
+        println!("wrote {}", p.display());
     }
     println!("{}", summary(&report));
     println!("wrote {}", cli.output.display());

@@ -26,6 +26,12 @@ pub(crate) fn check_inputs(what: &'static str, scores: &[f64], labels: &[bool]) 
     if let Some(index) = scores.iter().position(|s| s.is_nan()) {
         return Err(EvalError::NanScore { what, index });
     }
+    check_both_classes(what, labels)
+}
+
+/// The one-class check, written once: AUC, ROC and every stratum need positive and negative
+/// cases. The error says which class the labels hold ("absent" when there are none).
+pub fn check_both_classes(what: &str, labels: &[bool]) -> Result<()> {
     let n_pos = labels.iter().filter(|&&l| l).count();
     if n_pos == 0 || n_pos == labels.len() {
         return Err(EvalError::OneClass {

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::case::case_name;
+use crate::csvrows::CsvTable;
 use crate::error::{EvalError, Result};
 use crate::platform::socket_field;
 use crate::runtime::JobTiming;
@@ -539,71 +540,31 @@ fn load_folder(dir: &Path) -> Result<PredictionSet> {
     )
 }
 
-/// Finds a column by any of its accepted names (case-insensitive, trimmed).
-pub(crate) fn find_column(headers: &csv::StringRecord, names: &[&str]) -> Option<usize> {
-    headers.iter().position(|h| {
-        let h = h.trim().trim_start_matches('\u{feff}').to_ascii_lowercase();
-        names.iter().any(|n| h == *n)
-    })
-}
-
-/// Opens a CSV file with a header row; fields are trimmed.
-pub(crate) fn open_csv(path: &Path) -> Result<(csv::Reader<fs::File>, csv::StringRecord)> {
-    let file = fs::File::open(path).map_err(|e| EvalError::io(path, e))?;
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(false)
-        .from_reader(file);
-    let headers = reader
-        .headers()
-        .map_err(|cause| EvalError::Csv {
-            path: path.to_path_buf(),
-            cause,
-        })?
-        .clone();
-    Ok((reader, headers))
-}
-
 /// Reads `case,probability[,co_rads]` (header required; extra columns are ignored).
 fn load_csv(path: &Path) -> Result<PredictionSet> {
-    let (mut reader, headers) = open_csv(path)?;
-    let col = |names: &[&str]| find_column(&headers, names);
+    let table = CsvTable::open(path)?;
     let (Some(case_col), Some(prob_col)) = (
-        col(&["case", "case_id", "image"]),
-        col(&["probability", PROBABILITY_SLUG, "probability_covid_19"]),
+        table.column(&["case", "case_id", "image"]),
+        table.column(&["probability", PROBABILITY_SLUG, "probability_covid_19"]),
     ) else {
         return Err(EvalError::format(
             path,
             format!(
                 "expected a header with 'case' and 'probability' columns, found: {}",
-                headers.iter().collect::<Vec<_>>().join(",")
+                table.headers().iter().collect::<Vec<_>>().join(",")
             ),
         ));
     };
-    let co_rads_col = col(&["co_rads", CO_RADS_SLUG, "corads", "co-rads"]);
+    let co_rads_col = table.column(&["co_rads", CO_RADS_SLUG, "corads", "co-rads"]);
     let mut predictions = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|cause| EvalError::Csv {
-            path: path.to_path_buf(),
-            cause,
-        })?;
-        let line = record.position().map_or(0, |p| p.line());
-        let row_err = |message: String| EvalError::Row {
-            path: path.to_path_buf(),
-            line,
-            message,
-        };
-        let case = case_name(record.get(case_col).unwrap_or_default());
+    table.for_each_row(|row| {
+        let case = case_name(row.get(case_col));
         if case.is_empty() {
-            return Err(row_err("empty case name".into()));
+            return Err(row.error("empty case name"));
         }
-        let origin = format!("{}, line {line}", path.display());
-        let probability =
-            probability_from_str(record.get(prob_col).unwrap_or_default(), &case, &origin)?;
-        let co_rads = match co_rads_col
-            .and_then(|c| record.get(c))
-            .filter(|s| !s.is_empty())
-        {
+        let origin = row.origin();
+        let probability = probability_from_str(row.get(prob_col), &case, &origin)?;
+        let co_rads = match row.cell(co_rads_col) {
             Some(s) => Some(co_rads_from_str(s, &case, &origin)?),
             None => None,
         };
@@ -613,7 +574,8 @@ fn load_csv(path: &Path) -> Result<PredictionSet> {
             co_rads,
             origin,
         });
-    }
+        Ok(())
+    })?;
     PredictionSet::checked(
         path.to_path_buf(),
         PredictionFormat::Csv,

@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use crate::atomic::write_atomic;
 use crate::case::{case_name, match_key};
+use crate::csvrows::CsvTable;
 use crate::error::{EvalError, Result};
-use crate::predictions::{co_rads_from_str, find_column, open_csv};
+use crate::predictions::co_rads_from_str;
 
 /// How a ground-truth file was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -89,16 +90,13 @@ pub fn load_ground_truth(path: &Path) -> Result<GroundTruth> {
     } else {
         path.to_path_buf()
     };
-    let (_, headers) = open_csv(&file)?;
-    if find_column(&headers, &["patient id"]).is_some()
-        && find_column(&headers, &["morbidity outcome"]).is_some()
-    {
-        load_ictcf(&file)
-    } else if find_column(&headers, &["case"]).is_some()
-        && find_column(&headers, &["label"]).is_some()
-    {
-        load_generic(&file)
+    let table = CsvTable::open(&file)?;
+    if table.column(&["patient id"]).is_some() && table.column(&["morbidity outcome"]).is_some() {
+        load_ictcf(table)
+    } else if table.column(&["case"]).is_some() && table.column(&["label"]).is_some() {
+        load_generic(table)
     } else {
+        let headers = table.headers();
         Err(EvalError::format(
             &file,
             format!(
@@ -121,10 +119,10 @@ pub fn write_only_cases(
     dest: &Path,
 ) -> Result<usize> {
     let path = truth.path.as_path();
-    let (mut reader, headers) = open_csv(path)?;
+    let table = CsvTable::open(path)?;
     let case_col = match truth.format {
-        TruthFormat::Ictcf => find_column(&headers, &["patient id"]),
-        TruthFormat::Generic => find_column(&headers, &["case"]),
+        TruthFormat::Ictcf => table.column(&["patient id"]),
+        TruthFormat::Generic => table.column(&["case"]),
     }
     .unwrap_or(0);
     let csv_err = |cause| EvalError::Csv {
@@ -132,16 +130,16 @@ pub fn write_only_cases(
         cause,
     };
     let mut writer = csv::Writer::from_writer(Vec::new());
-    writer.write_record(&headers).map_err(csv_err)?;
+    writer.write_record(table.headers()).map_err(csv_err)?;
     let mut dropped = 0;
-    for record in reader.records() {
-        let record = record.map_err(csv_err)?;
-        if keep_keys.contains(&match_key(record.get(case_col).unwrap_or_default())) {
-            writer.write_record(&record).map_err(csv_err)?;
+    table.for_each_row(|row| {
+        if keep_keys.contains(&match_key(row.get(case_col))) {
+            writer.write_record(row.record()).map_err(csv_err)?;
         } else {
             dropped += 1;
         }
-    }
+        Ok(())
+    })?;
     let bytes = writer
         .into_inner()
         .map_err(|e| EvalError::io(dest, e.into_error()))?;
@@ -195,29 +193,19 @@ fn check_unique(items: &[TruthCase]) -> Result<()> {
     crate::case::check_unique(items, |x| &x.case, |x| &x.origin)
 }
 
-fn load_ictcf(path: &Path) -> Result<GroundTruth> {
-    let (mut reader, headers) = open_csv(path)?;
-    let id_col = find_column(&headers, &["patient id"]).unwrap_or(0);
-    let outcome_col = find_column(&headers, &["morbidity outcome"]).unwrap_or(0);
+fn load_ictcf(table: CsvTable) -> Result<GroundTruth> {
+    let path = table.path().to_path_buf();
+    let id_col = table.column(&["patient id"]).unwrap_or(0);
+    let outcome_col = table.column(&["morbidity outcome"]).unwrap_or(0);
     let mut cases = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|cause| EvalError::Csv {
-            path: path.to_path_buf(),
-            cause,
-        })?;
-        let line = record.position().map_or(0, |p| p.line());
-        let row_err = |message: String| EvalError::Row {
-            path: path.to_path_buf(),
-            line,
-            message,
-        };
-        let id = record.get(id_col).unwrap_or_default();
+    table.for_each_row(|row| {
+        let id = row.get(id_col);
         if id.is_empty() {
-            return Err(row_err("empty 'Patient ID'".into()));
+            return Err(row.error("empty 'Patient ID'"));
         }
-        let outcome = record.get(outcome_col).unwrap_or_default();
+        let outcome = row.get(outcome_col);
         let label = ictcf_label(outcome).ok_or_else(|| {
-            row_err(format!(
+            row.error(format!(
                 "unknown 'Morbidity outcome' '{outcome}' for patient '{id}' (expected Control, \
                  Control (Community-acquired pneumonia), Suspected, Suspected (COVID-19-confirmed \
                  later), Mild, Regular, Severe or Critically ill)"
@@ -230,12 +218,13 @@ fn load_ictcf(path: &Path) -> Result<GroundTruth> {
             co_rads: None,
             patient: Some(id.to_string()),
             slice_thickness_mm: None,
-            origin: format!("{}, line {line}", path.display()),
+            origin: row.origin(),
         });
-    }
+        Ok(())
+    })?;
     check_unique(&cases)?;
     Ok(GroundTruth {
-        path: path.to_path_buf(),
+        path,
         format: TruthFormat::Ictcf,
         cases,
     })
@@ -249,48 +238,37 @@ fn parse_label(s: &str) -> Option<bool> {
     }
 }
 
-fn load_generic(path: &Path) -> Result<GroundTruth> {
-    let (mut reader, headers) = open_csv(path)?;
-    let case_col = find_column(&headers, &["case"]).unwrap_or(0);
-    let label_col = find_column(&headers, &["label"]).unwrap_or(0);
-    let co_rads_col = find_column(&headers, &["co_rads", "co-rads", "corads", "co-rads-score"]);
-    let patient_col = find_column(&headers, &["patient", "patient_id", "patient id"]);
-    let thick_col = find_column(&headers, &["slice_thickness_mm", "slice_thickness"]);
+fn load_generic(table: CsvTable) -> Result<GroundTruth> {
+    let path = table.path().to_path_buf();
+    let case_col = table.column(&["case"]).unwrap_or(0);
+    let label_col = table.column(&["label"]).unwrap_or(0);
+    let co_rads_col = table.column(&["co_rads", "co-rads", "corads", "co-rads-score"]);
+    let patient_col = table.column(&["patient", "patient_id", "patient id"]);
+    let thick_col = table.column(&["slice_thickness_mm", "slice_thickness"]);
     let mut cases = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|cause| EvalError::Csv {
-            path: path.to_path_buf(),
-            cause,
-        })?;
-        let line = record.position().map_or(0, |p| p.line());
-        let row_err = |message: String| EvalError::Row {
-            path: path.to_path_buf(),
-            line,
-            message,
-        };
-        let case = case_name(record.get(case_col).unwrap_or_default());
+    table.for_each_row(|row| {
+        let case = case_name(row.get(case_col));
         if case.is_empty() {
-            return Err(row_err("empty case name".into()));
+            return Err(row.error("empty case name"));
         }
-        let raw_label = record.get(label_col).unwrap_or_default();
+        let raw_label = row.get(label_col);
         let label = parse_label(raw_label).ok_or_else(|| {
-            row_err(format!(
+            row.error(format!(
                 "case '{case}': label '{raw_label}' is not 0/1, true/false or positive/negative"
             ))
         })?;
-        let origin = format!("{}, line {line}", path.display());
-        let cell = |c: Option<usize>| c.and_then(|c| record.get(c)).filter(|s| !s.is_empty());
-        let co_rads = match cell(co_rads_col) {
+        let origin = row.origin();
+        let co_rads = match row.cell(co_rads_col) {
             Some(s) => Some(co_rads_from_str(s, &case, &origin)?),
             None => None,
         };
-        let slice_thickness_mm = match cell(thick_col) {
+        let slice_thickness_mm = match row.cell(thick_col) {
             Some(s) => Some(
                 s.parse::<f64>()
                     .ok()
                     .filter(|t| t.is_finite() && *t > 0.0)
                     .ok_or_else(|| {
-                        row_err(format!(
+                        row.error(format!(
                             "case '{case}': slice thickness '{s}' is not a positive number of mm"
                         ))
                     })?,
@@ -302,14 +280,15 @@ fn load_generic(path: &Path) -> Result<GroundTruth> {
             label: Some(label),
             excluded: None,
             co_rads,
-            patient: cell(patient_col).map(str::to_string),
+            patient: row.cell(patient_col).map(str::to_string),
             slice_thickness_mm,
             origin,
         });
-    }
+        Ok(())
+    })?;
     check_unique(&cases)?;
     Ok(GroundTruth {
-        path: path.to_path_buf(),
+        path,
         format: TruthFormat::Generic,
         cases,
     })
