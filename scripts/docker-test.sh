@@ -426,6 +426,11 @@ simulate() {
     diff <(grep -v '"path":' "$out/metrics.json") <(grep -v '"path":' "$sim/host$run.json") >/dev/null \
       || fail "run $run: the evaluation image's metrics differ from the host evaluator's"
     grep -qE '^    "auc": [0-9.]+' "$out/metrics.json" || fail "run $run: no AUC in metrics.json"
+    # Calibration, operating points and the jobs' run time (from predictions.json's times).
+    for key in '"brier":' '"ece_uniform_10":' '"calibration_slope":' '"sensitivity_at_specificity_0_90":' \
+               '"decision_curve":' '"runtime":' '"median_s":'; do
+      grep -qF "$key" "$out/metrics.json" || fail "run $run: metrics.json lacks $key"
+    done
     if [ "$run" = 2 ]; then
       grep -qE '^    "qwk": -?[0-9.]+' "$out/metrics.json" || fail "run 2: no QWK in metrics.json"
     fi
