@@ -54,6 +54,26 @@ fn cmp_f64(a: f64, b: f64) -> Ordering {
     a.partial_cmp(&b).unwrap_or(Ordering::Equal)
 }
 
+/// The case indices sorted by score (ascending, or `descending`) and the bounds of the groups
+/// of tied scores: `order[bounds[g]..bounds[g + 1]]` is the g-th group. `!=` (not bit
+/// equality) decides ties, so -0.0 and 0.0 tie, as in numpy and scikit-learn.
+pub(crate) fn tie_groups(scores: &[f64], descending: bool) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    if descending {
+        order.sort_by(|&a, &b| cmp_f64(scores[b], scores[a]));
+    } else {
+        order.sort_by(|&a, &b| cmp_f64(scores[a], scores[b]));
+    }
+    let mut bounds = vec![0];
+    for k in 1..order.len() {
+        if scores[order[k]] != scores[order[k - 1]] {
+            bounds.push(k);
+        }
+    }
+    bounds.push(order.len());
+    (order, bounds)
+}
+
 /// Scores sorted once, grouped by equal value, for repeated (weighted) AUC evaluation.
 #[derive(Debug, Clone)]
 pub struct RankedScores {
@@ -68,16 +88,7 @@ impl RankedScores {
     /// Sorts the scores; fails on NaN scores, mismatched lengths or a single class.
     pub fn new(scores: &[f64], labels: &[bool]) -> Result<Self> {
         check_inputs("AUC", scores, labels)?;
-        let mut order: Vec<usize> = (0..scores.len()).collect();
-        order.sort_by(|&a, &b| cmp_f64(scores[a], scores[b]));
-        let mut bounds = vec![0];
-        for k in 1..order.len() {
-            // `!=` (not bit equality) so that -0.0 and 0.0 tie, as numpy's diff does.
-            if scores[order[k]] != scores[order[k - 1]] {
-                bounds.push(k);
-            }
-        }
-        bounds.push(order.len());
+        let (order, bounds) = tie_groups(scores, false);
         Ok(Self {
             order,
             bounds,

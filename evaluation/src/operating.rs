@@ -14,7 +14,7 @@
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::metrics::check_inputs;
+use crate::metrics::{check_inputs, tie_groups};
 
 /// Target specificities and sensitivities, in percent.
 pub const TARGETS_PERCENT: [u32; 2] = [90, 95];
@@ -156,16 +156,7 @@ impl RocOrder {
     /// Sorts the scores; fails on NaN scores, mismatched lengths or a single class.
     pub fn new(scores: &[f64], labels: &[bool]) -> Result<Self> {
         check_inputs("ROC", scores, labels)?;
-        let mut order: Vec<usize> = (0..scores.len()).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        let mut bounds = vec![0];
-        for k in 1..order.len() {
-            // `!=` so that -0.0 and 0.0 tie, as in scikit-learn.
-            if scores[order[k]] != scores[order[k - 1]] {
-                bounds.push(k);
-            }
-        }
-        bounds.push(order.len());
+        let (order, bounds) = tie_groups(scores, true);
         Ok(Self {
             order,
             bounds,
