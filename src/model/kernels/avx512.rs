@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::{
     __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_max_ps,
-    _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm_prefetch, _MM_HINT_ET0,
+    _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0,
 };
 use std::sync::OnceLock;
 
@@ -398,6 +398,18 @@ impl DirectGeom {
                             continue;
                         };
                         let line = &chan[(iz * ah.len + iy) * aw.len..][..aw.len];
+                        if aw.stride == 1 {
+                            // Stride 1: the row is the input line between zero margins, one copy
+                            // (the general gather below runs per element).
+                            let left = (-aw.smin).max(0) as usize;
+                            let skip = aw.smin.max(0) as usize;
+                            let left = left.min(row.len());
+                            let n = (row.len() - left).min(aw.len.saturating_sub(skip));
+                            row[..left].fill(0.0);
+                            row[left..left + n].copy_from_slice(&line[skip..skip + n]);
+                            row[left + n..].fill(0.0);
+                            continue;
+                        }
                         for (jx, v) in row.iter_mut().enumerate() {
                             *v = aw.source(jx, px).map_or(0.0, |ix| line[ix]);
                         }
@@ -492,12 +504,30 @@ pub(crate) unsafe fn conv_direct_slices(
         .max(1);
     let tasks_per_z = tiles.div_ceil(per_task);
     let biases: Vec<[f32; MR]> = (0..w.panels()).map(|p| epi.panel_bias(p)).collect();
+    // The input rows a tile reads, one offset per run of taps that shift by one voxel: with
+    // many input channels these are more streams than the hardware prefetcher follows, so
+    // each tile fetches the next tile's rows itself (the micro-kernel otherwise waits on them).
+    let rows: Vec<isize> = offs
+        .iter()
+        .enumerate()
+        .filter(|&(k, &o)| k == 0 || o - offs[k - 1] != 1)
+        .map(|(_, &o)| o)
+        .collect();
+    let row_span = NR + g.kernel[2];
     (0..od * tasks_per_z).into_par_iter().for_each(|t| {
         let (zl, t0) = (t / tasks_per_z, (t % tasks_per_z) * per_task);
         let z = zs.start + zl;
         for ti in t0..(t0 + per_task).min(tiles) {
             let q0 = ti * NR;
             let base = z * hq * wq + q0;
+            let next = src.as_ptr().wrapping_add(base + NR);
+            for &o in &rows {
+                let row = next.wrapping_offset(o);
+                for l in (0..row_span).step_by(16) {
+                    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(l) as *const i8) };
+                }
+            }
             // Valid columns: inside the slice and left of the plane's padding columns.
             let stores = Stores::new(|j| {
                 let q = q0 + j;

@@ -46,7 +46,7 @@ pub(crate) fn eligible(ts: &[&Tensor]) -> bool {
 }
 
 /// Runs `f` on the f32 data of a contiguous CPU tensor without copying it.
-pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Some((start, end)) = layout.contiguous_offsets() else {
         candle_core::bail!("cpu kernel: tensor is not contiguous");
@@ -144,6 +144,32 @@ pub(crate) fn conv3d_with(
     cfg: &Conv3dConfig,
     relu: bool,
 ) -> Result<Tensor> {
+    let (dst, shape) = conv3d_values_with(engine, x, w, bias, cfg, relu)?;
+    Tensor::from_vec(dst, shape.as_slice(), &Device::Cpu)
+}
+
+/// [`conv3d_act`]'s output as its values (C-ordered) and its shape `[N, C_out, D, H, W]`, not yet a
+/// tensor: a caller that transforms every value next (a norm) does it in place, without a second
+/// full-size buffer.
+pub(crate) fn conv3d_values(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv3dConfig,
+    relu: bool,
+) -> Result<(Vec<f32>, [usize; 5])> {
+    conv3d_values_with(Engine::detect(), x, w, bias, cfg, relu)
+}
+
+/// [`conv3d_values`] on the given engine.
+fn conv3d_values_with(
+    engine: Engine,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv3dConfig,
+    relu: bool,
+) -> Result<(Vec<f32>, [usize; 5])> {
     let (n, c_in, d, h, wd) = x.dims5()?;
     let (c_out, c_in_w, kd, kh, kw) = w.dims5()?;
     if c_in != c_in_w {
@@ -175,6 +201,7 @@ pub(crate) fn conv3d_with(
     let x = x.contiguous()?;
     let w = w.contiguous()?;
     let vol_out = out[0] * out[1] * out[2];
+    let shape = [n, c_out, out[0], out[1], out[2]];
     let mut dst = zeroed(n * c_out * vol_out);
     #[cfg(not(target_arch = "x86_64"))]
     let Engine::Gemm = engine;
@@ -185,7 +212,7 @@ pub(crate) fn conv3d_with(
                 conv_avx512(&g, xs, ws, bias.as_deref(), relu, pointwise, &mut dst)
             })
         })?;
-        return Tensor::from_vec(dst, (n, c_out, out[0], out[1], out[2]), &Device::Cpu);
+        return Ok((dst, shape));
     }
     with_f32(&x, |xs| {
         with_f32(&w, |ws| {
@@ -200,7 +227,7 @@ pub(crate) fn conv3d_with(
     if bias.is_some() || relu {
         epilogue(&mut dst, c_out, vol_out, bias.as_deref(), relu);
     }
-    Tensor::from_vec(dst, (n, c_out, out[0], out[1], out[2]), &Device::Cpu)
+    Ok((dst, shape))
 }
 
 /// [`conv3d_with`]'s AVX-512 body: `dst` (zeroed, `n * c_out * vol_out`) gets the convolution
