@@ -7,8 +7,8 @@ use crate::calibration::CalibrationCurve;
 use crate::error::Result;
 use crate::operating::DecisionCurve;
 use crate::plot::{
-    ascii, char_advance, write_scene, Anchor, Rgb, Shape, BLACK, CHANCE, GRID, HEIGHT, LEGEND_TEXT,
-    PALETTE, PLOT_SIZE, PLOT_X0, PLOT_Y0, WHITE, WIDTH,
+    ascii, axes, char_advance, frame_box, line, text, write_scene, Anchor, Frame, Rgb, Shape,
+    BLACK, CHANCE, LEGEND_TEXT, PALETTE, PLOT_SIZE, PLOT_X0, PLOT_Y0, WHITE,
 };
 
 /// One system's reliability curve to draw.
@@ -27,179 +27,6 @@ pub struct DecisionSeries {
     pub label: String,
     /// Net benefit by threshold probability (the first series also gives "treat all").
     pub curve: DecisionCurve,
-}
-
-/// Data ranges of the plot area.
-struct Frame {
-    x0: f64,
-    x1: f64,
-    y0: f64,
-    y1: f64,
-}
-
-impl Frame {
-    fn px(&self, x: f64, y: f64) -> (f64, f64) {
-        (
-            PLOT_X0 + (x - self.x0) / (self.x1 - self.x0) * PLOT_SIZE,
-            PLOT_Y0 + (1.0 - (y - self.y0) / (self.y1 - self.y0)) * PLOT_SIZE,
-        )
-    }
-
-    /// A polyline clipped to the frame's y range (x is inside by construction): the pieces
-    /// that stay inside, in pixels.
-    fn clipped(&self, pts: &[(f64, f64)]) -> Vec<Vec<(f64, f64)>> {
-        let mut runs: Vec<Vec<(f64, f64)>> = Vec::new();
-        let mut cur: Vec<(f64, f64)> = Vec::new();
-        let inside = |y: f64| y >= self.y0 && y <= self.y1;
-        for w in pts.windows(2) {
-            let ((xa, ya), (xb, yb)) = (w[0], w[1]);
-            // Parametric clip of the segment to y0 <= y <= y1.
-            let (mut t0, mut t1) = (0.0f64, 1.0f64);
-            let dy = yb - ya;
-            if dy == 0.0 {
-                if !inside(ya) {
-                    t0 = 1.0;
-                    t1 = 0.0;
-                }
-            } else {
-                let (ta, tb) = ((self.y0 - ya) / dy, (self.y1 - ya) / dy);
-                t0 = t0.max(ta.min(tb));
-                t1 = t1.min(ta.max(tb));
-            }
-            if t0 > t1 {
-                if cur.len() > 1 {
-                    runs.push(std::mem::take(&mut cur));
-                }
-                cur.clear();
-                continue;
-            }
-            let at = |t: f64| self.px(xa + (xb - xa) * t, ya + dy * t);
-            let start = at(t0);
-            if cur.last() != Some(&start) {
-                if cur.len() > 1 {
-                    runs.push(std::mem::take(&mut cur));
-                }
-                cur = vec![start];
-            }
-            cur.push(at(t1));
-            if t1 < 1.0 {
-                runs.push(std::mem::take(&mut cur));
-            }
-        }
-        if cur.len() > 1 {
-            runs.push(cur);
-        }
-        runs
-    }
-}
-
-fn text(x: f64, y: f64, text: String, size: f64, anchor: Anchor, vertical: bool) -> Shape {
-    Shape::Text {
-        x,
-        y,
-        text,
-        size,
-        anchor,
-        vertical,
-    }
-}
-
-fn line(pts: Vec<(f64, f64)>, color: Rgb, width: f64, dash: Option<f64>) -> Shape {
-    Shape::Line {
-        pts,
-        color,
-        width,
-        dash,
-    }
-}
-
-fn tick_label(v: f64, decimals: usize) -> String {
-    // No "-0.00".
-    let v = if v.abs() < 1e-12 { 0.0 } else { v };
-    format!("{v:.decimals$}")
-}
-
-/// Background, grid, tick labels, title and axis titles.
-fn axes(
-    f: &Frame,
-    title: &str,
-    x_title: &str,
-    y_title: &str,
-    y_ticks: &[f64],
-    y_decimals: usize,
-) -> Vec<Shape> {
-    let mut s = vec![Shape::Rect {
-        x: 0.0,
-        y: 0.0,
-        w: WIDTH,
-        h: HEIGHT,
-        fill: Some(WHITE),
-        stroke: None,
-    }];
-    let (x1, y1) = (PLOT_X0 + PLOT_SIZE, PLOT_Y0 + PLOT_SIZE);
-    for k in 0..=5 {
-        let v = f.x0 + (f.x1 - f.x0) * f64::from(k) / 5.0;
-        let (gx, _) = f.px(v, f.y0);
-        s.push(line(vec![(gx, PLOT_Y0), (gx, y1)], GRID, 1.0, None));
-        s.push(text(
-            gx,
-            y1 + 16.0,
-            tick_label(v, 1),
-            12.0,
-            Anchor::Middle,
-            false,
-        ));
-    }
-    for &v in y_ticks {
-        let (_, gy) = f.px(f.x0, v);
-        s.push(line(vec![(PLOT_X0, gy), (x1, gy)], GRID, 1.0, None));
-        s.push(text(
-            PLOT_X0 - 8.0,
-            gy,
-            tick_label(v, y_decimals),
-            12.0,
-            Anchor::End,
-            false,
-        ));
-    }
-    let title = ascii(title);
-    let title_size = (16.0f64).min((WIDTH - 16.0) / title.len().max(1) as f64);
-    s.push(text(
-        WIDTH / 2.0,
-        25.0,
-        title,
-        title_size,
-        Anchor::Middle,
-        false,
-    ));
-    s.push(text(
-        PLOT_X0 + PLOT_SIZE / 2.0,
-        y1 + 42.0,
-        x_title.into(),
-        14.0,
-        Anchor::Middle,
-        false,
-    ));
-    s.push(text(
-        24.0,
-        PLOT_Y0 + PLOT_SIZE / 2.0,
-        y_title.into(),
-        14.0,
-        Anchor::Middle,
-        true,
-    ));
-    s
-}
-
-fn frame_box() -> Shape {
-    Shape::Rect {
-        x: PLOT_X0,
-        y: PLOT_Y0,
-        w: PLOT_SIZE,
-        h: PLOT_SIZE,
-        fill: None,
-        stroke: Some(BLACK),
-    }
 }
 
 /// How a legend row is marked.
@@ -531,6 +358,7 @@ mod tests {
     use super::*;
     use crate::calibration::{calibration_curve, BinStrategy};
     use crate::operating::decision_curve;
+    use crate::plot::WIDTH;
 
     fn demo() -> (Vec<f64>, Vec<bool>) {
         let p = vec![0.05, 0.15, 0.12, 0.35, 0.55, 0.62, 0.71, 0.93, 0.97, 0.41];

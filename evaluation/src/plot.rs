@@ -87,13 +87,6 @@ pub(crate) fn char_advance(size: f64) -> f64 {
     (size * SS as f64 / 8.0).floor().max(1.0) * 8.0 / SS as f64
 }
 
-fn to_px(fpr: f64, tpr: f64) -> (f64, f64) {
-    (
-        PLOT_X0 + fpr.clamp(0.0, 1.0) * PLOT_SIZE,
-        PLOT_Y0 + (1.0 - tpr.clamp(0.0, 1.0)) * PLOT_SIZE,
-    )
-}
-
 /// Keeps text printable for the bitmap font (ASCII only).
 pub(crate) fn ascii(s: &str) -> String {
     s.chars()
@@ -108,102 +101,38 @@ pub(crate) fn ascii(s: &str) -> String {
 }
 
 fn scene(title: &str, series: &[RocSeries]) -> Vec<Shape> {
-    let mut s = vec![Shape::Rect {
-        x: 0.0,
-        y: 0.0,
-        w: WIDTH,
-        h: HEIGHT,
-        fill: Some(WHITE),
-        stroke: None,
-    }];
+    let f = Frame {
+        x0: 0.0,
+        x1: 1.0,
+        y0: 0.0,
+        y1: 1.0,
+    };
+    let ticks: Vec<f64> = (0..=5).map(|k| f64::from(k) / 5.0).collect();
+    let mut s = axes(
+        &f,
+        title,
+        "False positive rate (1 - specificity)",
+        "True positive rate (sensitivity)",
+        &ticks,
+        1,
+    );
     let (x1, y1) = (PLOT_X0 + PLOT_SIZE, PLOT_Y0 + PLOT_SIZE);
-    for k in 0..=5 {
-        let v = k as f64 / 5.0;
-        let (gx, gy) = to_px(v, v);
-        s.push(Shape::Line {
-            pts: vec![(gx, PLOT_Y0), (gx, y1)],
-            color: GRID,
-            width: 1.0,
-            dash: None,
-        });
-        s.push(Shape::Line {
-            pts: vec![(PLOT_X0, gy), (x1, gy)],
-            color: GRID,
-            width: 1.0,
-            dash: None,
-        });
-        let label = format!("{v:.1}");
-        s.push(Shape::Text {
-            x: gx,
-            y: y1 + 16.0,
-            text: label.clone(),
-            size: 12.0,
-            anchor: Anchor::Middle,
-            vertical: false,
-        });
-        s.push(Shape::Text {
-            x: PLOT_X0 - 8.0,
-            y: gy,
-            text: label,
-            size: 12.0,
-            anchor: Anchor::End,
-            vertical: false,
-        });
-    }
-    s.push(Shape::Line {
-        pts: vec![(PLOT_X0, y1), (x1, PLOT_Y0)],
-        color: CHANCE,
-        width: 1.5,
-        dash: Some(6.0),
-    });
+    s.push(line(
+        vec![(PLOT_X0, y1), (x1, PLOT_Y0)],
+        CHANCE,
+        1.5,
+        Some(6.0),
+    ));
     for (k, r) in series.iter().enumerate() {
-        s.push(Shape::Line {
-            pts: r
-                .fpr
-                .iter()
-                .zip(&r.tpr)
-                .map(|(&f, &t)| to_px(f, t))
-                .collect(),
-            color: PALETTE[k % PALETTE.len()],
-            width: 2.5,
-            dash: None,
-        });
+        let pts = r
+            .fpr
+            .iter()
+            .zip(&r.tpr)
+            .map(|(&x, &y)| f.px(x.clamp(0.0, 1.0), y.clamp(0.0, 1.0)))
+            .collect();
+        s.push(line(pts, PALETTE[k % PALETTE.len()], 2.5, None));
     }
-    s.push(Shape::Rect {
-        x: PLOT_X0,
-        y: PLOT_Y0,
-        w: PLOT_SIZE,
-        h: PLOT_SIZE,
-        fill: None,
-        stroke: Some(BLACK),
-    });
-    // The title is centred on the canvas and shrinks to fit its width.
-    let title = ascii(title);
-    let title_size = (16.0f64).min((WIDTH - 16.0) / title.len().max(1) as f64);
-    s.push(Shape::Text {
-        x: WIDTH / 2.0,
-        y: 25.0,
-        text: title,
-        size: title_size,
-        anchor: Anchor::Middle,
-        vertical: false,
-    });
-    s.push(Shape::Text {
-        x: PLOT_X0 + PLOT_SIZE / 2.0,
-        y: y1 + 42.0,
-        text: "False positive rate (1 - specificity)".into(),
-        size: 14.0,
-        anchor: Anchor::Middle,
-        vertical: false,
-    });
-    s.push(Shape::Text {
-        x: 24.0,
-        y: PLOT_Y0 + PLOT_SIZE / 2.0,
-        text: "True positive rate (sensitivity)".into(),
-        size: 14.0,
-        anchor: Anchor::Middle,
-        vertical: true,
-    });
+    s.push(frame_box());
     // Legend in the lower right corner, where a useful ROC curve leaves room.
     let rows: Vec<(Rgb, String, Option<f64>)> = series
         .iter()
@@ -248,6 +177,186 @@ fn xml_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// Data ranges of the plot area.
+pub(crate) struct Frame {
+    pub(crate) x0: f64,
+    pub(crate) x1: f64,
+    pub(crate) y0: f64,
+    pub(crate) y1: f64,
+}
+
+impl Frame {
+    pub(crate) fn px(&self, x: f64, y: f64) -> (f64, f64) {
+        (
+            PLOT_X0 + (x - self.x0) / (self.x1 - self.x0) * PLOT_SIZE,
+            PLOT_Y0 + (1.0 - (y - self.y0) / (self.y1 - self.y0)) * PLOT_SIZE,
+        )
+    }
+
+    /// A polyline clipped to the frame's y range (x is inside by construction): the pieces
+    /// that stay inside, in pixels.
+    pub(crate) fn clipped(&self, pts: &[(f64, f64)]) -> Vec<Vec<(f64, f64)>> {
+        let mut runs: Vec<Vec<(f64, f64)>> = Vec::new();
+        let mut cur: Vec<(f64, f64)> = Vec::new();
+        let inside = |y: f64| y >= self.y0 && y <= self.y1;
+        for w in pts.windows(2) {
+            let ((xa, ya), (xb, yb)) = (w[0], w[1]);
+            // Parametric clip of the segment to y0 <= y <= y1.
+            let (mut t0, mut t1) = (0.0f64, 1.0f64);
+            let dy = yb - ya;
+            if dy == 0.0 {
+                if !inside(ya) {
+                    t0 = 1.0;
+                    t1 = 0.0;
+                }
+            } else {
+                let (ta, tb) = ((self.y0 - ya) / dy, (self.y1 - ya) / dy);
+                t0 = t0.max(ta.min(tb));
+                t1 = t1.min(ta.max(tb));
+            }
+            if t0 > t1 {
+                if cur.len() > 1 {
+                    runs.push(std::mem::take(&mut cur));
+                }
+                cur.clear();
+                continue;
+            }
+            let at = |t: f64| self.px(xa + (xb - xa) * t, ya + dy * t);
+            let start = at(t0);
+            if cur.last() != Some(&start) {
+                if cur.len() > 1 {
+                    runs.push(std::mem::take(&mut cur));
+                }
+                cur = vec![start];
+            }
+            cur.push(at(t1));
+            if t1 < 1.0 {
+                runs.push(std::mem::take(&mut cur));
+            }
+        }
+        if cur.len() > 1 {
+            runs.push(cur);
+        }
+        runs
+    }
+}
+
+pub(crate) fn text(
+    x: f64,
+    y: f64,
+    text: String,
+    size: f64,
+    anchor: Anchor,
+    vertical: bool,
+) -> Shape {
+    Shape::Text {
+        x,
+        y,
+        text,
+        size,
+        anchor,
+        vertical,
+    }
+}
+
+pub(crate) fn line(pts: Vec<(f64, f64)>, color: Rgb, width: f64, dash: Option<f64>) -> Shape {
+    Shape::Line {
+        pts,
+        color,
+        width,
+        dash,
+    }
+}
+
+pub(crate) fn tick_label(v: f64, decimals: usize) -> String {
+    // No "-0.00".
+    let v = if v.abs() < 1e-12 { 0.0 } else { v };
+    format!("{v:.decimals$}")
+}
+
+/// Background, grid, tick labels, title and axis titles.
+pub(crate) fn axes(
+    f: &Frame,
+    title: &str,
+    x_title: &str,
+    y_title: &str,
+    y_ticks: &[f64],
+    y_decimals: usize,
+) -> Vec<Shape> {
+    let mut s = vec![Shape::Rect {
+        x: 0.0,
+        y: 0.0,
+        w: WIDTH,
+        h: HEIGHT,
+        fill: Some(WHITE),
+        stroke: None,
+    }];
+    let (x1, y1) = (PLOT_X0 + PLOT_SIZE, PLOT_Y0 + PLOT_SIZE);
+    for k in 0..=5 {
+        let v = f.x0 + (f.x1 - f.x0) * f64::from(k) / 5.0;
+        let (gx, _) = f.px(v, f.y0);
+        s.push(line(vec![(gx, PLOT_Y0), (gx, y1)], GRID, 1.0, None));
+        s.push(text(
+            gx,
+            y1 + 16.0,
+            tick_label(v, 1),
+            12.0,
+            Anchor::Middle,
+            false,
+        ));
+    }
+    for &v in y_ticks {
+        let (_, gy) = f.px(f.x0, v);
+        s.push(line(vec![(PLOT_X0, gy), (x1, gy)], GRID, 1.0, None));
+        s.push(text(
+            PLOT_X0 - 8.0,
+            gy,
+            tick_label(v, y_decimals),
+            12.0,
+            Anchor::End,
+            false,
+        ));
+    }
+    let title = ascii(title);
+    let title_size = (16.0f64).min((WIDTH - 16.0) / title.len().max(1) as f64);
+    s.push(text(
+        WIDTH / 2.0,
+        25.0,
+        title,
+        title_size,
+        Anchor::Middle,
+        false,
+    ));
+    s.push(text(
+        PLOT_X0 + PLOT_SIZE / 2.0,
+        y1 + 42.0,
+        x_title.into(),
+        14.0,
+        Anchor::Middle,
+        false,
+    ));
+    s.push(text(
+        24.0,
+        PLOT_Y0 + PLOT_SIZE / 2.0,
+        y_title.into(),
+        14.0,
+        Anchor::Middle,
+        true,
+    ));
+    s
+}
+
+pub(crate) fn frame_box() -> Shape {
+    Shape::Rect {
+        x: PLOT_X0,
+        y: PLOT_Y0,
+        w: PLOT_SIZE,
+        h: PLOT_SIZE,
+        fill: None,
+        stroke: Some(BLACK),
+    }
 }
 
 fn css(c: Rgb) -> String {
