@@ -11,7 +11,8 @@
 //! streamed through a buffered writer (large volumes), and [`write_atomic_by_path`] for libraries
 //! that insist on writing to a path themselves. The last two need the folder to exist.
 //!
-//! [`sha256_file`] is the digest ctgrade's manifests record for every weights file.
+//! [`sha256_file`] (and [`sha256_hex`] for bytes in memory) is the digest ctgrade's manifests
+//! record for every weights file.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -122,10 +123,7 @@ fn process_token() -> &'static str {
         h.update(host.trim().as_bytes());
         h.update(std::process::id().to_le_bytes());
         h.update(nanos.to_le_bytes());
-        h.finalize()[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex(&h.finalize()[..6])
     })
 }
 
@@ -142,11 +140,18 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Lower-case hex sha256 of bytes in memory.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lower-case hex of bytes (digests, keys).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Makes the written temporary file readable by everyone, syncs it and renames it over `path`.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::checkpoint::Checkpoint;
-use super::{FoldCheckpoint, ModelFolder, SegmentError, UNetConfig};
+use super::{FoldCheckpoint, ModelFolder, SegmentError};
 
 /// The manifest's file name; its presence makes a folder compact.
 pub const MANIFEST_FILE: &str = "ctgrade-nnunet.json";
@@ -131,7 +131,7 @@ impl Manifest {
                     path: path.clone(),
                     error,
                 })?;
-                let found = sha256(&bytes);
+                let found = ctgrade_fsio::sha256_hex(&bytes);
                 if found != f.sha256 {
                     return Err(SegmentError::Field {
                         path: path.clone(),
@@ -170,14 +170,6 @@ impl Manifest {
     }
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Writes the compact form of the model folder `src` (either form; `folds` as in
 /// [`ModelFolder::load`]) into `out`, after checking every fold's weights against the plans as
 /// loading does. The manifest is written last, so an interrupted conversion leaves no loadable
@@ -185,15 +177,7 @@ fn sha256(bytes: &[u8]) -> String {
 pub fn write(src: &Path, folds: Option<&[String]>, out: &Path) -> Result<Manifest, SegmentError> {
     let device = Device::Cpu;
     let (plans, dataset, checkpoints) = super::read_folder(src, folds, &device)?;
-    let all: Vec<HashMap<String, Tensor>> = checkpoints
-        .iter()
-        .map(|f| f.checkpoint.weights.clone())
-        .collect();
-    let model = ModelFolder::assemble(src, plans, dataset, checkpoints, &device)?;
-    let weights: Vec<HashMap<String, Tensor>> = all
-        .iter()
-        .map(|w| used_tensors(&model.network, w))
-        .collect();
+    let (model, weights) = ModelFolder::assemble(src, plans, dataset, checkpoints, &device)?;
     if same_folder(src, out) {
         return Err(SegmentError::Folder {
             path: out.into(),
@@ -252,13 +236,6 @@ pub fn write(src: &Path, folds: Option<&[String]>, out: &Path) -> Result<Manifes
     let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     ctgrade_fsio::write_atomic(&path, &bytes).map_err(io(&path))?;
     Ok(manifest)
-}
-
-/// The tensors of `weights` the network of `config` reads ([`super::weights::build`]); all of
-/// them should building fail (they have been checked against `config` already).
-fn used_tensors(config: &UNetConfig, weights: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    super::weights::build(config, weights, &Device::Cpu)
-        .map_or_else(|_| weights.clone(), |(_, used)| used)
 }
 
 fn same_folder(a: &Path, b: &Path) -> bool {

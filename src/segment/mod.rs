@@ -27,9 +27,10 @@ pub mod resample;
 pub mod unet;
 mod weights;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 use crate::volume::Volume;
 
@@ -189,17 +190,18 @@ impl ModelFolder {
         device: &Device,
     ) -> Result<Self, SegmentError> {
         let (plans, dataset, checkpoints) = read_folder(dir, folds, device)?;
-        Self::assemble(dir, plans, dataset, checkpoints, device)
+        Ok(Self::assemble(dir, plans, dataset, checkpoints, device)?.0)
     }
 
-    /// Builds one network per fold from the plans, checking trainer and tensors.
+    /// Builds one network per fold from the plans, checking trainer and tensors; also returns,
+    /// per fold, the tensors its network read (what the compact form keeps).
     pub(crate) fn assemble(
         dir: &Path,
         plans: Plans,
         dataset: DatasetJson,
         checkpoints: Vec<FoldCheckpoint>,
         device: &Device,
-    ) -> Result<Self, SegmentError> {
+    ) -> Result<(Self, Vec<HashMap<String, Tensor>>), SegmentError> {
         let plans_path = dir.join("plans.json");
         let dataset_path = dir.join("dataset.json");
         for f in &checkpoints {
@@ -227,6 +229,7 @@ impl ModelFolder {
         let mut nets = Vec::with_capacity(checkpoints.len());
         let mut folds = Vec::with_capacity(checkpoints.len());
         let mut weight_bytes = 0u64;
+        let mut read_per_fold = Vec::with_capacity(checkpoints.len());
         for f in checkpoints {
             let (net, read) =
                 weights::build(&network, &f.checkpoint.weights, device).map_err(|e| {
@@ -241,8 +244,9 @@ impl ModelFolder {
                 .sum::<u64>();
             nets.push(net);
             folds.push(f.fold);
+            read_per_fold.push(read);
         }
-        Ok(Self {
+        let model = Self {
             path: dir.into(),
             plans,
             dataset,
@@ -255,7 +259,8 @@ impl ModelFolder {
             folds,
             nets,
             weight_bytes,
-        })
+        };
+        Ok((model, read_per_fold))
     }
 }
 

@@ -203,10 +203,7 @@ fn cache_key(spec: &InputSpec, case: &CaseFile) -> String {
             }
         }
     }
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ctgrade_fsio::hex(&h.finalize()[..8])
 }
 
 fn cache_path(dir: &Path, case: &str, key: &str) -> PathBuf {
