@@ -258,34 +258,29 @@ fn listed(jobs: &[String]) -> String {
 pub fn summarize(jobs: &[JobTiming]) -> RuntimeSummary {
     let name = |j: &JobTiming| format!("job {} ({})", j.job, j.case);
     let mut problems = Vec::new();
-    let no_duration: Vec<String> = jobs
-        .iter()
-        .filter(|j| j.duration_s().is_none())
-        .map(name)
-        .collect();
-    if !no_duration.is_empty() {
-        problems.push(format!(
-            "{} of {} job(s) have no readable exec_duration or invoke_duration, so the run-time \
-             statistics leave them out: {}",
-            no_duration.len(),
-            jobs.len(),
-            listed(&no_duration)
-        ));
-    }
-    let no_wall: Vec<String> = jobs
-        .iter()
-        .filter(|j| j.wall_s.is_none())
-        .map(name)
-        .collect();
-    if !no_wall.is_empty() {
-        problems.push(format!(
-            "{} of {} job(s) have no readable started_at and completed_at, so the wall-time \
-             statistics leave them out: {}",
-            no_wall.len(),
-            jobs.len(),
-            listed(&no_wall)
-        ));
-    }
+    // The jobs lacking a figure, as one problem naming them.
+    let mut lacking = |missing: fn(&JobTiming) -> bool, what: &str, statistics: &str| {
+        let names: Vec<String> = jobs.iter().filter(|j| missing(j)).map(name).collect();
+        if !names.is_empty() {
+            problems.push(format!(
+                "{} of {} job(s) have no readable {what}, so the {statistics} statistics leave \
+                 them out: {}",
+                names.len(),
+                jobs.len(),
+                listed(&names)
+            ));
+        }
+    };
+    lacking(
+        |j| j.duration_s().is_none(),
+        "exec_duration or invoke_duration",
+        "run-time",
+    );
+    lacking(
+        |j| j.wall_s.is_none(),
+        "started_at and completed_at",
+        "wall-time",
+    );
     for j in jobs {
         for p in &j.problems {
             problems.push(format!("{}: {p}", name(j)));
