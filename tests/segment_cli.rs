@@ -75,6 +75,18 @@ fn segment_names_a_missing_fold_and_writes_nothing() {
     assert!(!dest.exists(), "nothing written");
 }
 
+/// `ctgrade convert --from-nnunet` of the fixture `model` (with `extra` arguments) into `out`,
+/// which must succeed; returns the manifest it prints.
+fn convert_to_compact(model: &str, extra: &[&str], out: &Path) -> serde_json::Value {
+    let from = format!("{FIX}/{model}");
+    let mut args = vec!["convert", "--from-nnunet", &from];
+    args.extend(extra);
+    args.extend(["--out", out.to_str().expect("utf-8")]);
+    let o = ctgrade(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("json")
+}
+
 /// `convert --from-nnunet` writes the compact form, which `segment` runs to the same bytes as
 /// the nnU-Net folder it came from (resenc: a configuration that inherits from another).
 #[test]
@@ -82,15 +94,7 @@ fn the_compact_form_segments_like_the_nnunet_folder() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let compact = tmp.path().join("compact");
     let s = |p: &Path| p.to_str().expect("utf-8").to_owned();
-    let o = ctgrade(&[
-        "convert",
-        "--from-nnunet",
-        &format!("{FIX}/resenc"),
-        "--out",
-        &s(&compact),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let manifest: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let manifest = convert_to_compact("resenc", &[], &compact);
     assert_eq!(manifest["configuration"], "3d_fullres_resenc");
     assert_eq!(manifest["folds"][0]["file"], "fold_0.safetensors");
     let plans: serde_json::Value =
@@ -137,16 +141,7 @@ fn a_changed_compact_weights_file_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let compact = tmp.path().join("compact");
     let s = |p: &Path| p.to_str().expect("utf-8").to_owned();
-    let o = ctgrade(&[
-        "convert",
-        "--from-nnunet",
-        &format!("{FIX}/plain"),
-        "--folds",
-        "1",
-        "--out",
-        &s(&compact),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    convert_to_compact("plain", &["--folds", "1"], &compact);
     let weights = compact.join("fold_1.safetensors");
     let mut bytes = std::fs::read(&weights).expect("read");
     let last = bytes.len() - 1;
