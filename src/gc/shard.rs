@@ -181,6 +181,19 @@ pub fn finished(dir: &Path) -> Option<(f64, u8)> {
     ok.then_some((p, c as u8))
 }
 
+/// A stand-in for the environment in tests: `pairs` as the only variables.
+#[cfg(test)]
+pub(crate) fn env(
+    pairs: &'static [(&'static str, &'static str)],
+) -> impl Fn(&str) -> Option<String> {
+    move |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,14 +204,6 @@ mod tests {
 
     #[test]
     fn parse_and_resolve() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
         let fixed: ShardArg = "2/5".parse().unwrap();
         assert_eq!(
             fixed.resolve(env(&[])).unwrap(),

@@ -368,17 +368,10 @@ pub fn gather(opts: &GatherOptions) -> Result<TrainReport, TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gc::shard::env;
 
     #[test]
     fn member_argument() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
         assert_eq!("3".parse::<MemberArg>(), Ok(MemberArg::Index(3)));
         assert_eq!("auto".parse::<MemberArg>(), Ok(MemberArg::Auto));
         for bad in ["", "-1", "a", "1/2"] {
