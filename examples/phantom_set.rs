@@ -30,6 +30,9 @@ struct Args {
     /// Case name prefix.
     #[arg(long, default_value = "phantom")]
     prefix: String,
+    /// Also write the true lesion labels (1 ground glass, 2 consolidation) to DIR/<case>.mha.
+    #[arg(long, value_name = "DIR")]
+    lesion_labels: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         size,
         spacing,
         prefix: a.prefix,
+        lesion_labels: a.lesion_labels,
     };
     let cases = write_phantom_set(&set, |l| eprintln!("{l}"))?;
     eprintln!("wrote {} phantoms to {}", cases.len(), set.out.display());

@@ -216,6 +216,7 @@ fn phantom_data(dir: &Path, seed: u64) -> PathBuf {
             size: [48, 48, 32],
             spacing: [7.5, 7.5, 10.0],
             prefix: "p".into(),
+            lesion_labels: None,
         },
         |_| {},
     )

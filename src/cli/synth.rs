@@ -30,6 +30,10 @@ pub struct SynthArgs {
     /// Also write the true lesion mask here (.mha, uint8 0/1: lung voxels at least half lesion).
     #[arg(long = "lesion-mask")]
     lesion_mask: Option<PathBuf>,
+    /// Also write the lesion labels here (.mha, uint8: 1 ground glass, 2 consolidation, 0
+    /// elsewhere), e.g. for training a lesion segmenter.
+    #[arg(long = "lesion-labels")]
+    lesion_labels: Option<PathBuf>,
 }
 
 /// Draws the phantom and writes the requested files.
@@ -42,6 +46,7 @@ pub fn synth(args: SynthArgs) -> Result<()> {
         spacing: args.spacing,
         lung_mask: args.lung_mask,
         lesion_mask: args.lesion_mask,
+        lesion_labels: args.lesion_labels,
     })?)
 }
 

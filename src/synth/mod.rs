@@ -27,8 +27,9 @@
 //!
 //! The second volume returned is the true lung mask (1 inside the lungs, vessels and lesions
 //! included, trachea and main bronchi outside the lungs excluded), for testing segmentation;
-//! [`phantom_with_lesions`] also returns the lesion mask (1 where a lesion sets at least half of
-//! a lung voxel's value), for testing where a heat map looks.
+//! [`phantom_with_lesions`] also returns the lesion labels (where a lesion sets at least half of
+//! a lung voxel's value: 1 ground glass, 2 consolidation, which wins where they overlap), for
+//! testing where a heat map looks and for training lesion segmenters.
 //!
 //! Same seed, same configuration: the same voxels on every machine and thread count (per-voxel
 //! noise is a hash of the seed and the voxel index, not a shared random stream).
@@ -91,6 +92,11 @@ enum LesionKind {
     GroundGlass,
     Consolidation,
 }
+
+/// Label of ground-glass voxels in [`Phantom::lesions`].
+pub const GROUND_GLASS: f32 = 1.0;
+/// Label of consolidation voxels in [`Phantom::lesions`].
+pub const CONSOLIDATION: f32 = 2.0;
 
 #[derive(Debug, Clone, Copy)]
 struct Lesion {
@@ -311,11 +317,23 @@ pub struct Phantom {
     pub ct: Volume,
     /// The lung mask (0/1).
     pub lungs: Volume,
-    /// The lesion mask (0/1): lung voxels at least half lesion.
+    /// The lesion labels: lung voxels at least half lesion are [`GROUND_GLASS`] or
+    /// [`CONSOLIDATION`], the rest 0.
     pub lesions: Volume,
 }
 
-/// [`phantom`] with the lesion mask.
+impl Phantom {
+    /// The lesion mask: 1 where [`Phantom::lesions`] has any lesion, 0 elsewhere.
+    pub fn lesion_mask(&self) -> Volume {
+        let mut mask = self.lesions.clone();
+        for v in &mut mask.data {
+            *v = f32::from(*v > 0.0);
+        }
+        mask
+    }
+}
+
+/// [`phantom`] with the lesion labels.
 pub fn phantom_with_lesions(cfg: &PhantomConfig) -> Result<Phantom, SynthError> {
     if !(1..=5).contains(&cfg.co_rads) {
         return Err(SynthError::CoRads(cfg.co_rads));
@@ -442,9 +460,9 @@ fn draw_slice(
         ) else {
             continue;
         };
-        let (amp, edge) = match lesion.kind {
-            LesionKind::GroundGlass => (35.0, 0.35),
-            LesionKind::Consolidation => (20.0, 0.2),
+        let (amp, edge, label) = match lesion.kind {
+            LesionKind::GroundGlass => (35.0, 0.35, GROUND_GLASS),
+            LesionKind::Consolidation => (20.0, 0.2, CONSOLIDATION),
         };
         for j in j0..=j1 {
             for i in i0..=i1 {
@@ -457,7 +475,7 @@ fn draw_slice(
                 let q = lesion.shape.q(p) * (1.0 + 0.25 * scene.lesion_edge.sample(p) as f64);
                 let w = ((1.0 - q) / edge).clamp(0.0, 1.0) as f32;
                 if w >= 0.5 {
-                    lesion_mask[idx] = 1.0;
+                    lesion_mask[idx] = lesion_mask[idx].max(label);
                 }
                 if w > 0.0 {
                     let target = lesion.hu + amp * scene.lesion_texture.sample(p);
@@ -523,6 +541,8 @@ pub struct SynthOptions {
     pub lung_mask: Option<PathBuf>,
     /// Also write the true lesion mask here (.mha, uint8 0/1: lung voxels at least half lesion).
     pub lesion_mask: Option<PathBuf>,
+    /// Also write the lesion labels here (.mha, uint8: 1 ground glass, 2 consolidation).
+    pub lesion_labels: Option<PathBuf>,
 }
 
 /// Runs `ctgrade synth`: draws the phantom and writes the CT (int16) and optionally the mask.
@@ -548,6 +568,9 @@ pub fn run(args: &SynthOptions) -> Result<(), SynthError> {
         save(path, &p.lungs, ElementType::UChar)?;
     }
     if let Some(path) = &args.lesion_mask {
+        save(path, &p.lesion_mask(), ElementType::UChar)?;
+    }
+    if let Some(path) = &args.lesion_labels {
         save(path, &p.lesions, ElementType::UChar)?;
     }
     Ok(())
@@ -567,12 +590,16 @@ mod tests {
                 co_rads,
             };
             let p = phantom_with_lesions(&cfg).unwrap();
-            let (mut lesion, mut lung) = (0usize, 0usize);
+            let (mut lesion, mut lung, mut consolidation) = (0usize, 0usize, 0usize);
             for (l, m) in p.lesions.data.iter().zip(&p.lungs.data) {
                 assert!(*l == 0.0 || *m == 1.0, "lesion voxel outside the lungs");
-                lesion += usize::from(*l == 1.0);
+                assert!([0.0, GROUND_GLASS, CONSOLIDATION].contains(l), "label {l}");
+                lesion += usize::from(*l > 0.0);
+                consolidation += usize::from(*l == CONSOLIDATION);
                 lung += usize::from(*m == 1.0);
             }
+            // Only CO-RADS 5 has consolidations.
+            assert_eq!(consolidation > 0, co_rads == 5, "CO-RADS {co_rads}");
             lesion as f64 / lung as f64
         };
         let f: Vec<f64> = (1..=5).map(fraction).collect();

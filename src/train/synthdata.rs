@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::TrainError;
-use crate::synth::{phantom, PhantomConfig};
+use crate::synth::{phantom_with_lesions, PhantomConfig};
 use crate::volume::{self, ElementType};
 
 /// What to generate.
@@ -24,6 +24,9 @@ pub struct PhantomSet {
     pub spacing: [f64; 3],
     /// Case names are `<prefix>-<j>` (`j` zero-padded).
     pub prefix: String,
+    /// Also write each scan's true lesion labels here (`<case>.mha`, uint8: 1 ground glass, 2
+    /// consolidation), for measuring a lesion segmenter.
+    pub lesion_labels: Option<PathBuf>,
 }
 
 /// CO-RADS categories counted as COVID-19 positive in `truth.csv` (4: high, 5: very high
@@ -53,12 +56,29 @@ pub fn write_phantom_set(
             seed: set.seed.wrapping_add(j as u64),
             co_rads,
         };
-        let (ct, _) = phantom(&cfg).map_err(|e| TrainError::Options(e.to_string()))?;
-        let path = set.out.join(format!("{case}.mha"));
-        volume::write(&path, &ct, ElementType::Short).map_err(|e| TrainError::Data {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
+        let p = phantom_with_lesions(&cfg).map_err(|e| TrainError::Options(e.to_string()))?;
+        let write = |path: PathBuf, vol, ty| {
+            volume::write(&path, vol, ty).map_err(|e| TrainError::Data {
+                path: path.clone(),
+                msg: e.to_string(),
+            })
+        };
+        write(
+            set.out.join(format!("{case}.mha")),
+            &p.ct,
+            ElementType::Short,
+        )?;
+        if let Some(dir) = &set.lesion_labels {
+            std::fs::create_dir_all(dir).map_err(|error| TrainError::Write {
+                path: dir.clone(),
+                error,
+            })?;
+            write(
+                dir.join(format!("{case}.mha")),
+                &p.lesions,
+                ElementType::UChar,
+            )?;
+        }
         cases.push((case, co_rads));
         if (j + 1) % 25 == 0 || j + 1 == n {
             log(format!("{}: {}/{n} phantoms", set.out.display(), j + 1));
