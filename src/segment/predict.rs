@@ -253,9 +253,12 @@ fn sliding_window(
 /// thousands of network passes of a case would fault in and zero them again (about a fifth of
 /// the run). From the heap, the same blocks are reused from pass to pass: the peak RSS stays
 /// that of one pass, since every pass allocates the same sizes in the same order. Dropping the
-/// guard restores glibc's defaults and hands the free heap back, so that the rest of a run (and
-/// a long-lived `serve`) keeps the usual behaviour. Cases are graded one at a time, so no other
-/// thread depends on the setting meanwhile.
+/// guard hands the free heap back and leaves glibc where its own adaptive thresholds settle once
+/// large blocks have been freed (mmap above 32 MiB, trim above 64 MiB): setting any threshold
+/// with `mallopt` switches the adaptation off for good, and glibc's initial fixed values (128
+/// KiB) would then map and unmap every larger block for the rest of the process, which made
+/// training after an in-process segmentation six times slower, nearly all in the kernel. Cases
+/// are graded one at a time, so no other thread depends on the setting meanwhile.
 struct KeepFreedMemory;
 
 impl KeepFreedMemory {
@@ -274,11 +277,13 @@ impl KeepFreedMemory {
 impl Drop for KeepFreedMemory {
     fn drop(&mut self) {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: as above; glibc's documented defaults (M_MMAP_MAX 65536, M_TRIM_THRESHOLD
-        // 128 KiB), then malloc_trim returns the free top of the heap to the system.
+        // SAFETY: as above; glibc's default M_MMAP_MAX (65536) and the largest thresholds its
+        // adaptation reaches on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX, twice that for the
+        // trim threshold), then malloc_trim returns the free top of the heap to the system.
         unsafe {
             libc::mallopt(libc::M_MMAP_MAX, 65536);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
             libc::malloc_trim(0);
         }
     }
