@@ -100,6 +100,27 @@ fn segment_ct(folder: &ModelFolder, ct: &Volume) -> Result<Volume, segment::Segm
 }
 
 impl LesionModel {
+    /// Loads the lesion segmenter at `folder` (either form, anywhere) whose `lesion_labels` make
+    /// the lesion map, checking both as an ensemble's lesion model is checked; `spec.path` is
+    /// the folder as given.
+    pub fn open(folder: &Path, lesion_labels: Vec<i64>) -> Result<Self, EnsembleError> {
+        let loaded = load_segmenter(folder, "lesion")?;
+        check_lesion_labels(&loaded, &lesion_labels).map_err(|reason| {
+            EnsembleError::Segmenter {
+                role: "lesion",
+                path: folder.to_path_buf(),
+                reason,
+            }
+        })?;
+        Ok(Self {
+            spec: LesionModelSpec {
+                path: folder.display().to_string(),
+                lesion_labels,
+            },
+            folder: loaded,
+        })
+    }
+
     /// The model's segmentation of `ct` on the CT's own grid.
     pub fn segment(&self, ct: &Volume) -> Result<Volume, segment::SegmentError> {
         segment_ct(&self.folder, ct)
@@ -379,7 +400,7 @@ impl std::fmt::Debug for Ensemble {
 }
 
 /// Loads a segmenter the manifest names (`role` model at `rel_path`): a folder inside the
-/// ensemble, a model folder in either form, the CT alone as input.
+/// ensemble, then [`load_segmenter`].
 fn open_segmenter(
     dir: &Path,
     manifest_path: &Path,
@@ -399,17 +420,22 @@ fn open_segmenter(
             ),
         });
     }
-    let folder_path = dir.join(rel);
+    load_segmenter(&dir.join(rel), role)
+}
+
+/// Loads the `role` segmenter at `folder_path`: a model folder in either form, the CT alone as
+/// input.
+fn load_segmenter(folder_path: &Path, role: &'static str) -> Result<ModelFolder, EnsembleError> {
     let err = |reason: String| EnsembleError::Segmenter {
         role,
-        path: folder_path.clone(),
+        path: folder_path.to_path_buf(),
         reason,
     };
     if !folder_path.is_dir() {
         return Err(err("no such folder".into()));
     }
     let folder =
-        ModelFolder::load(&folder_path, None, &Device::Cpu).map_err(|e| err(e.to_string()))?;
+        ModelFolder::load(folder_path, None, &Device::Cpu).map_err(|e| err(e.to_string()))?;
     if folder.dataset.num_input_channels() != 1 {
         return Err(err(format!(
             "dataset.json: channel_names: the model takes {} input channels; a {role} model \
@@ -418,6 +444,29 @@ fn open_segmenter(
         )));
     }
     Ok(folder)
+}
+
+/// Checks that `labels` are foreground labels of `folder` (what `lesion_labels` must be).
+fn check_lesion_labels(folder: &ModelFolder, labels: &[i64]) -> Result<(), String> {
+    let known: Vec<i64> = folder
+        .dataset
+        .labels
+        .values()
+        .filter_map(serde_json::Value::as_i64)
+        .collect();
+    if labels.is_empty() {
+        return Err("lesion_labels is empty".into());
+    }
+    for label in labels {
+        if *label == 0 || !known.contains(label) {
+            return Err(format!(
+                "lesion_labels: {label} is not a foreground label of {} (labels {})",
+                folder.path.join("dataset.json").display(),
+                serde_json::to_string(&folder.dataset.labels).unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Loads the manifest's lesion model and checks that it fits: see [`open_segmenter`], lesion
@@ -439,24 +488,7 @@ fn open_lesion_model(
         )));
     }
     let folder = open_segmenter(dir, manifest_path, "lesion", &spec.path)?;
-    let known: Vec<i64> = folder
-        .dataset
-        .labels
-        .values()
-        .filter_map(serde_json::Value::as_i64)
-        .collect();
-    if spec.lesion_labels.is_empty() {
-        return Err(field("lesion_labels is empty".into()));
-    }
-    for label in &spec.lesion_labels {
-        if *label == 0 || !known.contains(label) {
-            return Err(field(format!(
-                "lesion_labels: {label} is not a foreground label of {} (labels {})",
-                folder.path.join("dataset.json").display(),
-                serde_json::to_string(&folder.dataset.labels).unwrap_or_default()
-            )));
-        }
-    }
+    check_lesion_labels(&folder, &spec.lesion_labels).map_err(field)?;
     Ok(LesionModel {
         spec: spec.clone(),
         folder,

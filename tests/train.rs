@@ -1,4 +1,7 @@
-//! `ctgrade train`: learning on a tiny problem, bit-exact resumption, augmentation, label errors.
+//! `ctgrade train`: learning on a tiny problem, bit-exact resumption, augmentation, label errors,
+//! lesion maps computed by a lesion model.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +15,7 @@ use ctgrade::train::labels::read_labels;
 use ctgrade::train::net::TrainNet;
 use ctgrade::train::optim::{loss, Adam, AdamConfig};
 use ctgrade::train::synthdata::{write_phantom_set, PhantomSet};
-use ctgrade::train::{train, Recipe, TrainError, TrainOptions};
+use ctgrade::train::{train, LesionSource, Recipe, TrainError, TrainOptions};
 
 fn tiny_network() -> NetworkConfig {
     NetworkConfig {
@@ -253,6 +256,7 @@ fn options(data: &Path, out: &Path) -> TrainOptions {
             augment: AugmentConfig::default(),
             init: None,
             grad_checkpoint: false,
+            lesion_model: None,
         },
         members: 2,
         member: None,
@@ -261,6 +265,7 @@ fn options(data: &Path, out: &Path) -> TrainOptions {
         checkpoint_every: 2,
         log_every: 0,
         cache: true,
+        lesion_model: None,
         name: "test".into(),
         description: String::new(),
         demonstration: false,
@@ -652,4 +657,124 @@ fn members_trained_as_tasks_equal_the_single_run() {
     );
     ok(ctgrade(&parts, &["--gather"], &[]));
     assert_eq!(manifest(&whole), manifest(&parts));
+}
+
+/// The `.safetensors` files of `out/cache`.
+fn cached_inputs(out: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out.join("cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// `--lesion-model`: the lesion channel of every case is the map `ctgrade run` would compute
+/// (the segmenter's copy in the run's folder, which the manifest names); a changed model
+/// recomputes the cached inputs, and a resumed run with another model is refused.
+#[test]
+fn a_lesion_model_computes_the_training_lesion_channel() {
+    use ctgrade::ensemble::{Ensemble, LesionModelSpec};
+    use ctgrade::preprocess::preprocess;
+    let dir = tempfile::tempdir().unwrap();
+    let data = phantom_data(dir.path(), 800);
+    let out = dir.path().join("run");
+    let model = common::lesion_model(dir.path());
+    let mut opts = options(&data, &out);
+    opts.members = 1;
+    opts.recipe.input.channels = ChannelLayout::CtLesionZeros;
+
+    // Without a lesion map or a model there is no lesion channel.
+    let err = train(&opts).unwrap_err().to_string();
+    assert!(err.contains("lesion map"), "{err}");
+    std::fs::remove_dir_all(&out).unwrap();
+
+    opts.lesion_model = Some(LesionSource {
+        dir: model.clone(),
+        lesion_labels: vec![1, 2],
+    });
+    let report = train(&opts).unwrap();
+    let spec = LesionModelSpec {
+        path: "lesion".into(),
+        lesion_labels: vec![1, 2],
+    };
+    assert_eq!(report.manifest.unwrap().lesion_model, Some(spec.clone()));
+    let ensemble = Ensemble::open(&out).unwrap();
+    let lesion = ensemble.lesion_model.as_ref().unwrap();
+    assert_eq!(lesion.spec, spec);
+
+    // Each cached input's lesion channel is what grading computes from the CT.
+    let cached = cached_inputs(&out);
+    assert_eq!(cached.len(), 10, "{cached:?}");
+    let input = &opts.recipe.input;
+    let [_, d, h, w] = input.shape();
+    let vol = d * h * w;
+    let mut lesion_voxels = 0;
+    for case in ["p-000", "p-004"] {
+        let ct = ctgrade::volume::read(&data.join(format!("{case}.mha"))).unwrap();
+        let map = lesion.lesion_map(&lesion.segment(&ct).unwrap());
+        let want = preprocess(&ct, Some(&map), input).unwrap().input[vol..2 * vol].to_vec();
+        let file = cached
+            .iter()
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(case))
+            .unwrap();
+        let got = candle_core::safetensors::load(file, &Device::Cpu).unwrap()["input"]
+            .get(1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(got, want, "{case}");
+        lesion_voxels += got.iter().filter(|&&v| v > 0.0).count();
+    }
+    assert!(lesion_voxels > 0, "the fixture model marks no lesion");
+
+    // Another model, resumed: refused by the recipe.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let other = {
+        let m = common::lesion_model(&other);
+        let plans_path = m.join("plans.json");
+        let mut plans: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&plans_path).unwrap()).unwrap();
+        plans["configurations"]["3d_fullres"]["spacing"] = serde_json::json!([10.0, 5.0, 5.0]);
+        std::fs::write(&plans_path, plans.to_string()).unwrap();
+        m
+    };
+    let digest = |p: &Path| ctgrade::segment::compact::digest(p).unwrap();
+    let before = digest(&out.join("lesion"));
+    let mut resumed = opts.clone();
+    resumed.resume = true;
+    resumed.lesion_model = Some(LesionSource {
+        dir: other.clone(),
+        lesion_labels: vec![1, 2],
+    });
+    let err = train(&resumed).unwrap_err().to_string();
+    assert!(err.contains("other settings"), "{err}");
+    assert_eq!(
+        digest(&out.join("lesion")),
+        before,
+        "the refused run left the run's model in place"
+    );
+
+    // A fresh run in the same folder with the other model recomputes every cached input.
+    std::fs::remove_dir_all(out.join("checkpoints")).unwrap();
+    resumed.resume = false;
+    train(&resumed).unwrap();
+    assert_eq!(cached_inputs(&out).len(), 20);
+    let err = LesionSource {
+        dir: model,
+        lesion_labels: vec![3],
+    };
+    let mut bad = options(&data, &dir.path().join("bad"));
+    bad.recipe.input.channels = ChannelLayout::CtLesionZeros;
+    bad.lesion_model = Some(err);
+    let err = train(&bad).unwrap_err().to_string();
+    assert!(err.contains("lesion_labels: 3"), "{err}");
+    let mut ct_only = options(&data, &dir.path().join("ct-only"));
+    ct_only.lesion_model = resumed.lesion_model.clone();
+    let err = train(&ct_only).unwrap_err().to_string();
+    assert!(err.contains("ct_lesion_zeros"), "{err}");
 }

@@ -98,7 +98,7 @@ fn folder_of(path: &Path) -> &Path {
 /// A hidden temporary path in `dir` ending in `suffix`, unique per process and call, so
 /// concurrent writers never collide. (Only the suffix is taken from the target: writers such as
 /// the NIfTI one read the whole name.)
-fn temp_path(dir: &Path, suffix: &str) -> PathBuf {
+pub fn temp_path(dir: &Path, suffix: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     dir.join(format!(".tmp-{}-{n}{suffix}", process_token()))

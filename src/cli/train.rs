@@ -9,7 +9,9 @@ use ctgrade::model::Arch;
 use ctgrade::preprocess::InputSpec;
 use ctgrade::train::augment::AugmentConfig;
 use ctgrade::train::optim::AdamConfig;
-use ctgrade::train::{GatherOptions, MemberArg, Recipe, TrainError, TrainOptions, TrainReport};
+use ctgrade::train::{
+    GatherOptions, LesionSource, MemberArg, Recipe, TrainError, TrainOptions, TrainReport,
+};
 
 /// `ctgrade train`: train an ensemble with the paper's recipe.
 #[derive(Debug, Clone, clap::Args)]
@@ -102,6 +104,14 @@ pub struct TrainArgs {
     /// Do not cache preprocessed inputs in --out/cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Compute the lesion map of each case without one (no `lesion` column) with this nnU-Net
+    /// model folder, as `ctgrade run` does; it is copied into --out/lesion and the ensemble's
+    /// manifest names it. The input specification's channels must be "ct_lesion_zeros".
+    #[arg(long, value_name = "DIR", requires = "lesion_labels")]
+    pub lesion_model: Option<PathBuf>,
+    /// The lesion model's labels whose union is the lesion map, e.g. 1,2.
+    #[arg(long, value_delimiter = ',', requires = "lesion_model")]
+    pub lesion_labels: Vec<i64>,
     /// Print a progress line every this many batches.
     #[arg(long, default_value_t = 20)]
     pub log_every: usize,
@@ -173,6 +183,7 @@ impl TrainArgs {
                 },
                 init: self.init.clone(),
                 grad_checkpoint: self.grad_checkpoint,
+                lesion_model: None,
             },
             members,
             member,
@@ -181,6 +192,10 @@ impl TrainArgs {
             checkpoint_every: self.checkpoint_every,
             log_every: self.log_every,
             cache: !self.no_cache,
+            lesion_model: self.lesion_model.clone().map(|dir| LesionSource {
+                dir,
+                lesion_labels: self.lesion_labels.clone(),
+            }),
             name: self.name.clone(),
             description: self.description.clone(),
             demonstration: self.demonstration,

@@ -238,6 +238,21 @@ pub fn write(src: &Path, folds: Option<&[String]>, out: &Path) -> Result<Manifes
     Ok(manifest)
 }
 
+/// A digest of the compact folder `dir`: the sha256 of its `plans.json`, `dataset.json` and
+/// manifest (which holds each weights file's sha256), so it changes with any of them.
+pub fn digest(dir: &Path) -> Result<String, SegmentError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for name in ["plans.json", "dataset.json", MANIFEST_FILE] {
+        let path = dir.join(name);
+        let bytes = std::fs::read(&path).map_err(|error| SegmentError::Io { path, error })?;
+        h.update(name.as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    Ok(ctgrade_fsio::hex(&h.finalize()))
+}
+
 fn same_folder(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }

@@ -332,6 +332,12 @@ pub fn gather(opts: &GatherOptions) -> Result<TrainReport, TrainError> {
     let rows: Vec<LogRow> = records.iter().flat_map(|r| r.rows.clone()).collect();
     let summaries: Vec<MemberSummary> = records.iter().map(|r| r.summary.clone()).collect();
     write_logs_in(out, "", recipe, &rows, &summaries)?;
+    let lesion_model = recipe
+        .lesion_model
+        .as_ref()
+        .map(|entry| super::lesions::check_installed(out, entry))
+        .transpose()
+        .map_err(fail)?;
     let network = recipe.network.clone();
     let description = if opts.description.is_empty() {
         format!(
@@ -353,7 +359,7 @@ pub fn gather(opts: &GatherOptions) -> Result<TrainReport, TrainError> {
         head: recipe.head,
         input: recipe.input.clone(),
         members: Vec::new(),
-        lesion_model: None,
+        lesion_model,
         lobe_model: None,
     };
     let files: Vec<PathBuf> = records.iter().map(|r| out.join(&r.file)).collect();

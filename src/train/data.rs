@@ -10,6 +10,7 @@ use candle_core::Tensor;
 use sha2::{Digest, Sha256};
 
 use super::labels::LabelRow;
+use super::lesions::LesionMaps;
 use super::TrainError;
 use crate::gc::case_name;
 use crate::preprocess::{self, ChannelLayout, InputSpec, PAD_HU};
@@ -177,9 +178,13 @@ pub fn batch_tensor(
 }
 
 /// A short key of what a cached input depends on: the specification and the files' identity.
-fn cache_key(spec: &InputSpec, case: &CaseFile) -> String {
+fn cache_key(spec: &InputSpec, case: &CaseFile, maps: Option<&LesionMaps>) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_string(spec).unwrap_or_default());
+    // A computed lesion map is named by the model that computes it.
+    if let (None, Some(m)) = (&case.lesion, maps) {
+        h.update(m.cache_identity());
+    }
     let identity = |h: &mut Sha256, p: &Path| {
         h.update(p.to_string_lossy().as_bytes());
         if let Ok(m) = std::fs::metadata(p) {
@@ -220,10 +225,12 @@ fn cache_path(dir: &Path, case: &str, key: &str) -> PathBuf {
     dir.join(format!("{safe}-{key}.safetensors"))
 }
 
-/// Preprocesses every case (or reads it from `cache`), reporting progress through `log`.
+/// Preprocesses every case (or reads it from `cache`), reporting progress through `log`. A case
+/// without a lesion map gets one from `maps` when given.
 pub fn load_samples(
     cases: &[CaseFile],
     spec: &InputSpec,
+    maps: Option<&LesionMaps>,
     cache: Option<&Path>,
     mut log: impl FnMut(String),
 ) -> Result<Vec<Sample>, TrainError> {
@@ -240,10 +247,10 @@ pub fn load_samples(
         ChannelLayout::CtLesionZeros => 2,
     };
     let start = Instant::now();
-    let mut cached = 0;
+    let (mut cached, mut computed) = (0, 0);
     let mut samples = Vec::with_capacity(cases.len());
     for (i, case) in cases.iter().enumerate() {
-        let path = cache.map(|dir| cache_path(dir, &case.label.case, &cache_key(spec, case)));
+        let path = cache.map(|dir| cache_path(dir, &case.label.case, &cache_key(spec, case, maps)));
         let from_cache = path
             .as_ref()
             .filter(|p| p.is_file())
@@ -262,9 +269,13 @@ pub fn load_samples(
                     msg,
                 };
                 let ct = volume::read(&case.ct).map_err(|e| data_err(&case.ct, e.to_string()))?;
-                let lesion = match &case.lesion {
-                    Some(p) => Some(volume::read(p).map_err(|e| data_err(p, e.to_string()))?),
-                    None => None,
+                let lesion = match (&case.lesion, maps) {
+                    (Some(p), _) => Some(volume::read(p).map_err(|e| data_err(p, e.to_string()))?),
+                    (None, Some(m)) => {
+                        computed += 1;
+                        Some(m.compute(&ct, &case.ct)?)
+                    }
+                    (None, None) => None,
                 };
                 let pre = preprocess::preprocess(&ct, lesion.as_ref(), spec)
                     .map_err(|e| data_err(&case.ct, format!("preprocessing failed: {e}")))?;
@@ -294,8 +305,13 @@ pub fn load_samples(
         });
         let done = i + 1;
         if done % 25 == 0 || done == cases.len() {
+            let maps = if computed > 0 {
+                format!(", {computed} lesion map(s) computed")
+            } else {
+                String::new()
+            };
             log(format!(
-                "preprocessed {done}/{} cases ({cached} from the cache) in {:.0} s",
+                "preprocessed {done}/{} cases ({cached} from the cache{maps}) in {:.0} s",
                 cases.len(),
                 start.elapsed().as_secs_f64()
             ));

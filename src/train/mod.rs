@@ -3,7 +3,9 @@
 //!
 //! - Data: a label CSV (`case,co_rads[,patient][,lesion]`, see [`labels`]) and a folder of scans;
 //!   each case is preprocessed once as the ensemble's [`InputSpec`] says (kept in memory and
-//!   cached on disk, [`data`]).
+//!   cached on disk, [`data`]). A model with a lesion channel reads each case's lesion map from
+//!   the `lesion` column, or has it computed by a lesion segmenter (`--lesion-model`), exactly as
+//!   `ctgrade run` computes it ([`lesions`]).
 //! - Split: 75/25 train/validation, stratified by CO-RADS, by patient when given; each member
 //!   splits with its own seed. Validation uses a class-balanced list (every CO-RADS class weighs
 //!   the same) and the network in inference form (BatchNorm running statistics), i.e. exactly
@@ -41,6 +43,7 @@ pub mod cluster;
 pub mod data;
 mod error;
 pub mod labels;
+pub mod lesions;
 mod member;
 pub mod metrics;
 pub mod net;
@@ -57,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use crate::ensemble::{self, Manifest};
 use crate::grading::Head;
 use crate::model::NetworkConfig;
-use crate::preprocess::InputSpec;
+use crate::preprocess::{ChannelLayout, InputSpec};
 use augment::AugmentConfig;
 use optim::AdamConfig;
 use report::LogRow;
@@ -65,6 +68,7 @@ use report::LogRow;
 pub use cluster::{gather, GatherOptions, MemberArg};
 pub(crate) use error::write_file;
 pub use error::{MemberError, TrainError};
+pub use lesions::{LesionSource, RecipeLesionModel};
 use member::{fmt_duration, train_member};
 
 /// Everything that determines the trained weights (a resumed run must use the same).
@@ -100,6 +104,10 @@ pub struct Recipe {
     /// to the order of floating-point sums, so it is part of what a resumed run must repeat.
     #[serde(default)]
     pub grad_checkpoint: bool,
+    /// The lesion segmenter that computes the lesion channel of cases without a lesion map:
+    /// set by [`train`] from [`TrainOptions::lesion_model`] (what is set here is replaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lesion_model: Option<RecipeLesionModel>,
 }
 
 /// Options of a training run.
@@ -128,6 +136,9 @@ pub struct TrainOptions {
     pub log_every: usize,
     /// Cache preprocessed inputs in `out/cache`.
     pub cache: bool,
+    /// Compute the lesion maps of cases without one with this segmenter ([`lesions`]); it is
+    /// copied into `out/lesion` and the ensemble's manifest names it.
+    pub lesion_model: Option<LesionSource>,
     /// Manifest name.
     pub name: String,
     /// Manifest description (empty: one is written).
@@ -190,12 +201,25 @@ pub(super) fn member_file(i: usize) -> String {
 /// The whole run: data, members, ensemble, logs; with `opts.member`, that member alone.
 pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
     let started = Instant::now();
-    let r = &opts.recipe;
     check_options(opts)?;
     std::fs::create_dir_all(&opts.out).map_err(|error| TrainError::Write {
         path: opts.out.clone(),
         error,
     })?;
+    // The segmenter's digest is part of the recipe, checked against a resumed run's before the
+    // segmenter replaces the run's own.
+    let staged = match &opts.lesion_model {
+        Some(src) => Some(lesions::Staged::new(src, &opts.out)?),
+        None => None,
+    };
+    let opts = &TrainOptions {
+        recipe: Recipe {
+            lesion_model: staged.as_ref().map(|s| s.entry.clone()),
+            ..opts.recipe.clone()
+        },
+        ..opts.clone()
+    };
+    let r = &opts.recipe;
     // A member task owns only its own checkpoints: the other tasks' are theirs.
     let (existing, whose) = match opts.member {
         None => (opts.out.join("checkpoints"), String::new()),
@@ -237,6 +261,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
         }
     }
     write_file(&recipe_path, format!("{recipe_json}\n").as_bytes())?;
+    let lesion_maps = staged.map(|s| s.install(&opts.out)).transpose()?;
 
     let log = |line: String| {
         if opts.log_every > 0 {
@@ -253,7 +278,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport, TrainError> {
         r.input.spacing_mm
     ));
     let cache = opts.cache.then(|| opts.out.join("cache"));
-    let samples = data::load_samples(&cases, &r.input, cache.as_deref(), log)?;
+    let samples = data::load_samples(
+        &cases,
+        &r.input,
+        lesion_maps.as_ref(),
+        cache.as_deref(),
+        log,
+    )?;
     let to_train: Vec<usize> = match opts.member {
         Some(m) => vec![m],
         None => (0..opts.members).collect(),
@@ -404,6 +435,13 @@ fn check_options(opts: &TrainOptions) -> Result<(), TrainError> {
         return bad(format!(
             "the network takes {} input channels; preprocessing produces 3",
             r.network.in_channels
+        ));
+    }
+    if opts.lesion_model.is_some() && r.input.channels != ChannelLayout::CtLesionZeros {
+        return bad(format!(
+            "--lesion-model computes a lesion channel, but the input layout {:?} takes none \
+             (the input specification's channels must be \"ct_lesion_zeros\")",
+            r.input.channels
         ));
     }
     r.input
