@@ -74,18 +74,23 @@ impl Staged {
     /// of a cluster run share the folder) and loads it.
     pub fn install(self, out: &Path) -> Result<LesionMaps, TrainError> {
         let target = out.join(LESION_DIR);
-        let same = compact::digest(&target).is_ok_and(|d| d == self.entry.digest);
-        if !same {
+        let ours = |dir: &Path| compact::digest(dir).is_ok_and(|d| d == self.entry.digest);
+        if !ours(&target) {
             if target.exists() {
                 std::fs::remove_dir_all(&target).map_err(|error| TrainError::Write {
                     path: target.clone(),
                     error,
                 })?;
             }
-            std::fs::rename(&self.dir, &target).map_err(|error| TrainError::Write {
-                path: target.clone(),
-                error,
-            })?;
+            // Another task of the run may have put the same model there meanwhile.
+            if let Err(error) = std::fs::rename(&self.dir, &target) {
+                if !ours(&target) {
+                    return Err(TrainError::Write {
+                        path: target.clone(),
+                        error,
+                    });
+                }
+            }
         }
         let model = LesionModel::open(&target, self.entry.lesion_labels.clone())?;
         Ok(LesionMaps {
