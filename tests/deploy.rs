@@ -151,30 +151,37 @@ fn kubernetes_indexed_job_and_merge_job() {
     accepted(&line(&mcommand, &margs), &[], "holds no summary.json");
 }
 
+/// `deploy/slurm/<script>`, checked to be valid shell holding each of `needles`.
+fn slurm_script(script: &str, needles: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/slurm")
+        .join(script);
+    let status = Command::new("bash").arg("-n").arg(&path).status().unwrap();
+    assert!(status.success(), "{script}: bash -n failed");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for needle in needles {
+        assert!(text.contains(needle), "{script} lacks {needle:?}");
+    }
+    text
+}
+
 #[test]
 fn slurm_array_and_merge_scripts() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm");
-    for script in ["ctgrade-array.sbatch", "ctgrade-merge.sbatch"] {
-        let path = dir.join(script);
-        let status = Command::new("bash").arg("-n").arg(&path).status().unwrap();
-        assert!(status.success(), "{script}: bash -n failed");
-    }
-    let array = std::fs::read_to_string(dir.join("ctgrade-array.sbatch")).unwrap();
-    for needle in [
-        "#SBATCH --array=0-",
-        "#SBATCH --gres=gpu:",
-        "exec --nv",
-        "--shard \"auto/${SLURM_ARRAY_TASK_COUNT}\" --skip-done",
-        // --containall cleans the environment: the index must be passed in.
-        "--env \"SLURM_ARRAY_TASK_ID=${SLURM_ARRAY_TASK_ID}\"",
-    ] {
-        assert!(
-            array.contains(needle),
-            "ctgrade-array.sbatch lacks {needle}"
-        );
-    }
-    let merge = std::fs::read_to_string(dir.join("ctgrade-merge.sbatch")).unwrap();
-    assert!(merge.contains("/opt/app/ctgrade merge /output --output /output"));
+    slurm_script(
+        "ctgrade-array.sbatch",
+        &[
+            "#SBATCH --array=0-",
+            "#SBATCH --gres=gpu:",
+            "exec --nv",
+            "--shard \"auto/${SLURM_ARRAY_TASK_COUNT}\" --skip-done",
+            // --containall cleans the environment: the index must be passed in.
+            "--env \"SLURM_ARRAY_TASK_ID=${SLURM_ARRAY_TASK_ID}\"",
+        ],
+    );
+    slurm_script(
+        "ctgrade-merge.sbatch",
+        &["/opt/app/ctgrade merge /output --output /output"],
+    );
 
     // The array task's ctgrade command line, as task 3 of 8 runs it.
     let args: Vec<String> = [
@@ -350,31 +357,18 @@ fn slurm_container_command(
 /// with an afterok dependency on the array.
 #[test]
 fn slurm_training_array_and_gather_scripts() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm");
-    for script in ["ctgrade-train-array.sbatch", "ctgrade-train-gather.sbatch"] {
-        let status = Command::new("bash")
-            .arg("-n")
-            .arg(dir.join(script))
-            .status()
-            .unwrap();
-        assert!(status.success(), "{script}: bash -n failed");
-    }
-    let array = std::fs::read_to_string(dir.join("ctgrade-train-array.sbatch")).unwrap();
-    for needle in [
-        "#SBATCH --array=0-9\n",
-        "#SBATCH --gres=gpu:1\n",
-        "#SBATCH --requeue\n",
-        "exec --nv",
-        // The gather waits for every task to succeed.
-        "sbatch --dependency=afterok:$jid --export=ALL,OUT=/data/ensemble ctgrade-train-gather.sbatch",
-    ] {
-        assert!(
-            array.contains(needle),
-            "ctgrade-train-array.sbatch lacks {needle:?}"
-        );
-    }
-    let gather = std::fs::read_to_string(dir.join("ctgrade-train-gather.sbatch")).unwrap();
-    assert!(gather.contains("--dependency=afterok:"));
+    slurm_script(
+        "ctgrade-train-array.sbatch",
+        &[
+            "#SBATCH --array=0-9\n",
+            "#SBATCH --gres=gpu:1\n",
+            "#SBATCH --requeue\n",
+            "exec --nv",
+            // The gather waits for every task to succeed.
+            "sbatch --dependency=afterok:$jid --export=ALL,OUT=/data/ensemble ctgrade-train-gather.sbatch",
+        ],
+    );
+    let gather = slurm_script("ctgrade-train-gather.sbatch", &["--dependency=afterok:"]);
     assert!(!gather.contains("--gres"), "the gather needs no GPU");
 
     // Task 9 of the array 0-9 (--containall cleans the environment: the index must be passed in).

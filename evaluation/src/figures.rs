@@ -7,8 +7,8 @@ use crate::calibration::CalibrationCurve;
 use crate::error::Result;
 use crate::operating::DecisionCurve;
 use crate::plot::{
-    ascii, axes, char_advance, frame_box, line, text, write_scene, Anchor, Frame, Rgb, Shape,
-    BLACK, CHANCE, LEGEND_TEXT, PALETTE, PLOT_SIZE, PLOT_X0, PLOT_Y0, WHITE,
+    axes, frame_box, legend, line, text, unit_axes, write_scene, Anchor, Corner, Frame, Mark, Rgb,
+    Shape, BLACK, CHANCE, PALETTE,
 };
 
 /// One system's reliability curve to draw.
@@ -29,65 +29,6 @@ pub struct DecisionSeries {
     pub curve: DecisionCurve,
 }
 
-/// How a legend row is marked.
-enum Mark {
-    Line { width: f64, dash: Option<f64> },
-    Box,
-}
-
-/// A legend in the upper left (`left`) or upper right corner of the plot area.
-fn legend(rows: Vec<(Rgb, String, Mark)>, left: bool) -> Vec<Shape> {
-    let rows: Vec<(Rgb, String, Mark)> = rows
-        .into_iter()
-        .map(|(c, t, m)| (c, ascii(&t), m))
-        .collect();
-    let text_w =
-        rows.iter().map(|r| r.1.len()).max().unwrap_or(0) as f64 * char_advance(LEGEND_TEXT);
-    let (lw, lh) = (text_w + 52.0, rows.len() as f64 * 22.0 + 10.0);
-    let lx = if left {
-        PLOT_X0 + 10.0
-    } else {
-        PLOT_X0 + PLOT_SIZE - lw - 10.0
-    };
-    let ly = PLOT_Y0 + 10.0;
-    let mut s = vec![Shape::Rect {
-        x: lx,
-        y: ly,
-        w: lw,
-        h: lh,
-        fill: Some(WHITE),
-        stroke: Some(CHANCE),
-    }];
-    for (k, (color, label, mark)) in rows.into_iter().enumerate() {
-        let cy = ly + 16.0 + k as f64 * 22.0;
-        match mark {
-            Mark::Line { width, dash } => s.push(line(
-                vec![(lx + 8.0, cy), (lx + 36.0, cy)],
-                color,
-                width,
-                dash,
-            )),
-            Mark::Box => s.push(Shape::Rect {
-                x: lx + 14.0,
-                y: cy - 6.0,
-                w: 16.0,
-                h: 12.0,
-                fill: Some(color),
-                stroke: None,
-            }),
-        }
-        s.push(text(
-            lx + 44.0,
-            cy,
-            label,
-            LEGEND_TEXT,
-            Anchor::Start,
-            false,
-        ));
-    }
-    s
-}
-
 /// A palette colour mixed with white (`keep` of the colour), for bars behind the curves.
 fn light(c: Rgb, keep: f64) -> Rgb {
     c.map(|v| (f64::from(v) * keep + 255.0 * (1.0 - keep)).round() as u8)
@@ -100,21 +41,7 @@ const BAR_HEIGHT: f64 = 0.25;
 /// predicted probability of each non-empty bin, the diagonal of perfect calibration, and each
 /// bin's case count as a bar (labelled with the count) along the bottom.
 fn reliability_scene(title: &str, series: &[ReliabilitySeries]) -> Vec<Shape> {
-    let f = Frame {
-        x0: 0.0,
-        x1: 1.0,
-        y0: 0.0,
-        y1: 1.0,
-    };
-    let ticks: Vec<f64> = (0..=5).map(|k| f64::from(k) / 5.0).collect();
-    let mut s = axes(
-        &f,
-        title,
-        "Mean predicted probability",
-        "Fraction of positives",
-        &ticks,
-        1,
-    );
+    let (f, mut s) = unit_axes(title, "Mean predicted probability", "Fraction of positives");
     let max_count = series
         .iter()
         .flat_map(|r| r.curve.counts.iter().copied())
@@ -209,7 +136,7 @@ fn reliability_scene(title: &str, series: &[ReliabilitySeries]) -> Vec<Shape> {
         "Cases per bin (bars, counts above)".into(),
         Mark::Box,
     ));
-    s.extend(legend(rows, true));
+    s.extend(legend(rows, Corner::UpperLeft));
     s
 }
 
@@ -324,7 +251,7 @@ fn decision_scene(title: &str, series: &[DecisionSeries]) -> Vec<Shape> {
         );
     }
     s.push(frame_box());
-    s.extend(legend(rows, false));
+    s.extend(legend(rows, Corner::UpperRight));
     s
 }
 
@@ -358,7 +285,7 @@ mod tests {
     use super::*;
     use crate::calibration::{calibration_curve, BinStrategy};
     use crate::operating::decision_curve;
-    use crate::plot::WIDTH;
+    use crate::plot::{PLOT_SIZE, PLOT_Y0, WIDTH};
 
     fn demo() -> (Vec<f64>, Vec<bool>) {
         let p = vec![0.05, 0.15, 0.12, 0.35, 0.55, 0.62, 0.71, 0.93, 0.97, 0.41];

@@ -101,20 +101,10 @@ pub(crate) fn ascii(s: &str) -> String {
 }
 
 fn scene(title: &str, series: &[RocSeries]) -> Vec<Shape> {
-    let f = Frame {
-        x0: 0.0,
-        x1: 1.0,
-        y0: 0.0,
-        y1: 1.0,
-    };
-    let ticks: Vec<f64> = (0..=5).map(|k| f64::from(k) / 5.0).collect();
-    let mut s = axes(
-        &f,
+    let (f, mut s) = unit_axes(
         title,
         "False positive rate (1 - specificity)",
         "True positive rate (sensitivity)",
-        &ticks,
-        1,
     );
     let (x1, y1) = (PLOT_X0 + PLOT_SIZE, PLOT_Y0 + PLOT_SIZE);
     s.push(line(
@@ -134,40 +124,89 @@ fn scene(title: &str, series: &[RocSeries]) -> Vec<Shape> {
     }
     s.push(frame_box());
     // Legend in the lower right corner, where a useful ROC curve leaves room.
-    let rows: Vec<(Rgb, String, Option<f64>)> = series
+    let rows = series
         .iter()
         .enumerate()
-        .map(|(k, r)| (PALETTE[k % PALETTE.len()], ascii(&r.label), None))
-        .chain(std::iter::once((CHANCE, "Chance".to_string(), Some(6.0))))
+        .map(|(k, r)| {
+            let width = 2.5;
+            let mark = Mark::Line { width, dash: None };
+            (PALETTE[k % PALETTE.len()], r.label.clone(), mark)
+        })
+        .chain(std::iter::once((
+            CHANCE,
+            "Chance".to_string(),
+            Mark::Line {
+                width: 1.5,
+                dash: Some(6.0),
+            },
+        )))
+        .collect();
+    s.extend(legend(rows, Corner::LowerRight));
+    s
+}
+
+/// How a legend row is marked.
+pub(crate) enum Mark {
+    Line { width: f64, dash: Option<f64> },
+    Box,
+}
+
+/// Where a legend sits in the plot area.
+pub(crate) enum Corner {
+    UpperLeft,
+    UpperRight,
+    LowerRight,
+}
+
+/// A legend in a corner of the plot area: per row a mark and its text.
+pub(crate) fn legend(rows: Vec<(Rgb, String, Mark)>, corner: Corner) -> Vec<Shape> {
+    let rows: Vec<(Rgb, String, Mark)> = rows
+        .into_iter()
+        .map(|(c, t, m)| (c, ascii(&t), m))
         .collect();
     let text_w =
         rows.iter().map(|r| r.1.len()).max().unwrap_or(0) as f64 * char_advance(LEGEND_TEXT);
     let (lw, lh) = (text_w + 52.0, rows.len() as f64 * 22.0 + 10.0);
-    let (lx, ly) = (x1 - lw - 10.0, y1 - lh - 10.0);
-    s.push(Shape::Rect {
+    let (left, right) = (PLOT_X0 + 10.0, PLOT_X0 + PLOT_SIZE - lw - 10.0);
+    let (lx, ly) = match corner {
+        Corner::UpperLeft => (left, PLOT_Y0 + 10.0),
+        Corner::UpperRight => (right, PLOT_Y0 + 10.0),
+        Corner::LowerRight => (right, PLOT_Y0 + PLOT_SIZE - lh - 10.0),
+    };
+    let mut s = vec![Shape::Rect {
         x: lx,
         y: ly,
         w: lw,
         h: lh,
         fill: Some(WHITE),
         stroke: Some(CHANCE),
-    });
-    for (k, (color, text, dash)) in rows.into_iter().enumerate() {
+    }];
+    for (k, (color, label, mark)) in rows.into_iter().enumerate() {
         let cy = ly + 16.0 + k as f64 * 22.0;
-        s.push(Shape::Line {
-            pts: vec![(lx + 8.0, cy), (lx + 36.0, cy)],
-            color,
-            width: if dash.is_some() { 1.5 } else { 2.5 },
-            dash,
-        });
-        s.push(Shape::Text {
-            x: lx + 44.0,
-            y: cy,
-            text,
-            size: LEGEND_TEXT,
-            anchor: Anchor::Start,
-            vertical: false,
-        });
+        match mark {
+            Mark::Line { width, dash } => s.push(line(
+                vec![(lx + 8.0, cy), (lx + 36.0, cy)],
+                color,
+                width,
+                dash,
+            )),
+            Mark::Box => s.push(Shape::Rect {
+                x: lx + 14.0,
+                y: cy - 6.0,
+                w: 16.0,
+                h: 12.0,
+                fill: Some(color),
+                stroke: None,
+            }),
+        }
+        s.push(text(
+            lx + 44.0,
+            cy,
+            label,
+            LEGEND_TEXT,
+            Anchor::Start,
+            false,
+        ));
     }
     s
 }
@@ -274,6 +313,19 @@ pub(crate) fn tick_label(v: f64, decimals: usize) -> String {
     // No "-0.00".
     let v = if v.abs() < 1e-12 { 0.0 } else { v };
     format!("{v:.decimals$}")
+}
+
+/// [`axes`] over the unit square, ticks every 0.2: the frame and the shapes.
+pub(crate) fn unit_axes(title: &str, x_title: &str, y_title: &str) -> (Frame, Vec<Shape>) {
+    let f = Frame {
+        x0: 0.0,
+        x1: 1.0,
+        y0: 0.0,
+        y1: 1.0,
+    };
+    let ticks: Vec<f64> = (0..=5).map(|k| f64::from(k) / 5.0).collect();
+    let s = axes(&f, title, x_title, y_title, &ticks, 1);
+    (f, s)
 }
 
 /// Background, grid, tick labels, title and axis titles.

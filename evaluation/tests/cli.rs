@@ -1,6 +1,8 @@
 //! End-to-end runs of the `ctgrade-eval` binary: the platform's input format, `ctgrade run`
 //! folders, plots, and every input error the evaluator must report by name.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,53 +52,16 @@ fn close(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Every value of `expected` is in `got`: numbers within 1e-6 (the calibration fits) or 1e-9,
-/// `<key>_bits` as the bit patterns of `<key>`, the rest equal.
+/// [`common::assert_subset`] at 1e-9, the calibration intercept and slope (statsmodels' fit)
+/// at 1e-6.
 fn assert_subset(what: &str, got: &Value, expected: &Value) {
-    match expected {
-        Value::Object(map) => {
-            for (k, e) in map {
-                match k.strip_suffix("_bits") {
-                    Some(key) => {
-                        let g: Vec<u64> = got[key]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .map(|v| v.as_f64().unwrap().to_bits())
-                            .collect();
-                        let e: Vec<u64> = e
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .map(|v| v.as_u64().unwrap())
-                            .collect();
-                        assert_eq!(g, e, "{what}.{key}");
-                    }
-                    None => assert_subset(&format!("{what}.{k}"), &got[k.as_str()], e),
-                }
-            }
+    common::assert_subset(what, got, expected, &|what| {
+        if what.contains("calibration_") && !what.contains("curve") {
+            1e-6
+        } else {
+            1e-9
         }
-        Value::Array(items) => {
-            let g = got.as_array().unwrap_or_else(|| panic!("{what}: {got}"));
-            assert_eq!(g.len(), items.len(), "{what}");
-            for (i, (g, e)) in g.iter().zip(items).enumerate() {
-                assert_subset(&format!("{what}[{i}]"), g, e);
-            }
-        }
-        Value::Number(n) => {
-            let tol = if what.contains("calibration_") && !what.contains("curve") {
-                1e-6
-            } else {
-                1e-9
-            };
-            let e = n.as_f64().unwrap();
-            assert!(
-                got.as_f64().is_some_and(|g| (g - e).abs() <= tol),
-                "{what}: {got} vs {e}"
-            );
-        }
-        _ => assert_eq!(got, expected, "{what}"),
-    }
+    });
 }
 
 /// The platform fixture's metrics (bootstrap 200, seed 11) from `file` in its input folder equal

@@ -138,8 +138,9 @@ fn strata_match_sklearn_and_the_bootstrap_mirror() {
     }
 }
 
-#[test]
-fn cli_with_strata_warns_and_completes() {
+/// `ctgrade-eval` on the fixture with `--strata <strata file>`: its stderr (after asserting
+/// success) and the metrics written.
+fn eval_with_strata(strata: &Path, bootstrap: &str) -> (String, Value) {
     let d = dir();
     let out = tempfile::tempdir().expect("tempdir");
     let metrics = out.path().join("metrics.json");
@@ -150,40 +151,33 @@ fn cli_with_strata_warns_and_completes() {
         .arg(d.join("ground_truth.csv"))
         .arg("-o")
         .arg(&metrics)
-        .args(["--bootstrap", "50", "--strata"])
-        .arg(d.join("strata.csv"))
+        .args(["--bootstrap", bootstrap, "--strata"])
+        .arg(strata)
         .output()
         .expect("run");
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(run.status.success(), "{stderr}");
+    let m =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).expect("metrics")).expect("json");
+    (stderr, m)
+}
+
+#[test]
+fn cli_with_strata_warns_and_completes() {
+    let d = dir();
+    let (stderr, m) = eval_with_strata(&d.join("strata.csv"), "50");
     assert!(stderr.contains("'ghost_1'"), "{stderr}");
     assert!(
         stderr.contains("column 'sex' has fewer than two values"),
         "{stderr}"
     );
-    let m: Value =
-        serde_json::from_str(&std::fs::read_to_string(&metrics).expect("metrics")).expect("json");
     let s = &m["aggregates"]["strata_by_column"];
     assert_eq!(s["columns"][0]["column"], "site");
     assert_eq!(s["unknown_cases"][1], "ghost_2");
     assert!(m["aggregates"]["auc"].is_number());
 
     // A strata file that cannot be read costs only the strata table.
-    let run = Command::new(env!("CARGO_BIN_EXE_ctgrade-eval"))
-        .arg("-p")
-        .arg(d.join("predictions.csv"))
-        .arg("-g")
-        .arg(d.join("ground_truth.csv"))
-        .arg("-o")
-        .arg(&metrics)
-        .args(["--bootstrap", "0", "--strata"])
-        .arg(d.join("missing.csv"))
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stderr}");
+    let (stderr, m) = eval_with_strata(&d.join("missing.csv"), "0");
     assert!(stderr.contains("missing.csv"), "{stderr}");
-    let m: Value =
-        serde_json::from_str(&std::fs::read_to_string(&metrics).expect("metrics")).expect("json");
     assert!(m["aggregates"].get("strata_by_column").is_none());
 }
