@@ -764,13 +764,12 @@ fn a_lesion_model_computes_the_training_lesion_channel() {
     resumed.resume = false;
     train(&resumed).unwrap();
     assert_eq!(cached_inputs(&out).len(), 20);
-    let err = LesionSource {
-        dir: model,
-        lesion_labels: vec![3],
-    };
     let mut bad = options(&data, &dir.path().join("bad"));
     bad.recipe.input.channels = ChannelLayout::CtLesionZeros;
-    bad.lesion_model = Some(err);
+    bad.lesion_model = Some(LesionSource {
+        dir: model,
+        lesion_labels: vec![3],
+    });
     let err = train(&bad).unwrap_err().to_string();
     assert!(err.contains("lesion_labels: 3"), "{err}");
     let mut ct_only = options(&data, &dir.path().join("ct-only"));
