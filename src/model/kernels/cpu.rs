@@ -1,6 +1,6 @@
-//! CPU inference kernels for the 3-D layers: on CPUs with AVX-512, direct convolutions and packed
-//! pointwise ones on a hand-written micro-kernel (`cpu_avx512`); elsewhere a tiled im2col feeding
-//! the `gemm` crate. Plus direct pooling loops and a fused per-channel scale + shift + ReLU.
+//! CPU inference kernels for the 3-D layers: on CPUs with AVX-512 or AVX2 + FMA, direct
+//! convolutions and packed pointwise ones on a hand-written micro-kernel (`direct`); elsewhere a
+//! tiled im2col feeding the `gemm` crate. Plus direct pooling loops and a fused per-channel scale + shift + ReLU.
 //!
 //! candle's CPU `conv2d` (im2col + GEMM over 512-pixel tiles, with an NHWC copy of the whole input
 //! on every call) reaches about 15 GFLOP/s here; these kernels build cache-sized im2col tiles per
@@ -16,24 +16,24 @@ use super::geometry::{avg_divisors, Conv3dConfig, Pool3dConfig, PoolKind};
 use super::prof::{self, Kind};
 
 #[cfg(target_arch = "x86_64")]
-use super::avx512 as avx;
+use super::direct::{self as avx, Isa};
 
 /// Which convolution kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Engine {
     /// Tiled im2col + the `gemm` crate (any CPU).
     Gemm,
-    /// Direct convolution on the AVX-512 micro-kernel.
+    /// Direct convolution on the micro-kernel of an instruction set.
     #[cfg(target_arch = "x86_64")]
-    Avx512,
+    Direct(Isa),
 }
 
 impl Engine {
     /// The fastest engine this CPU runs.
     pub(crate) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if avx::available() {
-            return Engine::Avx512;
+        if let Some(isa) = Isa::detect() {
+            return Engine::Direct(isa);
         }
         Engine::Gemm
     }
@@ -206,10 +206,10 @@ fn conv3d_values_with(
     #[cfg(not(target_arch = "x86_64"))]
     let Engine::Gemm = engine;
     #[cfg(target_arch = "x86_64")]
-    if engine == Engine::Avx512 {
+    if let Engine::Direct(isa) = engine {
         with_f32(&x, |xs| {
             with_f32(&w, |ws| {
-                conv_avx512(&g, xs, ws, bias.as_deref(), relu, pointwise, &mut dst)
+                conv_direct(isa, &g, xs, ws, bias.as_deref(), relu, pointwise, &mut dst)
             })
         })?;
         return Ok((dst, shape));
@@ -230,10 +230,12 @@ fn conv3d_values_with(
     Ok((dst, shape))
 }
 
-/// [`conv3d_with`]'s AVX-512 body: `dst` (zeroed, `n * c_out * vol_out`) gets the convolution
-/// with bias and ReLU applied.
+/// [`conv3d_with`]'s body on the direct kernels of `isa`: `dst` (zeroed, `n * c_out * vol_out`)
+/// gets the convolution with bias and ReLU applied.
 #[cfg(target_arch = "x86_64")]
-fn conv_avx512(
+#[allow(clippy::too_many_arguments)]
+fn conv_direct(
+    isa: Isa,
     g: &ConvGeom,
     xs: &[f32],
     ws: &[f32],
@@ -257,8 +259,8 @@ fn conv_avx512(
                 ptr: avx::Dst(out.as_mut_ptr()),
                 cs: vol_out,
             };
-            // SAFETY: AVX-512 is available (Engine::Avx512); `out` holds c_out planes of vol_out.
-            unsafe { avx::conv_pointwise(item, vol_in, vol_in, None, &pw, epi, to)? };
+            // SAFETY: the CPU runs `isa` (Engine::Direct); `out` holds c_out planes of vol_out.
+            unsafe { avx::conv_pointwise(isa, item, vol_in, vol_in, None, &pw, epi, to)? };
         }
         return Ok(());
     }
@@ -274,8 +276,9 @@ fn conv_avx512(
         .zip(dst.chunks_exact_mut(item_out))
     {
         geom.prepare(item, &mut prep);
-        // SAFETY: AVX-512 is available; `out` holds c_out planes of vol_out; prep is prepared.
-        unsafe { avx::conv_direct(&geom, &prep, &pw, epi, avx::Dst(out.as_mut_ptr()), vol_out)? };
+        // SAFETY: the CPU runs `isa`; `out` holds c_out planes of vol_out; prep is prepared.
+        let to = avx::Dst(out.as_mut_ptr());
+        unsafe { avx::conv_direct(isa, &geom, &prep, &pw, epi, to, vol_out)? };
     }
     Ok(())
 }
@@ -661,7 +664,7 @@ impl PoolPlan {
     }
 }
 
-/// `pool(relu(conv3d(x) + bias))` (the DenseNet stem). On the AVX-512 engine the convolution runs
+/// `pool(relu(conv3d(x) + bias))` (the DenseNet stem). On the direct engines the convolution runs
 /// a few depth slices at a time into a small ring that the pool reads, so the full-resolution
 /// activation (the network's largest) never exists; elsewhere it is convolution, then pooling.
 pub(crate) fn conv3d_relu_pool(
@@ -686,16 +689,17 @@ pub(crate) fn conv3d_relu_pool_with(
     kind: PoolKind,
 ) -> Result<Tensor> {
     #[cfg(target_arch = "x86_64")]
-    if engine == Engine::Avx512 {
-        return conv_pool_avx512(x, w, bias, cfg, pool, kind);
+    if let Engine::Direct(isa) = engine {
+        return conv_pool_direct(isa, x, w, bias, cfg, pool, kind);
     }
     let h = conv3d_with(engine, x, w, bias, cfg, true)?;
     pool3d(&h, pool, kind)
 }
 
-/// [`conv3d_relu_pool`] on the AVX-512 kernels.
+/// [`conv3d_relu_pool`] on the direct kernels of `isa`.
 #[cfg(target_arch = "x86_64")]
-fn conv_pool_avx512(
+fn conv_pool_direct(
+    isa: Isa,
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
@@ -772,12 +776,13 @@ fn conv_pool_avx512(
                     (lo, hi) = (need_lo, need_lo);
                 }
                 if need_hi > hi {
-                    // SAFETY: AVX-512 is available (the caller chose the engine); slices
+                    // SAFETY: the CPU runs `isa` (the caller chose the engine); slices
                     // hi..need_hi go to slots hi - lo.. < span (need_hi - lo <= span) of every
                     // channel.
                     unsafe {
                         let at = ring.as_mut_ptr().add((hi - lo) * slice);
                         avx::conv_direct_slices(
+                            isa,
                             &geom,
                             &prep,
                             &pw,
@@ -896,9 +901,8 @@ pub(super) mod tests {
     /// Every engine this CPU runs.
     pub(in crate::model::kernels) fn engines() -> Vec<Engine> {
         let mut e = vec![Engine::Gemm];
-        if Engine::detect() != Engine::Gemm {
-            e.push(Engine::detect());
-        }
+        #[cfg(target_arch = "x86_64")]
+        e.extend(Isa::available().iter().map(|&isa| Engine::Direct(isa)));
         e
     }
 

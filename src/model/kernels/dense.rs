@@ -6,9 +6,9 @@
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use super::avx512 as avx;
 use super::cpu::*;
+#[cfg(target_arch = "x86_64")]
+use super::direct::{self as avx, Isa};
 use super::geometry::Conv3dConfig;
 use super::prof::{self, Kind};
 
@@ -30,9 +30,10 @@ pub(crate) struct DenseLayerCpu {
 enum LayerWeights {
     /// Row-major `(C_out, C_in * taps)`.
     Gemm { w1: Vec<f32>, w2: Vec<f32> },
-    /// Packed into micro-kernel panels.
+    /// Packed into micro-kernel panels, for the direct kernels of `isa`.
     #[cfg(target_arch = "x86_64")]
-    Avx512 {
+    Direct {
+        isa: Isa,
         w1: avx::PackedWeights,
         w2: avx::PackedWeights,
     },
@@ -78,7 +79,8 @@ impl DenseLayerCpu {
         let weights = match engine {
             Engine::Gemm => LayerWeights::Gemm { w1, w2 },
             #[cfg(target_arch = "x86_64")]
-            Engine::Avx512 => LayerWeights::Avx512 {
+            Engine::Direct(isa) => LayerWeights::Direct {
+                isa,
                 w1: avx::PackedWeights::new(&w1, inner, c_in),
                 w2: avx::PackedWeights::new(&w2, growth, inner * 27),
             },
@@ -133,9 +135,9 @@ pub(crate) fn dense_block(x: &Tensor, layers: &[DenseLayerCpu]) -> Result<Tensor
     #[cfg(target_arch = "x86_64")]
     if layers
         .iter()
-        .all(|l| matches!(l.weights, LayerWeights::Avx512 { .. }))
+        .all(|l| matches!(l.weights, LayerWeights::Direct { .. }))
     {
-        dense_block_avx512(&mut buf, bs, [d, h, w], layers)?;
+        dense_block_direct(&mut buf, bs, [d, h, w], layers)?;
         return Tensor::from_vec(buf, (n, c_total, d, h, w), &Device::Cpu);
     }
     let inner_max = layers.iter().map(|l| l.inner).max().unwrap_or(0);
@@ -175,11 +177,11 @@ pub(crate) fn dense_block(x: &Tensor, layers: &[DenseLayerCpu]) -> Result<Tensor
     Tensor::from_vec(buf, (n, c_total, d, h, w), &Device::Cpu)
 }
 
-/// [`dense_block`] on the AVX-512 kernels: `buf` holds `bs` floats per batch item, the block's
+/// [`dense_block`] on the direct kernels: `buf` holds `bs` floats per batch item, the block's
 /// input in its first channels. The bottleneck writes straight into the zero-padded input of the
 /// 3x3x3 convolution, whose borders stay zero for all layers.
 #[cfg(target_arch = "x86_64")]
-fn dense_block_avx512(
+fn dense_block_direct(
     buf: &mut [f32],
     bs: usize,
     dims: [usize; 3],
@@ -192,7 +194,7 @@ fn dense_block_avx512(
     for b in 0..buf.len() / bs.max(1) {
         for l in layers {
             #[allow(irrefutable_let_patterns)]
-            let LayerWeights::Avx512 { w1, w2 } = &l.weights
+            let LayerWeights::Direct { isa, w1, w2 } = &l.weights
             else {
                 continue;
             };
@@ -209,11 +211,12 @@ fn dense_block_avx512(
                     relu: true,
                 };
                 let pre = Some((l.scale1.as_slice(), l.shift1.as_slice()));
-                // SAFETY: AVX-512 is available (the weights were packed for it); `mid` holds the
+                // SAFETY: the CPU runs `isa` (the weights were packed for it); `mid` holds the
                 // padded planes of l.inner <= inner_max channels; item b's first c_in channels
                 // are read.
                 unsafe {
-                    avx::conv_pointwise(&buf[b * bs..(b + 1) * bs], vol, vol, pre, w1, epi, to)?
+                    let item = &buf[b * bs..(b + 1) * bs];
+                    avx::conv_pointwise(*isa, item, vol, vol, pre, w1, epi, to)?
                 };
             }
             let _t = prof::span(Kind::Conv3x3);
@@ -225,7 +228,7 @@ fn dense_block_avx512(
             // and nothing else accesses buf meanwhile.
             unsafe {
                 let out = avx::Dst(buf.as_mut_ptr().add(b * bs + l.c_in * vol));
-                avx::conv_direct(&g, &mid, w2, epi, out, vol)?;
+                avx::conv_direct(*isa, &g, &mid, w2, epi, out, vol)?;
             }
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! - [`geometry`]: convolution and pooling configurations (stride, padding, output sizes,
 //!   average divisors), shared by every form of a layer;
-//! - `cpu`: the CPU inference kernels (tiled im2col + `gemm`, or the AVX-512 micro-kernel in
-//!   `avx512`), one pooling plan, the fused stem (convolution + ReLU + pool) and BatchNorm + ReLU;
+//! - `cpu`: the CPU inference kernels (tiled im2col + `gemm`, or the AVX-512 / AVX2 micro-kernels
+//!   in `direct`), one pooling plan, the fused stem (convolution + ReLU + pool) and BatchNorm + ReLU;
 //! - `dense`: the DenseNet's dense blocks fused on the CPU;
 //! - `grad_conv`, `grad_pool`, `grad_norm`: the same convolution and pooling, and BatchNorm with
 //!   batch statistics, as candle custom ops with hand-written gradients, for training on the CPU;
@@ -12,12 +12,12 @@
 //!
 //! The layers ([`super::layers`]) choose among these and the composed candle forms.
 
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod avx512;
 pub(crate) mod cpu;
 #[cfg(feature = "cudnn")]
 pub(crate) mod cudnn3d;
 pub(crate) mod dense;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod direct;
 pub mod geometry;
 pub(crate) mod grad_conv;
 pub(crate) mod grad_norm;
