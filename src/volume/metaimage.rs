@@ -793,4 +793,44 @@ mod tests {
         assert!(!h.compressed && !h.msb);
         assert_eq!(h.data_offset as usize, text.len());
     }
+
+    #[test]
+    fn parallel_deflate_is_one_zlib_stream() {
+        use std::io::Read;
+        // Three parts and a short last one; compressible and incompressible stretches.
+        let mut rng = crate::rng::Rng::new(5);
+        let raw: Vec<u8> = (0..2 * DEFLATE_PART + 12345)
+            .map(|i| {
+                if (i / 100_000) % 2 == 0 {
+                    (i % 7) as u8
+                } else {
+                    (rng.uniform() * 256.0) as u8
+                }
+            })
+            .collect();
+        for level in [0, 1, 2, 6, 9] {
+            let z = deflate(Path::new("x.mha"), &raw, level).unwrap();
+            assert_eq!(
+                u16::from_be_bytes([z[0], z[1]]) % 31,
+                0,
+                "header check bits"
+            );
+            let mut back = Vec::new();
+            flate2::read::ZlibDecoder::new(&z[..])
+                .read_to_end(&mut back)
+                .unwrap();
+            assert!(
+                back == raw,
+                "level {level}: the stream does not inflate to the input"
+            );
+        }
+        // Up to one part, the bytes of single-threaded zlib.
+        let small = &raw[..100_000];
+        let mut one = flate2::write::ZlibEncoder::new(Vec::new(), Compression::new(2));
+        one.write_all(small).unwrap();
+        assert_eq!(
+            deflate(Path::new("x.mha"), small, 2).unwrap(),
+            one.finish().unwrap()
+        );
+    }
 }
