@@ -771,37 +771,28 @@ thread_local! {
 /// A packing routine: [`pack_panel`] compiled for one instruction set.
 type PackFn = unsafe fn(&[f32], usize, usize, usize, Option<(&[f32], &[f32])>, &mut [f32]);
 
-/// [`pack_panel`] with AVX-512F.
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_panel_avx512(
-    src: &[f32],
-    src_cs: usize,
-    p0: usize,
-    n: usize,
-    pre: Option<(&[f32], &[f32])>,
-    panel: &mut [f32],
-) {
-    pack_panel(src, src_cs, p0, n, pre, panel)
+/// Defines [`pack_panel`] compiled with the given target features, one function per set.
+macro_rules! pack_panel_with {
+    ($($name:ident: $features:literal),*) => {$(
+        #[doc = concat!("[`pack_panel`] with ", $features, ".")]
+        ///
+        /// # Safety
+        /// The CPU must support those features.
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            src: &[f32],
+            src_cs: usize,
+            p0: usize,
+            n: usize,
+            pre: Option<(&[f32], &[f32])>,
+            panel: &mut [f32],
+        ) {
+            pack_panel(src, src_cs, p0, n, pre, panel)
+        }
+    )*};
 }
 
-/// [`pack_panel`] with AVX2 + FMA.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pack_panel_avx2(
-    src: &[f32],
-    src_cs: usize,
-    p0: usize,
-    n: usize,
-    pre: Option<(&[f32], &[f32])>,
-    panel: &mut [f32],
-) {
-    pack_panel(src, src_cs, p0, n, pre, panel)
-}
+pack_panel_with!(pack_panel_avx512: "avx512f", pack_panel_avx2: "avx2,fma");
 
 /// Packs voxels `p0..p0 + n` of every input channel into `panel` (`K` rows of [`NR`] floats, the
 /// columns past `n` zero), applying `relu(v * scale + shift)` when `pre` is given. Inlined into
