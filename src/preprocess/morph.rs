@@ -287,11 +287,12 @@ fn edt_1d(f: &[f32], w: f64, out: &mut [f32], v: &mut Vec<usize>, z: &mut Vec<f6
 
 /// [`edt_1d`] of a line that holds only 0 (features) and +inf, in place: the squared distance to
 /// the nearest feature, found by one sweep each way (the same values as the lower envelope, at
-/// a fraction of its cost).
-fn edt_1d_binary(line: &mut [f32], w: f64) {
+/// a fraction of its cost). `left` is scratch space.
+fn edt_1d_binary(line: &mut [f32], w: f64, left: &mut Vec<usize>) {
     let n = line.len();
     // Distance (in samples) to the nearest feature on the left, then the right.
-    let mut left = vec![usize::MAX; n];
+    left.clear();
+    left.resize(n, usize::MAX);
     let mut last = None;
     for (q, &v) in line.iter().enumerate() {
         if v == 0.0 {
@@ -333,7 +334,7 @@ pub(crate) fn squared_edt(
     let w = spacing.map(|s| s * s);
     // x: rows are contiguous, and hold only 0 and +inf.
     d.par_chunks_mut(nx)
-        .for_each(|row| edt_1d_binary(row, w[0]));
+        .for_each_init(Vec::new, |left, row| edt_1d_binary(row, w[0], left));
     // y: columns within each z-plane.
     d.par_chunks_mut(plane).for_each_init(
         || (vec![0f32; ny], vec![0f32; ny], Vec::new(), Vec::new()),
@@ -570,7 +571,7 @@ mod tests {
             let mut envelope = vec![0f32; n];
             edt_1d(&line, w, &mut envelope, &mut Vec::new(), &mut Vec::new());
             let mut sweeps = line.clone();
-            edt_1d_binary(&mut sweeps, w);
+            edt_1d_binary(&mut sweeps, w, &mut Vec::new());
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&sweeps), bits(&envelope), "n {n}, density {density}");
         }

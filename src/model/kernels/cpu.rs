@@ -1,6 +1,7 @@
 //! CPU inference kernels for the 3-D layers: on CPUs with AVX-512 or AVX2 + FMA, direct
 //! convolutions and packed pointwise ones on a hand-written micro-kernel (`direct`); elsewhere a
-//! tiled im2col feeding the `gemm` crate. Plus direct pooling loops and a fused per-channel scale + shift + ReLU.
+//! tiled im2col feeding the `gemm` crate. Plus direct pooling loops and a fused per-channel
+//! scale + shift + ReLU.
 //!
 //! candle's CPU `conv2d` (im2col + GEMM over 512-pixel tiles, with an NHWC copy of the whole input
 //! on every call) reaches about 15 GFLOP/s here; these kernels build cache-sized im2col tiles per
@@ -16,7 +17,7 @@ use super::geometry::{avg_divisors, Conv3dConfig, Pool3dConfig, PoolKind};
 use super::prof::{self, Kind};
 
 #[cfg(target_arch = "x86_64")]
-use super::direct::{self as avx, Isa};
+use super::direct::{self, Isa};
 
 /// Which convolution kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,8 +246,8 @@ fn conv_direct(
     dst: &mut [f32],
 ) -> Result<()> {
     let k = g.c_in * g.kernel.iter().product::<usize>();
-    let pw = avx::PackedWeights::new(ws, g.c_out, k);
-    let epi = avx::Epilogue { bias, relu };
+    let pw = direct::PackedWeights::new(ws, g.c_out, k);
+    let epi = direct::Epilogue { bias, relu };
     let vol_in = g.input.iter().product::<usize>();
     let vol_out = g.out.iter().product::<usize>();
     let item_out = g.c_out * vol_out;
@@ -255,12 +256,12 @@ fn conv_direct(
             .chunks_exact(g.c_in * vol_in)
             .zip(dst.chunks_exact_mut(item_out))
         {
-            let to = avx::PointwiseDst::Dense {
-                ptr: avx::Dst(out.as_mut_ptr()),
+            let to = direct::PointwiseDst::Dense {
+                ptr: direct::Dst(out.as_mut_ptr()),
                 cs: vol_out,
             };
             // SAFETY: the CPU runs `isa` (Engine::Direct); `out` holds c_out planes of vol_out.
-            unsafe { avx::conv_pointwise(isa, item, vol_in, vol_in, None, &pw, epi, to)? };
+            unsafe { direct::conv_pointwise(isa, item, vol_in, vol_in, None, &pw, epi, to)? };
         }
         return Ok(());
     }
@@ -269,7 +270,7 @@ fn conv_direct(
         g.cfg.padding[1][0],
         g.cfg.padding[2][0],
     ];
-    let geom = avx::DirectGeom::new(g.c_in, g.input, g.kernel, g.cfg.stride, pads, g.out);
+    let geom = direct::DirectGeom::new(g.c_in, g.input, g.kernel, g.cfg.stride, pads, g.out);
     let mut prep = zeroed(geom.prepared_len());
     for (item, out) in xs
         .chunks_exact(g.c_in * vol_in)
@@ -277,8 +278,8 @@ fn conv_direct(
     {
         geom.prepare(item, &mut prep);
         // SAFETY: the CPU runs `isa`; `out` holds c_out planes of vol_out; prep is prepared.
-        let to = avx::Dst(out.as_mut_ptr());
-        unsafe { avx::conv_direct(isa, &geom, &prep, &pw, epi, to, vol_out)? };
+        let to = direct::Dst(out.as_mut_ptr());
+        unsafe { direct::conv_direct(isa, &geom, &prep, &pw, epi, to, vol_out)? };
     }
     Ok(())
 }
@@ -725,13 +726,13 @@ fn conv_pool_direct(
     let x = x.contiguous()?;
     let ws = vec_f32(w)?;
     let k = c_in * kd * kh * kw;
-    let pw = avx::PackedWeights::new(&ws, c_out, k);
-    let epi = avx::Epilogue {
+    let pw = direct::PackedWeights::new(&ws, c_out, k);
+    let epi = direct::Epilogue {
         bias: bias.as_deref(),
         relu: true,
     };
     let pads = [cfg.padding[0][0], cfg.padding[1][0], cfg.padding[2][0]];
-    let geom = avx::DirectGeom::new(c_in, [d, h, wd], [kd, kh, kw], cfg.stride, pads, conv_out);
+    let geom = direct::DirectGeom::new(c_in, [d, h, wd], [kd, kh, kw], cfg.stride, pads, conv_out);
     let [_, oh, ow] = conv_out;
     let slice = oh * ow;
     let [pd, ph, pwd] = plan.out;
@@ -781,13 +782,13 @@ fn conv_pool_direct(
                     // channel.
                     unsafe {
                         let at = ring.as_mut_ptr().add((hi - lo) * slice);
-                        avx::conv_direct_slices(
+                        direct::conv_direct_slices(
                             isa,
                             &geom,
                             &prep,
                             &pw,
                             epi,
-                            avx::Dst(at),
+                            direct::Dst(at),
                             span * slice,
                             hi..need_hi,
                         )?;

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::cpu::*;
 #[cfg(target_arch = "x86_64")]
-use super::direct::{self as avx, Isa};
+use super::direct::{self, Isa};
 use super::geometry::Conv3dConfig;
 use super::prof::{self, Kind};
 
@@ -34,8 +34,8 @@ enum LayerWeights {
     #[cfg(target_arch = "x86_64")]
     Direct {
         isa: Isa,
-        w1: avx::PackedWeights,
-        w2: avx::PackedWeights,
+        w1: direct::PackedWeights,
+        w2: direct::PackedWeights,
     },
 }
 
@@ -81,8 +81,8 @@ impl DenseLayerCpu {
             #[cfg(target_arch = "x86_64")]
             Engine::Direct(isa) => LayerWeights::Direct {
                 isa,
-                w1: avx::PackedWeights::new(&w1, inner, c_in),
-                w2: avx::PackedWeights::new(&w2, growth, inner * 27),
+                w1: direct::PackedWeights::new(&w1, inner, c_in),
+                w2: direct::PackedWeights::new(&w2, growth, inner * 27),
             },
         };
         let layer = Self {
@@ -189,7 +189,7 @@ fn dense_block_direct(
 ) -> Result<()> {
     let vol = dims.iter().product::<usize>();
     let inner_max = layers.iter().map(|l| l.inner).max().unwrap_or(0);
-    let geom = |inner| avx::DirectGeom::new(inner, dims, [3; 3], [1; 3], [1; 3], dims);
+    let geom = |inner| direct::DirectGeom::new(inner, dims, [3; 3], [1; 3], [1; 3], dims);
     let mut mid = zeroed(geom(inner_max).prepared_len());
     for b in 0..buf.len() / bs.max(1) {
         for l in layers {
@@ -201,12 +201,12 @@ fn dense_block_direct(
             let g = geom(l.inner);
             {
                 let _t = prof::span(Kind::Bottleneck);
-                let to = avx::PointwiseDst::Padded {
-                    ptr: avx::Dst(mid.as_mut_ptr()),
+                let to = direct::PointwiseDst::Padded {
+                    ptr: direct::Dst(mid.as_mut_ptr()),
                     geom: &g,
                     dims,
                 };
-                let epi = avx::Epilogue {
+                let epi = direct::Epilogue {
                     bias: Some(&l.b1),
                     relu: true,
                 };
@@ -216,19 +216,19 @@ fn dense_block_direct(
                 // are read.
                 unsafe {
                     let item = &buf[b * bs..(b + 1) * bs];
-                    avx::conv_pointwise(*isa, item, vol, vol, pre, w1, epi, to)?
+                    direct::conv_pointwise(*isa, item, vol, vol, pre, w1, epi, to)?
                 };
             }
             let _t = prof::span(Kind::Conv3x3);
-            let epi = avx::Epilogue {
+            let epi = direct::Epilogue {
                 bias: None,
                 relu: false,
             };
             // SAFETY: channels c_in..c_in + growth of item b lie inside buf (checked by the caller)
             // and nothing else accesses buf meanwhile.
             unsafe {
-                let out = avx::Dst(buf.as_mut_ptr().add(b * bs + l.c_in * vol));
-                avx::conv_direct(*isa, &g, &mid, w2, epi, out, vol)?;
+                let out = direct::Dst(buf.as_mut_ptr().add(b * bs + l.c_in * vol));
+                direct::conv_direct(*isa, &g, &mid, w2, epi, out, vol)?;
             }
         }
     }

@@ -13,9 +13,9 @@
 //! over the `gemm` crate's AVX2 kernels (about 55 GFLOP/s per core there, against 100-105 for it
 //! and an FMA peak near 115) comes from 32 registers (a 24-accumulator tile, few loads per FMA),
 //! weights packed once at load time, and the absent im2col. With AVX2's 16 registers the same
-//! tile runs as four 4 x 24 sub-tiles (12 accumulators each), one pass over the reduction each:
-//! the weights and planes stay where the AVX-512 kernel has them, only the register blocking
-//! differs. Callers take an [`Isa`] from [`Isa::detect`]; `model::cpu` keeps the `gemm` path for
+//! tile runs as four 4 x 24 sub-tiles (12 accumulators each) taking turns over blocks of the
+//! reduction: the weights and planes stay where the AVX-512 kernel has them, only the register
+//! blocking differs. Callers take an [`Isa`] from [`Isa::detect`]; `model::cpu` keeps the `gemm` path for
 //! other CPUs.
 
 use std::arch::x86_64::{
@@ -286,10 +286,15 @@ const NV2: usize = 3;
 /// sub-tiles.
 const KB2: usize = 128;
 
+/// Columns of an AVX2 sub-tile.
+const COLS2: usize = 8 * NV2;
+/// AVX2 sub-tiles per micro-tile.
+const SUBS2: usize = (MR / MR2) * (NR / COLS2);
+
 /// Accumulators of one AVX2 sub-tile.
 type Acc2 = [[__m256; NV2]; MR2];
 
-/// [`micro`] on AVX2 + FMA: the same tile as four `MR2 x 8 * NV2` sub-tiles (sub-tiles with no
+/// [`micro`] on AVX2 + FMA: the same tile as four `MR2 x COLS2` sub-tiles (sub-tiles with no
 /// row or no stored column skipped), taking turns over blocks of [`KB2`] reduction steps; each
 /// keeps its accumulators in registers within a block and in L1 between blocks.
 ///
@@ -298,19 +303,18 @@ type Acc2 = [[__m256; NV2]; MR2];
 #[target_feature(enable = "avx2,fma")]
 unsafe fn micro_avx2<O: Offsets>(k: usize, w: *const f32, b: *const f32, offs: O, out: &Out) {
     prefetch_out(out);
-    const COLS: usize = 8 * NV2;
     // (first row, first column) of each sub-tile that stores anything.
-    let mut subs = [(0, 0); (MR / MR2) * (NR / COLS)];
+    let mut subs = [(0, 0); SUBS2];
     let mut n = 0;
-    for c0 in (0..NR).step_by(COLS) {
-        if (out.stores.columns >> c0) & ((1 << COLS) - 1) != 0 {
+    for c0 in (0..NR).step_by(COLS2) {
+        if (out.stores.columns >> c0) & ((1 << COLS2) - 1) != 0 {
             for r0 in (0..out.rows.min(MR)).step_by(MR2) {
                 subs[n] = (r0, c0);
                 n += 1;
             }
         }
     }
-    let mut acc: [Acc2; (MR / MR2) * (NR / COLS)] = [[[_mm256_setzero_ps(); NV2]; MR2]; 4];
+    let mut acc = [[[_mm256_setzero_ps(); NV2]; MR2]; SUBS2];
     for k0 in (0..k).step_by(KB2) {
         let k1 = (k0 + KB2).min(k);
         for (&(r0, c0), a) in subs[..n].iter().zip(acc.iter_mut()) {
@@ -323,7 +327,7 @@ unsafe fn micro_avx2<O: Offsets>(k: usize, w: *const f32, b: *const f32, offs: O
 }
 
 /// Adds reduction steps `ks` of one AVX2 sub-tile to `acc`: rows `0..MR2` of the panel at `w`
-/// (already offset by the sub-tile's first row), columns `0..8 * NV2` of `b` (already offset by
+/// (already offset by the sub-tile's first row), columns `0..COLS2` of `b` (already offset by
 /// its first column).
 ///
 /// # Safety
@@ -385,25 +389,6 @@ unsafe fn store_avx2(acc: &Acc2, out: &Out, r0: usize, c0: usize) {
                 }
             }
         }
-    }
-}
-
-/// [`micro`] or [`micro_avx2`], as `isa` says.
-///
-/// # Safety
-/// As for [`micro`], on a CPU that runs `isa`.
-#[inline(always)]
-unsafe fn micro_on<O: Offsets>(
-    isa: Isa,
-    k: usize,
-    w: *const f32,
-    b: *const f32,
-    offs: O,
-    out: &Out,
-) {
-    match isa {
-        Isa::Avx512 => micro(k, w, b, offs, out),
-        Isa::Avx2 => micro_avx2(k, w, b, offs, out),
     }
 }
 
@@ -726,14 +711,11 @@ pub(crate) unsafe fn conv_direct_slices(
                 // SAFETY: offsets stay inside the prepared input (see DirectGeom), base + NR
                 // overruns at most into the slack; stores hit output voxels of this tile only.
                 unsafe {
-                    micro_on(
-                        isa,
-                        w.k(),
-                        w.panel(p).as_ptr(),
-                        src.as_ptr().add(base),
-                        Table(&offs),
-                        &out,
-                    )
+                    let (wp, bp) = (w.panel(p).as_ptr(), src.as_ptr().add(base));
+                    match isa {
+                        Isa::Avx512 => micro(w.k(), wp, bp, Table(&offs), &out),
+                        Isa::Avx2 => micro_avx2(w.k(), wp, bp, Table(&offs), &out),
+                    }
                 };
             }
         }
