@@ -20,6 +20,7 @@
 
 pub mod checkpoint;
 pub mod compact;
+pub mod pickle;
 pub mod plans;
 pub mod predict;
 pub mod preprocess;
