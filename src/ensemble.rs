@@ -7,7 +7,7 @@
 //! every tensor's name and shape. Members then run one after another, so memory holds one network,
 //! unless they are kept loaded ([`Ensemble::load_members`]) for a server that grades many cases.
 //!
-//! A manifest may name a lesion model (`lesion_model`): an nnU-Net v2 trained-model folder inside
+//! A manifest may name a lesion model (`lesion_model`): an nnU-Net (v2 or v1) model folder inside
 //! the ensemble whose segmentation, reduced to the union of the lesion labels, is the lesion map
 //! of the `ct_lesion_zeros` input when the job gives none (the paper's full model: a 3-D nnU-Net
 //! ahead of the DenseNets), and a lobe model (`lobe_model`), whose five lobes with the lesion
@@ -72,8 +72,8 @@ pub struct Manifest {
 #[serde(deny_unknown_fields)]
 pub struct LesionModelSpec {
     /// An nnU-Net v2 trained-model folder (`plans.json`, `dataset.json`,
-    /// `fold_N/checkpoint_final.pth`) or its compact form, relative to the manifest's folder and
-    /// inside it.
+    /// `fold_N/checkpoint_final.pth`), its compact form or an nnU-Net v1 folder, relative to the
+    /// manifest's folder and inside it.
     pub path: String,
     /// The label values (`dataset.json`'s `labels`) whose union is the lesion map: 1 where the
     /// segmentation is any of them, 0 elsewhere.
@@ -844,14 +844,20 @@ pub fn mean_output(members: &[Vec<f64>]) -> Vec<f64> {
 
 /// Writes the nnU-Net model folder `src` (either form; a `role` model, for errors) into
 /// `out/<name>` in ctgrade's compact form ([`segment::compact`]): the weights of every fold with their sha256 and the plans' one
-/// configuration, without optimizer state, logs or other checkpoints.
+/// configuration, without optimizer state, logs or other checkpoints. An nnU-Net v1 folder is
+/// copied as it is, its inference files only ([`segment::v1::copy`]).
 pub fn copy_segmenter(
     src: &Path,
     out: &Path,
     name: &str,
     role: &'static str,
 ) -> Result<(), EnsembleError> {
-    segment::compact::write(src, None, &out.join(name)).map_err(|e| EnsembleError::Segmenter {
+    let written = if segment::v1::is_v1_folder(src) {
+        segment::v1::copy(src, &out.join(name))
+    } else {
+        segment::compact::write(src, None, &out.join(name)).map(|_| ())
+    };
+    written.map_err(|e| EnsembleError::Segmenter {
         role,
         path: src.to_path_buf(),
         reason: e.to_string(),

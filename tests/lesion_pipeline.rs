@@ -184,31 +184,25 @@ fn bad_lesion_models_are_refused_at_load() {
     );
 }
 
-/// `ensemble new --lesion-model DIR --lesion-labels 1,2` copies the nnU-Net folder into the
-/// ensemble (only what prediction needs) and writes the manifest field; the result passes
-/// `ensemble check`.
-#[test]
-fn ensemble_new_takes_a_lesion_model() {
-    let dir = tempfile::tempdir().unwrap();
+/// `ctgrade ensemble new` of one random member with the lesion model `source` and its
+/// `labels`, into `out`.
+fn ensemble_new(dir: &Path, source: &Path, labels: &str, out: &Path) {
     let member = random_member(
         &tiny_network(Head::Continuous),
-        &dir.path().join("member.safetensors"),
+        &dir.join("member.safetensors"),
     );
-    let config = dir.path().join("config.json");
+    let config = dir.join("config.json");
     std::fs::write(
         &config,
         r#"{"growth_rate": 4, "block_config": [1, 1], "bn_size": 2, "init_features": 8}"#,
     )
     .unwrap();
-    let spec = dir.path().join("spec.json");
+    let spec = dir.join("spec.json");
     let input = ctgrade::preprocess::InputSpec {
         channels: ChannelLayout::CtLesionZeros,
         ..tiny_spec()
     };
     std::fs::write(&spec, serde_json::to_string(&input).unwrap()).unwrap();
-    let source = lesion_model(dir.path());
-    std::fs::write(source.join("fold_0/debug.json"), "{}").unwrap();
-    let out = dir.path().join("made");
     let made = ctgrade(
         &[
             "ensemble",
@@ -222,15 +216,27 @@ fn ensemble_new_takes_a_lesion_model() {
             "--members",
             s(&member),
             "--lesion-model",
-            s(&source),
+            s(source),
             "--lesion-labels",
-            "1,2",
+            labels,
             "--out",
-            s(&out),
+            s(out),
         ],
         &[],
     );
     assert!(made.status.success(), "{}", stderr(&made));
+}
+
+/// `ensemble new --lesion-model DIR --lesion-labels 1,2` copies the nnU-Net folder into the
+/// ensemble (only what prediction needs) and writes the manifest field; the result passes
+/// `ensemble check`.
+#[test]
+fn ensemble_new_takes_a_lesion_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = lesion_model(dir.path());
+    std::fs::write(source.join("fold_0/debug.json"), "{}").unwrap();
+    let out = dir.path().join("made");
+    ensemble_new(dir.path(), &source, "1,2", &out);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("ensemble.json")).unwrap()).unwrap();
     assert_eq!(
@@ -254,6 +260,49 @@ fn ensemble_new_takes_a_lesion_model() {
         log.contains("lesion model lesion (2 fold(s), configuration 3d_fullres"),
         "{log}"
     );
+}
+
+/// An nnU-Net v1 lesion model (as the public COVID-19-20 models are) goes into an ensemble as
+/// its inference files, and `run` computes the lesion map with it.
+#[test]
+fn a_v1_lesion_model_runs_inside_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nnunet_v1/stage1");
+    let weights = dir.path().join("made");
+    ensemble_new(dir.path(), &source, "1", &weights);
+    for f in [
+        "plans.pkl",
+        "postprocessing.json",
+        "fold_0/model_final_checkpoint.model",
+        "fold_0/model_final_checkpoint.model.pkl",
+    ] {
+        assert!(weights.join("lesion").join(f).is_file(), "{f}");
+    }
+    let input = dir.path().join("input");
+    let cfg = PhantomConfig {
+        size: [64, 64, 32],
+        spacing: [5.0, 5.0, 6.0],
+        seed: 5,
+        co_rads: 5,
+    };
+    let (ct, _) = phantom(&cfg).unwrap();
+    let ct_path = input.join("images/ct/case.mha");
+    std::fs::create_dir_all(ct_path.parent().unwrap()).unwrap();
+    volume::write(&ct_path, &ct, ElementType::Short).unwrap();
+    let computed = dir.path().join("computed");
+    let mut args = run_args(&input, &computed, &weights);
+    args.push("--lesion-segmentation");
+    let out = ctgrade(&args, &[]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("lesion map computed by lesion"), "{log}");
+    let labels =
+        volume::read(&computed.join("images/covid-19-lesion-segmentation/case.mha")).unwrap();
+    // The labels of the v1 model (0 background, 1 lesion), on the CT's grid; that they are
+    // what nnU-Net v1 predicts is tests/nnunet_parity.rs' part (v1::predictions_match_predict_cases).
+    assert_eq!((labels.size, labels.spacing), (ct.size, ct.spacing));
+    assert!(labels.data.iter().all(|&v| v == 0.0 || v == 1.0));
+    assert!(labels.data.contains(&1.0));
 }
 
 /// With a lobe model, `run` writes the CT severity score: each lobe scored by the share of it

@@ -206,14 +206,7 @@ fn preprocessing_matches_nnunets_default_preprocessor() {
     for model in ["plain", "resenc", "plain2d"] {
         let run = cases.runs.iter().find(|r| r.model == model).expect("run");
         let m = load(model, Some(&["0".to_string()]));
-        let p = ctgrade::segment::preprocess::preprocess(
-            std::slice::from_ref(&ct),
-            &m.plans,
-            &m.path.join("plans.json"),
-            &m.configuration,
-            &m.configuration_name,
-        )
-        .expect("preprocess");
+        let p = m.preprocess(std::slice::from_ref(&ct)).expect("preprocess");
         let props = &run.properties;
         assert_eq!(
             p.shape_before_cropping, props.shape_before_cropping,
@@ -260,14 +253,7 @@ fn sliding_window_logits_match_nnunets() {
     let t = intermediates();
     let m = load("plain", None);
     let ct = ct();
-    let pre = ctgrade::segment::preprocess::preprocess(
-        std::slice::from_ref(&ct),
-        &m.plans,
-        &m.path.join("plans.json"),
-        &m.configuration,
-        &m.configuration_name,
-    )
-    .expect("preprocess");
+    let pre = m.preprocess(std::slice::from_ref(&ct)).expect("preprocess");
     let opts = ctgrade::segment::predict::PredictOptions::default();
     let logits =
         ctgrade::segment::predict::predict_logits(&m, &pre, &opts, &Device::Cpu).expect("predict");
@@ -291,14 +277,7 @@ fn predictions_match_nnunets_predictor() {
     for run in cases().runs {
         let folds: Vec<String> = run.folds.iter().map(|f| f.to_string()).collect();
         let m = load(&run.model, Some(&folds));
-        let pre = ctgrade::segment::preprocess::preprocess(
-            std::slice::from_ref(&ct),
-            &m.plans,
-            &m.path.join("plans.json"),
-            &m.configuration,
-            &m.configuration_name,
-        )
-        .expect("preprocess");
+        let pre = m.preprocess(std::slice::from_ref(&ct)).expect("preprocess");
         let opts = ctgrade::segment::predict::PredictOptions {
             tile_step_size: run.tile_step_size,
             use_gaussian: true,
@@ -306,7 +285,7 @@ fn predictions_match_nnunets_predictor() {
         };
         let logits = ctgrade::segment::predict::predict_logits(&m, &pre, &opts, &Device::Cpu)
             .expect("predict");
-        let out = ctgrade::segment::predict::export(&m, &pre, &logits).expect("export");
+        let out = m.export(&pre, &logits).expect("export");
         let seg = ctgrade::volume::read(&Path::new(FIX).join(&run.segmentation)).expect("seg");
         let probs: Vec<Vec<f32>> = run
             .probabilities
@@ -491,4 +470,305 @@ fn aliased_tensors_are_held_once() {
         .expect("compact");
     let c = ModelFolder::load(dir.path(), None, &Device::Cpu).expect("load compact");
     assert_eq!(c.weight_bytes, m.weight_bytes);
+}
+
+/// nnU-Net v1 folders against nnU-Net v1 itself: the fixtures of
+/// tools/make_nnunet_v1_fixtures.py (nnU-Net 1.7.1's trainers saved random-weight models;
+/// `predict_cases` predicted them).
+mod v1 {
+    use super::*;
+    use ctgrade::segment::Version;
+
+    const FIX1: &str = "tests/fixtures/nnunet_v1";
+
+    fn load(model: &str, folds: Option<&[String]>) -> ModelFolder {
+        ModelFolder::load(&Path::new(FIX1).join(model), folds, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{model}: {e}"))
+    }
+
+    fn intermediates() -> HashMap<String, Tensor> {
+        candle_core::safetensors::load(
+            Path::new(FIX1).join("intermediates.safetensors"),
+            &Device::Cpu,
+        )
+        .expect("intermediates.safetensors")
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Cases {
+        runs: Vec<Run>,
+        models: HashMap<String, Model>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Run {
+        name: String,
+        model: String,
+        folds: Vec<usize>,
+        mirroring: bool,
+        step_size: f64,
+        segmentation: String,
+        probabilities: Vec<String>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Model {
+        properties: Properties,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Properties {
+        crop_bbox: [[usize; 2]; 3],
+        size_after_cropping: [usize; 3],
+        size_after_resampling: [usize; 3],
+    }
+
+    fn cases() -> Cases {
+        let text = std::fs::read_to_string(Path::new(FIX1).join("cases.json")).expect("cases");
+        serde_json::from_str(&text).expect("cases.json")
+    }
+
+    #[test]
+    fn folders_load_as_nnunet_v1_restores_them() {
+        let plain = load("plain", None);
+        assert_eq!(plain.version, Version::V1);
+        assert_eq!(plain.folds, ["0", "1"]);
+        assert_eq!(plain.trainer_name, "nnUNetTrainerV2");
+        assert_eq!(plain.configuration_name, "3d_fullres");
+        assert_eq!(plain.configuration.patch_size, [16, 64, 64]);
+        assert_eq!(plain.configuration.spacing, [4.0, 1.25, 1.25]);
+        // Generic_UNet doubles its features per stage.
+        assert_eq!(plain.network.features, [4, 8, 16, 32]);
+        assert_eq!(plain.network.kernels[0], [1, 3, 3]);
+        assert_eq!(plain.network.decoder_kernels[2], [3, 3, 3]);
+        assert_eq!(plain.network.num_classes, 3);
+        assert_eq!(plain.mirroring_axes, Some(vec![0, 1, 2]));
+        assert!(plain.postprocessing.is_none());
+
+        // Stage 1 of two, as the trainer's init arguments name it.
+        let stage1 = load("stage1", None);
+        assert_eq!(stage1.configuration.spacing, [4.5, 1.6, 1.6]);
+        assert_eq!(stage1.plans.transpose_forward, [0, 2, 1]);
+        assert_eq!(
+            stage1.postprocessing.as_ref().map(|p| &p.for_which_classes),
+            Some(&vec![vec![1u8]])
+        );
+
+        let bn = load("bn", None);
+        assert_eq!(bn.trainer_name, "nnUNetTrainerV2_DA3_BN");
+        assert_eq!(
+            bn.network.norm_eps, None,
+            "BatchNorm folded into the convolutions"
+        );
+
+        let flat = load("plain2d", None);
+        assert_eq!(flat.network.dims, 2);
+        assert_eq!(flat.configuration.spacing, [1.25, 1.25]);
+        assert_eq!(flat.mirroring_axes, Some(vec![0, 1]));
+    }
+
+    #[test]
+    fn network_forward_matches_pytorch_on_a_patch() {
+        let t = intermediates();
+        for model in ["plain", "stage1", "bn", "plain2d"] {
+            let m = load(model, Some(&["0".to_string()]));
+            let Some(want) = t.get(&format!("{model}.fold0.patch_logits")) else {
+                continue;
+            };
+            let pre = match t.get(&format!("{model}.preprocessed")) {
+                Some(p) => p.clone(),
+                // The BatchNorm model shares plain's plans and preprocessing.
+                None => t["plain.preprocessed"].clone(),
+            };
+            let x = first_patch(&pre, &m.configuration.patch_size);
+            let got = m.nets[0].forward(&x).expect("forward");
+            let (d, scale) = diff(&got, want);
+            eprintln!("v1 {model}: max |logit difference| {d:.3e}, max |logit| {scale:.3e}");
+            assert!(d <= 1e-4 * scale.max(1.0), "{model}: {d} (scale {scale})");
+        }
+    }
+
+    #[test]
+    fn preprocessing_matches_the_generic_preprocessor() {
+        let t = intermediates();
+        let cases = cases();
+        let ct = ct();
+        for model in ["plain", "stage1", "plain2d"] {
+            let m = load(model, Some(&["0".to_string()]));
+            let p = m.preprocess(std::slice::from_ref(&ct)).expect("preprocess");
+            let props = &cases.models[model].properties;
+            // v1 crops before transposing: its box and shape are in the CT's own order.
+            let perm = &m.plans.transpose_forward;
+            let bbox: [[usize; 2]; 3] = std::array::from_fn(|i| props.crop_bbox[perm[i]]);
+            let cropped: [usize; 3] = std::array::from_fn(|i| props.size_after_cropping[perm[i]]);
+            assert_eq!(p.bbox, bbox, "{model}");
+            assert_eq!(p.shape_after_cropping, cropped, "{model}");
+            assert_eq!(p.data[0].shape, props.size_after_resampling, "{model}");
+            let want: Vec<f32> = t[&format!("{model}.preprocessed")]
+                .flatten_all()
+                .and_then(|w| w.to_vec1())
+                .expect("want");
+            let got: Vec<f32> = p.data[0].data.iter().map(|&v| v as f32).collect();
+            let (max, mean) = stats(&got, &want);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            eprintln!("v1 {model}: preprocessed max |difference| {max:.3e}, mean {mean:.3e}, max |value| {scale:.3e}");
+            assert!(max <= 1e-4 * scale.max(1.0), "{model}: {max}");
+        }
+    }
+
+    #[test]
+    fn predictions_match_predict_cases() {
+        let ct = ct();
+        for run in cases().runs {
+            let folds: Vec<String> = run.folds.iter().map(|f| f.to_string()).collect();
+            let m = load(&run.model, Some(&folds));
+            let opts = ctgrade::segment::predict::PredictOptions {
+                tile_step_size: run.step_size,
+                use_gaussian: true,
+                use_mirroring: run.mirroring,
+            };
+            let seg = m
+                .segment(std::slice::from_ref(&ct), &opts, &Device::Cpu)
+                .expect("segment");
+            let want =
+                ctgrade::volume::read(&Path::new(FIX1).join(&run.segmentation)).expect("seg");
+            let probs: Vec<Vec<f32>> = run
+                .probabilities
+                .iter()
+                .map(|f| {
+                    ctgrade::volume::read(&Path::new(FIX1).join(f))
+                        .expect("prob")
+                        .data
+                })
+                .collect();
+            assert_eq!(seg.probabilities.len(), probs.len(), "{}", run.name);
+            let n = want.data.len();
+            let (mut decided, mut same, mut all_same) = (0usize, 0usize, 0usize);
+            for v in 0..n {
+                let mut p: Vec<f32> = probs.iter().map(|c| c[v]).collect();
+                p.sort_by(|a, b| b.total_cmp(a));
+                let agree = seg.labels.data[v] == want.data[v];
+                all_same += usize::from(agree);
+                if p[0] - p[1] >= 0.02 {
+                    decided += 1;
+                    same += usize::from(agree);
+                }
+            }
+            let (mut max, mut mean) = (0f32, 0f64);
+            for (got, want) in seg.probabilities.iter().zip(&probs) {
+                let (a, b) = stats(got, want);
+                max = max.max(a);
+                mean += b / probs.len() as f64;
+            }
+            let agree = same as f64 / decided.max(1) as f64;
+            eprintln!(
+                "v1 {}: labels agree in {:.4}% of {decided} decided voxels ({:.4}% of all {n}); probabilities max |difference| {max:.3e}, mean {mean:.3e}",
+                run.name,
+                agree * 100.0,
+                all_same as f64 / n as f64 * 100.0
+            );
+            assert!(agree >= 0.999, "{}: {agree}", run.name);
+            assert!(max <= 0.02 && mean <= 1e-3, "{}: {max} {mean}", run.name);
+            // The fixture's probabilities are v1's float16 .npz: half a float16 step near 1 is
+            // 2.4e-4.
+            assert!(max <= 1e-3 && mean <= 2e-4, "{}: {max} {mean}", run.name);
+        }
+    }
+
+    /// postprocessing.json applied to v1's own labels before postprocessing gives v1's labels
+    /// after it, voxel for voxel.
+    #[test]
+    fn postprocessing_matches_v1s() {
+        let m = load("stage1", None);
+        let pp = m.postprocessing.as_ref().expect("postprocessing.json");
+        let raw =
+            ctgrade::volume::read(&Path::new(FIX1).join("stage1_mirror_seg_raw.mha")).expect("raw");
+        let want =
+            ctgrade::volume::read(&Path::new(FIX1).join("stage1_mirror_seg.mha")).expect("seg");
+        let mut labels: Vec<u8> = raw.data.iter().map(|&v| v as u8).collect();
+        let [x, y, z] = raw.size;
+        let voxel: f64 = raw.spacing.iter().product();
+        ctgrade::segment::v1::postprocess(&mut labels, [z, y, x], voxel, pp);
+        let removed = raw
+            .data
+            .iter()
+            .zip(&labels)
+            .filter(|(a, b)| **a != f32::from(**b))
+            .count();
+        assert!(
+            removed > 0,
+            "the fixture's postprocessing removes components"
+        );
+        let got: Vec<f32> = labels.iter().map(|&l| f32::from(l)).collect();
+        assert_eq!(got, want.data);
+    }
+
+    /// A copy of the plain model, fold 0, for edits.
+    fn copy_plain() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = Path::new(FIX1).join("plain");
+        std::fs::create_dir(dir.path().join("fold_0")).expect("mkdir");
+        for f in [
+            "plans.pkl",
+            "fold_0/model_final_checkpoint.model",
+            "fold_0/model_final_checkpoint.model.pkl",
+        ] {
+            std::fs::copy(src.join(f), dir.path().join(f)).expect("copy");
+        }
+        dir
+    }
+
+    fn load_err(dir: &Path, folds: Option<&[String]>) -> String {
+        match ModelFolder::load(dir, folds, &Device::Cpu) {
+            Ok(_) => panic!("loaded"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_v1_folders_are_named_with_their_file_and_field() {
+        // A trainer whose network ctgrade does not build (same-length name in the pickle).
+        let dir = copy_plain();
+        let pkl = dir.path().join("fold_0/model_final_checkpoint.model.pkl");
+        let bytes = std::fs::read(&pkl).expect("read");
+        let mut edited = bytes.clone();
+        let at: Vec<usize> = (0..bytes.len() - 15)
+            .filter(|&i| &bytes[i..i + 15] == b"nnUNetTrainerV2")
+            .collect();
+        assert!(!at.is_empty(), "trainer name");
+        for i in at {
+            edited[i + 14] = b'9';
+        }
+        std::fs::write(&pkl, &edited).expect("write");
+        let e = load_err(dir.path(), None);
+        assert!(
+            e.contains("nnUNetTrainerV9") && e.contains("model.pkl"),
+            "{e}"
+        );
+
+        // A truncated trainer pickle.
+        std::fs::write(&pkl, &bytes[..bytes.len() / 2]).expect("write");
+        let e = load_err(dir.path(), None);
+        assert!(e.contains("model.pkl") && e.contains("pickle"), "{e}");
+
+        // A fold that is not there.
+        std::fs::write(&pkl, &bytes).expect("write");
+        let e = load_err(dir.path(), Some(&["3".to_string()]));
+        assert!(e.contains("fold_3"), "{e}");
+
+        // A checkpoint whose tensors do not fit the plans.
+        std::fs::copy(
+            Path::new(FIX1).join("plain2d/fold_0/model_final_checkpoint.model"),
+            dir.path().join("fold_0/model_final_checkpoint.model"),
+        )
+        .expect("copy");
+        let e = load_err(dir.path(), None);
+        assert!(e.contains("model_final_checkpoint.model"), "{e}");
+
+        // v1 folders have no compact form.
+        let out = tempfile::tempdir().expect("tempdir");
+        let e = ctgrade::segment::compact::write(&Path::new(FIX1).join("plain"), None, out.path())
+            .expect_err("v1 compact");
+        assert!(e.to_string().contains("v1"), "{e}");
+    }
 }

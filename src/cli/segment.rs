@@ -13,8 +13,9 @@ use ctgrade::volume::{self, ElementType};
 /// Arguments of `ctgrade segment`.
 #[derive(clap::Args)]
 pub struct SegmentArgs {
-    /// An nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_N/checkpoint_final.pth)
-    /// or its compact form (`ctgrade convert --from-nnunet`).
+    /// An nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_N/checkpoint_final.pth),
+    /// its compact form (`ctgrade convert --from-nnunet`), or an nnU-Net v1 one (plans.pkl,
+    /// fold_N/model_final_checkpoint.model and .model.pkl, postprocessing.json).
     #[arg(long)]
     model: PathBuf,
     /// A CT file, or a folder of them (.mha, .mhd, .nii, .nii.gz). A model with several input
@@ -24,8 +25,8 @@ pub struct SegmentArgs {
     /// Output folder: <case>.mha (uint8 labels) per case.
     #[arg(long)]
     output: PathBuf,
-    /// Folds to use, comma-separated (fold_<f>; `all` is fold_all, as in nnU-Net); default: every
-    /// fold_N with a checkpoint_final.pth.
+    /// Folds to use, comma-separated (fold_<f>; `all` is fold_all, in v1 all, as in nnU-Net);
+    /// default: every fold_N with a checkpoint.
     #[arg(long, value_delimiter = ',')]
     folds: Option<Vec<String>>,
     /// Do not average over mirrored inputs (nnU-Net mirrors along the checkpoint's allowed axes).

@@ -30,7 +30,7 @@
 pub mod checks;
 pub mod files;
 pub mod lung_mask;
-mod morph;
+pub(crate) mod morph;
 pub mod orient;
 pub mod resample;
 

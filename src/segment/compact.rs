@@ -176,8 +176,14 @@ impl Manifest {
 /// model. Returns the manifest.
 pub fn write(src: &Path, folds: Option<&[String]>, out: &Path) -> Result<Manifest, SegmentError> {
     let device = Device::Cpu;
-    let (plans, dataset, checkpoints) = super::read_folder(src, folds, &device)?;
-    let (model, weights) = ModelFolder::assemble(src, plans, dataset, checkpoints, &device)?;
+    let contents = super::read_folder(src, folds, &device)?;
+    if contents.version == super::Version::V1 {
+        return Err(SegmentError::Folder {
+            path: src.into(),
+            msg: "an nnU-Net v1 folder has no compact form: segment and the manifests take the folder itself".into(),
+        });
+    }
+    let (model, weights) = ModelFolder::assemble(src, contents, &device)?;
     if same_folder(src, out) {
         return Err(SegmentError::Folder {
             path: out.into(),

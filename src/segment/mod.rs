@@ -7,6 +7,8 @@
 //!   the mirroring axes and the state dict;
 //! - [`compact`]: the same as ctgrade ships it (safetensors weights with their sha256, the plans'
 //!   one configuration);
+//! - [`v1`]: nnU-Net v1 folders (`plans.pkl`, `model_final_checkpoint.model`), read through
+//!   [`pickle`] and run with v1's own preprocessing, prediction and export ([`Version`]);
 //! - [`unet`]: `PlainConvUNet` and `ResidualEncoderUNet` of dynamic_network_architectures, 2-D and
 //!   3-D, with the checkpoint's tensor names;
 //! - [`preprocess`]: `DefaultPreprocessor` (transpose, crop, normalise, resample);
@@ -15,8 +17,9 @@
 //! - [`ModelFolder`]: all of it checked together at load time; [`ModelFolder::segment`] runs a
 //!   case.
 //!
-//! The reference is nnunetv2's `nnUNetPredictor`; tests/nnunet_parity.rs compares with its outputs
-//! (tools/make_nnunet_fixtures.py).
+//! The references are nnunetv2's `nnUNetPredictor` and nnU-Net v1's `predict_cases`;
+//! tests/nnunet_parity.rs compares with their outputs (tools/make_nnunet_fixtures.py,
+//! tools/make_nnunet_v1_fixtures.py).
 
 pub mod checkpoint;
 pub mod compact;
@@ -26,6 +29,7 @@ pub mod predict;
 pub mod preprocess;
 pub mod resample;
 pub mod unet;
+pub mod v1;
 mod weights;
 
 use std::collections::HashMap;
@@ -96,6 +100,19 @@ pub enum SegmentError {
     },
 }
 
+/// Which nnU-Net trained a model folder. v1 and v2 preprocess, predict and export differently in
+/// ways that change results; ctgrade follows the one that trained the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// nnU-Net v1: normalises after resampling, averages softmax probabilities (float32) over
+    /// mirrors, tiles and folds, resamples the probabilities back after `transpose_backward`,
+    /// then applies `postprocessing.json`.
+    V1,
+    /// nnU-Net v2: normalises before resampling, averages logits (float16), resamples the
+    /// logits back before `transpose_backward`.
+    V2,
+}
+
 /// A trained-model folder, loaded and checked: plans, dataset, the configuration the checkpoints
 /// were trained with, and one network per fold.
 pub struct ModelFolder {
@@ -124,6 +141,10 @@ pub struct ModelFolder {
     pub nets: Vec<UNet>,
     /// Bytes of the folds' weights held in memory (f32, the tensors the networks read).
     pub weight_bytes: u64,
+    /// The nnU-Net that trained it.
+    pub version: Version,
+    /// v1's `postprocessing.json`, where the folder has one.
+    pub postprocessing: Option<v1::Postprocessing>,
 }
 
 /// One fold's checkpoint and the file it came from.
@@ -136,13 +157,33 @@ pub struct FoldCheckpoint {
     pub checkpoint: Checkpoint,
 }
 
-/// `plans.json`, `dataset.json` and the chosen folds' checkpoints of a model folder in either
-/// form (see [`ModelFolder::load`]), read but not yet checked against each other.
+/// A model folder read but not yet checked: plans and dataset (v1's translated), the chosen
+/// folds' checkpoints, and v1's postprocessing.
+pub(crate) struct FolderContents {
+    pub plans: Plans,
+    pub dataset: DatasetJson,
+    pub checkpoints: Vec<FoldCheckpoint>,
+    pub version: Version,
+    pub postprocessing: Option<v1::Postprocessing>,
+}
+
+/// `plans.json`, `dataset.json` and the chosen folds' checkpoints of a model folder in any form
+/// (see [`ModelFolder::load`]), read but not yet checked against each other.
 pub(crate) fn read_folder(
     dir: &Path,
     folds: Option<&[String]>,
     device: &Device,
-) -> Result<(Plans, DatasetJson, Vec<FoldCheckpoint>), SegmentError> {
+) -> Result<FolderContents, SegmentError> {
+    if v1::is_v1_folder(dir) {
+        let f = v1::read_folder(dir, folds, device)?;
+        return Ok(FolderContents {
+            plans: f.plans,
+            dataset: f.dataset,
+            checkpoints: f.checkpoints,
+            version: Version::V1,
+            postprocessing: f.postprocessing,
+        });
+    }
     let plans = Plans::read(&dir.join("plans.json"))?;
     let dataset = DatasetJson::read(&dir.join("dataset.json"))?;
     let checkpoints = match compact::Manifest::read_in(dir)? {
@@ -171,17 +212,24 @@ pub(crate) fn read_folder(
         return Err(SegmentError::Folder {
             path: dir.into(),
             msg: format!(
-                "no fold_N/checkpoint_final.pth (nor a {} of ctgrade's compact form)",
+                "no fold_N/checkpoint_final.pth (nor a {} of ctgrade's compact form, nor an nnU-Net v1 plans.pkl)",
                 compact::MANIFEST_FILE
             ),
         });
     }
-    Ok((plans, dataset, checkpoints))
+    Ok(FolderContents {
+        plans,
+        dataset,
+        checkpoints,
+        version: Version::V2,
+        postprocessing: None,
+    })
 }
 
 impl ModelFolder {
     /// Loads `dir`, an nnU-Net v2 trained-model folder (`plans.json`, `dataset.json`,
-    /// `fold_<f>/checkpoint_final.pth`) or its compact form ([`compact`]), with the folds
+    /// `fold_<f>/checkpoint_final.pth`), its compact form ([`compact`]) or an nnU-Net v1 folder
+    /// ([`v1`]; every `fold*` by name when `folds` is `None`, as v1 does), with the folds
     /// `folds` (every fold when `None`: for nnU-Net's folders every `fold_N` present, in numeric
     /// order, `fold_all` excluded as nnU-Net does). Every fold's trainer and tensors are checked
     /// against the plans here, before any case is read.
@@ -190,23 +238,29 @@ impl ModelFolder {
         folds: Option<&[String]>,
         device: &Device,
     ) -> Result<Self, SegmentError> {
-        let (plans, dataset, checkpoints) = read_folder(dir, folds, device)?;
-        Ok(Self::assemble(dir, plans, dataset, checkpoints, device)?.0)
+        Ok(Self::assemble(dir, read_folder(dir, folds, device)?, device)?.0)
     }
 
     /// Builds one network per fold from the plans, checking trainer and tensors; also returns,
     /// per fold, the tensors its network read (what the compact form keeps).
     pub(crate) fn assemble(
         dir: &Path,
-        plans: Plans,
-        dataset: DatasetJson,
-        checkpoints: Vec<FoldCheckpoint>,
+        contents: FolderContents,
         device: &Device,
     ) -> Result<(Self, Vec<HashMap<String, Tensor>>), SegmentError> {
+        let FolderContents {
+            plans,
+            dataset,
+            checkpoints,
+            version,
+            postprocessing,
+        } = contents;
         let plans_path = dir.join("plans.json");
         let dataset_path = dir.join("dataset.json");
-        for f in &checkpoints {
-            checkpoint::check_trainer(&f.path, &f.checkpoint.trainer_name)?;
+        if version == Version::V2 {
+            for f in &checkpoints {
+                checkpoint::check_trainer(&f.path, &f.checkpoint.trainer_name)?;
+            }
         }
         // nnU-Net takes the trainer, configuration and mirroring axes of the first fold for all.
         let Some(first) = checkpoints.first() else {
@@ -220,13 +274,19 @@ impl ModelFolder {
         let mirroring_axes = first.checkpoint.mirroring_axes.clone();
         let mirroring_source = first.path.clone();
         let configuration = plans.configuration(&plans_path, &configuration_name)?;
-        let network = UNetConfig::from_plans(
+        let mut network = UNetConfig::from_plans(
             &plans_path,
             &configuration_name,
             &configuration,
             dataset.num_input_channels(),
             dataset.num_segmentation_heads(&dataset_path)?,
         )?;
+        if version == Version::V1 {
+            // Generic_UNet's u-th localisation block convolves with the kernel of the stage
+            // below its skip.
+            let k = &network.kernels;
+            network.decoder_kernels = (1..k.len()).map(|s| k[k.len() - s]).collect();
+        }
         let mut nets = Vec::with_capacity(checkpoints.len());
         let mut folds = Vec::with_capacity(checkpoints.len());
         let mut weight_bytes = 0u64;
@@ -260,6 +320,8 @@ impl ModelFolder {
             folds,
             nets,
             weight_bytes,
+            version,
+            postprocessing,
         };
         Ok((model, read_per_fold))
     }
@@ -284,7 +346,6 @@ impl ModelFolder {
         opts: &PredictOptions,
         device: &Device,
     ) -> Result<Segmentation, SegmentError> {
-        let plans_path = self.path.join("plans.json");
         let first = channels.first().ok_or_else(|| SegmentError::Folder {
             path: self.path.join("dataset.json"),
             msg: "no input channel given".into(),
@@ -306,15 +367,9 @@ impl ModelFolder {
                 msg: "the input channels are not on one grid".into(),
             });
         }
-        let pre = preprocess::preprocess(
-            channels,
-            &self.plans,
-            &plans_path,
-            &self.configuration,
-            &self.configuration_name,
-        )?;
-        let logits = predict::predict_logits(self, &pre, opts, device)?;
-        let out = predict::export(self, &pre, &logits)?;
+        let pre = self.preprocess(channels)?;
+        let predicted = predict::predict_logits(self, &pre, opts, device)?;
+        let out = self.export(&pre, &predicted)?;
         let labels = Volume {
             data: out.labels.iter().map(|&l| f32::from(l)).collect(),
             size: first.size,
@@ -326,6 +381,42 @@ impl ModelFolder {
             labels,
             probabilities: out.probabilities,
         })
+    }
+
+    /// nnU-Net's preprocessing of one case's channels (all on one grid) for this model.
+    pub fn preprocess(
+        &self,
+        channels: &[Volume],
+    ) -> Result<preprocess::Preprocessed, SegmentError> {
+        preprocess::preprocess(
+            channels,
+            &self.plans,
+            &self.path.join("plans.json"),
+            &self.configuration,
+            &self.configuration_name,
+            self.version,
+        )
+    }
+
+    /// The export of [`predict::predict_logits`]' output back to the input's grid, as the
+    /// model's nnU-Net does it, v1's `postprocessing.json` included.
+    pub fn export(
+        &self,
+        pre: &preprocess::Preprocessed,
+        predicted: &[resample::Array3],
+    ) -> Result<predict::Exported, SegmentError> {
+        match self.version {
+            Version::V2 => predict::export(self, pre, predicted),
+            Version::V1 => {
+                let mut out = predict::export_v1(self, pre, predicted)?;
+                if let Some(pp) = &self.postprocessing {
+                    // predict_cases applies it to the written labels, with their voxel volume.
+                    let voxel: f64 = pre.spacing.iter().product();
+                    v1::postprocess(&mut out.labels, out.shape, voxel, pp);
+                }
+                Ok(out)
+            }
+        }
     }
 
     /// An upper estimate of the memory (bytes) [`ModelFolder::segment`] takes for a CT of

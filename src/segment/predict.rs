@@ -5,13 +5,18 @@
 //! nnU-Net accumulates the tiles' logits, the Gaussian weights and the average over folds in
 //! float16, on the CPU as on the GPU; each of those sums is rounded to float16 here too, since it
 //! changes the probabilities by up to about 1e-3 and can flip labels where two classes are close.
+//!
+//! nnU-Net v1 (`SegmentationNetwork._internal_predict_3D_3Dconv_tiled`, `predict_cases`,
+//! `save_segmentation_nifti_from_softmax`) averages softmax probabilities instead, in float32,
+//! weights with a Gaussian of maximum 1 only when there is more than one tile, and resamples the
+//! probabilities back after `transpose_backward`; [`Version::V1`] follows it.
 
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 
 use super::preprocess::Preprocessed;
 use super::resample::{self, Array3};
-use super::{ModelFolder, SegmentError};
+use super::{ModelFolder, SegmentError, Version};
 
 /// How to predict (nnUNetPredictor's arguments).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -52,11 +57,9 @@ pub fn steps(image: usize, tile: usize, step_size: f64) -> Vec<usize> {
         .collect()
 }
 
-/// `compute_gaussian(patch, sigma_scale=1/8, value_scaling_factor=10)` as float16 values: a
-/// delta at the patch centre blurred by scipy's `gaussian_filter` (truncated at 4 sigma), scaled
-/// to a maximum of 10, rounded to float16, zeros replaced by the smallest non-zero value. `patch`
-/// has the configuration's 2 or 3 axes; the map is C-ordered over them.
-pub fn gaussian(patch: &[usize]) -> Vec<f32> {
+/// A delta at the patch centre blurred by scipy's `gaussian_filter` (sigma 1/8 of the patch,
+/// truncated at 4 sigma), and its maximum; C-ordered over the patch's 2 or 3 axes.
+fn blurred_delta(patch: &[usize]) -> (Vec<f64>, f64) {
     let mut g = vec![1f64];
     for &p in patch {
         let sigma = p as f64 / 8.0;
@@ -82,10 +85,11 @@ pub fn gaussian(patch: &[usize]) -> Vec<f32> {
             .collect();
     }
     let max = g.iter().copied().fold(0.0, f64::max);
-    let mut g: Vec<f32> = g
-        .iter()
-        .map(|v| round16((v / (max / 10.0)) as f32))
-        .collect();
+    (g, max)
+}
+
+/// Zeros replaced by the smallest non-zero value.
+fn no_zeros(mut g: Vec<f32>) -> Vec<f32> {
     let min_nonzero = g
         .iter()
         .copied()
@@ -97,6 +101,25 @@ pub fn gaussian(patch: &[usize]) -> Vec<f32> {
         }
     }
     g
+}
+
+/// `compute_gaussian(patch, sigma_scale=1/8, value_scaling_factor=10)` as float16 values: the
+/// blurred delta scaled to a maximum of 10, rounded to float16, zeros replaced by the smallest
+/// non-zero value.
+pub fn gaussian(patch: &[usize]) -> Vec<f32> {
+    let (g, max) = blurred_delta(patch);
+    no_zeros(
+        g.iter()
+            .map(|v| round16((v / (max / 10.0)) as f32))
+            .collect(),
+    )
+}
+
+/// nnU-Net v1's `_get_gaussian(patch, sigma_scale=1/8)`: the blurred delta with maximum 1 as
+/// float32, zeros replaced by the smallest non-zero value.
+pub fn gaussian_v1(patch: &[usize]) -> Vec<f32> {
+    let (g, max) = blurred_delta(patch);
+    no_zeros(g.iter().map(|v| (v / max) as f32).collect())
 }
 
 /// The mirrored passes: every non-empty combination of the allowed axes, by size then order
@@ -125,6 +148,40 @@ fn mirror_combinations(axes: &[usize]) -> Vec<Vec<usize>> {
     out
 }
 
+/// nnU-Net v1's mirrored passes (`_internal_maybe_mirror_and_pred_3D`/`_2D`): pass `m` flips the
+/// axes of its set bits, bit 0 the last spatial axis; a pass runs only where all its axes are
+/// allowed. `n_axes` is the network's spatial dimensionality.
+fn mirror_combinations_v1(axes: &[usize], n_axes: usize) -> Vec<Vec<usize>> {
+    (1..1usize << n_axes)
+        .filter_map(|m| {
+            let flips: Vec<usize> = (0..n_axes)
+                .filter(|b| m & (1 << b) != 0)
+                .map(|b| n_axes - 1 - b)
+                .collect();
+            flips
+                .iter()
+                .all(|a| axes.contains(a))
+                .then(|| flips.iter().map(|a| a + 2).collect())
+        })
+        .collect()
+}
+
+/// v1's pass over one tile: per pass the softmax, weighted by one over the number of passes and
+/// summed (f32).
+fn mirrored_softmax_v1(
+    net: &super::UNet,
+    x: &Tensor,
+    combos: &[Vec<usize>],
+) -> candle_core::Result<Tensor> {
+    let w = 1.0 / (combos.len() + 1) as f64;
+    let mut y = (candle_nn::ops::softmax(&net.forward(x)?, 1)? * w)?;
+    for dims in combos {
+        let p = candle_nn::ops::softmax(&net.forward(&x.flip(dims)?)?, 1)?.flip(dims)?;
+        y = (y + (p * w)?)?;
+    }
+    Ok(y)
+}
+
 /// One network on one tile with mirroring: the identity pass plus every mirrored pass, summed in
 /// that order and divided by their number, in f32 (`_internal_maybe_mirror_and_predict`).
 fn mirrored_forward(
@@ -144,8 +201,8 @@ fn mirrored_forward(
 }
 
 /// The sliding-window logits of one network over the preprocessed data, float16-rounded as
-/// nnU-Net keeps them: `(classes, Z, Y, X)` flattened per class. `patch` is 3-D; a 2-D
-/// network (`two_d`) has patch depth 1 and runs on every slice.
+/// nnU-Net keeps them (v1: the probabilities, in f32): `(classes, Z, Y, X)` flattened per
+/// class. `patch` is 3-D; a 2-D network (`two_d`) has patch depth 1 and runs on every slice.
 #[allow(clippy::too_many_arguments)]
 fn sliding_window(
     net: &super::UNet,
@@ -154,8 +211,11 @@ fn sliding_window(
     two_d: bool,
     combos: &[Vec<usize>],
     opts: &PredictOptions,
+    version: Version,
     device: &Device,
 ) -> candle_core::Result<Vec<Vec<f32>>> {
+    let v1 = version == Version::V1;
+    let round = |v: f32| if v1 { v } else { round16(v) };
     let shape = data[0].shape;
     let classes = net.config().num_classes;
     // pad_nd_image: constant 0 up to the patch, the odd voxel after.
@@ -180,13 +240,6 @@ fn sliding_window(
         (1, data.len(), padded[0], padded[1], padded[2]),
         device,
     )?;
-    let g = if opts.use_gaussian {
-        gaussian(if two_d { &patch[1..] } else { &patch[..] })
-    } else {
-        vec![1.0; patch[0] * patch[1] * patch[2]]
-    };
-    let mut acc = vec![0f32; classes * n_pad];
-    let mut weight = vec![0f32; n_pad];
     let st: [Vec<usize>; 3] = std::array::from_fn(|a| {
         if two_d && a == 0 {
             // 2-D: every slice, in order.
@@ -195,6 +248,16 @@ fn sliding_window(
             steps(padded[a], patch[a], opts.tile_step_size)
         }
     });
+    let spatial = if two_d { &patch[1..] } else { &patch[..] };
+    // v1 counts the tiles of one slice in 2-D, and weights uniformly when there is one.
+    let tiles = st[1].len() * st[2].len() * if two_d { 1 } else { st[0].len() };
+    let g = match (opts.use_gaussian, v1) {
+        (true, false) => gaussian(spatial),
+        (true, true) if tiles > 1 => gaussian_v1(spatial),
+        _ => vec![1.0; patch[0] * patch[1] * patch[2]],
+    };
+    let mut acc = vec![0f32; classes * n_pad];
+    let mut weight = vec![0f32; n_pad];
     let n_patch = patch[0] * patch[1] * patch[2];
     for &sz in &st[0] {
         for &sy in &st[1] {
@@ -204,8 +267,9 @@ fn sliding_window(
                     .narrow(3, sy, patch[1])?
                     .narrow(4, sx, patch[2])?
                     .contiguous()?;
-                let y = if two_d {
-                    mirrored_forward(net, &x.squeeze(2)?, combos)?
+                let x = if two_d { x.squeeze(2)? } else { x };
+                let y = if v1 {
+                    mirrored_softmax_v1(net, &x, combos)?
                 } else {
                     mirrored_forward(net, &x, combos)?
                 };
@@ -219,10 +283,10 @@ fn sliding_window(
                             for c in 0..classes {
                                 let p = y[c * n_patch + prow + k] * gw;
                                 let a = &mut acc[c * n_pad + row + k];
-                                *a = round16(*a + p);
+                                *a = round(*a + p);
                             }
                             let w = &mut weight[row + k];
-                            *w = round16(*w + gw);
+                            *w = round(*w + gw);
                         }
                     }
                 }
@@ -237,7 +301,7 @@ fn sliding_window(
             for j in 0..shape[1] {
                 let row = ((i + below[0]) * padded[1] + j + below[1]) * padded[2] + below[2];
                 for k in 0..shape[2] {
-                    o[q] = round16(acc[c * n_pad + row + k] / weight[row + k]);
+                    o[q] = round(acc[c * n_pad + row + k] / weight[row + k]);
                     q += 1;
                 }
             }
@@ -289,8 +353,8 @@ impl Drop for KeepFreedMemory {
     }
 }
 
-/// The logits of every fold on the preprocessed data, averaged (float16, as nnU-Net):
-/// `(classes, Z, Y, X)` as one [`Array3`] per class.
+/// The logits of every fold on the preprocessed data, averaged (float16, as nnU-Net; v1: the
+/// probabilities, averaged in float32): `(classes, Z, Y, X)` as one [`Array3`] per class.
 pub fn predict_logits(
     model: &ModelFolder,
     pre: &Preprocessed,
@@ -318,27 +382,39 @@ pub fn predict_logits(
                     msg: format!("{axes:?} do not fit a {n_axes}-D network"),
                 });
             }
-            mirror_combinations(axes)
+            match model.version {
+                Version::V1 => mirror_combinations_v1(axes, n_axes),
+                Version::V2 => mirror_combinations(axes),
+            }
         }
         _ => Vec::new(),
     };
+    let v1 = model.version == Version::V1;
+    let round = |v: f32| if v1 { v } else { round16(v) };
     let _keep = KeepFreedMemory::new();
     let shape = pre.data[0].shape;
     let mut sum: Option<Vec<Vec<f32>>> = None;
     for (f, net) in model.nets.iter().enumerate() {
-        let logits =
-            sliding_window(net, &pre.data, patch, two_d, &combos, opts, device).map_err(|e| {
-                SegmentError::Folder {
-                    path: model.path.join(format!("fold_{}", model.folds[f])),
-                    msg: format!("prediction failed: {e}"),
-                }
-            })?;
+        let logits = sliding_window(
+            net,
+            &pre.data,
+            patch,
+            two_d,
+            &combos,
+            opts,
+            model.version,
+            device,
+        )
+        .map_err(|e| SegmentError::Folder {
+            path: model.path.join(format!("fold_{}", model.folds[f])),
+            msg: format!("prediction failed: {e}"),
+        })?;
         sum = Some(match sum {
             None => logits,
             Some(mut s) => {
                 for (a, b) in s.iter_mut().zip(&logits) {
                     for (x, y) in a.iter_mut().zip(b) {
-                        *x = round16(*x + *y);
+                        *x = round(*x + *y);
                     }
                 }
                 s
@@ -352,7 +428,7 @@ pub fn predict_logits(
         .map(|v| Array3 {
             data: v
                 .into_iter()
-                .map(|x| f64::from(if n > 1.0 { round16(x / n) } else { x }))
+                .map(|x| f64::from(if n > 1.0 { round(x / n) } else { x }))
                 .collect(),
             shape,
         })
@@ -456,6 +532,87 @@ pub fn export(
         labels,
         probabilities: probs,
         shape,
+    })
+}
+
+/// nnU-Net v1's export (`save_segmentation_nifti_from_softmax` after `predict_cases`' transpose):
+/// the averaged probabilities transposed back, resampled to the cropped shape (order 1 and 0
+/// along a separate axis by default; float32), argmax, pasted into the crop box (background
+/// probability 1 outside).
+///
+/// v1 chooses the separate axis from the input's spacing and, failing that, from the spacing it
+/// resampled to, the latter in the transposed order although the probabilities are already back
+/// in the input's order; with a non-identity `transpose_forward` this can pick another axis than
+/// v2 would, and ctgrade picks the one v1 does.
+pub fn export_v1(
+    model: &ModelFolder,
+    pre: &Preprocessed,
+    probabilities: &[Array3],
+) -> Result<Exported, SegmentError> {
+    let kw = model.configuration.resampling_fn_probabilities_kwargs;
+    let perm: [usize; 3] = match model.plans.transpose_forward.as_slice() {
+        &[a, b, c] => [a, b, c],
+        _ => [0, 1, 2],
+    };
+    // Transposed axis i is the input's axis perm[i].
+    let mut inverse = [0; 3];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i;
+    }
+    let orig = |a: [usize; 3]| -> [usize; 3] { std::array::from_fn(|k| a[inverse[k]]) };
+    let spacing: [f64; 3] = std::array::from_fn(|k| pre.spacing[inverse[k]]);
+    let target = orig(pre.shape_after_cropping);
+    let full = orig(pre.shape_before_cropping);
+    let bbox: [[usize; 2]; 3] = std::array::from_fn(|k| pre.bbox[inverse[k]]);
+    let axis = resample::separate_z_axis(kw.force_separate_z, spacing, pre.target_spacing);
+    let classes = probabilities.len();
+    if classes > usize::from(u8::MAX) + 1 {
+        return Err(SegmentError::Folder {
+            path: model.path.clone(),
+            msg: format!("{classes} classes do not fit 8-bit labels"),
+        });
+    }
+    let resampled: Vec<Vec<f32>> = probabilities
+        .iter()
+        .map(|p| {
+            let p = super::preprocess::transpose(p, inverse);
+            if p.shape == target {
+                p.data.iter().map(|&v| v as f32).collect()
+            } else {
+                let r = resample::resample(&p, target, kw.order, axis, kw.order_z);
+                r.data.iter().map(|&v| v as f32).collect()
+            }
+        })
+        .collect();
+    let n_full = full[0] * full[1] * full[2];
+    let mut labels = vec![0u8; n_full];
+    let mut probs: Vec<Vec<f32>> = (0..classes)
+        .map(|c| vec![if c == 0 { 1.0 } else { 0.0 }; n_full])
+        .collect();
+    let mut q = 0;
+    for i in bbox[0][0]..bbox[0][1] {
+        for j in bbox[1][0]..bbox[1][1] {
+            let row = (i * full[1] + j) * full[2];
+            for k in bbox[2][0]..bbox[2][1] {
+                let mut best = 0;
+                let mut best_v = f32::NEG_INFINITY;
+                for (c, r) in resampled.iter().enumerate() {
+                    let v = r[q];
+                    probs[c][row + k] = v;
+                    if v > best_v {
+                        best = c;
+                        best_v = v;
+                    }
+                }
+                labels[row + k] = best as u8;
+                q += 1;
+            }
+        }
+    }
+    Ok(Exported {
+        labels,
+        probabilities: probs,
+        shape: full,
     })
 }
 

@@ -1,5 +1,6 @@
 //! nnU-Net's `DefaultPreprocessor.run_case` for inference: transpose, crop to the non-zero
-//! region, normalise, resample to the configuration's spacing.
+//! region, normalise, resample to the configuration's spacing. nnU-Net v1's
+//! `GenericPreprocessor` normalises after resampling instead.
 //!
 //! Arrays are (z, y, x) as SimpleITK hands them to nnU-Net (a [`Volume`]'s data is already in
 //! that order: x fastest), then permuted by `transpose_forward`.
@@ -9,7 +10,7 @@ use std::path::Path;
 
 use super::plans::{Configuration, Normalization, Plans};
 use super::resample::{self, Array3};
-use super::SegmentError;
+use super::{SegmentError, Version};
 use crate::volume::Volume;
 
 /// A case after preprocessing, with what export needs to undo it.
@@ -228,13 +229,15 @@ fn normalize(
     Ok(())
 }
 
-/// Preprocesses the channels of one case (all on one grid) for `cfg`.
+/// Preprocesses the channels of one case (all on one grid) for `cfg`, as the nnU-Net `version`
+/// does.
 pub fn preprocess(
     channels: &[Volume],
     plans: &Plans,
     plans_path: &Path,
     cfg: &Configuration,
     cfg_name: &str,
+    version: Version,
 ) -> Result<Preprocessed, SegmentError> {
     let field = |f: &str, msg: String| SegmentError::Field {
         path: plans_path.into(),
@@ -294,21 +297,27 @@ pub fn preprocess(
     let axis = resample::separate_z_axis(kw.force_separate_z, spacing, target_spacing);
     for (c, a) in arrays.iter_mut().enumerate() {
         let use_mask = cfg.use_mask_for_norm.get(c).copied().unwrap_or(false);
-        normalize(
-            a,
-            &mask,
-            cfg.normalization_schemes[c],
-            use_mask,
-            plans,
-            plans_path,
-            c,
-        )?;
+        let scheme = cfg.normalization_schemes[c];
+        if version == Version::V2 {
+            normalize(a, &mask, scheme, use_mask, plans, plans_path, c)?;
+        } else {
+            for x in &mut a.data {
+                if x.is_nan() {
+                    *x = 0.0;
+                }
+            }
+        }
         let r = resample::resample(a, new_shape, kw.order, axis, kw.order_z);
         // The preprocessed array is float32.
         *a = Array3 {
             data: r.data.iter().map(|&x| f64::from(x as f32)).collect(),
             shape: r.shape,
         };
+        if version == Version::V1 {
+            // v1 has no mask-restricted normalisation here (refused at load), so the mask's
+            // grid does not matter.
+            normalize(a, &mask, scheme, false, plans, plans_path, c)?;
+        }
     }
     Ok(Preprocessed {
         data: arrays,

@@ -102,6 +102,10 @@ pub struct UNetConfig {
     pub kernels: Vec<[usize; 3]>,
     /// Stride per stage, as 3-D.
     pub strides: Vec<[usize; 3]>,
+    /// Kernel per decoder stage, as 3-D, from the one nearest the bottleneck: the kernel of the
+    /// skip's encoder stage in dynamic_network_architectures, of the stage below it in nnU-Net
+    /// v1's `Generic_UNet`.
+    pub decoder_kernels: Vec<[usize; 3]>,
     /// Convolutions (plain) or residual blocks per encoder stage.
     pub per_stage: Vec<usize>,
     /// Convolutions per decoder stage.
@@ -274,6 +278,7 @@ impl UNetConfig {
         if features.contains(&0) || per_stage.contains(&0) || in_channels == 0 || num_classes == 0 {
             return Err(bad("arch_kwargs", "a zero width or count".into()));
         }
+        let decoder_kernels = (1..n_stages).map(|s| kernels[n_stages - s - 1]).collect();
         Ok(Self {
             kind,
             dims,
@@ -282,6 +287,7 @@ impl UNetConfig {
             features,
             kernels,
             strides,
+            decoder_kernels,
             per_stage,
             per_stage_decoder,
             conv_bias,
@@ -979,7 +985,7 @@ impl UNet {
                 cfg.per_stage_decoder[s - 1],
                 2 * skip,
                 skip,
-                cfg.kernels[n - s - 1],
+                cfg.decoder_kernels[s - 1],
                 [1; 3],
             )?);
         }
