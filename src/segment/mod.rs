@@ -145,6 +145,8 @@ pub struct ModelFolder {
     pub version: Version,
     /// v1's `postprocessing.json`, where the folder has one.
     pub postprocessing: Option<v1::Postprocessing>,
+    /// The file the plans came from (`plans.json`; v1: the first fold's trainer pickle).
+    pub plans_file: PathBuf,
 }
 
 /// One fold's checkpoint and the file it came from.
@@ -160,6 +162,8 @@ pub struct FoldCheckpoint {
 /// A model folder read but not yet checked: plans and dataset (v1's translated), the chosen
 /// folds' checkpoints, and v1's postprocessing.
 pub(crate) struct FolderContents {
+    /// The file the plans came from (v1: the first fold's trainer pickle), for errors.
+    pub plans_file: PathBuf,
     pub plans: Plans,
     pub dataset: DatasetJson,
     pub checkpoints: Vec<FoldCheckpoint>,
@@ -177,6 +181,7 @@ pub(crate) fn read_folder(
     if v1::is_v1_folder(dir) {
         let f = v1::read_folder(dir, folds, device)?;
         return Ok(FolderContents {
+            plans_file: f.plans_file,
             plans: f.plans,
             dataset: f.dataset,
             checkpoints: f.checkpoints,
@@ -218,6 +223,7 @@ pub(crate) fn read_folder(
         });
     }
     Ok(FolderContents {
+        plans_file: dir.join("plans.json"),
         plans,
         dataset,
         checkpoints,
@@ -249,13 +255,14 @@ impl ModelFolder {
         device: &Device,
     ) -> Result<(Self, Vec<HashMap<String, Tensor>>), SegmentError> {
         let FolderContents {
+            plans_file,
             plans,
             dataset,
             checkpoints,
             version,
             postprocessing,
         } = contents;
-        let plans_path = dir.join("plans.json");
+        let plans_path = plans_file.clone();
         let dataset_path = dir.join("dataset.json");
         if version == Version::V2 {
             for f in &checkpoints {
@@ -322,6 +329,7 @@ impl ModelFolder {
             weight_bytes,
             version,
             postprocessing,
+            plans_file,
         };
         Ok((model, read_per_fold))
     }
@@ -391,7 +399,7 @@ impl ModelFolder {
         preprocess::preprocess(
             channels,
             &self.plans,
-            &self.path.join("plans.json"),
+            &self.plans_file,
             &self.configuration,
             &self.configuration_name,
             self.version,

@@ -366,7 +366,7 @@ pub fn predict_logits(
         &[b, c] => ([1, b, c], true),
         other => {
             return Err(SegmentError::Field {
-                path: model.path.join("plans.json"),
+                path: model.plans_file.clone(),
                 field: format!("configurations.{}.patch_size", model.configuration_name),
                 msg: format!("{other:?}: not 2 or 3 axes"),
             })
@@ -644,6 +644,39 @@ mod tests {
             ]
         );
         assert_eq!(mirror_combinations(&[1]), vec![vec![3]]);
+    }
+
+    #[test]
+    fn v1_mirrors_in_its_pass_order() {
+        // m = 1..7: x, y, xy, z, xz, yz, xyz (batch dimensions 4, 3, 2).
+        let c = mirror_combinations_v1(&[0, 1, 2], 3);
+        assert_eq!(
+            c,
+            vec![
+                vec![4],
+                vec![3],
+                vec![4, 3],
+                vec![2],
+                vec![4, 2],
+                vec![3, 2],
+                vec![4, 3, 2]
+            ]
+        );
+        assert_eq!(
+            mirror_combinations_v1(&[1, 2], 3),
+            vec![vec![4], vec![3], vec![4, 3]]
+        );
+        assert_eq!(
+            mirror_combinations_v1(&[0, 1], 2),
+            vec![vec![3], vec![2], vec![3, 2]]
+        );
+    }
+
+    #[test]
+    fn v1_gaussian_peaks_at_one() {
+        let g = gaussian_v1(&[4, 8, 8]);
+        assert_eq!(g[(2 * 8 + 4) * 8 + 4], 1.0);
+        assert!(g.iter().all(|&v| v > 0.0 && v <= 1.0));
     }
 
     #[test]

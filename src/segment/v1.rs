@@ -88,6 +88,7 @@ fn fold_dir(dir: &Path, fold: &str) -> PathBuf {
 
 /// A folder's plans (translated), dataset, folds and postprocessing.
 pub(crate) struct Folder {
+    pub plans_file: PathBuf,
     pub plans: Plans,
     pub dataset: DatasetJson,
     pub checkpoints: Vec<FoldCheckpoint>,
@@ -123,10 +124,13 @@ pub(crate) fn read_folder(
         _ => return Err(bad("name", "missing or not a string".into())),
     };
     if !TRAINERS.contains(&trainer.as_str()) {
-        return Err(SegmentError::Trainer {
-            path: info_path.clone(),
-            trainer,
-        });
+        return Err(bad(
+            "name",
+            format!(
+                "trainer {trainer:?} is not supported: ctgrade runs Generic_UNet as nnUNetTrainerV2 builds it ({})",
+                TRAINERS.join(", ")
+            ),
+        ));
     }
     let stage = match info.get("init").and_then(Value::items) {
         Some(init) => match init.get(5) {
@@ -160,6 +164,7 @@ pub(crate) fn read_folder(
     }
     let postprocessing = read_postprocessing(&dir.join("postprocessing.json"))?;
     Ok(Folder {
+        plans_file: info_path,
         plans: t.plans,
         dataset,
         checkpoints,
