@@ -271,6 +271,50 @@ fn sliding_window_logits_match_nnunets() {
     assert!(max <= 1e-2 * scale.max(1.0), "{max}");
 }
 
+/// A prediction against the reference's files in `dir` (its label map and one probability map
+/// per class): the share of equal labels among the voxels where the reference's two largest
+/// probabilities differ by at least 0.02, and the max and mean |probability difference|; printed.
+fn compare_with_reference(
+    dir: &Path,
+    name: &str,
+    labels: &[f32],
+    probabilities: &[Vec<f32>],
+    segmentation: &str,
+    probability_files: &[String],
+) -> (f64, f32, f64) {
+    let seg = ctgrade::volume::read(&dir.join(segmentation)).expect("seg");
+    let probs: Vec<Vec<f32>> = probability_files
+        .iter()
+        .map(|f| ctgrade::volume::read(&dir.join(f)).expect("prob").data)
+        .collect();
+    assert_eq!(probabilities.len(), probs.len(), "{name}");
+    let n = seg.data.len();
+    let (mut decided, mut same, mut all_same) = (0usize, 0usize, 0usize);
+    for v in 0..n {
+        let mut p: Vec<f32> = probs.iter().map(|c| c[v]).collect();
+        p.sort_by(|a, b| b.total_cmp(a));
+        let agree = labels[v] == seg.data[v];
+        all_same += usize::from(agree);
+        if p[0] - p[1] >= 0.02 {
+            decided += 1;
+            same += usize::from(agree);
+        }
+    }
+    let (mut max, mut mean) = (0f32, 0f64);
+    for (got, want) in probabilities.iter().zip(&probs) {
+        let (a, b) = stats(got, want);
+        max = max.max(a);
+        mean += b / probs.len() as f64;
+    }
+    let agree = same as f64 / decided.max(1) as f64;
+    eprintln!(
+        "{name}: labels agree in {:.4}% of {decided} decided voxels ({:.4}% of all {n}); probabilities max |difference| {max:.3e}, mean {mean:.3e}",
+        agree * 100.0,
+        all_same as f64 / n as f64 * 100.0
+    );
+    (agree, max, mean)
+}
+
 #[test]
 fn predictions_match_nnunets_predictor() {
     let ct = ct();
@@ -286,43 +330,14 @@ fn predictions_match_nnunets_predictor() {
         let logits = ctgrade::segment::predict::predict_logits(&m, &pre, &opts, &Device::Cpu)
             .expect("predict");
         let out = m.export(&pre, &logits).expect("export");
-        let seg = ctgrade::volume::read(&Path::new(FIX).join(&run.segmentation)).expect("seg");
-        let probs: Vec<Vec<f32>> = run
-            .probabilities
-            .iter()
-            .map(|f| {
-                ctgrade::volume::read(&Path::new(FIX).join(f))
-                    .expect("prob")
-                    .data
-            })
-            .collect();
-        assert_eq!(out.probabilities.len(), probs.len(), "{}", run.name);
-        let n = seg.data.len();
-        // Voxels where nnU-Net's two largest probabilities differ by at least 0.02.
-        let (mut decided, mut same) = (0usize, 0usize);
-        let mut all_same = 0usize;
-        for v in 0..n {
-            let mut p: Vec<f32> = probs.iter().map(|c| c[v]).collect();
-            p.sort_by(|a, b| b.total_cmp(a));
-            let agree = f32::from(out.labels[v]) == seg.data[v];
-            all_same += usize::from(agree);
-            if p[0] - p[1] >= 0.02 {
-                decided += 1;
-                same += usize::from(agree);
-            }
-        }
-        let (mut max, mut mean) = (0f32, 0f64);
-        for (got, want) in out.probabilities.iter().zip(&probs) {
-            let (a, b) = stats(got, want);
-            max = max.max(a);
-            mean += b / probs.len() as f64;
-        }
-        let agree = same as f64 / decided.max(1) as f64;
-        eprintln!(
-            "{}: labels agree in {:.4}% of {decided} decided voxels ({:.4}% of all {n}); probabilities max |difference| {max:.3e}, mean {mean:.3e}",
-            run.name,
-            agree * 100.0,
-            all_same as f64 / n as f64 * 100.0
+        let labels: Vec<f32> = out.labels.iter().map(|&l| f32::from(l)).collect();
+        let (agree, max, mean) = compare_with_reference(
+            Path::new(FIX),
+            &run.name,
+            &labels,
+            &out.probabilities,
+            &run.segmentation,
+            &run.probabilities,
         );
         // The targets of issue 27: the same label in 99.9 % of decided voxels, probabilities
         // within 0.02 everywhere and 1e-3 on average.
@@ -630,42 +645,13 @@ mod v1 {
             let seg = m
                 .segment(std::slice::from_ref(&ct), &opts, &Device::Cpu)
                 .expect("segment");
-            let want =
-                ctgrade::volume::read(&Path::new(FIX1).join(&run.segmentation)).expect("seg");
-            let probs: Vec<Vec<f32>> = run
-                .probabilities
-                .iter()
-                .map(|f| {
-                    ctgrade::volume::read(&Path::new(FIX1).join(f))
-                        .expect("prob")
-                        .data
-                })
-                .collect();
-            assert_eq!(seg.probabilities.len(), probs.len(), "{}", run.name);
-            let n = want.data.len();
-            let (mut decided, mut same, mut all_same) = (0usize, 0usize, 0usize);
-            for v in 0..n {
-                let mut p: Vec<f32> = probs.iter().map(|c| c[v]).collect();
-                p.sort_by(|a, b| b.total_cmp(a));
-                let agree = seg.labels.data[v] == want.data[v];
-                all_same += usize::from(agree);
-                if p[0] - p[1] >= 0.02 {
-                    decided += 1;
-                    same += usize::from(agree);
-                }
-            }
-            let (mut max, mut mean) = (0f32, 0f64);
-            for (got, want) in seg.probabilities.iter().zip(&probs) {
-                let (a, b) = stats(got, want);
-                max = max.max(a);
-                mean += b / probs.len() as f64;
-            }
-            let agree = same as f64 / decided.max(1) as f64;
-            eprintln!(
-                "v1 {}: labels agree in {:.4}% of {decided} decided voxels ({:.4}% of all {n}); probabilities max |difference| {max:.3e}, mean {mean:.3e}",
-                run.name,
-                agree * 100.0,
-                all_same as f64 / n as f64 * 100.0
+            let (agree, max, mean) = compare_with_reference(
+                Path::new(FIX1),
+                &format!("v1 {}", run.name),
+                &seg.labels.data,
+                &seg.probabilities,
+                &run.segmentation,
+                &run.probabilities,
             );
             assert!(agree >= 0.999, "{}: {agree}", run.name);
             assert!(max <= 0.02 && mean <= 1e-3, "{}: {max} {mean}", run.name);

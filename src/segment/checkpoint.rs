@@ -135,7 +135,7 @@ impl Checkpoint {
         if dict_get(&top, "network_weights").is_none() {
             return Err(bad("network_weights", "missing".into()));
         }
-        let weights = read_weights(path, device)?;
+        let weights = read_weights(path, "network_weights", device)?;
         Ok(Self {
             trainer_name,
             configuration,
@@ -180,14 +180,22 @@ fn read_pickle(path: &Path) -> Result<Object, SegmentError> {
     })
 }
 
-/// The tensors of `network_weights`, as f32 on `device`.
-fn read_weights(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, SegmentError> {
+/// The tensors of the state dict under `key` of a torch.save zip archive, as f32 on `device`.
+pub(crate) fn read_weights(
+    path: &Path,
+    key: &str,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, SegmentError> {
     let bad = |msg: String| SegmentError::Field {
         path: path.into(),
-        field: "network_weights".into(),
+        field: key.into(),
         msg,
     };
-    let pth = PthTensors::new(path, Some("network_weights")).map_err(|e| bad(e.to_string()))?;
+    let pth = PthTensors::new(path, Some(key)).map_err(|e| {
+        bad(format!(
+            "{e} (a torch.save zip archive is expected: checkpoints of torch < 1.6 need saving again)"
+        ))
+    })?;
     let mut weights = HashMap::with_capacity(pth.tensor_infos().len());
     for name in pth.tensor_infos().keys() {
         let t = pth

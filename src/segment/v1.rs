@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::pickle::PthTensors;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Map, Value as Json};
 
@@ -691,36 +690,21 @@ fn read_weights(
     batch_norm: bool,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>, SegmentError> {
-    let bad = |msg: String| SegmentError::Field {
-        path: path.into(),
-        field: "state_dict".into(),
-        msg,
-    };
     if !path.is_file() {
         return Err(SegmentError::Folder {
             path: path.into(),
             msg: "missing".into(),
         });
     }
-    let pth = PthTensors::new(path, Some("state_dict")).map_err(|e| {
-        bad(format!(
-            "{e} (a torch.save zip archive with a state_dict is expected; re-save checkpoints written by torch < 1.6)"
-        ))
-    })?;
-    let mut v1 = HashMap::with_capacity(pth.tensor_infos().len());
-    for name in pth.tensor_infos().keys() {
-        let t = pth
-            .get(name)
-            .and_then(|t| match t {
-                Some(t) => t.to_dtype(DType::F32)?.to_device(device),
-                None => candle_core::bail!("listed but not found"),
-            })
-            .map_err(|e| bad(format!("{name}: {e}")))?;
-        // A network trained with DataParallel saves `module.`-prefixed names;
-        // load_checkpoint_ram strips the prefix.
-        let key = name.strip_prefix("module.").unwrap_or(name).to_string();
-        v1.insert(key, t);
-    }
+    // A network trained with DataParallel saves `module.`-prefixed names; load_checkpoint_ram
+    // strips the prefix.
+    let v1: HashMap<String, Tensor> = super::checkpoint::read_weights(path, "state_dict", device)?
+        .into_iter()
+        .map(|(k, t)| match k.strip_prefix("module.") {
+            Some(k) => (k.to_string(), t),
+            None => (k, t),
+        })
+        .collect();
     rename(&v1, n_stages, conv_per_stage, batch_norm).map_err(|e| SegmentError::Weights {
         path: path.into(),
         msg: e.to_string(),
