@@ -844,20 +844,14 @@ pub fn mean_output(members: &[Vec<f64>]) -> Vec<f64> {
 
 /// Writes the nnU-Net model folder `src` (either form; a `role` model, for errors) into
 /// `out/<name>` in ctgrade's compact form ([`segment::compact`]): the weights of every fold with their sha256 and the plans' one
-/// configuration, without optimizer state, logs or other checkpoints. An nnU-Net v1 folder is
-/// copied as it is, its inference files only ([`segment::v1::copy`]).
+/// configuration, without optimizer state, logs or other checkpoints.
 pub fn copy_segmenter(
     src: &Path,
     out: &Path,
     name: &str,
     role: &'static str,
 ) -> Result<(), EnsembleError> {
-    let written = if segment::v1::is_v1_folder(src) {
-        segment::v1::copy(src, &out.join(name))
-    } else {
-        segment::compact::write(src, None, &out.join(name)).map(|_| ())
-    };
-    written.map_err(|e| EnsembleError::Segmenter {
+    segment::compact::write(src, None, &out.join(name)).map_err(|e| EnsembleError::Segmenter {
         role,
         path: src.to_path_buf(),
         reason: e.to_string(),

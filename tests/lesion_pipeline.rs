@@ -262,8 +262,8 @@ fn ensemble_new_takes_a_lesion_model() {
     );
 }
 
-/// An nnU-Net v1 lesion model (as the public COVID-19-20 models are) goes into an ensemble as
-/// its inference files, and `run` computes the lesion map with it.
+/// An nnU-Net v1 lesion model (as the public COVID-19-20 models are) goes into an ensemble in
+/// ctgrade's compact form, and `run` computes the lesion map with it.
 #[test]
 fn a_v1_lesion_model_runs_inside_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -271,10 +271,10 @@ fn a_v1_lesion_model_runs_inside_run() {
     let weights = dir.path().join("made");
     ensemble_new(dir.path(), &source, "1", &weights);
     for f in [
-        "plans.pkl",
-        "postprocessing.json",
-        "fold_0/model_final_checkpoint.model",
-        "fold_0/model_final_checkpoint.model.pkl",
+        "plans.json",
+        "dataset.json",
+        "fold_0.safetensors",
+        "ctgrade-nnunet.json",
     ] {
         assert!(weights.join("lesion").join(f).is_file(), "{f}");
     }

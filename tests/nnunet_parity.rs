@@ -750,11 +750,33 @@ mod v1 {
         .expect("copy");
         let e = load_err(dir.path(), None);
         assert!(e.contains("model_final_checkpoint.model"), "{e}");
+    }
 
-        // v1 folders have no compact form.
-        let out = tempfile::tempdir().expect("tempdir");
-        let e = ctgrade::segment::compact::write(&Path::new(FIX1).join("plain"), None, out.path())
-            .expect_err("v1 compact");
-        assert!(e.to_string().contains("v1"), "{e}");
+    /// ctgrade's compact form of a v1 model (its translated plans, the weights the network
+    /// reads, the version and postprocessing.json in the manifest) segments to the same labels
+    /// and probabilities as the v1 folder.
+    #[test]
+    fn the_compact_form_of_a_v1_model_segments_alike() {
+        let ct = ct();
+        let opts = ctgrade::segment::predict::PredictOptions::default();
+        for model in ["stage1", "bn"] {
+            let out = tempfile::tempdir().expect("tempdir");
+            let manifest =
+                ctgrade::segment::compact::write(&Path::new(FIX1).join(model), None, out.path())
+                    .expect("compact");
+            assert_eq!(manifest.nnunet_version, 1);
+            assert_eq!(manifest.postprocessing.is_some(), model == "stage1");
+            let compact = ModelFolder::load(out.path(), None, &Device::Cpu).expect("load");
+            assert_eq!(compact.version, Version::V1);
+            let folder = load(model, None);
+            let a = folder
+                .segment(std::slice::from_ref(&ct), &opts, &Device::Cpu)
+                .expect("folder");
+            let b = compact
+                .segment(std::slice::from_ref(&ct), &opts, &Device::Cpu)
+                .expect("compact");
+            assert_eq!(a.labels.data, b.labels.data, "{model}");
+            assert_eq!(a.probabilities, b.probabilities, "{model}");
+        }
     }
 }

@@ -18,8 +18,9 @@ pub struct ConvertArgs {
     /// An nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_N/checkpoint_final.pth)
     /// to write in ctgrade's compact form into the folder --out: each fold's weights as
     /// safetensors with their sha256 in ctgrade-nnunet.json, the plans' one configuration, no
-    /// optimizer state. `segment` and an ensemble's lesion_model take either form. nnU-Net v1
-    /// folders have no compact form: `segment` and the manifests take them as they are.
+    /// optimizer state. `segment` and an ensemble's lesion_model take either form. An nnU-Net v1
+    /// folder (plans.pkl, fold_N/model_final_checkpoint.model) converts alike and keeps running
+    /// as v1 does.
     #[arg(long, conflicts_with_all = ["from", "arch", "config", "naming", "key", "num_outputs", "drop_unexpected", "dtype"])]
     from_nnunet: Option<PathBuf>,
     /// With --from-nnunet: the folds to keep, comma-separated (default: every fold_N).

@@ -10,9 +10,13 @@
 //!   as f32, each once (without the aliases, the optimizer state, the training log or the
 //!   plans copy a checkpoint carries);
 //! - `ctgrade-nnunet.json` ([`Manifest`]), written last: the trainer, configuration and
-//!   mirroring axes the checkpoints carried, and each fold's file with its sha256.
+//!   mirroring axes the checkpoints carried, and each fold's file with its sha256; for an
+//!   nnU-Net v1 model also its version and `postprocessing.json`.
 //!
-//! [`super::ModelFolder::load`] reads either form; a folder with the manifest is compact.
+//! An nnU-Net v1 folder's compact form holds its plans as [`super::v1`] translates them and the
+//! weights under the names ctgrade's network reads (BatchNorm folded); it runs as v1 does.
+//!
+//! [`super::ModelFolder::load`] reads any form; a folder with the manifest is compact.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::checkpoint::Checkpoint;
-use super::{FoldCheckpoint, ModelFolder, SegmentError};
+use super::v1::Postprocessing;
+use super::{FoldCheckpoint, ModelFolder, SegmentError, Version};
 
 /// The manifest's file name; its presence makes a folder compact.
 pub const MANIFEST_FILE: &str = "ctgrade-nnunet.json";
@@ -44,6 +49,20 @@ pub struct Manifest {
     pub mirroring_axes: Option<Vec<usize>>,
     /// The folds, in the order nnU-Net averages them.
     pub folds: Vec<FoldFile>,
+    /// The nnU-Net that trained the model: 1 or 2 (absent: 2).
+    #[serde(default = "v2", skip_serializing_if = "is_v2")]
+    pub nnunet_version: u8,
+    /// nnU-Net v1's `postprocessing.json`, where the model had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postprocessing: Option<Postprocessing>,
+}
+
+fn v2() -> u8 {
+    2
+}
+
+fn is_v2(v: &u8) -> bool {
+    *v == 2
 }
 
 /// One fold's weights file.
@@ -80,6 +99,13 @@ impl Manifest {
                 msg: format!("{:?} is not {FORMAT:?}", m.format),
             });
         }
+        if m.nnunet_version != 1 && m.nnunet_version != 2 {
+            return Err(SegmentError::Field {
+                path,
+                field: "nnunet_version".into(),
+                msg: format!("{} is not 1 or 2", m.nnunet_version),
+            });
+        }
         for f in &m.folds {
             let plain = Path::new(&f.file)
                 .components()
@@ -93,6 +119,15 @@ impl Manifest {
             }
         }
         Ok(Some(m))
+    }
+
+    /// The nnU-Net whose computation the model follows.
+    pub fn version(&self) -> Version {
+        if self.nnunet_version == 1 {
+            Version::V1
+        } else {
+            Version::V2
+        }
     }
 
     /// The folds' checkpoints: `folds` by name (every listed fold when `None`), each weights
@@ -177,12 +212,6 @@ impl Manifest {
 pub fn write(src: &Path, folds: Option<&[String]>, out: &Path) -> Result<Manifest, SegmentError> {
     let device = Device::Cpu;
     let contents = super::read_folder(src, folds, &device)?;
-    if contents.version == super::Version::V1 {
-        return Err(SegmentError::Folder {
-            path: src.into(),
-            msg: "an nnU-Net v1 folder has no compact form: segment and the manifests take the folder itself".into(),
-        });
-    }
     let (model, weights) = ModelFolder::assemble(src, contents, &device)?;
     if same_folder(src, out) {
         return Err(SegmentError::Folder {
@@ -200,7 +229,7 @@ pub fn write(src: &Path, folds: Option<&[String]>, out: &Path) -> Result<Manifes
     let mut configurations = Map::new();
     let mut resolved = model
         .plans
-        .resolved(&src.join("plans.json"), &model.configuration_name)?;
+        .resolved(&model.plans_file, &model.configuration_name)?;
     resolved.remove("inherits_from");
     configurations.insert(model.configuration_name.clone(), Value::Object(resolved));
     let mut plans = model.plans.clone();
@@ -237,6 +266,11 @@ pub fn write(src: &Path, folds: Option<&[String]>, out: &Path) -> Result<Manifes
         configuration: model.configuration_name.clone(),
         mirroring_axes: model.mirroring_axes.clone(),
         folds: files,
+        nnunet_version: match model.version {
+            Version::V1 => 1,
+            Version::V2 => 2,
+        },
+        postprocessing: model.postprocessing.clone(),
     };
     let path = out.join(MANIFEST_FILE);
     let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();

@@ -191,7 +191,8 @@ pub(crate) fn read_folder(
     }
     let plans = Plans::read(&dir.join("plans.json"))?;
     let dataset = DatasetJson::read(&dir.join("dataset.json"))?;
-    let checkpoints = match compact::Manifest::read_in(dir)? {
+    let manifest = compact::Manifest::read_in(dir)?;
+    let checkpoints = match &manifest {
         Some(manifest) => manifest.checkpoints(dir, folds, device)?,
         None => {
             let folds: Vec<String> = match folds {
@@ -227,8 +228,10 @@ pub(crate) fn read_folder(
         plans,
         dataset,
         checkpoints,
-        version: Version::V2,
-        postprocessing: None,
+        version: manifest
+            .as_ref()
+            .map_or(Version::V2, compact::Manifest::version),
+        postprocessing: manifest.and_then(|m| m.postprocessing),
     })
 }
 

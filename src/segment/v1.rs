@@ -39,7 +39,8 @@ const TRAINERS: &[&str] = &[
 ];
 
 /// `postprocessing.json`: keep only the largest connected component of these classes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Postprocessing {
     /// Each entry a class, or several classes taken as one region.
     pub for_which_classes: Vec<Vec<u8>>,
@@ -802,39 +803,6 @@ fn rename(
         );
     }
     Ok(out)
-}
-
-/// Copies what inference reads of the v1 folder `src` into `out` (for an ensemble's model
-/// folder): `plans.pkl`, `postprocessing.json` and `dataset.json` where present, and each fold's
-/// checkpoint and its pickle, after loading them all as [`super::ModelFolder::load`] does.
-pub fn copy(src: &Path, out: &Path) -> Result<(), SegmentError> {
-    let folds = super::ModelFolder::load(src, None, &Device::Cpu)?.folds;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |error| SegmentError::Io { path, error }
-    };
-    let mut files: Vec<PathBuf> = ["plans.pkl", "postprocessing.json", "dataset.json"]
-        .iter()
-        .map(PathBuf::from)
-        .filter(|f| src.join(f).is_file())
-        .collect();
-    for fold in &folds {
-        let d = PathBuf::from(if fold == "all" {
-            "all".to_string()
-        } else {
-            format!("fold_{fold}")
-        });
-        files.push(d.join(CHECKPOINT));
-        files.push(d.join(format!("{CHECKPOINT}.pkl")));
-    }
-    for f in files {
-        let to = out.join(&f);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        std::fs::copy(src.join(&f), &to).map_err(io(&to))?;
-    }
-    Ok(())
 }
 
 /// v1's `postprocessing.json` applied (`remove_all_but_the_largest_connected_component`): per
