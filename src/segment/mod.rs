@@ -265,7 +265,6 @@ impl ModelFolder {
             version,
             postprocessing,
         } = contents;
-        let plans_path = plans_file.clone();
         let dataset_path = dir.join("dataset.json");
         if version == Version::V2 {
             for f in &checkpoints {
@@ -283,9 +282,9 @@ impl ModelFolder {
         let configuration_name = first.checkpoint.configuration.clone();
         let mirroring_axes = first.checkpoint.mirroring_axes.clone();
         let mirroring_source = first.path.clone();
-        let configuration = plans.configuration(&plans_path, &configuration_name)?;
+        let configuration = plans.configuration(&plans_file, &configuration_name)?;
         let mut network = UNetConfig::from_plans(
-            &plans_path,
+            &plans_file,
             &configuration_name,
             &configuration,
             dataset.num_input_channels(),
