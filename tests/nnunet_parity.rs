@@ -689,6 +689,27 @@ mod v1 {
         assert_eq!(got, want.data);
     }
 
+    /// Every truncation and every single-byte change of a trainer pickle reads as a value or an
+    /// error, never a panic.
+    #[test]
+    fn damaged_pickles_do_not_panic() {
+        let bytes =
+            std::fs::read(Path::new(FIX1).join("stage1/fold_0/model_final_checkpoint.model.pkl"))
+                .expect("read");
+        assert!(ctgrade::segment::pickle::read(&bytes).is_ok());
+        for n in 0..bytes.len() {
+            let _ = ctgrade::segment::pickle::read(&bytes[..n]);
+        }
+        let mut damaged = bytes.clone();
+        for i in 0..bytes.len() {
+            for v in [0x00, 0x7f, 0xff] {
+                damaged[i] = v;
+                let _ = ctgrade::segment::pickle::read(&damaged);
+            }
+            damaged[i] = bytes[i];
+        }
+    }
+
     /// A copy of the plain model, fold 0, for edits.
     fn copy_plain() -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");

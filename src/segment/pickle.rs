@@ -637,10 +637,16 @@ impl Machine<'_> {
                         _ => return self.err(format!("numpy array of dtype {dtype:?}")),
                     },
                     // Object arrays pickle their items as a list.
-                    Value::List(items) => match items.iter().map(Value::as_f64).collect() {
-                        Some(v) => v,
-                        None => return self.err("numpy object array of non-numbers"),
-                    },
+                    Value::List(items) => {
+                        match items
+                            .iter()
+                            .map(Value::as_f64)
+                            .collect::<Option<Vec<f64>>>()
+                        {
+                            Some(v) if v.len() == n => v,
+                            _ => return self.err("numpy object array of non-numbers"),
+                        }
+                    }
                     _ => return self.err("numpy array data"),
                 };
                 let data = if fortran && shape.len() > 1 {
