@@ -154,14 +154,9 @@ fn serve_grades_jobs_like_run() {
     clear(&output);
     let server = Server::start(&input, &output, &weights);
     server.wait_healthy();
-    assert!(
-        server
-            .log()
-            .iter()
-            .any(|l| l.contains("2 member(s) loaded")),
-        "{:?}",
-        server.log()
-    );
+    server.wait_log("members loaded before healthy", |log| {
+        log.iter().any(|l| l.contains("2 member(s) loaded"))
+    });
 
     let cases = [(1, 2, "socket"), (2, 5, "interface"), (3, 4, "socket")];
     for (seed, co_rads, key) in cases {
