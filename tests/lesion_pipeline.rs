@@ -17,15 +17,34 @@ use ctgrade::synth::{phantom, PhantomConfig};
 use ctgrade::volume::{self, ElementType};
 
 fn write_phantom(path: &Path) {
+    write_phantom_sized(path, [96, 96, 48], [3.5, 3.5, 6.0]);
+}
+
+fn write_phantom_sized(path: &Path, size: [usize; 3], spacing: [f64; 3]) {
     let cfg = PhantomConfig {
-        size: [96, 96, 48],
-        spacing: [3.5, 3.5, 6.0],
+        size,
+        spacing,
         seed: 5,
         co_rads: 5,
     };
     let (ct, _) = phantom(&cfg).unwrap();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     volume::write(path, &ct, ElementType::Short).unwrap();
+}
+
+/// `ctgrade run --lesion-segmentation` of `input` into `out`, which must compute the lesion map
+/// with the ensemble's lesion model; the lesion labels it wrote, checked to be on the CT's grid.
+fn run_computing_lesions(input: &Path, out: &Path, weights: &Path) -> volume::Volume {
+    let mut args = run_args(input, out, weights);
+    args.push("--lesion-segmentation");
+    let run = ctgrade(&args, &[]);
+    let log = stderr(&run);
+    assert!(run.status.success(), "{log}");
+    assert!(log.contains("lesion map computed by lesion"), "{log}");
+    let labels = volume::read(&out.join("images/covid-19-lesion-segmentation/case.mha")).unwrap();
+    let ct = volume::read(&input.join("images/ct/case.mha")).unwrap();
+    assert_eq!((labels.size, labels.spacing), (ct.size, ct.spacing));
+    labels
 }
 
 fn stderr(out: &std::process::Output) -> String {
@@ -43,16 +62,7 @@ fn computed_lesion_channel_equals_segment_then_run() {
     let input = dir.path().join("input");
     write_phantom(&input.join("images/ct/case.mha"));
     let computed = dir.path().join("computed");
-    let mut args = run_args(&input, &computed, &weights);
-    args.push("--lesion-segmentation");
-    let out = ctgrade(&args, &[]);
-    let log = stderr(&out);
-    assert!(out.status.success(), "{log}");
-    assert!(log.contains("lesion map computed by lesion"), "{log}");
-    let labels =
-        volume::read(&computed.join("images/covid-19-lesion-segmentation/case.mha")).unwrap();
-    let ct = volume::read(&input.join("images/ct/case.mha")).unwrap();
-    assert_eq!((labels.size, labels.spacing), (ct.size, ct.spacing));
+    let labels = run_computing_lesions(&input, &computed, &weights);
 
     // The same model through `ctgrade segment`, its labels reduced to the union of the lesion
     // labels and given to `run` as the lesion socket.
@@ -279,28 +289,14 @@ fn a_v1_lesion_model_runs_inside_run() {
         assert!(weights.join("lesion").join(f).is_file(), "{f}");
     }
     let input = dir.path().join("input");
-    let cfg = PhantomConfig {
-        size: [64, 64, 32],
-        spacing: [5.0, 5.0, 6.0],
-        seed: 5,
-        co_rads: 5,
-    };
-    let (ct, _) = phantom(&cfg).unwrap();
-    let ct_path = input.join("images/ct/case.mha");
-    std::fs::create_dir_all(ct_path.parent().unwrap()).unwrap();
-    volume::write(&ct_path, &ct, ElementType::Short).unwrap();
-    let computed = dir.path().join("computed");
-    let mut args = run_args(&input, &computed, &weights);
-    args.push("--lesion-segmentation");
-    let out = ctgrade(&args, &[]);
-    let log = stderr(&out);
-    assert!(out.status.success(), "{log}");
-    assert!(log.contains("lesion map computed by lesion"), "{log}");
-    let labels =
-        volume::read(&computed.join("images/covid-19-lesion-segmentation/case.mha")).unwrap();
-    // The labels of the v1 model (0 background, 1 lesion), on the CT's grid; that they are
-    // what nnU-Net v1 predicts is tests/nnunet_parity.rs' part (v1::predictions_match_predict_cases).
-    assert_eq!((labels.size, labels.spacing), (ct.size, ct.spacing));
+    write_phantom_sized(
+        &input.join("images/ct/case.mha"),
+        [64, 64, 32],
+        [5.0, 5.0, 6.0],
+    );
+    let labels = run_computing_lesions(&input, &dir.path().join("computed"), &weights);
+    // The labels of the v1 model (0 background, 1 lesion); that they are what nnU-Net v1
+    // predicts is tests/nnunet_parity.rs' part (v1::predictions_match_predict_cases).
     assert!(labels.data.iter().all(|&v| v == 0.0 || v == 1.0));
     assert!(labels.data.contains(&1.0));
 }

@@ -92,20 +92,28 @@ fn model_folders_load_with_the_checkpoints_meta() {
     assert_eq!(one.nets.len(), 1);
 }
 
+/// Fold 0's network of `m` on the first patch of `preprocessed` against the reference's
+/// logits `want`, within 1e-4 of the largest; printed under `name`.
+fn assert_patch_forward(name: &str, m: &ModelFolder, preprocessed: &Tensor, want: &Tensor) {
+    let data = preprocessed.to_dtype(DType::F32).expect("f32");
+    let x = first_patch(&data, &m.configuration.patch_size);
+    let got = m.nets[0].forward(&x).expect("forward");
+    let (d, scale) = diff(&got, want);
+    eprintln!("{name}: max |logit difference| {d:.3e}, max |logit| {scale:.3e}");
+    assert!(d <= 1e-4 * scale.max(1.0), "{name}: {d} (scale {scale})");
+}
+
 #[test]
 fn network_forward_matches_pytorch_on_a_patch() {
     let t = intermediates();
     for model in ["plain", "resenc", "plain2d"] {
         let m = load(model, Some(&["0".to_string()]));
-        let data = t[&format!("{model}.preprocessed")]
-            .to_dtype(DType::F32)
-            .expect("f32");
-        let x = first_patch(&data, &m.configuration.patch_size);
-        let want = &t[&format!("{model}.fold0.patch_logits")];
-        let got = m.nets[0].forward(&x).expect("forward");
-        let (d, scale) = diff(&got, want);
-        eprintln!("{model}: max |logit difference| {d:.3e}, max |logit| {scale:.3e}");
-        assert!(d <= 1e-4 * scale.max(1.0), "{model}: {d} (scale {scale})");
+        assert_patch_forward(
+            model,
+            &m,
+            &t[&format!("{model}.preprocessed")],
+            &t[&format!("{model}.fold0.patch_logits")],
+        );
     }
 }
 
@@ -590,16 +598,11 @@ mod v1 {
             let Some(want) = t.get(&format!("{model}.fold0.patch_logits")) else {
                 continue;
             };
-            let pre = match t.get(&format!("{model}.preprocessed")) {
-                Some(p) => p.clone(),
-                // The BatchNorm model shares plain's plans and preprocessing.
-                None => t["plain.preprocessed"].clone(),
-            };
-            let x = first_patch(&pre, &m.configuration.patch_size);
-            let got = m.nets[0].forward(&x).expect("forward");
-            let (d, scale) = diff(&got, want);
-            eprintln!("v1 {model}: max |logit difference| {d:.3e}, max |logit| {scale:.3e}");
-            assert!(d <= 1e-4 * scale.max(1.0), "{model}: {d} (scale {scale})");
+            // The BatchNorm model shares plain's plans and preprocessing.
+            let pre = t
+                .get(&format!("{model}.preprocessed"))
+                .unwrap_or(&t["plain.preprocessed"]);
+            assert_patch_forward(&format!("v1 {model}"), &m, pre, want);
         }
     }
 

@@ -71,6 +71,7 @@ for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
 
 sys.path.insert(0, HERE)
+from bench_common import case_name, folds_found, max_rss_mib  # noqa: E402
 import make_nnunet_fixtures as fx  # noqa: E402  (checks the pinned versions on import)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -157,33 +158,6 @@ def make_model(folder, ct):
     print(json.dumps({"model": folder, "folds": list(FOLDS), "features": FEATURES, "patch": PATCH}))
 
 
-def case_name(path):
-    name = os.path.basename(path)
-    for ext in (".nii.gz", ".mha", ".mhd", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return os.path.splitext(name)[0]
-
-
-def max_rss_mib(who):
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(who).ru_maxrss / 1024.0
-
-
-def folds_found(model):
-    """The folds with a checkpoint_final.pth, as `ctgrade segment` finds them by default."""
-    folds = sorted(
-        int(d[len("fold_") :])
-        for d in os.listdir(model)
-        if d.startswith("fold_")
-        and d[len("fold_") :].isdigit()
-        and os.path.exists(os.path.join(model, d, "checkpoint_final.pth"))
-    )
-    if not folds:
-        sys.exit(f"{model}: no fold_N/checkpoint_final.pth")
-    return tuple(folds)
-
-
 def predict(args):
     from importlib.metadata import version
 
@@ -192,7 +166,7 @@ def predict(args):
     t = time.perf_counter()
     # nnU-Net prints progress on stdout: the JSON line must be the only stdout output.
     with contextlib.redirect_stdout(sys.stderr):
-        p = fx.predictor(args.model, folds_found(args.model), True)
+        p = fx.predictor(args.model, folds_found(args.model, "checkpoint_final.pth"), True)
         trunc = os.path.join(args.output, case_name(args.input))
         p.predict_from_files_sequential([[args.input]], [trunc], save_probabilities=False, overwrite=True)
     predict_s = time.perf_counter() - t

@@ -100,6 +100,7 @@ for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 PRIVATE = tempfile.mkdtemp(prefix="bench_nnunet_v1_")
 tempfile.tempdir = PRIVATE
 sys.path.insert(0, HERE)
+from bench_common import case_name, folds_found, max_rss_mib  # noqa: E402
 with contextlib.redirect_stdout(sys.stderr):
     import make_nnunet_v1_fixtures as fx  # noqa: E402
 tempfile.tempdir = None
@@ -188,33 +189,6 @@ def make_model(folder, ct):
     return {"model": folder, "folds": list(FOLDS), "features": features, "patch": PATCH}
 
 
-def case_name(path):
-    name = os.path.basename(path)
-    for ext in (".nii.gz", ".mha", ".mhd", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return os.path.splitext(name)[0]
-
-
-def max_rss_mib(who):
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(who).ru_maxrss / 1024.0
-
-
-def folds_found(model):
-    """The folds with a model_final_checkpoint.model, as `ctgrade segment` finds them by default."""
-    folds = sorted(
-        int(d[len("fold_") :])
-        for d in os.listdir(model)
-        if d.startswith("fold_")
-        and d[len("fold_") :].isdigit()
-        and os.path.exists(os.path.join(model, d, "model_final_checkpoint.model"))
-    )
-    if not folds:
-        sys.exit(f"{model}: no fold_N/model_final_checkpoint.model")
-    return tuple(folds)
-
-
 def predict(args):
     from importlib.metadata import version
 
@@ -222,7 +196,7 @@ def predict(args):
     os.makedirs(args.output, exist_ok=True)
     out = os.path.join(args.output, case_name(args.input) + ".nii.gz")
     t = time.perf_counter()
-    folds = folds_found(args.model)
+    folds = folds_found(args.model, "model_final_checkpoint.model")
     with contextlib.redirect_stdout(sys.stderr):
         fx.predict_cases(
             args.model,

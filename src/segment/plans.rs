@@ -158,11 +158,16 @@ fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, S
     })
 }
 
+/// A JSON file, read and parsed, its errors naming it.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, SegmentError> {
+    parse(path, &read_text(path)?)
+}
+
 impl Plans {
     /// Reads and checks `plans.json`: the transpositions must be inverse permutations of the
     /// spatial axes.
     pub fn read(path: &Path) -> Result<Self, SegmentError> {
-        let plans: Plans = parse(path, &read_text(path)?)?;
+        let plans: Plans = read_json(path)?;
         let field = |field: &str, msg: String| SegmentError::Field {
             path: path.into(),
             field: field.into(),
@@ -375,7 +380,7 @@ pub struct DatasetJson {
 impl DatasetJson {
     /// Reads `dataset.json`.
     pub fn read(path: &Path) -> Result<Self, SegmentError> {
-        parse(path, &read_text(path)?)
+        read_json(path)
     }
 
     /// The number of input channels.

@@ -43,6 +43,25 @@ fn round16(v: f32) -> f32 {
     f16::from_f32(v).to_f32()
 }
 
+/// A sum as the model's nnU-Net keeps it: float16 in v2, float32 in v1.
+fn kept(version: Version, v: f32) -> f32 {
+    match version {
+        Version::V1 => v,
+        Version::V2 => round16(v),
+    }
+}
+
+/// Labels are written as uint8: at most 256 classes.
+fn check_label_count(model: &ModelFolder, classes: usize) -> Result<(), SegmentError> {
+    if classes > usize::from(u8::MAX) + 1 {
+        return Err(SegmentError::Folder {
+            path: model.path.clone(),
+            msg: format!("{classes} classes do not fit 8-bit labels"),
+        });
+    }
+    Ok(())
+}
+
 /// `compute_steps_for_sliding_window` along one axis.
 pub fn steps(image: usize, tile: usize, step_size: f64) -> Vec<usize> {
     let target = tile as f64 * step_size;
@@ -215,7 +234,7 @@ fn sliding_window(
     device: &Device,
 ) -> candle_core::Result<Vec<Vec<f32>>> {
     let v1 = version == Version::V1;
-    let round = |v: f32| if v1 { v } else { round16(v) };
+    let round = |v: f32| kept(version, v);
     let shape = data[0].shape;
     let classes = net.config().num_classes;
     // pad_nd_image: constant 0 up to the patch, the odd voxel after.
@@ -389,8 +408,7 @@ pub fn predict_logits(
         }
         _ => Vec::new(),
     };
-    let v1 = model.version == Version::V1;
-    let round = |v: f32| if v1 { v } else { round16(v) };
+    let round = |v: f32| kept(model.version, v);
     let _keep = KeepFreedMemory::new();
     let shape = pre.data[0].shape;
     let mut sum: Option<Vec<Vec<f32>>> = None;
@@ -472,12 +490,7 @@ pub fn export(
         })
         .collect();
     let classes = resampled.len();
-    if classes > usize::from(u8::MAX) + 1 {
-        return Err(SegmentError::Folder {
-            path: model.path.clone(),
-            msg: format!("{classes} classes do not fit 8-bit labels"),
-        });
-    }
+    check_label_count(model, classes)?;
     let full = pre.shape_before_cropping;
     let back: [usize; 3] = match model.plans.transpose_backward.as_slice() {
         &[a, b, c] => [a, b, c],
@@ -566,12 +579,7 @@ pub fn export_v1(
     let bbox: [[usize; 2]; 3] = std::array::from_fn(|k| pre.bbox[inverse[k]]);
     let axis = resample::separate_z_axis(kw.force_separate_z, spacing, pre.target_spacing);
     let classes = probabilities.len();
-    if classes > usize::from(u8::MAX) + 1 {
-        return Err(SegmentError::Folder {
-            path: model.path.clone(),
-            msg: format!("{classes} classes do not fit 8-bit labels"),
-        });
-    }
+    check_label_count(model, classes)?;
     let resampled: Vec<Vec<f32>> = probabilities
         .iter()
         .map(|p| {

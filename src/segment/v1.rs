@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Map, Value as Json};
 
 use super::pickle::{self, Value};
-use super::plans::{DatasetJson, Plans};
+use super::plans::{read_json, DatasetJson, Plans};
 use super::{Checkpoint, FoldCheckpoint, SegmentError};
 use crate::preprocess::morph::label_3d;
 
@@ -251,11 +251,16 @@ fn translate(
                 "missing or not 3 numbers".into(),
             )
         })?;
-    let pools: Vec<Vec<usize>> = match sp.get("pool_op_kernel_sizes") {
-        Some(v) => v
-            .items()
-            .and_then(|p| p.iter().map(Value::as_usizes).collect::<Option<Vec<_>>>())
-            .ok_or_else(|| bad(&sfield("pool_op_kernel_sizes"), "not lists of sizes".into()))?,
+    // A list of per-stage size lists.
+    let per_stage = |field: &str| -> Option<Result<Vec<Vec<usize>>, SegmentError>> {
+        sp.get(field).map(|v| {
+            v.items()
+                .and_then(|p| p.iter().map(Value::as_usizes).collect())
+                .ok_or_else(|| bad(&sfield(field), "not lists of sizes".into()))
+        })
+    };
+    let pools: Vec<Vec<usize>> = match per_stage("pool_op_kernel_sizes") {
+        Some(p) => p?,
         // Old plans: derived from num_pool_per_axis as process_plans does.
         None => {
             let per_axis = sp
@@ -274,11 +279,8 @@ fn translate(
         }
     };
     let num_pool = pools.len();
-    let kernels: Vec<Vec<usize>> = match sp.get("conv_kernel_sizes") {
-        Some(v) => v
-            .items()
-            .and_then(|p| p.iter().map(Value::as_usizes).collect::<Option<Vec<_>>>())
-            .ok_or_else(|| bad(&sfield("conv_kernel_sizes"), "not lists of sizes".into()))?,
+    let kernels: Vec<Vec<usize>> = match per_stage("conv_kernel_sizes") {
+        Some(k) => k?,
         None => vec![vec![3; dims]; num_pool + 1],
     };
     if kernels.len() != num_pool + 1
@@ -324,7 +326,6 @@ fn translate(
     let mut strides = vec![vec![1; dims]];
     strides.extend(pools.iter().cloned());
     let mut schemes = Vec::with_capacity(channels);
-    let mut use_mask = Vec::with_capacity(channels);
     let mut intensity = Map::new();
     for c in 0..channels {
         let scheme = get("normalization_schemes")?
@@ -375,12 +376,11 @@ fn translate(
             // GenericPreprocessor z-scores every other scheme ("nonCT", "MRI", ...).
             _ => "ZScoreNormalization",
         });
-        let m = plans
+        let masked = plans
             .get("use_mask_for_norm")
             .and_then(|u| u.get(&c.to_string()))
-            .map(|v| matches!(v, Value::Bool(true)))
-            .unwrap_or(false);
-        if m {
+            .is_some_and(|v| matches!(v, Value::Bool(true)));
+        if masked {
             // v1 masks with the non-zero mask resampled beside the data (order 1), which
             // ctgrade does not compute.
             return Err(bad(
@@ -388,7 +388,6 @@ fn translate(
                 "true is not supported for nnU-Net v1 models".into(),
             ));
         }
-        use_mask.push(m);
     }
     let transpose = |field: &str| -> Result<Vec<usize>, SegmentError> {
         match plans.get(field) {
@@ -463,7 +462,7 @@ fn translate(
         "patch_size": patch,
         "spacing": target,
         "normalization_schemes": schemes,
-        "use_mask_for_norm": use_mask,
+        "use_mask_for_norm": vec![false; channels],
         "resampling_fn_data": "resample_data_or_seg_to_shape",
         "resampling_fn_data_kwargs": {"is_seg": false, "order": 3, "order_z": 0, "force_separate_z": null},
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
@@ -518,38 +517,21 @@ fn translate(
 /// one (`"labels": {"0": "background", "1": "lesion"}`), else the label values as names.
 fn dataset(dir: &Path, labels: &[i64], channels: usize) -> Result<DatasetJson, SegmentError> {
     let path = dir.join("dataset.json");
-    let mut names: HashMap<i64, String> = HashMap::new();
-    let mut modalities: HashMap<usize, String> = HashMap::new();
-    if path.is_file() {
-        let text = std::fs::read_to_string(&path).map_err(|error| SegmentError::Io {
-            path: path.clone(),
-            error,
-        })?;
-        let v: Json = serde_json::from_str(&text).map_err(|e| SegmentError::Json {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
-        for (k, n) in v
-            .get("labels")
+    let v: Json = if path.is_file() {
+        read_json(&path)?
+    } else {
+        Json::Null
+    };
+    // `{"0": "name", ...}` by number.
+    let numbered = |field: &str| -> HashMap<i64, String> {
+        v.get(field)
             .and_then(Json::as_object)
             .into_iter()
             .flatten()
-        {
-            if let (Ok(k), Some(n)) = (k.parse::<i64>(), n.as_str()) {
-                names.insert(k, n.to_string());
-            }
-        }
-        for (k, n) in v
-            .get("modality")
-            .and_then(Json::as_object)
-            .into_iter()
-            .flatten()
-        {
-            if let (Ok(k), Some(n)) = (k.parse::<usize>(), n.as_str()) {
-                modalities.insert(k, n.to_string());
-            }
-        }
-    }
+            .filter_map(|(k, n)| Some((k.parse().ok()?, n.as_str()?.to_string())))
+            .collect()
+    };
+    let (names, modalities) = (numbered("labels"), numbered("modality"));
     let labels: Map<String, Json> = labels
         .iter()
         .map(|&l| {
@@ -565,7 +547,10 @@ fn dataset(dir: &Path, labels: &[i64], channels: usize) -> Result<DatasetJson, S
         .collect();
     let channel_names: Map<String, Json> = (0..channels)
         .map(|c| {
-            let n = modalities.get(&c).cloned().unwrap_or_else(|| "CT".into());
+            let n = modalities
+                .get(&(c as i64))
+                .cloned()
+                .unwrap_or_else(|| "CT".into());
             (c.to_string(), json!(n))
         })
         .collect();
@@ -582,14 +567,7 @@ fn read_postprocessing(path: &Path) -> Result<Option<Postprocessing>, SegmentErr
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|error| SegmentError::Io {
-        path: path.into(),
-        error,
-    })?;
-    let v: Json = serde_json::from_str(&text).map_err(|e| SegmentError::Json {
-        path: path.into(),
-        msg: e.to_string(),
-    })?;
+    let v: Json = read_json(path)?;
     let bad = |field: &str, msg: String| SegmentError::Field {
         path: path.into(),
         field: field.into(),
