@@ -33,7 +33,7 @@ pub struct BenchArgs {
     num_outputs: usize,
     /// Device: cpu, auto, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    pub(super) device: DeviceChoice,
     /// Compute precision (weights and activations).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,

@@ -28,7 +28,7 @@ pub struct ForwardArgs {
     input: PathBuf,
     /// Device: cpu, auto, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    pub(super) device: DeviceChoice,
     /// Compute precision (weights and activations); the outputs are printed as f32.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,

@@ -4,6 +4,7 @@
 
 mod bench;
 mod convert;
+mod device;
 mod ensemble;
 mod forward;
 mod inflate;
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use ctgrade::device::Precision;
+use ctgrade::device::{DeviceChoice, Precision};
 
 /// COVID-19 grading on chest CT (grand-challenge.org algorithm).
 #[derive(Parser)]
@@ -68,10 +69,34 @@ enum Command {
     /// Combine the summaries of shards (summary-shard-I-of-N.json) or batch runs (summary.json)
     /// into one summary.json and summary.csv; a missing shard or a case found twice is an error.
     Merge(merge::MergeArgs),
+    /// Show where the networks would run (--device auto|cpu|cuda[:N]) and why, as one JSON
+    /// object; fails when a CUDA device asked for cannot be used.
+    Device(device::DeviceArgs),
+}
+
+impl Command {
+    /// The device the command runs networks on, if it runs any.
+    fn device(&self) -> Option<DeviceChoice> {
+        match self {
+            Self::Run(args) => Some(args.device),
+            Self::Serve(args) => Some(args.run.device),
+            Self::Forward(args) => Some(args.device),
+            Self::Bench(args) => Some(args.device),
+            Self::Train(args) => Some(args.device),
+            Self::Segment(args) => Some(args.device),
+            Self::Device(args) => Some(args.device),
+            _ => None,
+        }
+    }
 }
 
 /// Runs the parsed command; `Ok` carries the exit status (`run` fails when a case failed).
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    // Why CUDA is not used, when a CUDA build beside this one cannot run.
+    let fallback = match cli.command.device() {
+        Some(choice) => device::hand_over(choice)?,
+        None => None,
+    };
     match cli.command {
         Command::Run(args) => return run::run(args),
         Command::Serve(args) => return serve::serve(args),
@@ -88,6 +113,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Merge(args) => merge::merge(&args)?,
         Command::Segment(args) => segment::segment(args)?,
+        Command::Device(args) => return device::device(&args, fallback),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -32,7 +32,7 @@ pub struct RunArgs {
     weights: Option<PathBuf>,
     /// Where the networks run: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
-    device: DeviceChoice,
+    pub(super) device: DeviceChoice,
     /// Compute precision of the networks: f32 (the reference), or bf16/f16 on a GPU (see the
     /// README for their measured accuracy).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]

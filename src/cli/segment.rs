@@ -40,7 +40,7 @@ pub struct SegmentArgs {
     probabilities: bool,
     /// Where the networks run: cpu, auto, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    pub(super) device: DeviceChoice,
 }
 
 const EXTENSIONS: &[&str] = &[".nii.gz", ".mha", ".mhd", ".nii"];

@@ -16,7 +16,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     listen: gc_invoke::Listen,
     #[command(flatten)]
-    run: RunArgs,
+    pub(super) run: RunArgs,
 }
 
 /// Loads the ensemble once, then grades the input folder on every invocation.

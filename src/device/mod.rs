@@ -1,9 +1,13 @@
 //! Choosing where and in what precision the networks run: `--device auto|cpu|cuda[:N]`,
 //! `--precision f32|bf16|f16`.
 
+pub mod cuda_driver;
+
 use std::str::FromStr;
 
 use candle_core::{DType, Device};
+
+use cuda_driver::{CudaDriver, CudaUnavailable};
 
 /// The floating-point format the networks compute in.
 ///
@@ -78,16 +82,23 @@ impl FromStr for DeviceChoice {
 /// Why a device could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    /// CUDA asked for, but this binary has no CUDA backend.
-    #[error("CUDA device {0} requested, but this ctgrade was built without the `cuda` feature")]
-    NoCudaSupport(usize),
+    /// This build, the driver, the device or the toolkit's libraries rule CUDA out before it is
+    /// tried.
+    #[error("CUDA device {index} cannot be used: {reason}")]
+    Unavailable {
+        /// Device ordinal.
+        index: usize,
+        /// Why.
+        reason: CudaUnavailable,
+    },
     /// CUDA present in the build but the device cannot be opened.
-    #[error("cannot open CUDA device {index}: {error}")]
+    #[error("cannot open CUDA device {index}: {reason}")]
     Cuda {
         /// Device ordinal.
         index: usize,
-        /// The cause (in the message, not `source()`: `{:#}` would print it twice).
-        error: candle_core::Error,
+        /// candle's error, its first line: it appends a backtrace when `RUST_BACKTRACE` is set,
+        /// and the platform shows users one line.
+        reason: String,
     },
 }
 
@@ -105,25 +116,45 @@ fn forbid_tf32_unless_asked() {
 }
 
 impl DeviceChoice {
-    /// Opens the device (strict f32 on CUDA, see `forbid_tf32_unless_asked`).
+    /// Opens the device (strict f32 on CUDA, see `forbid_tf32_unless_asked`). `Auto` takes CUDA
+    /// device 0 when this build has CUDA and the device can be used, else the CPU, with one
+    /// warning line on stderr naming the reason when a CUDA build falls back.
     pub fn open(self) -> Result<Device, DeviceError> {
-        if self != Self::Cpu {
-            forbid_tf32_unless_asked();
-        }
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Auto if candle_core::utils::cuda_is_available() => {
-                Device::new_cuda(0).or(Ok(Device::Cpu))
-            }
-            Self::Auto => Ok(Device::Cpu),
-            Self::Cuda(index) if !candle_core::utils::cuda_is_available() => {
-                Err(DeviceError::NoCudaSupport(index))
-            }
-            Self::Cuda(index) => {
-                Device::new_cuda(index).map_err(|error| DeviceError::Cuda { index, error })
-            }
+            Self::Auto if !candle_core::utils::cuda_is_available() => Ok(Device::Cpu),
+            Self::Auto => open_cuda(0).or_else(|e| {
+                eprintln!("ctgrade: warning: {e}; running on the CPU");
+                Ok(Device::Cpu)
+            }),
+            Self::Cuda(index) => open_cuda(index),
         }
     }
+}
+
+/// Checks, without opening it, that CUDA device `index` can run this build's code: the driver
+/// loads and initialises, supports the toolkit this build comes from, and sees the device.
+pub fn cuda_usable(index: usize) -> Result<CudaDriver, DeviceError> {
+    let unavailable = |reason| DeviceError::Unavailable { index, reason };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(unavailable(CudaUnavailable::NotBuilt));
+    }
+    let driver = CudaDriver::probe().map_err(unavailable)?;
+    #[cfg(feature = "cuda")]
+    let needed = Some(cuda_driver::TOOLKIT);
+    #[cfg(not(feature = "cuda"))]
+    let needed = None;
+    driver.check(index, needed).map_err(unavailable)?;
+    Ok(driver)
+}
+
+fn open_cuda(index: usize) -> Result<Device, DeviceError> {
+    forbid_tf32_unless_asked();
+    cuda_usable(index)?;
+    Device::new_cuda(index).map_err(|error| DeviceError::Cuda {
+        index,
+        reason: error.to_string().lines().next().unwrap_or_default().into(),
+    })
 }
 
 /// A short description of a device for logs.
