@@ -238,56 +238,10 @@ pub(crate) fn components_2d(slice: &[u8], nx: usize, ny: usize) -> Vec<Component
     out
 }
 
-/// One-dimensional squared distance transform of sampled function `f` (0 at features, +inf
-/// elsewhere, or the result of a previous pass) with squared sample spacing `w`
-/// (Felzenszwalb & Huttenlocher, "Distance transforms of sampled functions", 2012).
-fn edt_1d(f: &[f32], w: f64, out: &mut [f32], v: &mut Vec<usize>, z: &mut Vec<f64>) {
-    v.clear();
-    z.clear();
-    for (q, &fq) in f.iter().enumerate() {
-        if !fq.is_finite() {
-            continue;
-        }
-        let fq = fq as f64 + w * (q * q) as f64;
-        loop {
-            match v.last() {
-                Some(&p) => {
-                    let fp = f[p] as f64 + w * (p * p) as f64;
-                    let s = (fq - fp) / (2.0 * w * (q - p) as f64);
-                    if z.last().is_some_and(|&zl| s <= zl) {
-                        v.pop();
-                        z.pop();
-                        continue;
-                    }
-                    v.push(q);
-                    z.push(s);
-                }
-                None => {
-                    v.push(q);
-                    z.push(f64::NEG_INFINITY);
-                }
-            }
-            break;
-        }
-    }
-    if v.is_empty() {
-        out.fill(f32::INFINITY);
-        return;
-    }
-    let mut k = 0;
-    for (q, o) in out.iter_mut().enumerate() {
-        while k + 1 < v.len() && z[k + 1] < q as f64 {
-            k += 1;
-        }
-        let p = v[k];
-        let d = q as f64 - p as f64;
-        *o = (w * d * d + f[p] as f64) as f32;
-    }
-}
-
-/// [`edt_1d`] of a line that holds only 0 (features) and +inf, in place: the squared distance to
-/// the nearest feature, found by one sweep each way (the same values as the lower envelope, at
-/// a fraction of its cost). `left` is scratch space.
+/// The one-dimensional squared distance transform (with squared sample spacing `w`) of a line
+/// that holds only 0 (features) and +inf, in place: the squared distance to the nearest feature,
+/// found by one sweep each way (bit for bit the lower envelope's values, at a fraction of its
+/// cost). `left` is scratch space.
 fn edt_1d_binary(line: &mut [f32], w: f64, left: &mut Vec<usize>) {
     let n = line.len();
     // Distance (in samples) to the nearest feature on the left, then the right.
@@ -318,81 +272,98 @@ fn edt_1d_binary(line: &mut [f32], w: f64, left: &mut Vec<usize>) {
     }
 }
 
-/// Squared Euclidean distance (mm²) from every voxel to the nearest voxel where `feature` is
-/// true; +inf when there is none. Exact, separable, parallel over lines.
-pub(crate) fn squared_edt(
+/// Where the squared Euclidean distance (mm²) to the nearest voxel where `feature` holds is at
+/// most `r2`: 1 there, else 0. Exact: the values compared are those of the full distance
+/// transform (separable, Felzenszwalb & Huttenlocher 2012: squared distances along x, then their
+/// minimum plus the squared offset along y, then along z, each pass summed in f64 and kept in
+/// f32), but only distances up to `r2` matter, so the y and z passes take the minimum over the
+/// offsets within `r` instead of building lower envelopes: whole rows and planes at a time,
+/// which vectorises.
+pub(crate) fn within(
     dims: Dims,
     spacing: [f64; 3],
+    r2: f32,
     feature: impl Fn(usize) -> bool + Sync,
-) -> Vec<f32> {
+) -> Vec<u8> {
     let [nx, ny, nz] = dims;
     let plane = nx * ny;
+    let w = spacing.map(|s| s * s);
+    // The largest offset along an axis that can still be within `r` (one more is harmless).
+    let reach = |k: usize| {
+        ((r2 as f64 / w[k]).sqrt().floor() as usize)
+            .saturating_add(1)
+            .min(dims[k])
+    };
+    // x: rows hold only 0 and +inf, the two-sweep transform is exact.
     let mut d: Vec<f32> = (0..nx * ny * nz)
         .into_par_iter()
         .map(|i| if feature(i) { 0.0 } else { f32::INFINITY })
         .collect();
-    let w = spacing.map(|s| s * s);
-    // x: rows are contiguous, and hold only 0 and +inf.
     d.par_chunks_mut(nx)
         .for_each_init(Vec::new, |left, row| edt_1d_binary(row, w[0], left));
-    // y: columns within each z-plane.
+    // y: within each plane, each row is the minimum over the rows within reach.
+    let ry = reach(1);
     d.par_chunks_mut(plane).for_each_init(
-        || (vec![0f32; ny], vec![0f32; ny], Vec::new(), Vec::new()),
-        |(f, o, v, z), slab| {
-            for x in 0..nx {
-                for y in 0..ny {
-                    f[y] = slab[x + nx * y];
+        || (vec![0f64; nx], vec![0f32; plane]),
+        |(acc, out), slab| {
+            for y in 0..ny {
+                acc.fill(f64::INFINITY);
+                for src in y.saturating_sub(ry)..(y + ry + 1).min(ny) {
+                    let dy = src.abs_diff(y) as f64;
+                    min_plus(acc, &slab[src * nx..(src + 1) * nx], w[1] * dy * dy);
                 }
-                edt_1d(f, w[1], o, v, z);
-                for y in 0..ny {
-                    slab[x + nx * y] = o[y];
-                }
+                round_into(&mut out[y * nx..(y + 1) * nx], acc);
+            }
+            slab.copy_from_slice(out);
+        },
+    );
+    // z: each plane is the minimum over the planes within reach, compared with `r2` at once.
+    let rz = reach(2);
+    let mut result = vec![0u8; nx * ny * nz];
+    result.par_chunks_mut(plane).enumerate().for_each_init(
+        || (vec![0f64; plane], vec![0f32; plane]),
+        |(acc, rounded), (z, out)| {
+            acc.fill(f64::INFINITY);
+            for src in z.saturating_sub(rz)..(z + rz + 1).min(nz) {
+                let dz = src.abs_diff(z) as f64;
+                min_plus(acc, &d[src * plane..(src + 1) * plane], w[2] * dz * dz);
+            }
+            round_into(rounded, acc);
+            for (o, &v) in out.iter_mut().zip(rounded.iter()) {
+                *o = u8::from(v <= r2);
             }
         },
     );
-    // z: one y-row of columns per task: gather the (x, z) block with contiguous reads, transform
-    // its columns, and write everything back plane by plane.
-    let rows: Vec<Vec<f32>> = (0..ny)
-        .into_par_iter()
-        .map_init(
-            || (vec![0f32; nx * nz], Vec::new(), Vec::new()),
-            |(block, v, z), y| {
-                for k in 0..nz {
-                    let row = &d[nx * (y + ny * k)..nx * (y + ny * k) + nx];
-                    for (x, &val) in row.iter().enumerate() {
-                        block[x * nz + k] = val;
-                    }
-                }
-                let mut out = vec![0f32; nx * nz];
-                for (col, o) in block.chunks(nz).zip(out.chunks_mut(nz)) {
-                    edt_1d(col, w[2], o, v, z);
-                }
-                out
-            },
-        )
-        .collect();
-    d.par_chunks_mut(plane).enumerate().for_each(|(k, slab)| {
-        for (y, row) in rows.iter().enumerate() {
-            for x in 0..nx {
-                slab[x + nx * y] = row[x * nz + k];
-            }
-        }
-    });
-    d
+    result
 }
 
-/// Morphological closing with a ball of radius `r_mm`, as two distance transforms: dilation
-/// (within `r` of the mask) then erosion (farther than `r` from outside the dilation). The grid
-/// must leave room for the dilation (a margin of `r` plus a voxel): space beyond it counts as
-/// inside the dilation. The result always contains the input.
+/// `acc[i] = min(acc[i], f[i] + c)` in f64: the lower envelope's expression for one offset.
+#[inline]
+fn min_plus(acc: &mut [f64], f: &[f32], c: f64) {
+    for (a, &v) in acc.iter_mut().zip(f) {
+        *a = a.min(c + v as f64);
+    }
+}
+
+#[inline]
+fn round_into(out: &mut [f32], acc: &[f64]) {
+    for (o, &a) in out.iter_mut().zip(acc) {
+        *o = a as f32;
+    }
+}
+
+/// Morphological closing with a ball of radius `r_mm`: dilation (within `r` of the mask) then
+/// erosion (farther than `r` from outside the dilation), by [`within`]. The grid must leave room
+/// for the dilation (a margin of `r` plus a voxel): space beyond it counts as inside the
+/// dilation. The result always contains the input.
 pub(crate) fn close_ball(mask: &mut [u8], dims: Dims, spacing: [f64; 3], r_mm: f64) {
     let r2 = (r_mm * r_mm) as f32;
-    let to_mask = squared_edt(dims, spacing, |i| mask[i] != 0);
-    let to_outside = squared_edt(dims, spacing, |i| to_mask[i] > r2);
+    let dilated = within(dims, spacing, r2, |i| mask[i] != 0);
+    let near_outside = within(dims, spacing, r2, |i| dilated[i] == 0);
     mask.par_iter_mut()
-        .zip(to_outside.par_iter())
-        .for_each(|(m, &d)| {
-            if d > r2 {
+        .zip(near_outside.par_iter())
+        .for_each(|(m, &near)| {
+            if near == 0 {
                 *m = 1;
             }
         });
@@ -513,6 +484,118 @@ pub(crate) fn or_back(data: &mut [u8], dims: Dims, lo: [i64; 3], sub: &[u8], bd:
 mod tests {
     use super::*;
 
+    // The full distance transform by lower envelopes, the oracle of `within`.
+
+    /// One-dimensional squared distance transform of sampled function `f` (0 at features, +inf
+    /// elsewhere, or the result of a previous pass) with squared sample spacing `w`
+    /// (Felzenszwalb & Huttenlocher, "Distance transforms of sampled functions", 2012).
+    fn edt_1d(f: &[f32], w: f64, out: &mut [f32], v: &mut Vec<usize>, z: &mut Vec<f64>) {
+        v.clear();
+        z.clear();
+        for (q, &fq) in f.iter().enumerate() {
+            if !fq.is_finite() {
+                continue;
+            }
+            let fq = fq as f64 + w * (q * q) as f64;
+            loop {
+                match v.last() {
+                    Some(&p) => {
+                        let fp = f[p] as f64 + w * (p * p) as f64;
+                        let s = (fq - fp) / (2.0 * w * (q - p) as f64);
+                        if z.last().is_some_and(|&zl| s <= zl) {
+                            v.pop();
+                            z.pop();
+                            continue;
+                        }
+                        v.push(q);
+                        z.push(s);
+                    }
+                    None => {
+                        v.push(q);
+                        z.push(f64::NEG_INFINITY);
+                    }
+                }
+                break;
+            }
+        }
+        if v.is_empty() {
+            out.fill(f32::INFINITY);
+            return;
+        }
+        let mut k = 0;
+        for (q, o) in out.iter_mut().enumerate() {
+            while k + 1 < v.len() && z[k + 1] < q as f64 {
+                k += 1;
+            }
+            let p = v[k];
+            let d = q as f64 - p as f64;
+            *o = (w * d * d + f[p] as f64) as f32;
+        }
+    }
+
+    /// Squared Euclidean distance (mm²) from every voxel to the nearest voxel where `feature` is
+    /// true; +inf when there is none. Exact, separable, parallel over lines.
+    fn squared_edt(
+        dims: Dims,
+        spacing: [f64; 3],
+        feature: impl Fn(usize) -> bool + Sync,
+    ) -> Vec<f32> {
+        let [nx, ny, nz] = dims;
+        let plane = nx * ny;
+        let mut d: Vec<f32> = (0..nx * ny * nz)
+            .into_par_iter()
+            .map(|i| if feature(i) { 0.0 } else { f32::INFINITY })
+            .collect();
+        let w = spacing.map(|s| s * s);
+        // x: rows are contiguous, and hold only 0 and +inf.
+        d.par_chunks_mut(nx)
+            .for_each_init(Vec::new, |left, row| edt_1d_binary(row, w[0], left));
+        // y: columns within each z-plane.
+        d.par_chunks_mut(plane).for_each_init(
+            || (vec![0f32; ny], vec![0f32; ny], Vec::new(), Vec::new()),
+            |(f, o, v, z), slab| {
+                for x in 0..nx {
+                    for y in 0..ny {
+                        f[y] = slab[x + nx * y];
+                    }
+                    edt_1d(f, w[1], o, v, z);
+                    for y in 0..ny {
+                        slab[x + nx * y] = o[y];
+                    }
+                }
+            },
+        );
+        // z: one y-row of columns per task: gather the (x, z) block with contiguous reads, transform
+        // its columns, and write everything back plane by plane.
+        let rows: Vec<Vec<f32>> = (0..ny)
+            .into_par_iter()
+            .map_init(
+                || (vec![0f32; nx * nz], Vec::new(), Vec::new()),
+                |(block, v, z), y| {
+                    for k in 0..nz {
+                        let row = &d[nx * (y + ny * k)..nx * (y + ny * k) + nx];
+                        for (x, &val) in row.iter().enumerate() {
+                            block[x * nz + k] = val;
+                        }
+                    }
+                    let mut out = vec![0f32; nx * nz];
+                    for (col, o) in block.chunks(nz).zip(out.chunks_mut(nz)) {
+                        edt_1d(col, w[2], o, v, z);
+                    }
+                    out
+                },
+            )
+            .collect();
+        d.par_chunks_mut(plane).enumerate().for_each(|(k, slab)| {
+            for (y, row) in rows.iter().enumerate() {
+                for x in 0..nx {
+                    slab[x + nx * y] = row[x * nz + k];
+                }
+            }
+        });
+        d
+    }
+
     fn brute_force_edt(mask: &[u8], dims: Dims, sp: [f64; 3]) -> Vec<f32> {
         let [nx, ny, nz] = dims;
         let pts: Vec<[usize; 3]> = (0..mask.len())
@@ -548,6 +631,27 @@ mod tests {
         }
         let empty = squared_edt(dims, sp, |_| false);
         assert!(empty.iter().all(|v| v.is_infinite()));
+    }
+
+    #[test]
+    fn within_is_the_full_transform_thresholded() {
+        let mut rng = crate::rng::Rng::new(5);
+        for (dims, sp, density, r) in [
+            ([23, 19, 17], [0.7, 1.3, 2.5], 0.01, 3.0),
+            ([23, 19, 17], [0.7, 1.3, 2.5], 0.3, 1.9),
+            ([30, 12, 40], [1.5, 1.5, 1.5], 0.002, 10.0),
+            ([16, 16, 16], [1.0, 1.0, 1.0], 0.05, 2.0),
+            ([9, 7, 5], [0.57, 0.57, 5.0], 0.0, 4.0),
+        ] {
+            let mask: Vec<u8> = (0..dims[0] * dims[1] * dims[2])
+                .map(|_| u8::from(rng.uniform() < density))
+                .collect();
+            let r2 = (r * r) as f32;
+            let full = squared_edt(dims, sp, |i| mask[i] != 0);
+            let bounded = within(dims, sp, r2, |i| mask[i] != 0);
+            let expected: Vec<u8> = full.iter().map(|&d| u8::from(d <= r2)).collect();
+            assert_eq!(bounded, expected, "dims {dims:?}, spacing {sp:?}, r {r}");
+        }
     }
 
     #[test]
