@@ -5,7 +5,7 @@
 #   scripts/bench-preprocess.sh [python] [runs]   (python default: /work/pyenv/bin/python, 5 runs)
 #
 # CTGRADE=path/to/ctgrade times that binary instead of this checkout's release build (to compare
-# commits on the same machine).
+# commits on the same machine); CTGRADE_ARGS adds options to its command (e.g. --no-compress).
 #
 # Two CTs, both from tests/data/real_ct/lung1.mha (the repository's real chest CT):
 #   - 512 x 512 x 48 at 0.57 x 0.57 x 5 mm, as it is (thick slices);
@@ -31,12 +31,12 @@ fi
 bin=${CTGRADE:-${CARGO_TARGET_DIR:-target}/release/ctgrade}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$python" - "$bin" "$work" "$runs" <<'PY'
+"$python" - "$bin" "$work" "$runs" "${CTGRADE_ARGS:-}" <<'PY'
 import json, statistics, subprocess, sys, time
 import numpy as np
 import SimpleITK as sitk
 
-bin_, work, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+bin_, work, runs, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split()
 ct = sitk.ReadImage("tests/data/real_ct/lung1.mha")
 sp, sz = ct.GetSpacing(), ct.GetSize()
 zsp = (sz[2] - 1) * sp[2] / 399
@@ -49,7 +49,7 @@ cases = {"512x512x48 (5 mm)": "tests/data/real_ct/lung1.mha",
 
 def ctgrade(path):
     t = time.perf_counter()
-    subprocess.run([bin_, "preprocess", path, "--out", f"{work}/rust"], check=True,
+    subprocess.run([bin_, "preprocess", path, "--out", f"{work}/rust"] + extra, check=True,
                    stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
     steps = json.load(open(f"{work}/rust/preprocess.json"))["seconds"]["total"]

@@ -23,6 +23,10 @@ pub struct PreprocessArgs {
     /// paper's values).
     #[arg(long)]
     spec: Option<PathBuf>,
+    /// Write the .mha files uncompressed (as SimpleITK's WriteImage does by default): faster to
+    /// write and read, about 3 times larger.
+    #[arg(long)]
+    no_compress: bool,
 }
 
 /// Preprocesses the CT, writes the files and prints the report as one JSON line.
@@ -32,6 +36,7 @@ pub fn preprocess(args: PreprocessArgs) -> Result<()> {
         out: args.out,
         lesion: args.lesion,
         spec: args.spec,
+        compress: !args.no_compress,
     })?;
     super::emit(&serde_json::to_string(&report)?)
 }

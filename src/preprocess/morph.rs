@@ -370,50 +370,75 @@ pub(crate) fn close_ball(mask: &mut [u8], dims: Dims, spacing: [f64; 3], r_mm: f
 }
 
 /// Fills the 3-D holes of `mask`: background regions (6-connected) that do not reach the grid
-/// border.
+/// border. The background reached from the border is flooded a row segment at a time (scanline
+/// fill): each segment found is widened along x in one pass, and only its four neighbouring rows
+/// are searched for more.
 pub(crate) fn fill_holes_3d(mask: &mut [u8], dims: Dims) {
     let [nx, ny, nz] = dims;
-    let plane = nx * ny;
-    // 0 background, 1 mask, 2 background reached from the border.
-    let mut stack = Vec::new();
-    let on_border = |i: usize| {
-        let (x, y, z) = (i % nx, (i / nx) % ny, i / plane);
-        x == 0 || y == 0 || z == 0 || x + 1 == nx || y + 1 == ny || z + 1 == nz
-    };
-    for (i, m) in mask.iter_mut().enumerate() {
-        if *m == 0 && on_border(i) {
-            *m = 2;
-            stack.push(i);
+    if nx == 0 || ny == 0 || nz == 0 {
+        return;
+    }
+    // 0 background, 1 mask, 2 background reached from the border. A segment is (row, x0, x1):
+    // row `y + ny * z`, voxels x0..=x1 marked 2.
+    let mut stack: Vec<(usize, usize, usize)> = Vec::new();
+    for z in 0..nz {
+        for y in 0..ny {
+            let row = y + ny * z;
+            if z == 0 || z + 1 == nz || y == 0 || y + 1 == ny {
+                flood(mask, nx, row, 0, nx - 1, &mut stack);
+            } else {
+                flood(mask, nx, row, 0, 0, &mut stack);
+                flood(mask, nx, row, nx - 1, nx - 1, &mut stack);
+            }
         }
     }
-    while let Some(i) = stack.pop() {
-        let (x, y, z) = (i % nx, (i / nx) % ny, i / plane);
-        let mut visit = |j: usize| {
-            if mask[j] == 0 {
-                mask[j] = 2;
-                stack.push(j);
-            }
-        };
-        if x > 0 {
-            visit(i - 1);
-        }
-        if x + 1 < nx {
-            visit(i + 1);
-        }
+    while let Some((row, x0, x1)) = stack.pop() {
+        let (y, z) = (row % ny, row / ny);
         if y > 0 {
-            visit(i - nx);
+            flood(mask, nx, row - 1, x0, x1, &mut stack);
         }
         if y + 1 < ny {
-            visit(i + nx);
+            flood(mask, nx, row + 1, x0, x1, &mut stack);
         }
         if z > 0 {
-            visit(i - plane);
+            flood(mask, nx, row - ny, x0, x1, &mut stack);
         }
         if z + 1 < nz {
-            visit(i + plane);
+            flood(mask, nx, row + ny, x0, x1, &mut stack);
         }
     }
     mask.par_iter_mut().for_each(|m| *m = u8::from(*m != 2));
+}
+
+/// Marks the background (0) segments of row `row` (rows of `nx` voxels) that overlap `x0..=x1`
+/// with 2, each widened to its full extent, and queues them for [`fill_holes_3d`].
+fn flood(
+    mask: &mut [u8],
+    nx: usize,
+    row: usize,
+    x0: usize,
+    x1: usize,
+    stack: &mut Vec<(usize, usize, usize)>,
+) {
+    let line = &mut mask[row * nx..(row + 1) * nx];
+    let mut x = x0;
+    while x <= x1 {
+        if line[x] != 0 {
+            x += 1;
+            continue;
+        }
+        let mut a = x;
+        while a > 0 && line[a - 1] == 0 {
+            a -= 1;
+        }
+        let mut b = x;
+        while b + 1 < nx && line[b + 1] == 0 {
+            b += 1;
+        }
+        line[a..=b].fill(2);
+        stack.push((row, a, b));
+        x = b + 1;
+    }
 }
 
 /// Copies the box `lo..=hi` of a grid into a new array (with the box's dims); the box may
@@ -483,6 +508,52 @@ pub(crate) fn or_back(data: &mut [u8], dims: Dims, lo: [i64; 3], sub: &[u8], bd:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The voxel-by-voxel flood fill, the oracle of the scanline fill.
+    fn fill_holes_voxelwise(mask: &mut [u8], dims: Dims) {
+        let [nx, ny, nz] = dims;
+        let plane = nx * ny;
+        // 0 background, 1 mask, 2 background reached from the border.
+        let mut stack = Vec::new();
+        let on_border = |i: usize| {
+            let (x, y, z) = (i % nx, (i / nx) % ny, i / plane);
+            x == 0 || y == 0 || z == 0 || x + 1 == nx || y + 1 == ny || z + 1 == nz
+        };
+        for (i, m) in mask.iter_mut().enumerate() {
+            if *m == 0 && on_border(i) {
+                *m = 2;
+                stack.push(i);
+            }
+        }
+        while let Some(i) = stack.pop() {
+            let (x, y, z) = (i % nx, (i / nx) % ny, i / plane);
+            let mut visit = |j: usize| {
+                if mask[j] == 0 {
+                    mask[j] = 2;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < nx {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - nx);
+            }
+            if y + 1 < ny {
+                visit(i + nx);
+            }
+            if z > 0 {
+                visit(i - plane);
+            }
+            if z + 1 < nz {
+                visit(i + plane);
+            }
+        }
+        mask.par_iter_mut().for_each(|m| *m = u8::from(*m != 2));
+    }
 
     // The full distance transform by lower envelopes, the oracle of `within`.
 
@@ -651,6 +722,28 @@ mod tests {
             let bounded = within(dims, sp, r2, |i| mask[i] != 0);
             let expected: Vec<u8> = full.iter().map(|&d| u8::from(d <= r2)).collect();
             assert_eq!(bounded, expected, "dims {dims:?}, spacing {sp:?}, r {r}");
+        }
+    }
+
+    #[test]
+    fn scanline_fill_matches_the_voxel_flood_fill() {
+        for (seed, dims, percent) in [
+            (0u64, [13, 11, 9], 45),
+            (1, [13, 11, 9], 60),
+            (2, [20, 3, 17], 55),
+            (3, [1, 9, 9], 50),
+            (4, [9, 9, 1], 30),
+            (5, [17, 16, 15], 70),
+        ] {
+            let n = (dims[0] * dims[1] * dims[2]) as u64;
+            let mask: Vec<u8> = (0..n)
+                .map(|i| u8::from(crate::synth::test_hash(seed, i) % 100 < percent))
+                .collect();
+            let (mut fast, mut slow) = (mask.clone(), mask.clone());
+            fill_holes_3d(&mut fast, dims);
+            fill_holes_voxelwise(&mut slow, dims);
+            assert_eq!(fast, slow, "seed {seed}, dims {dims:?}");
+            assert!(fast.iter().zip(&mask).all(|(f, m)| f >= m));
         }
     }
 
