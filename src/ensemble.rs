@@ -27,6 +27,7 @@ use crate::burden::{self, Lobe};
 use crate::device::Precision;
 use crate::grading::Head;
 use crate::heatmap;
+use crate::model::fewer_inputs::{Dropped, FewerInputs};
 use crate::model::{self, ModelError, Naming, NetworkConfig};
 use crate::preprocess::{ChannelLayout, InputSpec};
 use crate::segment::{self, ModelFolder, PredictOptions};
@@ -646,9 +647,11 @@ impl Ensemble {
         self.manifest.members.is_empty()
     }
 
-    /// Runs every member on `input` (NCDHW, N = 1) in `precision` and returns the mean
-    /// post-activation output: a sigmoid value for the continuous head, a softmax vector for the
-    /// categorical one (activations and the mean in f32/f64 whatever the precision).
+    /// Runs every member on `input` (NCDHW, N = 1, its channels as the manifest's layout says:
+    /// the members read only the first one or two, see [`crate::model::fewer_inputs`]) in
+    /// `precision` and returns the mean post-activation output: a sigmoid value for the
+    /// continuous head, a softmax vector for the categorical one (activations and the mean in
+    /// f32/f64 whatever the precision).
     /// `progress(i, seconds)` is called after member `i` (0-based) finished.
     pub fn predict(
         &self,
@@ -704,7 +707,8 @@ impl Ensemble {
         mut progress: impl FnMut(usize, f64),
     ) -> Result<(Vec<Vec<f64>>, Option<heatmap::Cam>), EnsembleError> {
         let input = input
-            .to_device(device)
+            .narrow(1, 0, self.read_channels().0)
+            .and_then(|x| x.to_device(device))
             .and_then(|x| x.to_dtype(precision.dtype()))
             .map_err(|error| EnsembleError::Compute {
                 path: self.dir.clone(),
@@ -744,6 +748,21 @@ impl Ensemble {
         Ok((outputs, cam))
     }
 
+    /// The input channels the members read, and what the others hold. The input layouts repeat
+    /// the CT (`ct_x3`) or end in zeros (`ct_lesion_zeros`): the members are built to read the
+    /// CT once, or the CT and the lesion map, with those channels folded into their first
+    /// convolution ([`FewerInputs`]), which then does a third (two thirds) of its work.
+    fn read_channels(&self) -> (usize, Dropped) {
+        match (
+            self.manifest.input.channels,
+            self.manifest.network.in_channels,
+        ) {
+            (ChannelLayout::CtX3, 3) => (1, Dropped::Copies),
+            (ChannelLayout::CtLesionZeros, 3) => (2, Dropped::Zeros),
+            (_, c) => (c, Dropped::Zeros),
+        }
+    }
+
     /// Reads one member's weights and builds its network.
     fn build_member(
         &self,
@@ -757,8 +776,18 @@ impl Ensemble {
                 error,
             }
         })?;
-        let vb = VarBuilder::from_tensors(tensors, precision.dtype(), device);
-        model::build(&self.manifest.network, vb).map_err(|error| EnsembleError::Model {
+        let (kept, dropped) = self.read_channels();
+        let backend = FewerInputs {
+            tensors,
+            kept,
+            dropped,
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), precision.dtype(), device.clone());
+        let network = NetworkConfig {
+            in_channels: kept,
+            ..self.manifest.network.clone()
+        };
+        model::build(&network, vb).map_err(|error| EnsembleError::Model {
             path: path.to_path_buf(),
             error,
         })

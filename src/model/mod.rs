@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod densenet;
+pub mod fewer_inputs;
 pub mod inception;
 pub mod inflate;
 pub mod kernels;

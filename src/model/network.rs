@@ -108,9 +108,10 @@ mod tests {
     use candle_core::{DType, Device, Tensor};
     use candle_nn::VarBuilder;
 
+    use crate::model::fewer_inputs::{Dropped, FewerInputs};
     use crate::model::inception::I3dHead;
     use crate::model::resnet::ShortcutType;
-    use crate::model::{define, tensors_to_create, Arch, Naming, NetworkConfig};
+    use crate::model::{build, define, tensors_to_create, Arch, Naming, NetworkConfig};
     use crate::rng::Rng;
 
     /// Small networks of every family and form.
@@ -152,6 +153,97 @@ mod tests {
         ]
     }
 
+    /// Random weights for `cfg` (MONAI names): running variances in [0.5, 2], means and other
+    /// vectors in [-0.5, 0.5], He-scaled normal weights.
+    fn random_tensors(cfg: &NetworkConfig, rng: &mut Rng) -> HashMap<String, Tensor> {
+        let mut tensors = HashMap::new();
+        for (name, shape, _) in tensors_to_create(cfg, Naming::Monai).unwrap() {
+            let n: usize = shape.iter().product();
+            let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f64;
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    let v = if name.ends_with("running_var") {
+                        rng.range(0.5, 2.0)
+                    } else if name.ends_with("running_mean") || shape.len() == 1 {
+                        rng.range(-0.5, 0.5)
+                    } else {
+                        rng.normal() * (2.0 / fan_in).sqrt()
+                    };
+                    v as f32
+                })
+                .collect();
+            let t = Tensor::from_vec(values, shape.as_slice(), &Device::Cpu).unwrap();
+            tensors.insert(name, t);
+        }
+        tensors
+    }
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// A network built to read the CT once (`ct_x3`) or the CT and the lesion map
+    /// (`ct_lesion_zeros`) computes what the network trained on three channels computes on the
+    /// full input, for every family and form.
+    #[test]
+    fn networks_built_for_fewer_channels_compute_the_same() {
+        let dev = Device::Cpu;
+        for (c, cfg) in tiny().into_iter().enumerate() {
+            let mut rng = Rng::new(70 + c as u64);
+            let tensors = random_tensors(&cfg, &mut rng);
+            let full = build(
+                &cfg,
+                VarBuilder::from_tensors(tensors.clone(), DType::F32, &dev),
+            )
+            .unwrap();
+            let mut channel = || {
+                let v: Vec<f32> = (0..8 * 32 * 32).map(|_| rng.normal() as f32).collect();
+                Tensor::from_vec(v, (1, 1, 8, 32, 32), &dev).unwrap()
+            };
+            let (ct, lesion) = (channel(), channel());
+            let zeros = ct.zeros_like().unwrap();
+            for (kept, dropped, x) in [
+                (
+                    1,
+                    Dropped::Copies,
+                    Tensor::cat(&[&ct, &ct, &ct], 1).unwrap(),
+                ),
+                (
+                    2,
+                    Dropped::Zeros,
+                    Tensor::cat(&[&ct, &lesion, &zeros], 1).unwrap(),
+                ),
+            ] {
+                let backend = FewerInputs {
+                    tensors: tensors.clone(),
+                    kept,
+                    dropped,
+                };
+                let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, dev.clone());
+                let fewer = NetworkConfig {
+                    in_channels: kept,
+                    ..cfg.clone()
+                };
+                let want = full.forward(&x).unwrap();
+                let got = build(&fewer, vb)
+                    .unwrap()
+                    .forward(&x.narrow(1, 0, kept).unwrap())
+                    .unwrap();
+                let d = max_abs(&(&got - &want).unwrap());
+                assert!(
+                    d <= 1e-4 * max_abs(&want).max(1.0),
+                    "{} reading {kept} channel(s): {d}",
+                    cfg.arch
+                );
+            }
+        }
+    }
+
     /// The fold is an exact rewrite: the inference form computes what the definition computes
     /// without the train flag (BatchNorm on running statistics), for running statistics far from
     /// the identity.
@@ -160,25 +252,7 @@ mod tests {
         let dev = Device::Cpu;
         for (c, cfg) in tiny().into_iter().enumerate() {
             let mut rng = Rng::new(40 + c as u64);
-            let mut tensors = HashMap::new();
-            for (name, shape, _) in tensors_to_create(&cfg, Naming::Monai).unwrap() {
-                let n: usize = shape.iter().product();
-                let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f64;
-                let values: Vec<f32> = (0..n)
-                    .map(|_| {
-                        let v = if name.ends_with("running_var") {
-                            rng.range(0.5, 2.0)
-                        } else if name.ends_with("running_mean") || shape.len() == 1 {
-                            rng.range(-0.5, 0.5)
-                        } else {
-                            rng.normal() * (2.0 / fan_in).sqrt()
-                        };
-                        v as f32
-                    })
-                    .collect();
-                let t = Tensor::from_vec(values, shape.as_slice(), &dev).unwrap();
-                tensors.insert(name, t);
-            }
+            let tensors = random_tensors(&cfg, &mut rng);
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
             let def = define(&cfg, vb, Naming::Monai).unwrap();
             let values: Vec<f32> = (0..2 * 3 * 8 * 32 * 32)
@@ -187,9 +261,8 @@ mod tests {
             let x = Tensor::from_vec(values, (2, 3, 8, 32, 32), &dev).unwrap();
             let want = def.forward_t(&x, false).unwrap();
             let got = def.fold().unwrap().forward(&x).unwrap();
-            let max_abs = |t: &Tensor| t.abs()?.max_all()?.to_scalar::<f32>();
-            let scale = max_abs(&want).unwrap();
-            let d = max_abs(&(&got - &want).unwrap()).unwrap();
+            let scale = max_abs(&want);
+            let d = max_abs(&(&got - &want).unwrap());
             assert!(
                 d <= 1e-4 * scale.max(1.0),
                 "{}: {d} (scale {scale})",
