@@ -759,6 +759,7 @@ impl Ensemble {
         ) {
             (ChannelLayout::CtX3, 3) => (1, Dropped::Copies),
             (ChannelLayout::CtLesionZeros, 3) => (2, Dropped::Zeros),
+            // Other networks read every channel: nothing to fold.
             (_, c) => (c, Dropped::Zeros),
         }
     }
