@@ -41,7 +41,9 @@
 
 use rayon::prelude::*;
 
-use super::morph::{close_ball, components_2d, crop, fill_holes_3d, label_3d, or_back};
+use super::morph::{
+    close_ball, components_2d, crop, fill_holes_3d, flood_from_border, label_3d, or_back,
+};
 use super::PreprocessError;
 use crate::volume::Volume;
 
@@ -107,27 +109,24 @@ pub fn segment(ct: &Volume, p: &LungMaskParams) -> Result<LungMask, PreprocessEr
         return Err(PreprocessError::EmptyVolume);
     }
 
-    // 1-2. Threshold; outside air; body midline.
-    let air: Vec<u8> = ct
+    // 1-2. Threshold; outside air (1 -> 2 where joined to an x or y face); body midline.
+    let mut air: Vec<u8> = ct
         .data
         .par_iter()
         .map(|&v| u8::from(v < p.air_hu))
         .collect();
-    let (labels, comps) = label_3d(&air, dims);
-    let outside: Vec<bool> = std::iter::once(false)
-        .chain(comps.iter().map(|c| c.touches_xy_border))
-        .collect();
+    flood_from_border(&mut air, dims, 1, 2, false);
     let mut cand = vec![0u8; air.len()];
     let (sum_x, n_body) = cand
         .par_chunks_mut(nx)
-        .zip(labels.par_chunks(nx))
-        .map(|(c, l)| {
+        .zip(air.par_chunks(nx))
+        .map(|(c, a)| {
             let (mut sum, mut n) = (0.0f64, 0usize);
-            for (x, (ci, &li)) in c.iter_mut().zip(l).enumerate() {
-                if !outside[li as usize] {
+            for (x, (ci, &ai)) in c.iter_mut().zip(a).enumerate() {
+                if ai != 2 {
                     sum += x as f64;
                     n += 1;
-                    *ci = u8::from(li != 0);
+                    *ci = ai;
                 }
             }
             (sum, n)
@@ -138,7 +137,6 @@ pub fn segment(ct: &Volume, p: &LungMaskParams) -> Result<LungMask, PreprocessEr
     } else {
         (nx as f64 - 1.0) / 2.0
     };
-    drop(labels);
     drop(air);
 
     // 3. Airways: small axial components near the midline.

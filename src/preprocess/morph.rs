@@ -370,74 +370,91 @@ pub(crate) fn close_ball(mask: &mut [u8], dims: Dims, spacing: [f64; 3], r_mm: f
 }
 
 /// Fills the 3-D holes of `mask`: background regions (6-connected) that do not reach the grid
-/// border. The background reached from the border is flooded a row segment at a time (scanline
-/// fill): each segment found is widened along x in one pass, and only its four neighbouring rows
-/// are searched for more.
+/// border.
 pub(crate) fn fill_holes_3d(mask: &mut [u8], dims: Dims) {
+    // 0 background, 1 mask, 2 background reached from the border.
+    flood_from_border(mask, dims, 0, 2, true);
+    mask.par_iter_mut().for_each(|m| *m = u8::from(*m != 2));
+}
+
+/// Sets to `to` every voxel of value `from` that a 6-connected path of `from` voxels joins to a
+/// face of the grid perpendicular to x or y, or (`z_faces`) to z. Scanline fill: a row segment
+/// at a time, each segment widened along x in one pass and only its four neighbouring rows
+/// searched for more. `to` must differ from `from`.
+pub(crate) fn flood_from_border(mask: &mut [u8], dims: Dims, from: u8, to: u8, z_faces: bool) {
     let [nx, ny, nz] = dims;
     if nx == 0 || ny == 0 || nz == 0 {
         return;
     }
-    // 0 background, 1 mask, 2 background reached from the border. A segment is (row, x0, x1):
-    // row `y + ny * z`, voxels x0..=x1 marked 2.
+    let flood = Flood { nx, from, to };
+    // Segments (row, x0, x1): row `y + ny * z`, voxels x0..=x1 set to `to`.
     let mut stack: Vec<(usize, usize, usize)> = Vec::new();
     for z in 0..nz {
         for y in 0..ny {
             let row = y + ny * z;
-            if z == 0 || z + 1 == nz || y == 0 || y + 1 == ny {
-                flood(mask, nx, row, 0, nx - 1, &mut stack);
+            if y == 0 || y + 1 == ny || (z_faces && (z == 0 || z + 1 == nz)) {
+                flood.row(mask, row, 0, nx - 1, &mut stack);
             } else {
-                flood(mask, nx, row, 0, 0, &mut stack);
-                flood(mask, nx, row, nx - 1, nx - 1, &mut stack);
+                flood.row(mask, row, 0, 0, &mut stack);
+                flood.row(mask, row, nx - 1, nx - 1, &mut stack);
             }
         }
     }
     while let Some((row, x0, x1)) = stack.pop() {
         let (y, z) = (row % ny, row / ny);
         if y > 0 {
-            flood(mask, nx, row - 1, x0, x1, &mut stack);
+            flood.row(mask, row - 1, x0, x1, &mut stack);
         }
         if y + 1 < ny {
-            flood(mask, nx, row + 1, x0, x1, &mut stack);
+            flood.row(mask, row + 1, x0, x1, &mut stack);
         }
         if z > 0 {
-            flood(mask, nx, row - ny, x0, x1, &mut stack);
+            flood.row(mask, row - ny, x0, x1, &mut stack);
         }
         if z + 1 < nz {
-            flood(mask, nx, row + ny, x0, x1, &mut stack);
+            flood.row(mask, row + ny, x0, x1, &mut stack);
         }
     }
-    mask.par_iter_mut().for_each(|m| *m = u8::from(*m != 2));
 }
 
-/// Marks the background (0) segments of row `row` (rows of `nx` voxels) that overlap `x0..=x1`
-/// with 2, each widened to its full extent, and queues them for [`fill_holes_3d`].
-fn flood(
-    mask: &mut [u8],
+/// One scanline flood: rows of `nx` voxels, `from` voxels become `to`.
+struct Flood {
     nx: usize,
-    row: usize,
-    x0: usize,
-    x1: usize,
-    stack: &mut Vec<(usize, usize, usize)>,
-) {
-    let line = &mut mask[row * nx..(row + 1) * nx];
-    let mut x = x0;
-    while x <= x1 {
-        if line[x] != 0 {
-            x += 1;
-            continue;
+    from: u8,
+    to: u8,
+}
+
+impl Flood {
+    /// Sets the runs of `from` in row `row` that overlap `x0..=x1` to `to`, each widened to its
+    /// full extent, and queues them.
+    fn row(
+        &self,
+        mask: &mut [u8],
+        row: usize,
+        x0: usize,
+        x1: usize,
+        stack: &mut Vec<(usize, usize, usize)>,
+    ) {
+        let (nx, from) = (self.nx, self.from);
+        let line = &mut mask[row * nx..(row + 1) * nx];
+        let mut x = x0;
+        while x <= x1 {
+            if line[x] != from {
+                x += 1;
+                continue;
+            }
+            let mut a = x;
+            while a > 0 && line[a - 1] == from {
+                a -= 1;
+            }
+            let mut b = x;
+            while b + 1 < nx && line[b + 1] == from {
+                b += 1;
+            }
+            line[a..=b].fill(self.to);
+            stack.push((row, a, b));
+            x = b + 1;
         }
-        let mut a = x;
-        while a > 0 && line[a - 1] == 0 {
-            a -= 1;
-        }
-        let mut b = x;
-        while b + 1 < nx && line[b + 1] == 0 {
-            b += 1;
-        }
-        line[a..=b].fill(2);
-        stack.push((row, a, b));
-        x = b + 1;
     }
 }
 
@@ -744,6 +761,34 @@ mod tests {
             fill_holes_voxelwise(&mut slow, dims);
             assert_eq!(fast, slow, "seed {seed}, dims {dims:?}");
             assert!(fast.iter().zip(&mask).all(|(f, m)| f >= m));
+        }
+    }
+
+    #[test]
+    fn flooding_from_the_xy_faces_takes_the_components_touching_them() {
+        for (seed, dims, percent) in [
+            (0u64, [13, 11, 9], 45),
+            (1, [13, 11, 9], 30),
+            (2, [20, 3, 17], 55),
+            (3, [1, 9, 9], 50),
+            (4, [9, 9, 1], 40),
+        ] {
+            let n = (dims[0] * dims[1] * dims[2]) as u64;
+            let air: Vec<u8> = (0..n)
+                .map(|i| u8::from(crate::synth::test_hash(seed, i) % 100 < percent))
+                .collect();
+            let (labels, comps) = label_3d(&air, dims);
+            let expected: Vec<u8> = labels
+                .iter()
+                .map(|&l| match l {
+                    0 => 0,
+                    l if comps[l as usize - 1].touches_xy_border => 2,
+                    _ => 1,
+                })
+                .collect();
+            let mut flooded = air.clone();
+            flood_from_border(&mut flooded, dims, 1, 2, false);
+            assert_eq!(flooded, expected, "seed {seed}, dims {dims:?}");
         }
     }
 
