@@ -16,8 +16,6 @@ pub(crate) struct Component {
     /// Inclusive bounding box: minimum and maximum index per axis.
     pub lo: [usize; 3],
     pub hi: [usize; 3],
-    /// Touches a face of the grid perpendicular to x or y.
-    pub touches_xy_border: bool,
 }
 
 /// Union-find root with path halving.
@@ -104,9 +102,6 @@ fn label_slice(mask: &[u8], nx: usize, ny: usize, labels: &mut [u32]) -> Vec<Com
             c.hi[0] = c.hi[0].max(x);
             c.lo[1] = c.lo[1].min(y);
             c.hi[1] = c.hi[1].max(y);
-            if x == 0 || y == 0 || x + 1 == nx || y + 1 == ny {
-                c.touches_xy_border = true;
-            }
         }
     }
     comps
@@ -173,7 +168,6 @@ pub(crate) fn label_3d(mask: &[u8], dims: Dims) -> (Vec<u32>, Vec<Component>) {
             }
             f.lo[2] = f.lo[2].min(z);
             f.hi[2] = f.hi[2].max(z);
-            f.touches_xy_border |= c.touches_xy_border;
         }
     }
     labels
@@ -782,8 +776,18 @@ mod tests {
                 .iter()
                 .map(|&l| match l {
                     0 => 0,
-                    l if comps[l as usize - 1].touches_xy_border => 2,
-                    _ => 1,
+                    l => {
+                        let c = &comps[l as usize - 1];
+                        let xy_face = c.lo[0] == 0
+                            || c.lo[1] == 0
+                            || c.hi[0] + 1 == dims[0]
+                            || c.hi[1] + 1 == dims[1];
+                        if xy_face {
+                            2
+                        } else {
+                            1
+                        }
+                    }
                 })
                 .collect();
             let mut flooded = air.clone();
@@ -919,7 +923,6 @@ mod tests {
         assert_eq!(comps[0].voxels, 125 - 27);
         assert_eq!(comps[0].lo, [1, 1, 1]);
         assert_eq!(comps[0].hi, [5, 5, 5]);
-        assert!(!comps[0].touches_xy_border);
         assert_eq!(labels[3 + 7 * (3 + 7 * 3)], 0);
         fill_holes_3d(&mut mask, dims);
         assert_eq!(mask.iter().filter(|&&m| m == 1).count(), 125);
