@@ -753,15 +753,19 @@ impl Ensemble {
     /// CT once, or the CT and the lesion map, with those channels folded into their first
     /// convolution ([`FewerInputs`]), which then does a third (two thirds) of its work.
     fn read_channels(&self) -> (usize, Dropped) {
-        match (
-            self.manifest.input.channels,
-            self.manifest.network.in_channels,
-        ) {
-            (ChannelLayout::CtX3, 3) => (1, Dropped::Copies),
-            (ChannelLayout::CtLesionZeros, 3) => (2, Dropped::Zeros),
+        let layout = self.manifest.input.channels;
+        match (layout, self.manifest.network.in_channels) {
+            (ChannelLayout::CtX3, 3) => (layout.distinct(), Dropped::Copies),
+            (ChannelLayout::CtLesionZeros, 3) => (layout.distinct(), Dropped::Zeros),
             // Other networks read every channel: nothing to fold.
             (_, c) => (c, Dropped::Zeros),
         }
+    }
+
+    /// How many leading channels of the network input the members read (see
+    /// [`crate::model::fewer_inputs`]): inputs may hold just those.
+    pub fn input_channels(&self) -> usize {
+        self.read_channels().0
     }
 
     /// Reads one member's weights and builds its network.

@@ -195,9 +195,14 @@ pub(super) fn grade_case(
         None
     };
     let t = Instant::now();
-    // By value: the CT's voxels are freed once resampled (see `preprocess_owned`).
-    let mut prep = preprocess::preprocess_owned(ct, seg.lesion.as_ref(), &ensemble.manifest.input)
-        .map_err(|e| input_error(case, e, warnings))?;
+    // By value: the CT's voxels are freed once resampled; only the channels the members read.
+    let mut prep = preprocess::preprocess_owned(
+        ct,
+        seg.lesion.as_ref(),
+        &ensemble.manifest.input,
+        ensemble.input_channels(),
+    )
+    .map_err(|e| input_error(case, e, warnings))?;
     let prep_s = t.elapsed().as_secs_f64();
     log_orientation(case, &prep, bar);
     let burden = seg.lesion.as_ref().and_then(|lesion| {

@@ -148,7 +148,9 @@ pub fn run(args: &PreprocessOptions) -> Result<PreprocessReport, CommandError> {
         eprintln!("{}: warning: {w}", args.input.display());
     }
     // By value: the CT's voxels are freed once resampled.
-    let p = preprocess_owned(ct, lesion.as_ref(), &spec).map_err(failed)?;
+    // Only the channels written: the others repeat the CT or are zeros.
+    let p =
+        preprocess_owned(ct, lesion.as_ref(), &spec, spec.channels.distinct()).map_err(failed)?;
     std::fs::create_dir_all(&args.out).map_err(|error| CommandError::Io {
         path: args.out.clone(),
         error,

@@ -142,6 +142,17 @@ pub enum ChannelLayout {
     CtLesionZeros,
 }
 
+impl ChannelLayout {
+    /// How many leading channels differ: the CT (`ct_x3`, the rest are copies of it), or the CT
+    /// and the lesion map (`ct_lesion_zeros`, the third is zeros).
+    pub fn distinct(self) -> usize {
+        match self {
+            Self::CtX3 => 1,
+            Self::CtLesionZeros => 2,
+        }
+    }
+}
+
 /// Errors of preprocessing.
 #[derive(Debug, Error)]
 pub enum PreprocessError {
@@ -242,10 +253,11 @@ pub enum PreprocessError {
 /// The network input and what was learnt on the way.
 #[derive(Debug, Clone)]
 pub struct Preprocessed {
-    /// `(3, slices, crop_y, crop_x)` row-major (NCDHW without N); D = z from inferior to
-    /// superior, H = y anterior to posterior, W = x right to left.
+    /// `(channels, slices, crop_y, crop_x)` row-major (NCDHW without N); D = z from inferior to
+    /// superior, H = y anterior to posterior, W = x right to left. The channels are the
+    /// layout's three ([`preprocess`]) or its first ones ([`preprocess_owned`]).
     pub input: Vec<f32>,
-    /// `[3, slices, crop_xy[1], crop_xy[0]]`.
+    /// `[channels, slices, crop_xy[1], crop_xy[0]]`.
     pub shape: [usize; 4],
     /// The lung mask on the original input grid: 0, [`lung_mask::RIGHT`] or
     /// [`lung_mask::LEFT`].
@@ -383,25 +395,31 @@ pub fn preprocess(
     lesion: Option<&Volume>,
     spec: &InputSpec,
 ) -> Result<Preprocessed, PreprocessError> {
-    preprocess_cow(Cow::Borrowed(ct), lesion, spec)
+    preprocess_cow(Cow::Borrowed(ct), lesion, spec, 3)
 }
 
-/// [`preprocess`] taking the CT by value: its voxels are freed as soon as they are resampled,
-/// so that the CT and the lung mask on its grid are never in memory together (the peak of a
-/// large scan is then about 4 bytes per input voxel instead of 8).
+/// [`preprocess`] taking the CT by value, and assembling only the first `channels` (1 to 3) of
+/// the network input's three: those that differ ([`ChannelLayout::distinct`]) are all a
+/// network built for them reads (`model::fewer_inputs`) and all `ctgrade preprocess` writes.
+/// The CT's voxels are freed as soon as they are resampled, so that the CT and the lung mask on
+/// its grid are never in memory together (the peak of a large scan is then about 4 bytes per
+/// input voxel instead of 8).
 pub fn preprocess_owned(
     ct: Volume,
     lesion: Option<&Volume>,
     spec: &InputSpec,
+    channels: usize,
 ) -> Result<Preprocessed, PreprocessError> {
-    preprocess_cow(Cow::Owned(ct), lesion, spec)
+    preprocess_cow(Cow::Owned(ct), lesion, spec, channels)
 }
 
 fn preprocess_cow(
     ct: Cow<'_, Volume>,
     lesion: Option<&Volume>,
     spec: &InputSpec,
+    channels: usize,
 ) -> Result<Preprocessed, PreprocessError> {
+    let channels = channels.clamp(1, 3);
     let t_start = Instant::now();
     spec.validate()?;
     if ct.is_empty() || ct.data.len() != ct.len() {
@@ -468,7 +486,7 @@ fn preprocess_cow(
     let scale = 1.0 / (whi - wlo);
     let window = |v: f32| (v.clamp(wlo, whi) - wlo) * scale;
     let channel = spec.slices * ch * cw;
-    let mut input = vec![0f32; 3 * channel];
+    let mut input = vec![0f32; channels * channel];
     let (ct_channel, rest) = input.split_at_mut(channel);
     ct_channel
         .par_chunks_mut(ch * cw)
@@ -489,13 +507,16 @@ fn preprocess_cow(
                 }
             }
         });
-    let (second, third) = rest.split_at_mut(channel);
-    match lesion {
-        None => {
-            second.copy_from_slice(ct_channel);
-            third.copy_from_slice(ct_channel);
+    match (lesion, rest.is_empty()) {
+        (_, true) => {}
+        (None, false) => {
+            for copy in rest.chunks_mut(channel) {
+                copy.copy_from_slice(ct_channel);
+            }
         }
-        Some(l) => {
+        (Some(l), false) => {
+            // The lesion map in the second channel; the third (if assembled) stays zeros.
+            let second = &mut rest[..channel];
             // Nearest-neighbour lesion values at the output voxels' physical positions.
             let map = IndexMap::between(&grid, &Grid::of(l))?;
             second
@@ -554,7 +575,7 @@ fn preprocess_cow(
     };
     Ok(Preprocessed {
         input,
-        shape: spec.shape(),
+        shape: [channels, spec.slices, spec.crop_xy[1], spec.crop_xy[0]],
         lung_mask,
         report,
     })

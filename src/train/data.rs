@@ -242,10 +242,7 @@ pub fn load_samples(
     }
     let [_, d, h, w] = spec.shape();
     let vol = d * h * w;
-    let stored = match spec.channels {
-        ChannelLayout::CtX3 => 1,
-        ChannelLayout::CtLesionZeros => 2,
-    };
+    let stored = spec.channels.distinct();
     let start = Instant::now();
     let (mut cached, mut computed) = (0, 0);
     let mut samples = Vec::with_capacity(cases.len());
