@@ -37,7 +37,6 @@ being the larger of the two as /usr/bin/time reports it, the thread count and th
 Needs the venv of tools/make_nnunet_fixtures.py (its docstring lists the pins and makes it).
 """
 
-import argparse
 import contextlib
 import json
 import os
@@ -47,31 +46,11 @@ import time
 
 T0 = time.perf_counter()
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-
-def parse():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    mk = sub.add_parser("make-model", help="write the benchmark model folder")
-    mk.add_argument("dir")
-    mk.add_argument("--ct", default=os.path.join(ROOT, "tests", "data", "real_ct", "lung1.mha"))
-    mk.add_argument("--threads", type=int, default=2)
-    pr = sub.add_parser("predict", help="run nnUNetPredictor on one CT, timed")
-    pr.add_argument("--model", required=True)
-    pr.add_argument("--input", required=True)
-    pr.add_argument("--output", required=True)
-    pr.add_argument("--threads", type=int, default=2)
-    return ap.parse_args()
-
-
-ARGS = parse()
-# Before torch loads: its OpenMP pool reads these once.
-for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(ARGS.threads)
-
 sys.path.insert(0, HERE)
-from bench_common import case_name, folds_found, max_rss_mib  # noqa: E402
+from bench_common import case_name, folds_found, max_rss_mib, parse_args  # noqa: E402
+
+ARGS = parse_args(__doc__, "nnUNetPredictor")
+
 import make_nnunet_fixtures as fx  # noqa: E402  (checks the pinned versions on import)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

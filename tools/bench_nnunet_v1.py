@@ -58,7 +58,6 @@ Needs the venv of tools/make_nnunet_v1_fixtures.py (its pins are checked on impo
       SimpleITK==2.5.7 scipy==1.13.1 scikit-image==0.24.0 batchgenerators==0.25.1 safetensors==0.8.0
 """
 
-import argparse
 import contextlib
 import json
 import os
@@ -70,28 +69,10 @@ import time
 
 T0 = time.perf_counter()
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from bench_common import case_name, folds_found, max_rss_mib, parse_args  # noqa: E402
 
-
-def parse():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    mk = sub.add_parser("make-model", help="write the benchmark model folder")
-    mk.add_argument("dir")
-    mk.add_argument("--ct", default=os.path.join(ROOT, "tests", "data", "real_ct", "lung1.mha"))
-    mk.add_argument("--threads", type=int, default=2)
-    pr = sub.add_parser("predict", help="run nnU-Net v1's predict_cases on one CT, timed")
-    pr.add_argument("--model", required=True)
-    pr.add_argument("--input", required=True)
-    pr.add_argument("--output", required=True)
-    pr.add_argument("--threads", type=int, default=2)
-    return ap.parse_args()
-
-
-ARGS = parse()
-# Before torch loads: its OpenMP pool reads these once.
-for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(ARGS.threads)
+ARGS = parse_args(__doc__, "nnU-Net v1's predict_cases")
 
 # Importing the fixture script checks the pins, sets CUDA_VISIBLE_DEVICES="" and nnU-Net v1's three
 # folder variables, imports nnunet and installs the safe-globals workaround; it also empties
@@ -99,8 +80,6 @@ for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 # fixture build running beside this one). nnunet.paths prints on stdout when imported: stderr.
 PRIVATE = tempfile.mkdtemp(prefix="bench_nnunet_v1_")
 tempfile.tempdir = PRIVATE
-sys.path.insert(0, HERE)
-from bench_common import case_name, folds_found, max_rss_mib  # noqa: E402
 with contextlib.redirect_stdout(sys.stderr):
     import make_nnunet_v1_fixtures as fx  # noqa: E402
 tempfile.tempdir = None
