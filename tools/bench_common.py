@@ -40,10 +40,13 @@ def case_name(path):
     return os.path.splitext(name)[0]
 
 
-def max_rss_mib(who):
-    """The peak RSS of `who` (resource.RUSAGE_SELF or RUSAGE_CHILDREN) in MiB."""
+def peak_rss():
+    """The peak RSS in MiB of this process (`rss_self_mib`) and of its waited-for children
+    (`rss_children_mib`), and the larger (`peak_rss_mib`), as /usr/bin/time reports it."""
     # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(who).ru_maxrss / 1024.0
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    return {"peak_rss_mib": max(own, children), "rss_self_mib": own, "rss_children_mib": children}
 
 
 def folds_found(model, checkpoint):

@@ -40,14 +40,13 @@ Needs the venv of tools/make_nnunet_fixtures.py (its docstring lists the pins an
 import contextlib
 import json
 import os
-import resource
 import sys
 import time
 
 T0 = time.perf_counter()
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_common import case_name, folds_found, max_rss_mib, parse_args  # noqa: E402
+from bench_common import case_name, folds_found, parse_args, peak_rss  # noqa: E402
 
 ARGS = parse_args(__doc__, "nnUNetPredictor")
 
@@ -149,17 +148,13 @@ def predict(args):
         trunc = os.path.join(args.output, case_name(args.input))
         p.predict_from_files_sequential([[args.input]], [trunc], save_probabilities=False, overwrite=True)
     predict_s = time.perf_counter() - t
-    rss_self = max_rss_mib(resource.RUSAGE_SELF)
-    rss_children = max_rss_mib(resource.RUSAGE_CHILDREN)
     print(
         json.dumps(
             {
                 "prog": "nnunetv2",
                 "wall_s": time.perf_counter() - T0,
                 "predict_s": predict_s,
-                "peak_rss_mib": max(rss_self, rss_children),
-                "rss_self_mib": rss_self,
-                "rss_children_mib": rss_children,
+                **peak_rss(),
                 "threads": torch.get_num_threads(),
                 "input": args.input,
                 "output": trunc + ".mha",

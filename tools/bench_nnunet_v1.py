@@ -61,7 +61,6 @@ Needs the venv of tools/make_nnunet_v1_fixtures.py (its pins are checked on impo
 import contextlib
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -70,7 +69,7 @@ import time
 T0 = time.perf_counter()
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_common import case_name, folds_found, max_rss_mib, parse_args  # noqa: E402
+from bench_common import case_name, folds_found, parse_args, peak_rss  # noqa: E402
 
 ARGS = parse_args(__doc__, "nnU-Net v1's predict_cases")
 
@@ -193,16 +192,12 @@ def predict(args):
             checkpoint_name="model_final_checkpoint",
         )
     predict_s = time.perf_counter() - t
-    rss_self = max_rss_mib(resource.RUSAGE_SELF)
-    rss_children = max_rss_mib(resource.RUSAGE_CHILDREN)
     return {
         "prog": "nnunet-v1",
         "case": case_name(args.input),
         "wall_s": time.perf_counter() - T0,
         "predict_s": predict_s,
-        "peak_rss_mib": max(rss_self, rss_children),
-        "rss_self_mib": rss_self,
-        "rss_children_mib": rss_children,
+        **peak_rss(),
         "threads": torch.get_num_threads(),
         "folds": list(folds),
         "input": args.input,
