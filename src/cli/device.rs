@@ -13,10 +13,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use serde_json::json;
 
-use ctgrade::device::cuda_driver::{CudaDriver, CudaVersion};
+use ctgrade::device::cuda_driver::{CudaDriver, CudaUnavailable, CudaVersion};
 use ctgrade::device::{self, DeviceChoice, DeviceError};
 
 /// Names the CUDA build to hand over to (default: `ctgrade-cuda` beside this executable); set
@@ -43,8 +43,9 @@ pub fn device(args: &DeviceArgs, fallback: Option<String>) -> Result<ExitCode> {
         DeviceChoice::Auto => Some(0),
         DeviceChoice::Cuda(index) => Some(index),
     };
-    let driver = CudaDriver::probe().ok();
-    let checked = index.map(device::cuda_usable);
+    let probe = CudaDriver::probe();
+    let driver = probe.as_ref().ok().copied();
+    let checked = index.map(|i| device::cuda_usable_with(|| probe.clone(), i));
     // The reason without "CUDA device N cannot be used", which the hand-over adds itself.
     let reason = match &checked {
         Some(Err(_)) if fallback.is_some() => fallback,
@@ -113,15 +114,13 @@ pub fn hand_over(choice: DeviceChoice) -> Result<Option<String>> {
             Err(anyhow!("cannot start {}: {error}", cuda_build.display()))
         }
         Err(reason) => {
-            if choice == DeviceChoice::Auto {
-                eprintln!(
-                    "ctgrade: warning: CUDA device {index} cannot be used: {reason}; running on \
-                     the CPU"
-                );
-                Ok(Some(reason))
-            } else {
-                bail!("CUDA device {index} cannot be used: {reason}")
+            let fallback = reason.to_string();
+            let unusable = DeviceError::Unavailable { index, reason };
+            if choice != DeviceChoice::Auto {
+                return Err(unusable.into());
             }
+            device::warn_cpu_fallback(&unusable);
+            Ok(Some(fallback))
         }
     }
 }
@@ -141,16 +140,16 @@ fn installed_cuda_build() -> Option<PathBuf> {
 /// Why the CUDA build cannot run CUDA device `index` here, if it cannot: the driver first (the
 /// CUDA build would not start without one), then the CUDA build's own verdict, which adds its
 /// toolkit's version and that its libraries load.
-fn can_run(cuda_build: &Path, index: usize) -> Result<(), String> {
-    CudaDriver::probe()
-        .and_then(|driver| driver.check(index, None))
-        .map_err(|e| e.to_string())?;
+fn can_run(cuda_build: &Path, index: usize) -> Result<(), CudaUnavailable> {
+    CudaDriver::probe().and_then(|driver| driver.check(index, None))?;
     let output = Command::new(cuda_build)
         .args(["device", "--device", &format!("cuda:{index}")])
         .env(CUDA_BUILD_VAR, "")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot start {}: {e}", cuda_build.display()))?;
+        .map_err(|e| {
+            CudaUnavailable::CudaBuild(format!("cannot start {}: {e}", cuda_build.display()))
+        })?;
     if output.status.success() {
         return Ok(());
     }
@@ -169,9 +168,9 @@ fn can_run(cuda_build: &Path, index: usize) -> Result<(), String> {
         .unwrap_or_else(|| format!("it ended with {}", output.status));
     // The loader's messages name the program already.
     let name = cuda_build.display().to_string();
-    Err(if reason.starts_with(&name) {
+    Err(CudaUnavailable::CudaBuild(if reason.starts_with(&name) {
         reason
     } else {
         format!("{name}: {reason}")
-    })
+    }))
 }

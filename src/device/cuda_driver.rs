@@ -78,6 +78,10 @@ pub enum CudaUnavailable {
         /// Devices seen.
         count: usize,
     },
+    /// The CUDA build installed beside this one cannot run here: its own verdict, or why it
+    /// does not start (the message names it).
+    #[error("{0}")]
+    CudaBuild(String),
     /// The driver is older than the toolkit this build's kernels and libraries come from.
     #[error(
         "the NVIDIA driver supports CUDA {driver}, this build needs CUDA {needed}{}",

@@ -124,7 +124,7 @@ impl DeviceChoice {
             Self::Cpu => Ok(Device::Cpu),
             Self::Auto if !candle_core::utils::cuda_is_available() => Ok(Device::Cpu),
             Self::Auto => open_cuda(0).or_else(|e| {
-                eprintln!("ctgrade: warning: {e}; running on the CPU");
+                warn_cpu_fallback(&e);
                 Ok(Device::Cpu)
             }),
             Self::Cuda(index) => open_cuda(index),
@@ -132,14 +132,28 @@ impl DeviceChoice {
     }
 }
 
+/// The one warning line of `--device auto` going on on the CPU because of `why`.
+pub fn warn_cpu_fallback(why: &DeviceError) {
+    eprintln!("ctgrade: warning: {why}; running on the CPU");
+}
+
 /// Checks, without opening it, that CUDA device `index` can run this build's code: the driver
 /// loads and initialises, supports the toolkit this build comes from, and sees the device.
 pub fn cuda_usable(index: usize) -> Result<CudaDriver, DeviceError> {
+    cuda_usable_with(CudaDriver::probe, index)
+}
+
+/// [`cuda_usable`] with the driver probed by `probe` (called only by a CUDA build), for a
+/// caller that has probed it already.
+pub fn cuda_usable_with(
+    probe: impl FnOnce() -> Result<CudaDriver, CudaUnavailable>,
+    index: usize,
+) -> Result<CudaDriver, DeviceError> {
     let unavailable = |reason| DeviceError::Unavailable { index, reason };
     if !candle_core::utils::cuda_is_available() {
         return Err(unavailable(CudaUnavailable::NotBuilt));
     }
-    let driver = CudaDriver::probe().map_err(unavailable)?;
+    let driver = probe().map_err(unavailable)?;
     #[cfg(feature = "cuda")]
     let needed = Some(cuda_driver::TOOLKIT);
     #[cfg(not(feature = "cuda"))]
