@@ -97,11 +97,12 @@ pub fn read_spec(path: &Path) -> Result<InputSpec, CommandError> {
     Ok(spec)
 }
 
-/// One channel of the network input as a volume on the resampled grid's axes: x, y, and z
-/// spread evenly over the kept slices.
-pub fn channel_volume(p: &Preprocessed, channel: usize) -> Volume {
-    let [_, slices, ch, cw] = p.shape;
-    let r = &p.report;
+/// The channels of the network input as volumes on the resampled grid's axes (x, y, and z
+/// spread evenly over the kept slices), in order, and the report. The first channel keeps
+/// `p.input`'s buffer, so writing the CT channel copies nothing.
+pub fn channel_volumes(p: Preprocessed) -> (Vec<Volume>, PreprocessReport) {
+    let [channels, slices, ch, cw] = p.shape;
+    let r = p.report;
     let n = slices * ch * cw;
     let s = r.spec.spacing_mm;
     let z_step = if slices > 1 {
@@ -119,13 +120,22 @@ pub fn channel_volume(p: &Preprocessed, channel: usize) -> Volume {
     let off = [first[0] * s, first[1] * s, first[2] * s];
     let origin =
         [0, 1, 2].map(|k| o[k] + d[3 * k] * off[0] + d[3 * k + 1] * off[1] + d[3 * k + 2] * off[2]);
-    Volume {
-        data: p.input[channel * n..(channel + 1) * n].to_vec(),
+    let volume = |data| Volume {
+        data,
         size: [cw, ch, slices],
         spacing: [s, s, if z_step > 0.0 { z_step } else { s }],
         origin,
         direction: r.resampled_direction,
-    }
+    };
+    // The last channels split off the end, one at a time.
+    let mut data = p.input;
+    let mut tails: Vec<Vec<f32>> = (1..channels)
+        .rev()
+        .map(|c| data.split_off((c * n).min(data.len())))
+        .collect();
+    tails.push(data);
+    let vols = tails.into_iter().rev().map(volume).collect();
+    (vols, r)
 }
 
 /// Preprocesses the CT and writes the files; returns the report it wrote.
@@ -156,27 +166,21 @@ pub fn run(args: &PreprocessOptions) -> Result<PreprocessReport, CommandError> {
         error,
     })?;
     write_volume(
-        &args.out.join("input.mha"),
-        &channel_volume(&p, 0),
-        ElementType::Float,
-        args.compress,
-    )?;
-    if lesion.is_some() && spec.channels == ChannelLayout::CtLesionZeros {
-        write_volume(
-            &args.out.join("lesion.mha"),
-            &channel_volume(&p, 1),
-            ElementType::Float,
-            args.compress,
-        )?;
-    }
-    write_volume(
         &args.out.join("lung_mask.mha"),
         &p.lung_mask,
         ElementType::UChar,
         args.compress,
     )?;
+    let (channels, report) = channel_volumes(p);
+    let names = match spec.channels {
+        ChannelLayout::CtLesionZeros if lesion.is_some() => &["input.mha", "lesion.mha"][..],
+        _ => &["input.mha"],
+    };
+    for (name, vol) in names.iter().zip(&channels) {
+        write_volume(&args.out.join(name), vol, ElementType::Float, args.compress)?;
+    }
     let json_path = args.out.join("preprocess.json");
-    let json = serde_json::to_string_pretty(&p.report).map_err(|e| CommandError::Io {
+    let json = serde_json::to_string_pretty(&report).map_err(|e| CommandError::Io {
         path: json_path.clone(),
         error: std::io::Error::other(e),
     })?;
@@ -186,5 +190,5 @@ pub fn run(args: &PreprocessOptions) -> Result<PreprocessReport, CommandError> {
             error,
         }
     })?;
-    Ok(p.report)
+    Ok(report)
 }

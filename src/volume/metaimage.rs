@@ -3,6 +3,7 @@
 //! Follows MetaIO / ITK's `MetaImageIO` as SimpleITK uses it: `TransformMatrix` lists the direction
 //! matrix column by column (axis by axis), `Offset` is the origin, `MET_LONG` is 32-bit.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -686,9 +687,14 @@ pub(crate) fn write(
     opts: &WriteOptions,
     detached: bool,
 ) -> Result<(), VolumeError> {
-    let raw = encode(ty, &vol.data, false);
+    // float32 on a little-endian machine is already the file's bytes: no copy.
+    let raw: Cow<[u8]> = if ty == ElementType::Float && cfg!(target_endian = "little") {
+        Cow::Borrowed(bytemuck::cast_slice(&vol.data))
+    } else {
+        Cow::Owned(encode(ty, &vol.data, false))
+    };
     let data = if opts.compress {
-        deflate(path, &raw, opts.compression_level)?
+        Cow::Owned(deflate(path, &raw, opts.compression_level)?)
     } else {
         raw
     };
