@@ -22,3 +22,4 @@ pub mod segment;
 pub mod synth;
 pub mod train;
 pub mod volume;
+mod wide;

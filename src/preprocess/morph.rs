@@ -5,8 +5,20 @@
 
 use rayon::prelude::*;
 
+use crate::wide::{wide, wide_versions};
+
 /// Grid dimensions (x, y, z).
 pub(crate) type Dims = [usize; 3];
+
+wide_versions! {
+    y_pass(
+        slab: &[f32], out: &mut [f32], acc: &mut [f64], nx: usize, ny: usize, ry: usize, w: f64
+    );
+    z_pass(
+        d: &[f32], out: &mut [u8], acc: &mut [f64], rounded: &mut [f32], plane: usize, z: usize,
+        srcs: std::ops::Range<usize>, w: f64, r2: f32
+    );
+}
 
 /// Statistics of one connected component.
 #[derive(Debug, Clone, Default)]
@@ -300,14 +312,7 @@ pub(crate) fn within(
     d.par_chunks_mut(plane).for_each_init(
         || (vec![0f64; nx], vec![0f32; plane]),
         |(acc, out), slab| {
-            for y in 0..ny {
-                acc.fill(f64::INFINITY);
-                for src in y.saturating_sub(ry)..(y + ry + 1).min(ny) {
-                    let dy = src.abs_diff(y) as f64;
-                    min_plus(acc, &slab[src * nx..(src + 1) * nx], w[1] * dy * dy);
-                }
-                round_into(&mut out[y * nx..(y + 1) * nx], acc);
-            }
+            wide!(y_pass(slab, out, acc, nx, ny, ry, w[1]));
             slab.copy_from_slice(out);
         },
     );
@@ -317,18 +322,51 @@ pub(crate) fn within(
     result.par_chunks_mut(plane).enumerate().for_each_init(
         || (vec![0f64; plane], vec![0f32; plane]),
         |(acc, rounded), (z, out)| {
-            acc.fill(f64::INFINITY);
-            for src in z.saturating_sub(rz)..(z + rz + 1).min(nz) {
-                let dz = src.abs_diff(z) as f64;
-                min_plus(acc, &d[src * plane..(src + 1) * plane], w[2] * dz * dz);
-            }
-            round_into(rounded, acc);
-            for (o, &v) in out.iter_mut().zip(rounded.iter()) {
-                *o = u8::from(v <= r2);
-            }
+            let srcs = z.saturating_sub(rz)..(z + rz + 1).min(nz);
+            wide!(z_pass(&d, out, acc, rounded, plane, z, srcs, w[2], r2));
         },
     );
     result
+}
+
+/// The y pass of [`within`] over one plane: each row of `out` is the minimum over the rows of
+/// `slab` within `ry`, plus the squared offset.
+#[inline(always)]
+fn y_pass(slab: &[f32], out: &mut [f32], acc: &mut [f64], nx: usize, ny: usize, ry: usize, w: f64) {
+    for y in 0..ny {
+        acc.fill(f64::INFINITY);
+        for src in y.saturating_sub(ry)..(y + ry + 1).min(ny) {
+            let dy = src.abs_diff(y) as f64;
+            min_plus(acc, &slab[src * nx..(src + 1) * nx], w * dy * dy);
+        }
+        round_into(&mut out[y * nx..(y + 1) * nx], acc);
+    }
+}
+
+/// The z pass of [`within`] for plane `z`: the minimum over planes `srcs` of `d`, plus the
+/// squared offset, compared with `r2`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn z_pass(
+    d: &[f32],
+    out: &mut [u8],
+    acc: &mut [f64],
+    rounded: &mut [f32],
+    plane: usize,
+    z: usize,
+    srcs: std::ops::Range<usize>,
+    w: f64,
+    r2: f32,
+) {
+    acc.fill(f64::INFINITY);
+    for src in srcs {
+        let dz = src.abs_diff(z) as f64;
+        min_plus(acc, &d[src * plane..(src + 1) * plane], w * dz * dz);
+    }
+    round_into(rounded, acc);
+    for (o, &v) in out.iter_mut().zip(rounded.iter()) {
+        *o = u8::from(v <= r2);
+    }
 }
 
 /// `acc[i] = min(acc[i], f[i] + c)` in f64: the lower envelope's expression for one offset.
@@ -518,6 +556,84 @@ pub(crate) fn or_back(data: &mut [u8], dims: Dims, lo: [i64; 3], sub: &[u8], bd:
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn wide_versions_compute_the_same_as_the_baseline() {
+        // Distances as `within` sees them: zeros, +inf and squared multiples of the spacing.
+        let (nx, ny, nz) = (37, 23, 9);
+        let plane = nx * ny;
+        let mut state = 7u64;
+        let d: Vec<f32> = (0..plane * nz)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                match state >> 61 {
+                    0 => 0.0,
+                    1 | 2 => f32::INFINITY,
+                    k => (0.7f64 * 0.7 * ((state >> 33) % 40) as f64 * k as f64) as f32,
+                }
+            })
+            .collect();
+        let run = |version: u8| {
+            let mut ys = d.clone();
+            let (mut acc, mut out) = (vec![0f64; plane], vec![0f32; plane]);
+            for slab in ys.chunks_mut(plane) {
+                // SAFETY: each version runs only where the CPU has its features.
+                unsafe {
+                    match version {
+                        0 => y_pass(slab, &mut out, &mut acc, nx, ny, 4, 0.49),
+                        1 => wide_fns::y_pass::avx2(slab, &mut out, &mut acc, nx, ny, 4, 0.49),
+                        _ => wide_fns::y_pass::avx512(slab, &mut out, &mut acc, nx, ny, 4, 0.49),
+                    }
+                }
+                slab.copy_from_slice(&out);
+            }
+            let mut zs = vec![0u8; plane * nz];
+            let mut rounded = vec![0f32; plane];
+            for (z, o) in zs.chunks_mut(plane).enumerate() {
+                let srcs = z.saturating_sub(3)..(z + 4).min(nz);
+                // SAFETY: as above.
+                unsafe {
+                    match version {
+                        0 => z_pass(&ys, o, &mut acc, &mut rounded, plane, z, srcs, 0.64, 9.0),
+                        1 => wide_fns::z_pass::avx2(
+                            &ys,
+                            o,
+                            &mut acc,
+                            &mut rounded,
+                            plane,
+                            z,
+                            srcs,
+                            0.64,
+                            9.0,
+                        ),
+                        _ => wide_fns::z_pass::avx512(
+                            &ys,
+                            o,
+                            &mut acc,
+                            &mut rounded,
+                            plane,
+                            z,
+                            srcs,
+                            0.64,
+                            9.0,
+                        ),
+                    }
+                }
+            }
+            (ys, zs)
+        };
+        let baseline = run(0);
+        assert!(baseline.1.contains(&0) && baseline.1.contains(&1));
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(run(1) == baseline, "AVX2");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            assert!(run(2) == baseline, "AVX-512");
+        }
+    }
+
     use super::*;
 
     /// The voxel-by-voxel flood fill, the oracle of the scanline fill.

@@ -3,6 +3,8 @@
 use rayon::prelude::*;
 use serde::{Serialize, Serializer};
 
+use crate::wide::{wide, wide_versions};
+
 /// The on-disk type of one voxel value, named as in MetaImage (`MET_SHORT`, ...).
 ///
 /// `Long`/`ULong` are 32-bit, as in MetaIO (`MET_LONG`); 64-bit integers are `LongLong`/`ULongLong`
@@ -190,8 +192,15 @@ macro_rules! encode_as {
     }};
 }
 
+wide_versions! {
+    encode_serial(ty: ElementType, src: &[f32], msb: bool, out: &mut [u8]);
+}
+
 /// Converts `f32` values to the raw bytes of `ty`, one thread. Integer targets round half away
 /// from zero and saturate at the type's range (Rust's `as` saturates float-to-int; NaN becomes 0).
+/// Inlined into its wider versions, where rounding is inline vector code rather than a libm call
+/// per value.
+#[inline(always)]
 fn encode_serial(ty: ElementType, src: &[f32], msb: bool, out: &mut [u8]) {
     match ty {
         ElementType::UChar => encode_as!(u8, src, out, msb, |v: f32| v.round() as u8),
@@ -217,7 +226,7 @@ pub(crate) fn encode(ty: ElementType, src: &[f32], msb: bool) -> Vec<u8> {
     let mut out = vec![0u8; src.len() * n];
     out.par_chunks_mut(PAR_CHUNK * n)
         .zip(src.par_chunks(PAR_CHUNK))
-        .for_each(|(o, s)| encode_serial(ty, s, msb, o));
+        .for_each(|(o, s)| wide!(encode_serial(ty, s, msb, o)));
     out
 }
 
@@ -242,6 +251,41 @@ mod tests {
         );
         let b = encode(ElementType::Short, &[40000.0, -40000.0, -2.5], true);
         assert_eq!(b, [0x7f, 0xff, 0x80, 0x00, 0xff, 0xfd]);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn wide_encoding_is_the_baseline_bit_for_bit() {
+        // Halves (rounded away from zero), saturation, NaN, infinities, and many ordinary values.
+        let mut v = vec![
+            -2.5f32, -1.5, -0.5, 0.5, 1.5, 2.5, 255.5, 256.0, -129.5, 32767.5,
+        ];
+        v.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e20,
+            -1e20,
+            0.49999997,
+        ]);
+        v.extend((0..1000).map(|i| (i as f32 - 500.0) * 0.37));
+        for ty in ElementType::ALL {
+            for msb in [false, true] {
+                let mut base = vec![0u8; v.len() * ty.size_of()];
+                encode_serial(ty, &v, msb, &mut base);
+                let mut wide = vec![0u8; base.len()];
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    unsafe { wide_fns::encode_serial::avx2(ty, &v, msb, &mut wide) };
+                    assert_eq!(wide, base, "{ty:?} AVX2");
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    unsafe { wide_fns::encode_serial::avx512(ty, &v, msb, &mut wide) };
+                    assert_eq!(wide, base, "{ty:?} AVX-512");
+                }
+            }
+        }
     }
 
     #[test]
