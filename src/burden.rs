@@ -178,14 +178,14 @@ fn pct(part: usize, whole: usize) -> f64 {
 /// The burden of `lesion` (non-zero: lesion) in `lungs` (the lung mask: 0, right, left), both on
 /// one grid; per lung only when `lungs_separated` (the mask's sides are its two components, not
 /// a split at the midline). `None` when the grids differ or the mask is empty.
-pub fn lung_burden(lesion: &Volume, lungs: &Volume, lungs_separated: bool) -> Option<Burden> {
+pub fn lung_burden(lesion: &Volume, lungs: &Volume<u8>, lungs_separated: bool) -> Option<Burden> {
     if lesion.size != lungs.size || lesion.data.len() != lungs.data.len() {
         return None;
     }
     // [lung voxels, lesion voxels] for the right and the left lung.
     let mut counts = [[0usize; 2]; 2];
     for (&m, &l) in lungs.data.iter().zip(&lesion.data) {
-        let side = match m as u8 {
+        let side = match m {
             RIGHT => 0,
             LEFT => 1,
             _ => continue,
@@ -311,7 +311,7 @@ mod tests {
         assert!(e.contains("right upper"), "{e}");
     }
 
-    fn volume(data: Vec<f32>) -> Volume {
+    fn volume<T>(data: Vec<T>) -> Volume<T> {
         let n = data.len();
         Volume {
             data,
@@ -325,15 +325,15 @@ mod tests {
     #[test]
     fn burden_counts_inside_the_lungs_per_side_and_per_lobe() {
         // Right lung 4 voxels (1 affected), left lung 4 (2 affected), a lesion outside the lungs.
-        let lungs = volume(vec![1., 1., 1., 1., 2., 2., 2., 2., 0.]);
-        let lesion = volume(vec![1., 0., 0., 0., 1., 1., 0., 0., 1.]);
+        let lungs = volume(vec![1u8, 1, 1, 1, 2, 2, 2, 2, 0]);
+        let lesion = volume(vec![1f32, 0., 0., 0., 1., 1., 0., 0., 1.]);
         let b = lung_burden(&lesion, &lungs, true).expect("burden");
         assert_eq!(b.lung_affected_pct, 37.5);
         assert_eq!(b.right_lung_affected_pct, Some(25.0));
         assert_eq!(b.left_lung_affected_pct, Some(50.0));
         let joined = lung_burden(&lesion, &lungs, false).expect("burden");
         assert_eq!(joined.right_lung_affected_pct, None);
-        assert!(lung_burden(&volume(vec![1.0]), &lungs, true).is_none());
+        assert!(lung_burden(&volume(vec![1.0f32]), &lungs, true).is_none());
 
         // Lobes: RUL = 1, RML = 2, RLL = 3, LUL = 4, LLL = 5 (two voxels of each but the RML).
         let lobes = volume(vec![1., 1., 3., 3., 4., 4., 5., 5., 0.]);

@@ -139,7 +139,7 @@ pub(super) struct Graded {
     /// Share of the lungs (and lobes) affected, when a lesion map was used.
     pub burden: Option<Burden>,
     /// The lung mask on the CT's grid, when `--lung-mask` asks for it.
-    pub mask: Option<Volume>,
+    pub mask: Option<Volume<u8>>,
     /// The heat map on the CT's grid, when `--heat-map` asks for it.
     pub heat: Option<Volume>,
     /// The lesion model's segmentation on the CT's grid, when it ran and
@@ -222,8 +222,13 @@ pub(super) fn grade_case(
     drop((seg.lesion, seg.lobes));
     let lungs_display = match &display {
         Some((g, _)) => Some(
-            resample::resample(&prep.lung_mask, g, Interpolation::Nearest, 0.0)
-                .map_err(|e| output_error(case, "report", e))?,
+            resample::resample(
+                &prep.lung_mask.map(f32::from),
+                g,
+                Interpolation::Nearest,
+                0.0,
+            )
+            .map_err(|e| output_error(case, "report", e))?,
         ),
         None => None,
     };

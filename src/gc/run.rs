@@ -15,7 +15,7 @@ use super::shard;
 use super::{discover, Case, Layout};
 use crate::ensemble::Ensemble;
 use crate::report::{self, CaseFigures};
-use crate::volume::{self, ElementType};
+use crate::volume::{self, ElementType, Volume, Voxel};
 
 /// Why the run as a whole could not proceed (a failing case is not one: it is recorded).
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,25 @@ fn check_output(dir: &Path) -> Result<(), RunError> {
     // A probe that cannot be removed is harmless: it is hidden and empty.
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+/// Writes one of a case's optional images, its folder created if needed.
+fn write_image<T: Voxel>(
+    image: Option<Volume<T>>,
+    path: &Path,
+    ty: ElementType,
+) -> Result<(), CaseError> {
+    let Some(image) = image else {
+        return Ok(());
+    };
+    let write_err = |path: &Path, e: &dyn std::fmt::Display| CaseError::Write {
+        path: path.to_path_buf(),
+        error: e.to_string(),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| write_err(dir, &e))?;
+    }
+    volume::write(path, &image, ty).map_err(|e| write_err(path, &e))
 }
 
 /// The failure reason as the submitter reads it: the platform stores an upload under an internal
@@ -215,22 +234,13 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
         let mut warnings = Vec::new();
         let outcome =
             grade_case(case, opts, ensemble, device, &bar, &mut warnings).and_then(|mut graded| {
-                let images = [
-                    (graded.mask.take(), &mask_path, ElementType::UChar),
-                    (graded.heat.take(), &heat_path, ElementType::Float),
-                    (graded.segmentation.take(), &lesion_path, ElementType::UChar),
-                ];
+                write_image(graded.mask.take(), &mask_path, ElementType::UChar)?;
+                write_image(graded.heat.take(), &heat_path, ElementType::Float)?;
+                write_image(graded.segmentation.take(), &lesion_path, ElementType::UChar)?;
                 let write_err = |path: &Path, e: &dyn std::fmt::Display| CaseError::Write {
                     path: path.to_path_buf(),
                     error: e.to_string(),
                 };
-                for (image, path, element) in images {
-                    let Some(image) = image else { continue };
-                    if let Some(dir) = path.parent() {
-                        std::fs::create_dir_all(dir).map_err(|e| write_err(dir, &e))?;
-                    }
-                    volume::write(path, &image, element).map_err(|e| write_err(path, &e))?;
-                }
                 // The answers last: a case whose other outputs failed leaves no answer behind.
                 if opts.spread {
                     outputs::write_spread(&case_dir, graded.spread)

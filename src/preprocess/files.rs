@@ -12,7 +12,9 @@ use super::{
     checks, preprocess_owned, ChannelLayout, InputSpec, PreprocessError, PreprocessReport,
     Preprocessed,
 };
-use crate::volume::{read, write_with_options, ElementType, Volume, VolumeError, WriteOptions};
+use crate::volume::{
+    read, write_with_options, ElementType, Volume, VolumeError, Voxel, WriteOptions,
+};
 
 /// What [`run`] preprocesses and where it writes the results.
 #[derive(Debug, Clone)]
@@ -67,9 +69,9 @@ fn read_volume(path: &Path) -> Result<Volume, CommandError> {
     Ok(read(path)?)
 }
 
-fn write_volume(
+fn write_volume<T: Voxel>(
     path: &Path,
-    vol: &Volume,
+    vol: &Volume<T>,
     ty: ElementType,
     compress: bool,
 ) -> Result<(), CommandError> {

@@ -261,7 +261,7 @@ pub struct Preprocessed {
     pub shape: [usize; 4],
     /// The lung mask on the original input grid: 0, [`lung_mask::RIGHT`] or
     /// [`lung_mask::LEFT`].
-    pub lung_mask: Volume,
+    pub lung_mask: Volume<u8>,
     /// Measurements and timings.
     pub report: PreprocessReport,
 }
@@ -624,10 +624,10 @@ fn mask_to_grid(
     mask: &[u8],
     grid: &Grid,
     target: &Grid,
-) -> Result<(Volume, usize), PreprocessError> {
+) -> Result<(Volume<u8>, usize), PreprocessError> {
     let map = IndexMap::between(target, grid)?;
     let [nx, ny, _] = target.size;
-    let mut data = vec![0f32; target.len()];
+    let mut data = vec![0u8; target.len()];
     let count = if let Some([tx, ty, tz]) = resample::separable_taps(&map, target.size, grid.size) {
         data.par_chunks_mut(nx)
             .enumerate()
@@ -644,7 +644,7 @@ fn mask_to_grid(
                         0
                     };
                     if m != 0 {
-                        *o = f32::from(m);
+                        *o = m;
                         n += 1;
                     }
                 }
@@ -665,7 +665,7 @@ fn mask_to_grid(
                         });
                         let m = mask[i[0] + grid.size[0] * (i[1] + grid.size[1] * i[2])];
                         if m != 0 {
-                            *o = f32::from(m);
+                            *o = m;
                             n += 1;
                         }
                     }

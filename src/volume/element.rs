@@ -1,5 +1,7 @@
 //! Voxel element types (MetaImage `ElementType`) and their conversion to and from `f32`.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 use serde::{Serialize, Serializer};
 
@@ -228,6 +230,44 @@ pub(crate) fn encode(ty: ElementType, src: &[f32], msb: bool) -> Vec<u8> {
         .zip(src.par_chunks(PAR_CHUNK))
         .for_each(|(o, s)| wide!(encode_serial(ty, s, msb, o)));
     out
+}
+
+/// A voxel type volumes hold in memory: `f32` (images) or `u8` (label maps such as the lung
+/// mask, a quarter of the memory).
+pub trait Voxel: Copy + Send + Sync + 'static {
+    /// The value as `f32`.
+    fn to_f32(self) -> f32;
+    /// `data` as the raw bytes of `ty` (big-endian if `msb`), borrowed where it already is.
+    fn raw_bytes(data: &[Self], ty: ElementType, msb: bool) -> Cow<'_, [u8]>;
+}
+
+impl Voxel for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    fn raw_bytes(data: &[f32], ty: ElementType, msb: bool) -> Cow<'_, [u8]> {
+        if ty == ElementType::Float && msb == cfg!(target_endian = "big") {
+            Cow::Borrowed(bytemuck::cast_slice(data))
+        } else {
+            Cow::Owned(encode(ty, data, msb))
+        }
+    }
+}
+
+impl Voxel for u8 {
+    fn to_f32(self) -> f32 {
+        f32::from(self)
+    }
+
+    fn raw_bytes(data: &[u8], ty: ElementType, msb: bool) -> Cow<'_, [u8]> {
+        if ty == ElementType::UChar {
+            Cow::Borrowed(data)
+        } else {
+            let values: Vec<f32> = data.par_iter().map(|&v| f32::from(v)).collect();
+            Cow::Owned(encode(ty, &values, msb))
+        }
+    }
 }
 
 #[cfg(test)]

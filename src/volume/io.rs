@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::element::ElementType;
+use super::element::{ElementType, Voxel};
 use super::error::VolumeError;
 use super::limits::{check_regular_file, ReadLimits};
 use super::output::WriteOptions;
@@ -73,14 +73,14 @@ pub fn read_with_type_and_limits(
 /// Writes `vol` as `ty` (format by extension) with default [`WriteOptions`]: `.mha` is
 /// zlib-compressed like panimg's files, `.mhd` gets its data in `<stem>.zraw`.
 /// Values are rounded and saturated to `ty`. The file appears atomically or not at all.
-pub fn write(path: &Path, vol: &Volume, ty: ElementType) -> Result<(), VolumeError> {
+pub fn write<T: Voxel>(path: &Path, vol: &Volume<T>, ty: ElementType) -> Result<(), VolumeError> {
     write_with_options(path, vol, ty, &WriteOptions::default())
 }
 
 /// Like [`write()`], with explicit compression options.
-pub fn write_with_options(
+pub fn write_with_options<T: Voxel>(
     path: &Path,
-    vol: &Volume,
+    vol: &Volume<T>,
     ty: ElementType,
     opts: &WriteOptions,
 ) -> Result<(), VolumeError> {
@@ -95,7 +95,7 @@ pub fn write_with_options(
 }
 
 /// Rejects volumes whose fields disagree or whose geometry no reader could use.
-fn check_writable(path: &Path, vol: &Volume) -> Result<(), VolumeError> {
+fn check_writable<T>(path: &Path, vol: &Volume<T>) -> Result<(), VolumeError> {
     let bad = |reason: String| VolumeError::Unwritable {
         path: path.into(),
         reason,

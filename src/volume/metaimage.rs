@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use rayon::prelude::*;
 
-use super::element::{decode, decode_serial, encode, ElementType};
+use super::element::{decode, decode_serial, encode, ElementType, Voxel};
 use super::error::VolumeError;
 use super::limits::{alloc_voxels, check_regular_file, check_voxels, ReadLimits};
 use super::output::{write_atomic, WriteOptions};
@@ -577,8 +577,8 @@ fn num(x: f64) -> String {
     format!("{x}")
 }
 
-fn header_text(
-    vol: &Volume,
+fn header_text<T>(
+    vol: &Volume<T>,
     ty: ElementType,
     compressed_size: Option<usize>,
     data_file: &str,
@@ -680,19 +680,15 @@ fn deflate_part(part: &[u8], level: u32, last: bool) -> Result<Vec<u8>, flate2::
 }
 
 /// Writes `vol` as `.mha` (data inline) or `.mhd` (data in `<stem>.zraw` / `<stem>.raw`).
-pub(crate) fn write(
+pub(crate) fn write<T: Voxel>(
     path: &Path,
-    vol: &Volume,
+    vol: &Volume<T>,
     ty: ElementType,
     opts: &WriteOptions,
     detached: bool,
 ) -> Result<(), VolumeError> {
-    // float32 on a little-endian machine is already the file's bytes: no copy.
-    let raw: Cow<[u8]> = if ty == ElementType::Float && cfg!(target_endian = "little") {
-        Cow::Borrowed(bytemuck::cast_slice(&vol.data))
-    } else {
-        Cow::Owned(encode(ty, &vol.data, false))
-    };
+    // float32 images and uint8 label maps are already the file's bytes: no copy.
+    let raw = T::raw_bytes(&vol.data, ty, false);
     let data = if opts.compress {
         Cow::Owned(deflate(path, &raw, opts.compression_level)?)
     } else {

@@ -7,11 +7,12 @@
 
 use serde::Serialize;
 
-/// A 3-D scalar image with ITK geometry. Voxels are stored x fastest, then y, then z.
+/// A 3-D scalar image with ITK geometry. Voxels are stored x fastest, then y, then z. Images
+/// hold `f32` (CT volumes in Hounsfield units); label maps such as the lung mask hold `u8`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Volume {
-    /// Voxel values (x fastest). CT volumes hold Hounsfield units.
-    pub data: Vec<f32>,
+pub struct Volume<T = f32> {
+    /// Voxel values (x fastest).
+    pub data: Vec<T>,
     /// Number of voxels along x, y, z.
     pub size: [usize; 3],
     /// Voxel spacing in mm along x, y, z.
@@ -37,6 +38,25 @@ impl Volume {
         }
     }
 
+    /// Summary statistics of the voxel values (NaN voxels are skipped).
+    pub fn stats(&self) -> Stats {
+        let (mut min, mut max, mut sum, mut n) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64, 0usize);
+        for &v in &self.data {
+            if v.is_nan() {
+                continue;
+            }
+            let v = v as f64;
+            min = min.min(v);
+            max = max.max(v);
+            sum += v;
+            n += 1;
+        }
+        let mean = if n > 0 { sum / n as f64 } else { f64::NAN };
+        Stats { min, max, mean }
+    }
+}
+
+impl<T> Volume<T> {
     /// Number of voxels.
     pub fn len(&self) -> usize {
         self.size[0] * self.size[1] * self.size[2]
@@ -55,7 +75,10 @@ impl Volume {
 
     /// Value of voxel (x, y, z).
     #[inline]
-    pub fn at(&self, x: usize, y: usize, z: usize) -> f32 {
+    pub fn at(&self, x: usize, y: usize, z: usize) -> T
+    where
+        T: Copy,
+    {
         self.data[self.index(x, y, z)]
     }
 
@@ -90,21 +113,19 @@ impl Volume {
         ]
     }
 
-    /// Summary statistics of the voxel values (NaN voxels are skipped).
-    pub fn stats(&self) -> Stats {
-        let (mut min, mut max, mut sum, mut n) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64, 0usize);
-        for &v in &self.data {
-            if v.is_nan() {
-                continue;
-            }
-            let v = v as f64;
-            min = min.min(v);
-            max = max.max(v);
-            sum += v;
-            n += 1;
+    /// The same geometry with every value converted by `f`.
+    pub fn map<U: Send>(&self, f: impl Fn(T) -> U + Sync) -> Volume<U>
+    where
+        T: Copy + Sync,
+    {
+        use rayon::prelude::*;
+        Volume {
+            data: self.data.par_iter().map(|&v| f(v)).collect(),
+            size: self.size,
+            spacing: self.spacing,
+            origin: self.origin,
+            direction: self.direction,
         }
-        let mean = if n > 0 { sum / n as f64 } else { f64::NAN };
-        Stats { min, max, mean }
     }
 }
 
@@ -129,7 +150,7 @@ mod metaimage;
 mod nifti;
 mod output;
 
-pub use element::ElementType;
+pub use element::{ElementType, Voxel};
 pub use error::VolumeError;
 pub use io::{
     read, read_with_limits, read_with_type, read_with_type_and_limits, write, write_mha_channels,

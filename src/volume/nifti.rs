@@ -21,7 +21,7 @@ use nifti::writer::WriterOptions;
 use nifti::{Endianness, NiftiHeader};
 use rayon::prelude::*;
 
-use super::element::{decode, ElementType};
+use super::element::{decode, ElementType, Voxel};
 use super::error::VolumeError;
 use super::limits::{alloc_voxels, check_voxels, ReadLimits};
 use super::Volume;
@@ -568,15 +568,15 @@ macro_rules! typed {
     ($data:expr, $t:ty) => {
         $data
             .par_iter()
-            .map(|&v| v.round() as $t)
+            .map(|&v| v.to_f32().round() as $t)
             .collect::<Vec<$t>>()
     };
 }
 
 /// Writes `vol` as NIfTI-1 (single file), qform and sform both `SCANNER_ANAT` as ITK writes.
-pub(crate) fn write(
+pub(crate) fn write<T: Voxel>(
     path: &Path,
-    vol: &Volume,
+    vol: &Volume<T>,
     ty: ElementType,
     gz: bool,
     level: u32,
@@ -680,9 +680,14 @@ pub(crate) fn write(
             ElementType::Int | ElementType::Long => emit!(typed!(data, i32), tmp),
             ElementType::ULongLong => emit!(typed!(data, u64), tmp),
             ElementType::LongLong => emit!(typed!(data, i64), tmp),
-            ElementType::Float => emit!(data.clone(), tmp),
+            ElementType::Float => emit!(
+                data.par_iter().map(|&v| v.to_f32()).collect::<Vec<f32>>(),
+                tmp
+            ),
             ElementType::Double => emit!(
-                data.par_iter().map(|&v| v as f64).collect::<Vec<f64>>(),
+                data.par_iter()
+                    .map(|&v| v.to_f32() as f64)
+                    .collect::<Vec<f64>>(),
                 tmp
             ),
         };
