@@ -342,10 +342,12 @@ fn sliding_window(
 /// KiB) would then map and unmap every larger block for the rest of the process, which made
 /// training after an in-process segmentation six times slower, nearly all in the kernel. Cases
 /// are graded one at a time, so no other thread depends on the setting meanwhile.
-struct KeepFreedMemory;
+pub struct KeepFreedMemory;
 
 impl KeepFreedMemory {
-    fn new() -> Self {
+    /// Keeps freed memory in the process until the guard is dropped.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: mallopt only changes allocator parameters. A failure leaves glibc's defaults,
         // which are correct, only slower: its result is not needed.
