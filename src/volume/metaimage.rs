@@ -638,7 +638,8 @@ fn deflate(path: &Path, raw: &[u8], level: u32, ty: ElementType) -> Result<Vec<u
             let part = raw
                 .get(i * DEFLATE_PART..((i + 1) * DEFLATE_PART).min(raw.len()))
                 .unwrap_or_default();
-            deflate_part(part, level, strategy, i + 1 == parts)
+            let sum = zlib_rs::adler32::adler32(1, part);
+            deflate_part(part, level, strategy, i + 1 == parts).map(|c| (c, sum, part.len()))
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| VolumeError::Unwritable {
@@ -654,12 +655,19 @@ fn deflate(path: &Path, raw: &[u8], level: u32, ty: ElementType) -> Result<Vec<u
     };
     let cmf_flg = 0x7800u16 | (flevel << 6);
     let cmf_flg = cmf_flg + (31 - cmf_flg % 31) % 31;
-    let mut out = Vec::with_capacity(6 + compressed.iter().map(Vec::len).sum::<usize>());
+    let mut out = Vec::with_capacity(6 + compressed.iter().map(|c| c.0.len()).sum::<usize>());
     out.extend_from_slice(&cmf_flg.to_be_bytes());
-    for c in &compressed {
+    let mut adler = 1;
+    for (i, (c, sum, len)) in compressed.iter().enumerate() {
         out.extend_from_slice(c);
+        // The checksum of all of `raw`, from the parts' own (computed in parallel).
+        adler = if i == 0 {
+            *sum
+        } else {
+            zlib_rs::adler32::adler32_combine(adler, *sum, *len as u64)
+        };
     }
-    out.extend_from_slice(&adler2::adler32_slice(raw).to_be_bytes());
+    out.extend_from_slice(&adler.to_be_bytes());
     Ok(out)
 }
 
