@@ -556,6 +556,8 @@ pub(crate) fn or_back(data: &mut [u8], dims: Dims, lo: [i64; 3], sub: &[u8], bd:
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn wide_versions_compute_the_same_as_the_baseline() {
@@ -575,18 +577,24 @@ mod tests {
                 }
             })
             .collect();
-        let run = |version: u8| {
+        type YPass = unsafe fn(&[f32], &mut [f32], &mut [f64], usize, usize, usize, f64);
+        type ZPass = unsafe fn(
+            &[f32],
+            &mut [u8],
+            &mut [f64],
+            &mut [f32],
+            usize,
+            usize,
+            std::ops::Range<usize>,
+            f64,
+            f32,
+        );
+        let run = |y_fn: YPass, z_fn: ZPass| {
             let mut ys = d.clone();
             let (mut acc, mut out) = (vec![0f64; plane], vec![0f32; plane]);
             for slab in ys.chunks_mut(plane) {
                 // SAFETY: each version runs only where the CPU has its features.
-                unsafe {
-                    match version {
-                        0 => y_pass(slab, &mut out, &mut acc, nx, ny, 4, 0.49),
-                        1 => wide_fns::y_pass::avx2(slab, &mut out, &mut acc, nx, ny, 4, 0.49),
-                        _ => wide_fns::y_pass::avx512(slab, &mut out, &mut acc, nx, ny, 4, 0.49),
-                    }
-                }
+                unsafe { y_fn(slab, &mut out, &mut acc, nx, ny, 4, 0.49) };
                 slab.copy_from_slice(&out);
             }
             let mut zs = vec![0u8; plane * nz];
@@ -594,47 +602,21 @@ mod tests {
             for (z, o) in zs.chunks_mut(plane).enumerate() {
                 let srcs = z.saturating_sub(3)..(z + 4).min(nz);
                 // SAFETY: as above.
-                unsafe {
-                    match version {
-                        0 => z_pass(&ys, o, &mut acc, &mut rounded, plane, z, srcs, 0.64, 9.0),
-                        1 => wide_fns::z_pass::avx2(
-                            &ys,
-                            o,
-                            &mut acc,
-                            &mut rounded,
-                            plane,
-                            z,
-                            srcs,
-                            0.64,
-                            9.0,
-                        ),
-                        _ => wide_fns::z_pass::avx512(
-                            &ys,
-                            o,
-                            &mut acc,
-                            &mut rounded,
-                            plane,
-                            z,
-                            srcs,
-                            0.64,
-                            9.0,
-                        ),
-                    }
-                }
+                unsafe { z_fn(&ys, o, &mut acc, &mut rounded, plane, z, srcs, 0.64, 9.0) };
             }
             (ys, zs)
         };
-        let baseline = run(0);
+        let baseline = run(y_pass, z_pass);
         assert!(baseline.1.contains(&0) && baseline.1.contains(&1));
         if std::arch::is_x86_feature_detected!("avx2") {
-            assert!(run(1) == baseline, "AVX2");
+            let avx2 = run(wide_fns::y_pass::avx2, wide_fns::z_pass::avx2);
+            assert!(avx2 == baseline, "AVX2");
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
-            assert!(run(2) == baseline, "AVX-512");
+            let avx512 = run(wide_fns::y_pass::avx512, wide_fns::z_pass::avx512);
+            assert!(avx512 == baseline, "AVX-512");
         }
     }
-
-    use super::*;
 
     /// The voxel-by-voxel flood fill, the oracle of the scanline fill.
     fn fill_holes_voxelwise(mask: &mut [u8], dims: Dims) {
