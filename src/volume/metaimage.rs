@@ -621,7 +621,7 @@ const DEFLATE_PART: usize = 4 << 20;
 /// so that the parts join byte-aligned into one valid deflate stream; the zlib header and the
 /// Adler-32 of all of `raw` go around them. Any zlib reader inflates it as one stream; the parts
 /// lose their back-references across part boundaries only (files grow by well under 1 %). Up to
-/// one part the bytes are those of a single-threaded zlib.
+/// one part the bytes are those of a single-threaded zlib with the same level and strategy.
 fn deflate(path: &Path, raw: &[u8], level: u32, ty: ElementType) -> Result<Vec<u8>, VolumeError> {
     let level = level.min(9);
     // In float32 data LZ77 finds little besides runs of one value (the low bytes of the values
