@@ -63,14 +63,18 @@ fn write_image<T: Voxel>(
     let Some(image) = image else {
         return Ok(());
     };
-    let write_err = |path: &Path, e: &dyn std::fmt::Display| CaseError::Write {
-        path: path.to_path_buf(),
-        error: e.to_string(),
-    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| write_err(dir, &e))?;
     }
     volume::write(path, &image, ty).map_err(|e| write_err(path, &e))
+}
+
+/// A case's output `path` could not be written.
+fn write_err(path: &Path, e: &dyn std::fmt::Display) -> CaseError {
+    CaseError::Write {
+        path: path.to_path_buf(),
+        error: e.to_string(),
+    }
 }
 
 /// The failure reason as the submitter reads it: the platform stores an upload under an internal
@@ -237,10 +241,6 @@ pub fn run(opts: &RunOptions, ensemble: &Ensemble, device: &Device) -> Result<Ru
                 write_image(graded.mask.take(), &mask_path, ElementType::UChar)?;
                 write_image(graded.heat.take(), &heat_path, ElementType::Float)?;
                 write_image(graded.segmentation.take(), &lesion_path, ElementType::UChar)?;
-                let write_err = |path: &Path, e: &dyn std::fmt::Display| CaseError::Write {
-                    path: path.to_path_buf(),
-                    error: e.to_string(),
-                };
                 // The answers last: a case whose other outputs failed leaves no answer behind.
                 if opts.spread {
                     outputs::write_spread(&case_dir, graded.spread)

@@ -618,50 +618,15 @@ mod tests {
         }
     }
 
-    /// The voxel-by-voxel flood fill, the oracle of the scanline fill.
-    fn fill_holes_voxelwise(mask: &mut [u8], dims: Dims) {
-        let [nx, ny, nz] = dims;
-        let plane = nx * ny;
-        // 0 background, 1 mask, 2 background reached from the border.
-        let mut stack = Vec::new();
-        let on_border = |i: usize| {
-            let (x, y, z) = (i % nx, (i / nx) % ny, i / plane);
-            x == 0 || y == 0 || z == 0 || x + 1 == nx || y + 1 == ny || z + 1 == nz
-        };
-        for (i, m) in mask.iter_mut().enumerate() {
-            if *m == 0 && on_border(i) {
-                *m = 2;
-                stack.push(i);
-            }
+    /// Hole filling by labelling, the oracle of the scanline fill: the background's
+    /// 6-connected components (`label_3d`, union-find) that touch no face of the grid are holes.
+    fn fill_holes_by_labels(mask: &mut [u8], dims: Dims) {
+        let background: Vec<u8> = mask.iter().map(|&m| u8::from(m == 0)).collect();
+        let (labels, comps) = label_3d(&background, dims);
+        let hole = |c: &Component| (0..3).all(|k| c.lo[k] > 0 && c.hi[k] + 1 < dims[k]);
+        for (m, &l) in mask.iter_mut().zip(&labels) {
+            *m = u8::from(l == 0 || hole(&comps[l as usize - 1]));
         }
-        while let Some(i) = stack.pop() {
-            let (x, y, z) = (i % nx, (i / nx) % ny, i / plane);
-            let mut visit = |j: usize| {
-                if mask[j] == 0 {
-                    mask[j] = 2;
-                    stack.push(j);
-                }
-            };
-            if x > 0 {
-                visit(i - 1);
-            }
-            if x + 1 < nx {
-                visit(i + 1);
-            }
-            if y > 0 {
-                visit(i - nx);
-            }
-            if y + 1 < ny {
-                visit(i + nx);
-            }
-            if z > 0 {
-                visit(i - plane);
-            }
-            if z + 1 < nz {
-                visit(i + plane);
-            }
-        }
-        mask.par_iter_mut().for_each(|m| *m = u8::from(*m != 2));
     }
 
     // The full distance transform by lower envelopes, the oracle of `within`.
@@ -834,8 +799,16 @@ mod tests {
         }
     }
 
+    /// A 0/1 mask of `dims` with about `percent` % ones, from `seed`.
+    fn random_mask(seed: u64, dims: Dims, percent: u64) -> Vec<u8> {
+        let n = (dims[0] * dims[1] * dims[2]) as u64;
+        (0..n)
+            .map(|i| u8::from(crate::synth::test_hash(seed, i) % 100 < percent))
+            .collect()
+    }
+
     #[test]
-    fn scanline_fill_matches_the_voxel_flood_fill() {
+    fn scanline_fill_matches_hole_filling_by_labels() {
         for (seed, dims, percent) in [
             (0u64, [13, 11, 9], 45),
             (1, [13, 11, 9], 60),
@@ -844,13 +817,10 @@ mod tests {
             (4, [9, 9, 1], 30),
             (5, [17, 16, 15], 70),
         ] {
-            let n = (dims[0] * dims[1] * dims[2]) as u64;
-            let mask: Vec<u8> = (0..n)
-                .map(|i| u8::from(crate::synth::test_hash(seed, i) % 100 < percent))
-                .collect();
+            let mask = random_mask(seed, dims, percent);
             let (mut fast, mut slow) = (mask.clone(), mask.clone());
             fill_holes_3d(&mut fast, dims);
-            fill_holes_voxelwise(&mut slow, dims);
+            fill_holes_by_labels(&mut slow, dims);
             assert_eq!(fast, slow, "seed {seed}, dims {dims:?}");
             assert!(fast.iter().zip(&mask).all(|(f, m)| f >= m));
         }
@@ -865,10 +835,7 @@ mod tests {
             (3, [1, 9, 9], 50),
             (4, [9, 9, 1], 40),
         ] {
-            let n = (dims[0] * dims[1] * dims[2]) as u64;
-            let air: Vec<u8> = (0..n)
-                .map(|i| u8::from(crate::synth::test_hash(seed, i) % 100 < percent))
-                .collect();
+            let air = random_mask(seed, dims, percent);
             let (labels, comps) = label_3d(&air, dims);
             let expected: Vec<u8> = labels
                 .iter()
